@@ -1,0 +1,114 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+// Problem is an RFC 9457 problem detail. It extends huma's ErrorModel with
+// the fields some errors carry: how many credits a 402 needed and had, and
+// the job a 409 is about.
+type Problem struct {
+	huma.ErrorModel
+	// Needed is the number of credits the request needed (402).
+	Needed *int64 `json:"needed,omitempty" doc:"Credits the request needs (402 only)."`
+	// Available is the number of credits the user had (402).
+	Available *int64 `json:"available,omitempty" doc:"Credits available to the user (402 only)."`
+	// Shortfall is needed - available (402).
+	Shortfall *int64 `json:"shortfall,omitempty" doc:"Credits missing (402 only)."`
+	// Job is the unchanged job of a refused cancel (409).
+	Job *jobs.Job `json:"job,omitempty" doc:"The job, unchanged (409 on cancel only)."`
+
+	headers http.Header
+}
+
+// GetHeaders returns headers to send with the problem (Retry-After,
+// WWW-Authenticate).
+func (p *Problem) GetHeaders() http.Header { return p.headers }
+
+func newProblem(status int, detail string, errs ...*huma.ErrorDetail) *Problem {
+	return &Problem{ErrorModel: huma.ErrorModel{
+		Type:   "about:blank",
+		Title:  http.StatusText(status),
+		Status: status,
+		Detail: detail,
+		Errors: errs,
+	}}
+}
+
+func (p *Problem) withHeader(k, v string) *Problem {
+	if p.headers == nil {
+		p.headers = http.Header{}
+	}
+	p.headers.Set(k, v)
+	return p
+}
+
+func (p *Problem) retryAfter(d time.Duration) *Problem {
+	secs := int((d + time.Second - 1) / time.Second)
+	return p.withHeader("Retry-After", strconv.Itoa(max(secs, 1)))
+}
+
+// statusOf is the one map from error code to HTTP status.
+var statusOf = map[string]int{
+	jobs.EINVALID:     http.StatusUnprocessableEntity,
+	jobs.ENOTFOUND:    http.StatusNotFound,
+	jobs.ECONFLICT:    http.StatusConflict,
+	jobs.EUNAVAILABLE: http.StatusServiceUnavailable,
+	jobs.ELIMIT:       http.StatusTooManyRequests,
+}
+
+// toProblem translates a service error into a problem detail, once, here.
+func (s *Server) toProblem(ctx context.Context, err error) error {
+	var insufficient *ledger.InsufficientError
+	var je *jobs.Error
+	switch {
+	case errors.As(err, &insufficient):
+		p := newProblem(http.StatusPaymentRequired, insufficient.Error())
+		short := insufficient.Needed - insufficient.Available
+		p.Needed, p.Available, p.Shortfall = &insufficient.Needed, &insufficient.Available, &short
+		return p
+	case errors.As(err, &je):
+		status, ok := statusOf[je.Code]
+		if !ok {
+			status = http.StatusInternalServerError
+		}
+		if status == http.StatusServiceUnavailable {
+			s.logger.ErrorContext(ctx, "service unavailable", slog.Any("error", err))
+			return newProblem(status, "the service is temporarily unavailable; retry shortly").retryAfter(2 * time.Second)
+		}
+		var details []*huma.ErrorDetail
+		for _, f := range je.Fields {
+			details = append(details, &huma.ErrorDetail{Location: f.Location, Message: f.Message, Value: f.Value})
+		}
+		p := newProblem(status, je.Message, details...)
+		p.Job = je.Job
+		return p
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return newProblem(http.StatusServiceUnavailable, "the request timed out; retry shortly").retryAfter(time.Second)
+	default:
+		s.logger.ErrorContext(ctx, "internal error", slog.Any("error", err))
+		return newProblem(http.StatusInternalServerError, "internal error")
+	}
+}
+
+// problemErrors lists the errors every authenticated operation can return.
+var authErrors = []int{http.StatusUnauthorized, http.StatusServiceUnavailable}
+
+func (s *Server) dbProblem(ctx context.Context, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return s.toProblem(ctx, err)
+	}
+	return s.toProblem(ctx, &jobs.Error{Code: jobs.EUNAVAILABLE, Message: err.Error()})
+}
+
+func jobIDString(id int64) string { return strconv.FormatInt(id, 10) }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/aiqueue/aiqueue/api"
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+	"github.com/aiqueue/aiqueue/migrations"
+)
+
+func grantOnce(ctx context.Context, tx pgx.Tx, userID string, amount int64, reason, key string) (ledger.Entry, bool, error) {
+	return ledger.Grant(ctx, tx, userID, amount, reason, key)
+}
+
+// migrateCmd is `server migrate up|down|status`.
+func migrateCmd(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: server migrate up|down|status")
+	}
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		return fmt.Errorf("DATABASE_URL is not set")
+	}
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	switch args[0] {
+	case "up":
+		return migrations.Up(ctx, pool)
+	case "down":
+		return migrations.Down(ctx, pool)
+	case "status":
+		list, err := migrations.List(ctx, pool)
+		if err != nil {
+			return err
+		}
+		for _, s := range list {
+			state := "pending"
+			if s.Applied {
+				state = "applied"
+			}
+			fmt.Printf("%05d  %-8s %s\n", s.Version, state, s.Source)
+		}
+		return nil
+	default:
+		return fmt.Errorf("usage: server migrate up|down|status")
+	}
+}
+
+// tokenCmd is `server token --sub UUID [--admin] [--ttl 1h]`.
+func tokenCmd(args []string) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	sub := fs.String("sub", "", "user id (UUID)")
+	admin := fs.Bool("admin", false, "admin role")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := uuid.Parse(*sub); err != nil {
+		return fmt.Errorf("--sub must be a UUID")
+	}
+	secret := os.Getenv("AUTH_JWT_SECRET")
+	if secret == "" {
+		var err error
+		if secret, err = devSecretIfPresent(); err != nil {
+			return err
+		}
+	}
+	aud := os.Getenv("AUTH_JWT_AUDIENCE")
+	if aud == "" {
+		aud = "authenticated"
+	}
+	tok, err := api.MintToken([]byte(secret), *sub, *admin, *ttl, aud)
+	if err != nil {
+		return err
+	}
+	fmt.Println(tok)
+	return nil
+}
+
+func devSecretIfPresent() (string, error) {
+	dir := os.Getenv("DATA_DIR")
+	if dir == "" {
+		dir = ".data"
+	}
+	b, err := os.ReadFile(dir + "/dev-jwt-secret")
+	if err != nil {
+		return "", fmt.Errorf("AUTH_JWT_SECRET is not set (and no %s/dev-jwt-secret from make run)", dir)
+	}
+	return string(trimNL(b)), nil
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// openapiCmd is `server openapi [--yaml]`: the OpenAPI document, built from
+// the same registration code the server runs.
+func openapiCmd(args []string) error {
+	fs := flag.NewFlagSet("openapi", flag.ContinueOnError)
+	asYAML := fs.Bool("yaml", true, "YAML (default) or JSON (--yaml=false)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	doc, err := openAPIDocument()
+	if err != nil {
+		return err
+	}
+	if *asYAML {
+		var v any
+		if err := json.Unmarshal(doc, &v); err != nil {
+			return err
+		}
+		out, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = os.Stdout.Write(out)
+		return err
+	}
+	_, err = os.Stdout.Write(doc)
+	return err
+}
+
+func openAPIDocument() ([]byte, error) {
+	mux := http.NewServeMux()
+	svc := jobs.NewService(nil, nil, jobs.DefaultCatalog())
+	s, err := api.New(mux, nil, svc, api.Config{Auth: api.AuthConfig{HS256Secret: []byte("x")}, Version: Version})
+	if err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(s.API().OpenAPI(), "", "  ")
+}

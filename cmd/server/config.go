@@ -1,0 +1,174 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// Roles a process can take.
+const (
+	RoleAll    = "all"
+	RoleAPI    = "api"
+	RoleWorker = "worker"
+)
+
+// Config is the server's configuration, read from the environment (SPEC
+// section 4). Secrets live here and nowhere else; String never prints them.
+type Config struct {
+	DatabaseURL      string
+	DatabaseMaxConns int32
+	DataDir          string // where the private Postgres lives when DatabaseURL is empty
+	ListenAddr       string
+	Role             string
+
+	FalKeys        []string
+	FalQueueURL    string
+	FalSimulate    bool
+	FalMaxInFlight int
+
+	Limits jobs.QueueLimits
+
+	QueueMaxPending    int
+	UserMaxPending     int
+	RateLimitPerMinute int
+	RateLimitBurst     int
+
+	JWTSecret   string
+	JWKSURL     string
+	JWTAudience string
+	JWTIssuer   string
+
+	RiverUser string
+	RiverPass string
+
+	OperationsFile  string
+	LogLevel        string
+	ShutdownTimeout time.Duration
+	AutoMigrate     bool
+
+	// Demo grants the demo user credits and prints a token (make run).
+	Demo bool
+}
+
+// ConfigFromEnv reads the configuration; getenv is os.Getenv outside tests.
+// It returns every problem at once.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	var errs []error
+	num := func(name string, def int) int {
+		v := getenv(name)
+		if v == "" {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q is not a number", name, v))
+			return def
+		}
+		return n
+	}
+	boolean := func(name string, def bool) bool {
+		v := getenv(name)
+		if v == "" {
+			return def
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q is not true or false", name, v))
+			return def
+		}
+		return b
+	}
+	dur := func(name string, def time.Duration) time.Duration {
+		v := getenv(name)
+		if v == "" {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q is not a duration", name, v))
+			return def
+		}
+		return d
+	}
+	c := Config{
+		DatabaseURL:      getenv("DATABASE_URL"),
+		DatabaseMaxConns: int32(num("DATABASE_MAX_CONNS", 40)), //nolint:gosec // range-checked below
+		DataDir:          cmp.Or(getenv("DATA_DIR"), ".data"),
+		ListenAddr:       cmp.Or(getenv("LISTEN_ADDR"), ":8080"),
+		Role:             cmp.Or(getenv("ROLE"), RoleAll),
+		FalKeys:          falclient.KeysFromEnv(getenv),
+		FalQueueURL:      cmp.Or(getenv("FAL_QUEUE_URL"), "https://queue.fal.run"),
+		FalMaxInFlight:   num("FAL_KEY_MAX_IN_FLIGHT", 2),
+		Limits: jobs.QueueLimits{
+			Urgent:     num("QUEUE_URGENT_WORKERS", 20),
+			Normal:     num("QUEUE_NORMAL_WORKERS", 10),
+			Background: num("QUEUE_BACKGROUND_WORKERS", 5),
+		},
+		QueueMaxPending:    num("QUEUE_MAX_PENDING", 10000),
+		UserMaxPending:     num("USER_MAX_PENDING", 200),
+		RateLimitPerMinute: num("RATE_LIMIT_PER_MINUTE", 10),
+		RateLimitBurst:     num("RATE_LIMIT_BURST", 10),
+		JWTSecret:          getenv("AUTH_JWT_SECRET"),
+		JWKSURL:            getenv("AUTH_JWKS_URL"),
+		JWTAudience:        cmp.Or(getenv("AUTH_JWT_AUDIENCE"), "authenticated"),
+		JWTIssuer:          getenv("AUTH_JWT_ISSUER"),
+		RiverUser:          getenv("RIVER_BASIC_AUTH_USER"),
+		RiverPass:          getenv("RIVER_BASIC_AUTH_PASS"),
+		OperationsFile:     getenv("OPERATIONS_FILE"),
+		LogLevel:           cmp.Or(getenv("LOG_LEVEL"), "info"),
+		ShutdownTimeout:    dur("SHUTDOWN_TIMEOUT", 25*time.Second),
+		AutoMigrate:        boolean("AUTO_MIGRATE", getenv("DATABASE_URL") == ""),
+	}
+	c.FalSimulate = boolean("FAL_SIMULATE", len(c.FalKeys) == 0)
+	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
+		c.FalQueueURL = "" // the built-in simulator's address, known at start
+	}
+	return c, errors.Join(errs...)
+}
+
+// Validate returns every reason the server cannot run with c, joined.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Role {
+	case RoleAll, RoleAPI, RoleWorker:
+	default:
+		errs = append(errs, fmt.Errorf("ROLE=%q is not all, api or worker", c.Role))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if !c.FalSimulate && len(c.FalKeys) == 0 {
+		errs = append(errs, errors.New("FAL_SIMULATE=false but no fal key is set (FAL_KEYS or FAL_AI_KEY_1..5)"))
+	}
+	if c.FalMaxInFlight < 1 || c.FalMaxInFlight > 1000 {
+		errs = append(errs, fmt.Errorf("FAL_KEY_MAX_IN_FLIGHT=%d is out of range 1-1000", c.FalMaxInFlight))
+	}
+	if c.DatabaseMaxConns < 4 || c.DatabaseMaxConns > 1000 {
+		errs = append(errs, fmt.Errorf("DATABASE_MAX_CONNS=%d is out of range 4-1000", c.DatabaseMaxConns))
+	}
+	for name, n := range map[string]int{"QUEUE_MAX_PENDING": c.QueueMaxPending, "USER_MAX_PENDING": c.UserMaxPending,
+		"RATE_LIMIT_PER_MINUTE": c.RateLimitPerMinute, "RATE_LIMIT_BURST": c.RateLimitBurst} {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("%s=%d must be at least 1", name, n))
+		}
+	}
+	if c.Role != RoleWorker && c.JWTSecret == "" && c.JWKSURL == "" {
+		errs = append(errs, errors.New("no auth configured: set AUTH_JWT_SECRET or AUTH_JWKS_URL"))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("LOG_LEVEL=%q is not debug, info, warn or error", c.LogLevel))
+	}
+	if (c.RiverUser == "") != (c.RiverPass == "") {
+		errs = append(errs, errors.New("set both RIVER_BASIC_AUTH_USER and RIVER_BASIC_AUTH_PASS, or neither"))
+	}
+	return errors.Join(errs...)
+}

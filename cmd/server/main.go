@@ -1,0 +1,73 @@
+// Command server is aiqueue's one binary: the HTTP API, the River workers,
+// River UI and metrics, plus the migrate, token and openapi subcommands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cmd := "serve"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args)
+	case "migrate":
+		return migrateCmd(args)
+	case "token":
+		return tokenCmd(args)
+	case "openapi":
+		return openapiCmd(args)
+	default:
+		return fmt.Errorf("unknown command %q (serve, migrate, token, openapi)", cmd)
+	}
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	demo := fs.Bool("demo", false, "grant the demo user credits and print a token (make run)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := ConfigFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	cfg.Demo = *demo
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	m := NewMain(cfg)
+	if err := m.Run(ctx); err != nil {
+		_ = m.Close()
+		return err
+	}
+	<-ctx.Done()
+	stop() // a second signal kills the process at once
+	fmt.Fprintln(os.Stderr, "server: shutting down")
+	closeErr := m.Close()
+	if errors.Is(closeErr, context.Canceled) {
+		return nil
+	}
+	return closeErr
+}
+
+// shutdownGrace is how long Close waits for in-flight HTTP requests.
+const shutdownGrace = 10 * time.Second

@@ -1,0 +1,369 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/riverqueue/river"
+
+	"github.com/aiqueue/aiqueue/api"
+	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/falclient/falsim"
+	"github.com/aiqueue/aiqueue/internal/pglocal"
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/migrations"
+	"github.com/aiqueue/aiqueue/riverui"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// DemoUserID is the user `make run` grants credits to.
+const DemoUserID = "00000000-0000-4000-8000-000000000001"
+
+// Main is the running program: Run starts it, Close stops it. Tests boot the
+// real program through it.
+type Main struct {
+	Config Config
+	Logger *slog.Logger
+	// Registry collects the metrics served at /metrics.
+	Registry *prometheus.Registry
+
+	cluster  *pglocal.Cluster
+	pool     *pgxpool.Pool
+	river    *river.Client[pgx.Tx]
+	fal      *falclient.Client
+	sim      *falsim.Server
+	simSrv   *http.Server
+	http     *http.Server
+	listener net.Listener
+	serveErr chan error
+	cancel   context.CancelFunc
+
+	// DemoToken is a bearer token for the demo user (Config.Demo).
+	DemoToken string
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewMain returns a Main for cfg with a JSON logger on stderr.
+func NewMain(cfg Config) *Main {
+	return &Main{Config: cfg, Logger: newLogger(cfg.LogLevel, os.Stderr)}
+}
+
+func newLogger(level string, w *os.File) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// Run starts the database (when embedded), the fal backend, River and the
+// HTTP server, and returns once they are serving.
+func (m *Main) Run(ctx context.Context) (err error) {
+	cfg := &m.Config
+	if m.Logger == nil {
+		m.Logger = newLogger(cfg.LogLevel, os.Stderr)
+	}
+	if m.Registry == nil {
+		m.Registry = prometheus.NewRegistry()
+		m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+
+	if cfg.Demo && cfg.JWTSecret == "" {
+		if cfg.JWTSecret, err = devSecret(cfg.DataDir); err != nil {
+			return err
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	catalog := jobs.DefaultCatalog()
+	if cfg.OperationsFile != "" {
+		if catalog, err = jobs.LoadCatalog(cfg.OperationsFile); err != nil {
+			return err
+		}
+	}
+
+	if cfg.DatabaseURL == "" {
+		if err := m.startPostgres(ctx); err != nil {
+			return err
+		}
+	}
+	if err := m.openPool(ctx); err != nil {
+		return err
+	}
+	if cfg.AutoMigrate {
+		if err := migrations.Up(ctx, m.pool); err != nil {
+			return err
+		}
+	}
+
+	if err := m.startFal(); err != nil {
+		return err
+	}
+	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{})
+	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
+		Limits: cfg.Limits,
+		Work:   cfg.Role != RoleAPI,
+		Worker: worker,
+		Logger: m.Logger.With(slog.String("component", "river")),
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.Role != RoleAPI {
+		if err := m.river.Start(runCtx); err != nil {
+			return fmt.Errorf("start river: %w", err)
+		}
+	}
+
+	mux := http.NewServeMux()
+	m.registerOps(mux)
+	if cfg.Role != RoleWorker {
+		svc := jobs.NewService(m.pool, m.river, catalog)
+		if _, err := api.New(mux, m.pool, svc, api.Config{
+			Auth:    api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer},
+			Logger:  m.Logger,
+			Version: Version,
+		}); err != nil {
+			return err
+		}
+		if err := riverui.Mount(runCtx, mux, m.river, riverui.Config{User: cfg.RiverUser, Password: cfg.RiverPass, Logger: m.Logger}); err != nil {
+			return fmt.Errorf("river ui: %w", err)
+		}
+	}
+
+	if cfg.Demo {
+		if err := m.setupDemo(ctx); err != nil {
+			return err
+		}
+	}
+
+	m.listener, err = net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return err
+	}
+	m.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	m.serveErr = make(chan error, 1)
+	go func() { m.serveErr <- m.http.Serve(m.listener) }()
+	m.Logger.Info("server started", slog.String("addr", m.listener.Addr().String()), slog.String("role", cfg.Role))
+	return nil
+}
+
+// URL is the base URL the server listens on.
+func (m *Main) URL() string {
+	addr := m.listener.Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return fmt.Sprintf("http://%s", net.JoinHostPort(host, fmt.Sprint(addr.Port)))
+}
+
+// Pool returns the database pool.
+func (m *Main) Pool() *pgxpool.Pool { return m.pool }
+
+// River returns the River client.
+func (m *Main) River() *river.Client[pgx.Tx] { return m.river }
+
+// Sim returns the built-in fal simulator, or nil when real fal is used.
+func (m *Main) Sim() *falsim.Server { return m.sim }
+
+func (m *Main) startPostgres(ctx context.Context) error {
+	dir, err := filepath.Abs(filepath.Join(m.Config.DataDir, "postgres"))
+	if err != nil {
+		return err
+	}
+	m.Logger.Info("DATABASE_URL is not set: starting a private PostgreSQL", slog.String("dir", dir))
+	m.cluster, err = pglocal.Start(ctx, pglocal.Options{Dir: dir, Logger: m.Logger})
+	if err != nil {
+		return err
+	}
+	admin, err := pgx.Connect(ctx, m.cluster.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close(ctx)
+	var exists bool
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'aiqueue')`).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if _, err := admin.Exec(ctx, `CREATE DATABASE aiqueue`); err != nil {
+			return err
+		}
+	}
+	m.Config.DatabaseURL = m.cluster.URL("aiqueue")
+	return nil
+}
+
+func (m *Main) openPool(ctx context.Context) error {
+	pc, err := pgxpool.ParseConfig(m.Config.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", redactURLError(err))
+	}
+	pc.MaxConns = m.Config.DatabaseMaxConns
+	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	m.pool, err = pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := m.pool.Ping(pingCtx); err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	return nil
+}
+
+// redactURLError keeps a password in DATABASE_URL out of error messages.
+func redactURLError(err error) error {
+	return errors.New(strings.SplitN(err.Error(), ":", 2)[0] + ": cannot parse connection string")
+}
+
+func (m *Main) startFal() error {
+	cfg := m.Config
+	keys := cfg.FalKeys
+	baseURL := cfg.FalQueueURL
+	if cfg.FalSimulate && baseURL == "" {
+		keys = []string{"sim-key-1", "sim-key-2", "sim-key-3"}
+		m.sim = falsim.New(falsim.Options{Keys: keys, Logger: m.Logger.With(slog.String("component", "falsim"))})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		m.simSrv = &http.Server{Handler: m.sim, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = m.simSrv.Serve(ln) }()
+		baseURL = "http://" + ln.Addr().String()
+		m.Logger.Warn("FAL SIMULATOR IN USE: no fal key is set (or FAL_SIMULATE=true); jobs get fake results from the built-in simulator and nothing is sent to fal.ai",
+			slog.String("fal_queue_url", baseURL))
+	}
+	var err error
+	m.fal, err = falclient.New(falclient.Config{
+		BaseURL:     baseURL,
+		Keys:        keys,
+		MaxInFlight: cfg.FalMaxInFlight,
+		Logger:      m.Logger.With(slog.String("component", "falclient")),
+		Registerer:  m.Registry,
+	})
+	return err
+}
+
+func (m *Main) registerOps(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "application/json")
+		if err := m.pool.Ping(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"unavailable","reason":"database unreachable"}`))
+			return
+		}
+		if err := migrations.Check(ctx, m.pool); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"unavailable","reason":"migrations pending"}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"ready"}`))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+}
+
+// setupDemo grants the demo user credits once and mints a token.
+func (m *Main) setupDemo(ctx context.Context) error {
+	tx, err := m.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, _, err := grantOnce(ctx, tx, DemoUserID, 1000, "demo credits", "demo-grant-"+DemoUserID); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	m.DemoToken, err = api.MintToken([]byte(m.Config.JWTSecret), DemoUserID, true, 24*time.Hour, m.Config.JWTAudience)
+	return err
+}
+
+// devSecret returns the HS256 secret of make run, created once under dir.
+func devSecret(dir string) (string, error) {
+	path := filepath.Join(dir, "dev-jwt-secret")
+	if b, err := os.ReadFile(path); err == nil && len(b) >= 32 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	secret := hex.EncodeToString(buf)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return secret, os.WriteFile(path, []byte(secret+"\n"), 0o600)
+}
+
+// Close stops the HTTP server, lets running jobs finish up to the shutdown
+// timeout, hands the rest back to the queue, and stops the database when it
+// is embedded. It is safe to call more than once.
+func (m *Main) Close() error {
+	m.closeOnce.Do(func() {
+		var errs []error
+		if m.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+			errs = append(errs, m.http.Shutdown(ctx))
+			cancel()
+		}
+		if m.river != nil && m.Config.Role != RoleAPI {
+			ctx, cancel := context.WithTimeout(context.Background(), m.Config.ShutdownTimeout)
+			if err := m.river.Stop(ctx); err != nil {
+				m.Logger.Warn("running jobs did not finish in time; cancelling them back to the queue", slog.Any("error", err))
+				hard, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+				errs = append(errs, m.river.StopAndCancel(hard))
+				cancel2()
+			}
+			cancel()
+		}
+		if m.cancel != nil {
+			m.cancel()
+		}
+		if m.simSrv != nil {
+			_ = m.simSrv.Close()
+		}
+		if m.pool != nil {
+			m.pool.Close()
+		}
+		if m.cluster != nil {
+			errs = append(errs, m.cluster.Stop())
+		}
+		for _, e := range errs {
+			if e != nil && !errors.Is(e, http.ErrServerClosed) && !errors.Is(e, context.Canceled) {
+				m.closeErr = errors.Join(m.closeErr, e)
+			}
+		}
+	})
+	return m.closeErr
+}

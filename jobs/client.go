@@ -1,0 +1,53 @@
+package jobs
+
+import (
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+)
+
+// ClientConfig configures the River client.
+type ClientConfig struct {
+	// Limits are the per-queue worker limits of this process.
+	Limits QueueLimits
+	// Work starts the queues; without it the client only inserts (ROLE=api).
+	Work bool
+	// Worker works AI jobs; required.
+	Worker *Worker
+	// Logger receives River's logs.
+	Logger *slog.Logger
+	// Periodic jobs run by the elected leader (reconciler, pruners).
+	Periodic []*river.PeriodicJob
+	// Workers registers more workers (for the periodic jobs).
+	Workers []func(*river.Workers)
+}
+
+// NewClient builds the River client: the three queues, AI worker, attempt
+// timeout and a rescuer that recovers a crashed worker's job within
+// RescueAfter.
+func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], error) {
+	workers := river.NewWorkers()
+	if err := river.AddWorkerSafely(workers, cfg.Worker); err != nil {
+		return nil, err
+	}
+	for _, add := range cfg.Workers {
+		add(workers)
+	}
+	rc := &river.Config{
+		Workers:              workers,
+		JobTimeout:           AttemptTimeout,
+		RescueStuckJobsAfter: RescueAfter,
+		Logger:               cfg.Logger,
+		PeriodicJobs:         cfg.Periodic,
+	}
+	if cfg.Work {
+		if err := cfg.Limits.Validate(); err != nil {
+			return nil, err
+		}
+		rc.Queues = cfg.Limits.riverQueues()
+	}
+	return river.NewClient(riverpgxv5.New(pool), rc)
+}

@@ -1,0 +1,47 @@
+package jobs
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/riverqueue/river"
+)
+
+// The three priority queues. Each is a River queue with its own worker
+// limit, so batch work never takes a slot an urgent click needs.
+const (
+	QueueUrgent     = "urgent"
+	QueueNormal     = "normal"
+	QueueBackground = "background"
+)
+
+// Queues lists the queues from most to least urgent.
+var Queues = []string{QueueUrgent, QueueNormal, QueueBackground}
+
+// QueueLimits are the River MaxWorkers of each queue in one process.
+type QueueLimits struct {
+	Urgent     int
+	Normal     int
+	Background int
+}
+
+// Validate checks every limit is within River's range.
+func (l QueueLimits) Validate() error {
+	for name, n := range map[string]int{"QUEUE_URGENT_WORKERS": l.Urgent, "QUEUE_NORMAL_WORKERS": l.Normal, "QUEUE_BACKGROUND_WORKERS": l.Background} {
+		if n < 1 || n > 10000 {
+			return fmt.Errorf("%s=%d is out of range 1-10000", name, n)
+		}
+	}
+	return nil
+}
+
+// riverQueues is the River queue configuration. The urgent queue fetches
+// with a short cooldown so a click is picked up within milliseconds of its
+// commit; the others keep River's defaults.
+func (l QueueLimits) riverQueues() map[string]river.QueueConfig {
+	return map[string]river.QueueConfig{
+		QueueUrgent:     {MaxWorkers: l.Urgent, FetchCooldown: 5 * time.Millisecond, FetchPollInterval: 500 * time.Millisecond},
+		QueueNormal:     {MaxWorkers: l.Normal, FetchCooldown: 50 * time.Millisecond},
+		QueueBackground: {MaxWorkers: l.Background},
+	}
+}

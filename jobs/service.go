@@ -1,0 +1,382 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+// API job states.
+const (
+	StateQueued    = "queued"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+)
+
+// States lists the API job states.
+var States = []string{StateQueued, StateRunning, StateSucceeded, StateFailed, StateCancelled}
+
+// Final reports whether state is a final API state.
+func Final(state string) bool {
+	return state == StateSucceeded || state == StateFailed || state == StateCancelled
+}
+
+// Service submits, reads and cancels AI jobs. Submit reserves the credits
+// and inserts the River jobs in one transaction.
+type Service struct {
+	pool    *pgxpool.Pool
+	river   *river.Client[pgx.Tx]
+	catalog *Catalog
+}
+
+// NewService returns a Service. client may be an insert-only River client.
+func NewService(pool *pgxpool.Pool, client *river.Client[pgx.Tx], catalog *Catalog) *Service {
+	return &Service{pool: pool, river: client, catalog: catalog}
+}
+
+// Catalog returns the operations catalog.
+func (s *Service) Catalog() *Catalog { return s.catalog }
+
+// Item is one requested job.
+type Item struct {
+	Operation string
+	Params    json.RawMessage
+	// Priority overrides the operation's default queue when set.
+	Priority string
+}
+
+// prepared is a validated item, ready to insert.
+type prepared struct {
+	args  Args
+	queue string
+	op    Operation
+}
+
+// Prepare validates items and returns every problem at once as an EINVALID
+// *Error. loc is the location prefix of the first item's fields ("body" for
+// one job, "body.items[i]" for batches when batch is true).
+func (s *Service) prepare(userID, batchID, priority string, items []Item, batch bool) ([]prepared, error) {
+	var fields []FieldError
+	out := make([]prepared, 0, len(items))
+	if priority != "" && !slices.Contains(Queues, priority) {
+		fields = append(fields, FieldError{Location: "body.priority", Message: fmt.Sprintf("must be one of %v", Queues), Value: priority})
+	}
+	for i, it := range items {
+		loc := "body"
+		if batch {
+			loc = fmt.Sprintf("body.items[%d]", i)
+		}
+		op, ok := s.catalog.Get(it.Operation)
+		if !ok {
+			fields = append(fields, FieldError{Location: loc + ".operation", Message: fmt.Sprintf("unknown operation; one of %v", s.catalog.Names()), Value: it.Operation})
+			continue
+		}
+		params, cost, errs := op.Prepare(loc+".params", it.Params)
+		fields = append(fields, errs...)
+		queue := op.Priority
+		if p := cmpOr(it.Priority, priority); p != "" {
+			if !slices.Contains(Queues, p) {
+				fields = append(fields, FieldError{Location: loc + ".priority", Message: fmt.Sprintf("must be one of %v", Queues), Value: p})
+			}
+			queue = p
+		}
+		out = append(out, prepared{
+			args:  Args{UserID: userID, Operation: op.Name, Model: op.Model, Params: params, Cost: cost, BatchID: batchID},
+			queue: queue,
+			op:    op,
+		})
+	}
+	if len(fields) > 0 {
+		return nil, &Error{Code: EINVALID, Message: "the request has invalid fields", Fields: fields}
+	}
+	return out, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// SubmitOpts are the optional parts of a submission.
+type SubmitOpts struct {
+	// BatchID groups the jobs of one batch.
+	BatchID string
+	// Priority overrides every item's default queue.
+	Priority string
+	// Batch makes field error locations name the item ("body.items[2]").
+	Batch bool
+	// InTx, when set, runs inside the submit transaction after the jobs are
+	// inserted and reserved (idempotency records use it).
+	InTx func(ctx context.Context, tx pgx.Tx, ids []int64) error
+}
+
+// Submit validates items, then in one transaction inserts a River job for
+// each and reserves its cost. Either every job is inserted with its hold or
+// nothing is written. It returns the job ids in item order.
+// Errors: *Error EINVALID, *ledger.InsufficientError.
+func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts SubmitOpts) ([]int64, error) {
+	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+
+	ids, err := s.submitTx(ctx, tx, userID, ps)
+	if err != nil {
+		return nil, err
+	}
+	if opts.InTx != nil {
+		if err := opts.InTx(ctx, tx, ids); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, unavailable(err)
+	}
+	return ids, nil
+}
+
+func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) ([]int64, error) {
+	params := make([]river.InsertManyParams, len(ps))
+	for i, p := range ps {
+		params[i] = river.InsertManyParams{Args: p.args, InsertOpts: &river.InsertOpts{
+			Queue:       p.queue,
+			MaxAttempts: p.op.MaxAttempts,
+			Metadata:    []byte(`{}`),
+		}}
+	}
+	var rows []*rivertype.JobInsertResult
+	var err error
+	if len(params) == 1 {
+		var r *rivertype.JobInsertResult
+		r, err = s.river.InsertTx(ctx, tx, params[0].Args, params[0].InsertOpts)
+		rows = []*rivertype.JobInsertResult{r}
+	} else {
+		rows, err = s.river.InsertManyTx(ctx, tx, params)
+	}
+	if err != nil {
+		return nil, unavailable(fmt.Errorf("insert jobs: %w", err))
+	}
+	holds := make([]ledger.Hold, len(rows))
+	ids := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i] = r.Job.ID
+		holds[i] = ledger.Hold{JobID: r.Job.ID, Amount: ps[i].args.Cost}
+	}
+	if err := ledger.Reserve(ctx, tx, userID, holds); err != nil {
+		var insufficient *ledger.InsufficientError
+		if errors.As(err, &insufficient) {
+			return nil, err
+		}
+		return nil, unavailable(err)
+	}
+	return ids, nil
+}
+
+// unavailable marks database errors as EUNAVAILABLE unless the context
+// ended, keeping the cause for logs.
+func unavailable(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return &Error{Code: EUNAVAILABLE, Message: "the database is unavailable: " + err.Error()}
+}
+
+// Job is an AI job as the API shows it.
+type Job struct {
+	ID            string          `json:"id"`
+	UserID        string          `json:"-"`
+	Operation     string          `json:"operation"`
+	Priority      string          `json:"priority"`
+	State         string          `json:"state"`
+	RiverState    string          `json:"-"`
+	QueuePosition *int            `json:"queue_position,omitempty"`
+	Attempt       int             `json:"attempt"`
+	MaxAttempts   int             `json:"max_attempts"`
+	BatchID       string          `json:"batch_id,omitempty"`
+	CreatedAt     time.Time       `json:"created_at"`
+	StartedAt     *time.Time      `json:"started_at,omitempty"`
+	FinishedAt    *time.Time      `json:"finished_at,omitempty"`
+	Result        json.RawMessage `json:"result,omitempty"`
+	Error         *JobError       `json:"error,omitempty"`
+	Credits       Credits         `json:"credits"`
+	FalRequestID  string          `json:"-"`
+
+	riverJobID    int64
+	riverPriority int
+	scheduledAt   time.Time
+}
+
+// JobError says why a job failed or was cancelled.
+type JobError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Credits are a job's hold.
+type Credits struct {
+	Amount int64  `json:"amount"`
+	State  string `json:"state"`
+}
+
+const jobColumns = `river_job_id, user_id::text, operation, queue, state, river_state, attempt, max_attempts,
+       COALESCE(batch_id, ''), created_at, scheduled_at, started_at, finished_at, result, last_error,
+       credits, credit_state, COALESCE(fal_request_id, ''), river_priority`
+
+func scanJob(row pgx.Row) (*Job, error) {
+	var j Job
+	var lastError *string
+	err := row.Scan(&j.riverJobID, &j.UserID, &j.Operation, &j.Priority, &j.State, &j.RiverState, &j.Attempt, &j.MaxAttempts,
+		&j.BatchID, &j.CreatedAt, &j.scheduledAt, &j.StartedAt, &j.FinishedAt, &j.Result, &lastError,
+		&j.Credits.Amount, &j.Credits.State, &j.FalRequestID, &j.riverPriority)
+	if err != nil {
+		return nil, err
+	}
+	j.ID = strconv.FormatInt(j.riverJobID, 10)
+	if j.State != StateSucceeded {
+		j.Result = nil
+	}
+	switch {
+	case j.State == StateCancelled:
+		j.Error = &JobError{Code: "cancelled", Message: "the job was cancelled"}
+		if lastError != nil {
+			if e := parseJobError(*lastError); e.Code != "cancelled" && e.Code != "internal" {
+				j.Error.Message = e.Message
+			}
+		}
+	case lastError != nil && j.State != StateSucceeded:
+		e := parseJobError(*lastError)
+		j.Error = &e
+	}
+	return &j, nil
+}
+
+// JobID parses an API job id; ok is false for ids that cannot exist.
+func JobID(id string) (int64, bool) {
+	n, err := strconv.ParseInt(id, 10, 64)
+	return n, err == nil && n > 0
+}
+
+// Get returns the user's job, or ENOTFOUND when it does not exist or
+// belongs to someone else.
+func (s *Service) Get(ctx context.Context, userID, id string) (*Job, error) {
+	return s.get(ctx, s.pool, userID, id)
+}
+
+func (s *Service) get(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {
+	n, ok := JobID(id)
+	if !ok {
+		return nil, errorf(ENOTFOUND, "job %q not found", id)
+	}
+	j, err := scanJob(q.QueryRow(ctx, `SELECT `+jobColumns+` FROM ai_jobs WHERE river_job_id = $1 AND user_id = $2`, n, userID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errorf(ENOTFOUND, "job %q not found", id)
+	}
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if j.State == StateQueued && j.RiverState == string(rivertype.JobStateAvailable) {
+		var ahead int
+		err := q.QueryRow(ctx, `
+SELECT count(*) FROM river_job
+ WHERE state = 'available' AND queue = $1
+   AND (priority, scheduled_at, id) < ($2, $3, $4)`, j.Priority, j.riverPriority, j.scheduledAt, j.riverJobID).Scan(&ahead)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		j.QueuePosition = &ahead
+	}
+	return j, nil
+}
+
+// ListFilter narrows List.
+type ListFilter struct {
+	State     string
+	Operation string
+	BatchID   string
+	Limit     int
+	// Cursor is the id of the last job of the previous page.
+	Cursor string
+}
+
+// List returns the user's jobs, newest first, and the cursor of the next
+// page ("" on the last page).
+func (s *Service) List(ctx context.Context, userID string, f ListFilter) ([]*Job, string, error) {
+	limit := f.Limit
+	if limit <= 0 || limit > 100 {
+		limit = 20
+	}
+	var before int64
+	if f.Cursor != "" {
+		n, ok := JobID(f.Cursor)
+		if !ok {
+			return nil, "", &Error{Code: EINVALID, Message: "bad cursor", Fields: []FieldError{{Location: "query.cursor", Message: "is not a cursor from a previous page", Value: f.Cursor}}}
+		}
+		before = n
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM ai_jobs
+ WHERE user_id = $1
+   AND ($2 = '' OR state = $2)
+   AND ($3 = '' OR operation = $3)
+   AND ($4 = '' OR batch_id = $4)
+   AND ($5 = 0 OR river_job_id < $5)
+ ORDER BY river_job_id DESC
+ LIMIT $6`, userID, f.State, f.Operation, f.BatchID, before, limit+1)
+	if err != nil {
+		return nil, "", unavailable(err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*Job, error) { return scanJob(r) })
+	if err != nil {
+		return nil, "", unavailable(err)
+	}
+	next := ""
+	if len(list) > limit {
+		list = list[:limit]
+		next = list[limit-1].ID
+	}
+	return list, next, nil
+}
+
+// Cancel cancels the user's queued or running job. A queued job is
+// cancelled (and refunded) at once; a running one is signalled and its
+// worker cancels the fal request and ends it. A job already in a final
+// state is returned unchanged with an ECONFLICT error.
+func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
+	j, err := s.get(ctx, s.pool, userID, id)
+	if err != nil {
+		return nil, err
+	}
+	if Final(j.State) {
+		return nil, &Error{Code: ECONFLICT, Message: fmt.Sprintf("job %s is already %s", j.ID, j.State), Job: j}
+	}
+	if _, err := s.river.JobCancel(ctx, j.riverJobID); err != nil {
+		if errors.Is(err, river.ErrNotFound) {
+			return nil, errorf(ENOTFOUND, "job %q not found", id)
+		}
+		return nil, unavailable(err)
+	}
+	j, err = s.get(ctx, s.pool, userID, id)
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}

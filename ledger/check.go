@@ -1,0 +1,78 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+)
+
+// Violation is one broken ledger invariant.
+type Violation struct {
+	UserID string
+	Rule   string
+	Detail string
+}
+
+func (v Violation) String() string {
+	return fmt.Sprintf("user %s: %s (%s)", v.UserID, v.Rule, v.Detail)
+}
+
+// Check verifies the ledger's own invariants (SPEC section 7) for every
+// account and returns each violation it finds; a correct system returns
+// none:
+//   - available = balance - reserved >= 0;
+//   - granted - charged = balance (from the journal);
+//   - reserved = the sum of open holds;
+//   - every hold has exactly one reserve entry, a settled hold exactly one
+//     charge or refund entry matching its state, an open hold none.
+func Check(ctx context.Context, q Querier) ([]Violation, error) {
+	rows, err := q.Query(ctx, `
+WITH j AS (
+    SELECT user_id,
+           COALESCE(sum(amount) FILTER (WHERE kind = 'grant'), 0)  AS granted,
+           COALESCE(sum(amount) FILTER (WHERE kind = 'charge'), 0) AS charged
+      FROM credit_entries GROUP BY user_id
+), h AS (
+    SELECT user_id, COALESCE(sum(amount) FILTER (WHERE state = 'reserved'), 0) AS open
+      FROM credit_holds GROUP BY user_id
+)
+SELECT a.user_id::text, 'available >= 0', format('balance %s reserved %s', a.balance, a.reserved)
+  FROM credit_accounts a WHERE a.balance - a.reserved < 0
+UNION ALL
+SELECT a.user_id::text, 'granted - charged = balance',
+       format('granted %s charged %s balance %s', COALESCE(j.granted, 0), COALESCE(j.charged, 0), a.balance)
+  FROM credit_accounts a LEFT JOIN j USING (user_id)
+ WHERE COALESCE(j.granted, 0) - COALESCE(j.charged, 0) <> a.balance
+UNION ALL
+SELECT a.user_id::text, 'reserved = sum of open holds', format('reserved %s open holds %s', a.reserved, COALESCE(h.open, 0))
+  FROM credit_accounts a LEFT JOIN h USING (user_id)
+ WHERE a.reserved <> COALESCE(h.open, 0)
+UNION ALL
+SELECT ho.user_id::text, 'one reserve entry per hold',
+       format('job %s has %s reserve entries', ho.job_id,
+              (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'reserve'))
+  FROM credit_holds ho
+ WHERE (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'reserve') <> 1
+UNION ALL
+SELECT ho.user_id::text, 'settlement entries match the hold',
+       format('job %s hold %s has %s charge and %s refund entries', ho.job_id, ho.state,
+              (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'charge'),
+              (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'refund'))
+  FROM credit_holds ho
+ WHERE (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'charge')
+           <> CASE WHEN ho.state = 'charged' THEN 1 ELSE 0 END
+    OR (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'refund')
+           <> CASE WHEN ho.state = 'refunded' THEN 1 ELSE 0 END`)
+	if err != nil {
+		return nil, fmt.Errorf("ledger check: %w", err)
+	}
+	defer rows.Close()
+	var out []Violation
+	for rows.Next() {
+		var v Violation
+		if err := rows.Scan(&v.UserID, &v.Rule, &v.Detail); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

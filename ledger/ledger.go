@@ -1,0 +1,214 @@
+// Package ledger keeps users' credits in Postgres: accounts, holds (one per
+// job) and an append-only journal. Every write takes the caller's pgx.Tx, so
+// a reservation commits together with the job it pays for; settlement runs in
+// SQL (credit_settle) so that it commits with the job reaching its final
+// state, whatever moves it there.
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Querier is what read functions need: a pool, a connection or a
+// transaction.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Hold states.
+const (
+	HoldReserved = "reserved"
+	HoldCharged  = "charged"
+	HoldRefunded = "refunded"
+)
+
+// Entry kinds of the journal.
+const (
+	KindGrant   = "grant"
+	KindReserve = "reserve"
+	KindCharge  = "charge"
+	KindRefund  = "refund"
+)
+
+// InsufficientError is returned by Reserve when the account cannot cover
+// the amount. Nothing has been written when it is returned.
+type InsufficientError struct {
+	Needed    int64
+	Available int64
+}
+
+func (e *InsufficientError) Error() string {
+	return fmt.Sprintf("not enough credits: needed %d, available %d", e.Needed, e.Available)
+}
+
+// ErrGrantConflict is returned by Grant when its idempotency key was used
+// before for a different grant.
+var ErrGrantConflict = errors.New("idempotency key already used for a different grant")
+
+// Hold is one reservation: the amount held for one job.
+type Hold struct {
+	JobID  int64
+	Amount int64
+}
+
+// Reserve moves the sum of holds from the user's available credits to
+// reserved and records one hold and one journal entry per job, in one
+// statement. It returns *InsufficientError when the user cannot cover the
+// total; the caller then rolls back its transaction.
+func Reserve(ctx context.Context, tx pgx.Tx, userID string, holds []Hold) error {
+	if len(holds) == 0 {
+		return nil
+	}
+	var total int64
+	ids := make([]int64, len(holds))
+	amounts := make([]int64, len(holds))
+	for i, h := range holds {
+		if h.Amount <= 0 {
+			return fmt.Errorf("hold for job %d: amount must be positive, got %d", h.JobID, h.Amount)
+		}
+		ids[i], amounts[i] = h.JobID, h.Amount
+		total += h.Amount
+	}
+	var reserved int
+	err := tx.QueryRow(ctx, `
+WITH acct AS (
+    UPDATE credit_accounts
+       SET reserved = reserved + $2, updated_at = now()
+     WHERE user_id = $1 AND balance - reserved >= $2
+    RETURNING user_id
+), h AS (
+    INSERT INTO credit_holds (job_id, user_id, amount)
+    SELECT u.job_id, acct.user_id, u.amount
+      FROM acct, unnest($3::bigint[], $4::bigint[]) AS u (job_id, amount)
+    RETURNING job_id, user_id, amount
+), e AS (
+    INSERT INTO credit_entries (user_id, kind, amount, job_id)
+    SELECT user_id, 'reserve', amount, job_id FROM h
+)
+SELECT count(*) FROM acct`, userID, total, ids, amounts).Scan(&reserved)
+	if err != nil {
+		return fmt.Errorf("reserve: %w", err)
+	}
+	if reserved == 1 {
+		return nil
+	}
+	var available int64
+	err = tx.QueryRow(ctx, `SELECT balance - reserved FROM credit_accounts WHERE user_id = $1`, userID).Scan(&available)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("reserve: %w", err)
+	}
+	return &InsufficientError{Needed: total, Available: available}
+}
+
+// Settle settles the open hold of a job: it charges it when charge is true
+// and refunds it otherwise. It reports the hold's new state, or "" when the
+// hold was not open (already settled, or no hold), so calling it twice is
+// harmless. River job state changes settle holds by themselves (a trigger
+// calls the same SQL function); Settle is for holds whose job is gone.
+func Settle(ctx context.Context, tx pgx.Tx, jobID int64, charge bool) (string, error) {
+	var state *string
+	if err := tx.QueryRow(ctx, `SELECT credit_settle($1, $2)`, jobID, charge).Scan(&state); err != nil {
+		return "", fmt.Errorf("settle job %d: %w", jobID, err)
+	}
+	if state == nil {
+		return "", nil
+	}
+	return *state, nil
+}
+
+// Entry is one row of the journal.
+type Entry struct {
+	ID        int64     `json:"id"`
+	UserID    string    `json:"user_id"`
+	Kind      string    `json:"kind"`
+	Amount    int64     `json:"amount"`
+	JobID     *int64    `json:"job_id,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Grant adds amount credits to the user's balance, creating the account when
+// needed. With a non-empty idempotency key, a second call with the same key
+// returns the first grant's entry and adds nothing (created is false); the
+// same key with another user or amount returns ErrGrantConflict.
+func Grant(ctx context.Context, tx pgx.Tx, userID string, amount int64, reason, idempotencyKey string) (entry Entry, created bool, err error) {
+	if amount <= 0 {
+		return Entry{}, false, fmt.Errorf("grant amount must be positive, got %d", amount)
+	}
+	var key *string
+	if idempotencyKey != "" {
+		key = &idempotencyKey
+	}
+	row := tx.QueryRow(ctx, `
+INSERT INTO credit_entries (user_id, kind, amount, reason, idempotency_key)
+VALUES ($1, 'grant', $2, NULLIF($3, ''), $4)
+ON CONFLICT (idempotency_key) WHERE kind = 'grant' AND idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, user_id, kind, amount, job_id, COALESCE(reason, ''), created_at`, userID, amount, reason, key)
+	entry, err = scanEntry(row)
+	if errors.Is(err, pgx.ErrNoRows) {
+		entry, err = scanEntry(tx.QueryRow(ctx, `
+SELECT id, user_id, kind, amount, job_id, COALESCE(reason, ''), created_at
+  FROM credit_entries WHERE kind = 'grant' AND idempotency_key = $1`, idempotencyKey))
+		if err != nil {
+			return Entry{}, false, fmt.Errorf("grant: %w", err)
+		}
+		if entry.UserID != userID || entry.Amount != amount {
+			return Entry{}, false, ErrGrantConflict
+		}
+		return entry, false, nil
+	}
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("grant: %w", err)
+	}
+	_, err = tx.Exec(ctx, `
+INSERT INTO credit_accounts (user_id, balance) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE
+   SET balance = credit_accounts.balance + EXCLUDED.balance, updated_at = now()`, userID, amount)
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("grant: %w", err)
+	}
+	return entry, true, nil
+}
+
+func scanEntry(row pgx.Row) (Entry, error) {
+	var e Entry
+	err := row.Scan(&e.ID, &e.UserID, &e.Kind, &e.Amount, &e.JobID, &e.Reason, &e.CreatedAt)
+	return e, err
+}
+
+// Balance is a user's account.
+type Balance struct {
+	Balance   int64 `json:"balance"`
+	Reserved  int64 `json:"reserved"`
+	Available int64 `json:"available"`
+}
+
+// Get returns the user's balance; a user without an account has zeros.
+func Get(ctx context.Context, q Querier, userID string) (Balance, error) {
+	var b Balance
+	err := q.QueryRow(ctx, `SELECT balance, reserved, balance - reserved FROM credit_accounts WHERE user_id = $1`, userID).
+		Scan(&b.Balance, &b.Reserved, &b.Available)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return Balance{}, fmt.Errorf("balance: %w", err)
+	}
+	return b, nil
+}
+
+// Entries returns the user's latest journal entries, newest first.
+func Entries(ctx context.Context, q Querier, userID string, limit int) ([]Entry, error) {
+	rows, err := q.Query(ctx, `
+SELECT id, user_id, kind, amount, job_id, COALESCE(reason, ''), created_at
+  FROM credit_entries WHERE user_id = $1 ORDER BY id DESC LIMIT $2`, userID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("entries: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Entry, error) { return scanEntry(r) })
+}
