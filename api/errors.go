@@ -110,5 +110,3 @@ func (s *Server) dbProblem(ctx context.Context, err error) error {
 	}
 	return s.toProblem(ctx, &jobs.Error{Code: jobs.EUNAVAILABLE, Message: err.Error()})
 }
-
-func jobIDString(id int64) string { return strconv.FormatInt(id, 10) }

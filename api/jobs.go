@@ -98,7 +98,7 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*jobOutput, er
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	j, err := s.jobs.Get(ctx, p.UserID, jobIDString(ids[0]))
+	j, err := s.jobs.Get(ctx, p.UserID, jobs.FormatID(ids[0]))
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}

@@ -251,7 +251,7 @@ func scanJob(row pgx.Row) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j.ID = strconv.FormatInt(j.riverJobID, 10)
+	j.ID = FormatID(j.riverJobID)
 	if j.State != StateSucceeded {
 		j.Result = nil
 	}
@@ -380,3 +380,6 @@ func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
 	}
 	return j, nil
 }
+
+// FormatID is the API id of a River job id.
+func FormatID(id int64) string { return strconv.FormatInt(id, 10) }

@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/danielgtaylor/huma/v2"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/jobs"
@@ -98,7 +99,7 @@ func devSecretIfPresent() (string, error) {
 	if dir == "" {
 		dir = ".data"
 	}
-	b, err := os.ReadFile(dir + "/dev-jwt-secret")
+	b, err := os.ReadFile(filepath.Join(filepath.Clean(dir), "dev-jwt-secret")) //nolint:gosec // the operator chooses DATA_DIR
 	if err != nil {
 		return "", fmt.Errorf("AUTH_JWT_SECRET is not set (and no %s/dev-jwt-secret from make run)", dir)
 	}
@@ -112,11 +113,11 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-// openapiCmd is `server openapi [--yaml]`: the OpenAPI document, built from
+// openapiCmd is `server openapi [--json]`: the OpenAPI document, built from
 // the same registration code the server runs.
 func openapiCmd(args []string) error {
 	fs := flag.NewFlagSet("openapi", flag.ContinueOnError)
-	asYAML := fs.Bool("yaml", true, "YAML (default) or JSON (--yaml=false)")
+	asJSON := fs.Bool("json", false, "JSON instead of YAML")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -124,28 +125,25 @@ func openapiCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *asYAML {
-		var v any
-		if err := json.Unmarshal(doc, &v); err != nil {
-			return err
-		}
-		out, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = os.Stdout.Write(out)
+	var out []byte
+	if *asJSON {
+		out, err = json.MarshalIndent(doc, "", "  ")
+	} else {
+		out, err = doc.YAML()
+	}
+	if err != nil {
 		return err
 	}
-	_, err = os.Stdout.Write(doc)
+	_, err = os.Stdout.Write(out)
 	return err
 }
 
-func openAPIDocument() ([]byte, error) {
+func openAPIDocument() (*huma.OpenAPI, error) {
 	mux := http.NewServeMux()
 	svc := jobs.NewService(nil, nil, jobs.DefaultCatalog())
 	s, err := api.New(mux, nil, svc, api.Config{Auth: api.AuthConfig{HS256Secret: []byte("x")}, Version: Version})
 	if err != nil {
 		return nil, err
 	}
-	return json.MarshalIndent(s.API().OpenAPI(), "", "  ")
+	return s.API().OpenAPI(), nil
 }

@@ -31,6 +31,7 @@ type Config struct {
 	FalKeys        []string
 	FalQueueURL    string
 	FalSimulate    bool
+	FalSimFast     bool // the built-in simulator answers at once (tests, benchmarks)
 	FalMaxInFlight int
 
 	Limits jobs.QueueLimits
@@ -127,6 +128,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		AutoMigrate:        boolean("AUTO_MIGRATE", getenv("DATABASE_URL") == ""),
 	}
 	c.FalSimulate = boolean("FAL_SIMULATE", len(c.FalKeys) == 0)
+	c.FalSimFast = boolean("FAL_SIMULATE_FAST", false)
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -59,6 +60,9 @@ func serve(args []string) error {
 		_ = m.Close()
 		return err
 	}
+	if cfg.Demo {
+		printDemo(os.Stdout, m)
+	}
 	<-ctx.Done()
 	stop() // a second signal kills the process at once
 	fmt.Fprintln(os.Stderr, "server: shutting down")
@@ -71,3 +75,30 @@ func serve(args []string) error {
 
 // shutdownGrace is how long Close waits for in-flight HTTP requests.
 const shutdownGrace = 10 * time.Second
+
+// printDemo prints what a developer needs after make run.
+func printDemo(w io.Writer, m *Main) {
+	u := m.URL()
+	ui := "off (set RIVER_BASIC_AUTH_USER and RIVER_BASIC_AUTH_PASS)"
+	if m.Config.RiverUser != "" {
+		ui = u + "/riverui/"
+	}
+	fmt.Fprintf(w, `
+aiqueue is running (Ctrl-C stops it; the data stays in %s)
+
+  API docs   %s/docs
+  OpenAPI    %s/openapi.yaml
+  River UI   %s
+  Metrics    %s/metrics
+  Database   %s
+
+Demo user %s has credits. Bearer token (24h, admin):
+
+  export TOKEN=%s
+
+  curl -s -X POST %s/v1/jobs -H "Authorization: Bearer $TOKEN" \
+       -H 'Content-Type: application/json' \
+       -d '{"operation":"generate","params":{"prompt":"a gold ring on marble"}}'
+
+`, m.Config.DataDir, u, u, ui, u, redactDSN(m.Config.DatabaseURL), DemoUserID, m.DemoToken, u)
+}

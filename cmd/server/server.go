@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,7 +118,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	if err := m.startFal(); err != nil {
+	if err := m.startFal(ctx); err != nil {
 		return err
 	}
 	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{})
@@ -158,7 +159,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	m.listener, err = net.Listen("tcp", cfg.ListenAddr)
+	m.listener, err = new(net.ListenConfig).Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
 		return err
 	}
@@ -240,14 +241,16 @@ func redactURLError(err error) error {
 	return errors.New(strings.SplitN(err.Error(), ":", 2)[0] + ": cannot parse connection string")
 }
 
-func (m *Main) startFal() error {
+func (m *Main) startFal(ctx context.Context) error {
 	cfg := m.Config
 	keys := cfg.FalKeys
+	if cfg.FalSimulate && len(keys) == 0 {
+		keys = []string{"sim-key-1", "sim-key-2", "sim-key-3"}
+	}
 	baseURL := cfg.FalQueueURL
 	if cfg.FalSimulate && baseURL == "" {
-		keys = []string{"sim-key-1", "sim-key-2", "sim-key-3"}
-		m.sim = falsim.New(falsim.Options{Keys: keys, Logger: m.Logger.With(slog.String("component", "falsim"))})
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		m.sim = falsim.New(falsim.Options{Keys: keys, Fast: cfg.FalSimFast, Logger: m.Logger.With(slog.String("component", "falsim"))})
+		ln, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}
@@ -256,6 +259,8 @@ func (m *Main) startFal() error {
 		baseURL = "http://" + ln.Addr().String()
 		m.Logger.Warn("FAL SIMULATOR IN USE: no fal key is set (or FAL_SIMULATE=true); jobs get fake results from the built-in simulator and nothing is sent to fal.ai",
 			slog.String("fal_queue_url", baseURL))
+	} else if cfg.FalSimulate {
+		m.Logger.Warn("FAL SIMULATOR IN USE at FAL_QUEUE_URL: nothing is sent to fal.ai", slog.String("fal_queue_url", baseURL))
 	}
 	var err error
 	m.fal, err = falclient.New(falclient.Config{
@@ -320,7 +325,7 @@ func devSecret(dir string) (string, error) {
 		return "", err
 	}
 	secret := hex.EncodeToString(buf)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", err
 	}
 	return secret, os.WriteFile(path, []byte(secret+"\n"), 0o600)
@@ -366,4 +371,16 @@ func (m *Main) Close() error {
 		}
 	})
 	return m.closeErr
+}
+
+// redactDSN hides the password of a connection string.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return dsn
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
 }

@@ -1,0 +1,96 @@
+// Command falsim serves the fal queue API simulator (package
+// falclient/falsim) over HTTP, for demos and for pointing FAL_QUEUE_URL at.
+//
+// Usage:
+//
+//	falsim [-addr 127.0.0.1:8090] [-fast] [-keys k1,k2] [-latency-scale 1.0]
+//
+// With -keys only those keys are accepted (named key-1, key-2 ... in logs);
+// without it any non-empty key is. -fast completes every request at its first
+// status poll; otherwise image models take 2s and video models 30s, times
+// -latency-scale. It stops on SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aiqueue/aiqueue/falclient/falsim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "falsim:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args, serves until ctx is done, then shuts down gracefully.
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("falsim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
+	fast := fs.Bool("fast", false, "complete every request at its first status poll (no latency)")
+	keys := fs.String("keys", "", "comma-separated keys to accept (default: any non-empty key)")
+	scale := fs.Float64("latency-scale", 1.0, "multiplier for the simulated model latencies (> 0)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *scale <= 0 {
+		return fmt.Errorf("-latency-scale must be > 0, got %v", *scale)
+	}
+	var keyList []string
+	for k := range strings.SplitSeq(*keys, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			keyList = append(keyList, k)
+		}
+	}
+
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	sim := falsim.New(falsim.Options{
+		Keys:         keyList,
+		Fast:         *fast,
+		LatencyScale: *scale,
+		Logger:       log,
+	})
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: sim, ReadHeaderTimeout: 10 * time.Second}
+	log.Info("falsim listening", "url", "http://"+ln.Addr().String(), "fast", *fast, "keys", len(keyList), "latency_scale", *scale)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package jobs_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+func generate(prompt string) jobs.Item {
+	return jobs.Item{Operation: "generate", Params: json.RawMessage(`{"prompt":"` + prompt + `"}`)}
+}
+
+func TestSubmit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("ReservesAndInserts", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 3)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		require.Len(t, ids, 1)
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 3, Reserved: 1, Available: 2}, bal)
+		j, err := b.svc.Get(ctx, uid, jobs.FormatID(ids[0]))
+		require.NoError(t, err)
+		require.Equal(t, jobs.StateQueued, j.State)
+		require.Equal(t, ledger.HoldReserved, j.Credits.State)
+		require.NotNil(t, j.QueuePosition)
+		require.Equal(t, 0, *j.QueuePosition)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RolledBackTransactionLeavesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 3)
+		boom := errors.New("boom after insert and reserve")
+		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{
+			InTx: func(ctx context.Context, tx pgx.Tx, ids []int64) error {
+				// Inside the transaction both exist...
+				var n int
+				require.NoError(t, tx.QueryRow(ctx, `SELECT count(*) FROM credit_holds WHERE job_id = $1`, ids[0]).Scan(&n))
+				require.Equal(t, 1, n)
+				return boom
+			},
+		})
+		require.ErrorIs(t, err, boom)
+		// ...and after the rollback neither does.
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries`)) // the grant
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 3, Available: 3}, bal)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("InsufficientCreditsWritesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 1)
+		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: json.RawMessage(`{"prompt":"spin","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		var insufficient *ledger.InsufficientError
+		require.ErrorAs(t, err, &insufficient)
+		require.Equal(t, int64(10), insufficient.Needed)
+		require.Equal(t, int64(1), insufficient.Available)
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("JobWithoutHoldCannotCommit", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(ctx) //nolint:errcheck
+		_, err = b.river.InsertTx(ctx, tx, jobs.Args{UserID: "00000000-0000-4000-8000-000000000009", Operation: "generate", Model: "fal-ai/flux/dev", Params: json.RawMessage(`{}`), Cost: 1}, nil)
+		require.NoError(t, err)
+		err = tx.Commit(ctx)
+		require.ErrorContains(t, err, "without a credit hold")
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+	})
+
+	t.Run("ValidationListsEveryError", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 10)
+		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "edit", Params: json.RawMessage(`{"image_urls":["http://insecure.test/a.png"],"num_images":9}`), Priority: "asap"}}, jobs.SubmitOpts{})
+		var je *jobs.Error
+		require.ErrorAs(t, err, &je)
+		require.Equal(t, jobs.EINVALID, je.Code)
+		var locs []string
+		for _, f := range je.Fields {
+			locs = append(locs, f.Location)
+		}
+		require.ElementsMatch(t, []string{"body.params.image_urls[0]", "body.params.num_images", "body.params.prompt", "body.priority"}, locs)
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+	})
+}
