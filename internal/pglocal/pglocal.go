@@ -151,7 +151,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if !settingName.MatchString(k) {
 			return nil, fmt.Errorf("pglocal: invalid setting name %q", k)
 		}
-		if managed[strings.ToLower(k)] {
+		k = strings.ToLower(k) // setting names are case-insensitive
+		if managed[k] {
 			return nil, fmt.Errorf("pglocal: setting %q is managed by pglocal", k)
 		}
 		settings[k] = v
@@ -289,13 +290,14 @@ func (c *Cluster) Restart(ctx context.Context) error {
 // StopDataDir stops a server running in data directory dir, if any, with
 // pg_ctl stop -m immediate. It is meant to clean up servers left behind by
 // killed processes. It does nothing when no server runs there, and it never
-// signals a process that is not a postgres server.
+// signals a process that is not a postgres server. When the current process
+// is root, pg_ctl runs as the "postgres" OS user.
 func StopDataDir(ctx context.Context, dir string, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err != nil {
-		return nil
+		return nil //nolint:nilerr // no pid file: no server to stop
 	}
 	bins, err := findBinaries("")
 	if err != nil {
@@ -379,7 +381,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), lastErr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -479,7 +481,7 @@ func processInfo(pid int, dir string) (alive, isOurPostgres bool) {
 	var name string
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
 		name = strings.TrimSpace(string(b))
-	} else if out, err := exec.Command("ps", "-o", "comm=", "-p", strconv.Itoa(pid)).Output(); err == nil {
+	} else if out, err := exec.CommandContext(context.Background(), "ps", "-o", "comm=", "-p", strconv.Itoa(pid)).Output(); err == nil {
 		name = filepath.Base(strings.TrimSpace(string(out)))
 	}
 	if !strings.HasPrefix(name, "postgres") && !strings.HasPrefix(name, "postmaster") {
@@ -647,7 +649,7 @@ func shellQuote(s string) string {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := new(net.ListenConfig).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}

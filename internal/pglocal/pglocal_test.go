@@ -123,7 +123,7 @@ func TestSettingsAndFixedPort(t *testing.T) {
 		Port: port,
 		Settings: map[string]string{
 			"fsync":            "off",
-			"max_connections":  "50",
+			"MAX_CONNECTIONS":  "50",
 			"application_name": "it's quoted; $HOME `x`",
 		},
 	})

@@ -19,7 +19,7 @@ func memoryTempDir() string {
 	if err := syscall.Statfs(shmDir, &st); err != nil {
 		return ""
 	}
-	if st.Bavail*uint64(st.Bsize) < minShmFree {
+	if st.Bavail*uint64(st.Bsize) < minShmFree { //nolint:gosec // block size is positive
 		return ""
 	}
 	return shmDir
