@@ -3,6 +3,7 @@ package falclient_test
 import (
 	"bytes"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
@@ -127,13 +128,19 @@ func setup(t *testing.T, opts *setupOpts) *testBundle {
 func (b *testBundle) metricsText(t *testing.T) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	promhttp.HandlerFor(b.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	promhttp.HandlerFor(b.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	require.Equal(t, 200, rec.Code)
 	return rec.Body.String()
 }
 
-// requireKind asserts err is a *falclient.Error of kind and returns it.
-func requireKind(t *testing.T, err error, kind falclient.Kind) *falclient.Error {
+// requireKind asserts err is a *falclient.Error of kind.
+func requireKind(t *testing.T, err error, kind falclient.Kind) {
+	t.Helper()
+	_ = falErr(t, err, kind)
+}
+
+// falErr asserts err is a *falclient.Error of kind and returns it.
+func falErr(t *testing.T, err error, kind falclient.Kind) *falclient.Error {
 	t.Helper()
 	require.Error(t, err)
 	var fe *falclient.Error

@@ -52,7 +52,7 @@ func TestPickKey(t *testing.T) {
 			require.Equal(t, 2, k)
 		}
 		_, err := b.client.PickKey(map[int]int{1: 2, 2: 2, 3: 2})
-		fe := requireKind(t, err, falclient.KindNoKey)
+		fe := falErr(t, err, falclient.KindNoKey)
 		require.ErrorIs(t, err, falclient.ErrNoKey)
 		require.Equal(t, time.Second, fe.RetryAfter)
 		require.False(t, falclient.IsPermanent(err))
@@ -77,7 +77,7 @@ func TestPickKey(t *testing.T) {
 			}
 			key, err := b.client.PickKey(inFlight)
 			if err != nil {
-				fe := requireKind(t, err, falclient.KindNoKey)
+				fe := falErr(t, err, falclient.KindNoKey)
 				require.Positive(t, fe.RetryAfter)
 				b.clock.Advance(fe.RetryAfter)
 				continue
@@ -101,7 +101,7 @@ func TestPickKey(t *testing.T) {
 		b.sim.FailKey("key-1", falsim.Failure{Status: 429, Count: 2})
 
 		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
-		fe := requireKind(t, err, falclient.KindRateLimited)
+		fe := falErr(t, err, falclient.KindRateLimited)
 		require.GreaterOrEqual(t, fe.RetryAfter, time.Second) // 2s with equal jitter
 		require.LessOrEqual(t, fe.RetryAfter, 2*time.Second)
 
@@ -122,7 +122,7 @@ func TestPickKey(t *testing.T) {
 		require.True(t, b.client.KeyHealth()[0].Healthy)
 		require.Contains(t, pickN(t, b.client, 3), 1)
 		_, err = b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
-		fe = requireKind(t, err, falclient.KindRateLimited)
+		fe = falErr(t, err, falclient.KindRateLimited)
 		require.GreaterOrEqual(t, fe.RetryAfter, 2*time.Second)
 		require.LessOrEqual(t, fe.RetryAfter, 4*time.Second)
 		require.Equal(t, 2, b.client.KeyHealth()[0].RateLimitStreak)
@@ -144,7 +144,7 @@ func TestPickKey(t *testing.T) {
 		var last time.Duration
 		for range 10 {
 			_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`))
-			fe := requireKind(t, err, falclient.KindRateLimited)
+			fe := falErr(t, err, falclient.KindRateLimited)
 			last = fe.RetryAfter
 			b.clock.Advance(fe.RetryAfter)
 		}
@@ -211,13 +211,13 @@ func TestPickKey(t *testing.T) {
 		var soonest time.Duration
 		for key := 1; key <= 3; key++ {
 			_, err := b.client.Submit(ctx, key, imageModel, json.RawMessage(`{}`))
-			fe := requireKind(t, err, falclient.KindRateLimited)
+			fe := falErr(t, err, falclient.KindRateLimited)
 			if soonest == 0 || fe.RetryAfter < soonest {
 				soonest = fe.RetryAfter
 			}
 		}
 		_, err := b.client.PickKey(nil)
-		fe := requireKind(t, err, falclient.KindNoKey)
+		fe := falErr(t, err, falclient.KindNoKey)
 		require.ErrorIs(t, err, falclient.ErrNoKey)
 		require.Equal(t, soonest, fe.RetryAfter)
 		require.Positive(t, fe.RetryAfter)
@@ -236,7 +236,7 @@ func TestPickKey(t *testing.T) {
 		requireKind(t, err, falclient.KindAuth)
 		// key-1 revoked (5m), key-2 and key-3 at the cap: retry in 1s.
 		_, err = b.client.PickKey(map[int]int{2: 2, 3: 2})
-		fe := requireKind(t, err, falclient.KindNoKey)
+		fe := falErr(t, err, falclient.KindNoKey)
 		require.Equal(t, time.Second, fe.RetryAfter)
 		// Only the revoked key is below the cap: retry when it is back.
 		_, err = b.client.PickKey(map[int]int{2: 2, 3: 2, 1: 0})

@@ -193,6 +193,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// Read the body before any injected delay: net/http notices a caller
+	// that went away (and cancels r.Context()) only once the body is read.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInput))
+	if err != nil {
+		s.countError()
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeJSON(w, http.StatusRequestEntityTooLarge, detail("Request body too large"))
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, detail("Could not read request body"))
+		return
+	}
+
 	f, matched := s.count(rt, keyName)
 	if matched && f.Delay > 0 {
 		t := time.NewTimer(f.Delay)
@@ -213,7 +227,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var status int
 	switch rt.op {
 	case OpSubmit:
-		status = s.submit(w, r, rt, keyName)
+		status = s.submit(w, r, rt, keyName, body)
 	case OpStatus:
 		status = s.status(w, r, rt)
 	case OpResult:
@@ -314,15 +328,7 @@ func (s *Server) countError() {
 }
 
 // submit handles POST /{model...}.
-func (s *Server) submit(w http.ResponseWriter, r *http.Request, rt route, keyName string) int {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInput))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return writeJSON(w, http.StatusRequestEntityTooLarge, detail("Request body too large"))
-		}
-		return writeJSON(w, http.StatusBadRequest, detail("Could not read request body"))
-	}
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, rt route, keyName string, body []byte) int {
 	var input map[string]any
 	if err := json.Unmarshal(body, &input); err != nil || input == nil {
 		return writeJSON(w, http.StatusUnprocessableEntity, validationDetail([]any{"body"}, "value is not a valid dict", "type_error.dict"))

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestRun(t *testing.T) {
+	t.Parallel()
+
+	t.Run("ServesUntilCanceled", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var stderr lockedBuffer
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-fast", "-keys", "sk-cmd-secret-1, sk-cmd-secret-2"}, &stderr)
+		}()
+
+		var line struct {
+			Msg  string `json:"msg"`
+			URL  string `json:"url"`
+			Keys int    `json:"keys"`
+			Fast bool   `json:"fast"`
+		}
+		require.Eventually(t, func() bool {
+			return json.Unmarshal([]byte(strings.TrimSpace(stderr.String())), &line) == nil
+		}, 5*time.Second, 10*time.Millisecond)
+		require.Equal(t, "falsim listening", line.Msg)
+		require.Equal(t, 2, line.Keys)
+		require.True(t, line.Fast)
+
+		req, err := http.NewRequest(http.MethodPost, line.URL+"/fal-ai/flux/dev", strings.NewReader(`{"prompt":"x"}`))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Key sk-cmd-secret-2")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("run did not return after cancel")
+		}
+		require.NotContains(t, stderr.String(), "sk-cmd-secret")
+	})
+
+	t.Run("BadFlags", func(t *testing.T) {
+		t.Parallel()
+		var stderr lockedBuffer
+		require.Error(t, run(context.Background(), []string{"-latency-scale", "0"}, &stderr))
+		require.Error(t, run(context.Background(), []string{"-nope"}, &stderr))
+		require.Error(t, run(context.Background(), []string{"extra"}, &stderr))
+	})
+}

@@ -1,0 +1,64 @@
+package falclient_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+
+	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/falclient/falsim"
+)
+
+// Example runs one request through the key pool against the simulator: pick a
+// key, submit, poll the status, fetch the result.
+func Example() {
+	sim := falsim.New(falsim.Options{Fast: true})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+
+	client, err := falclient.New(falclient.Config{
+		BaseURL: srv.URL,
+		Keys:    []string{"first-secret", "second-secret", "third-secret"},
+	})
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+
+	// The in-flight counts come from the stored fal requests.
+	key, err := client.PickKey(map[int]int{1: 2})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("picked", client.KeyName(key))
+
+	req, err := client.Submit(ctx, key, "fal-ai/flux/dev", json.RawMessage(`{"prompt":"a gold ring"}`))
+	if err != nil {
+		panic(err)
+	}
+	st, err := client.Status(ctx, req.Key, "fal-ai/flux/dev", req.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("state", st.State)
+
+	out, err := client.Result(ctx, req.Key, "fal-ai/flux/dev", req.ID)
+	if err != nil {
+		panic(err)
+	}
+	var result struct {
+		Images []struct {
+			URL string `json:"url"`
+		} `json:"images"`
+	}
+	if err := json.Unmarshal(out, &result); err != nil {
+		panic(err)
+	}
+	fmt.Println("images", len(result.Images), strings.HasPrefix(result.Images[0].URL, "https://fal.media/files/sim/"))
+	// Output:
+	// picked key-2
+	// state COMPLETED
+	// images 1 true
+}
