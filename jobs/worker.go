@@ -231,6 +231,7 @@ func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Ar
 			// rather than leave a paid request nobody waits for.
 			log.ErrorContext(ctx, "could not store fal request id; cancelling it at fal", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
 			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
+			w.reqs.release(ctx, claim, err)
 			out.Fal = nil
 			return nil, err
 		}
@@ -365,7 +366,7 @@ func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args
 		switch {
 		case fe.Kind == falclient.KindNoKey:
 			d := noKeySnooze(fe.RetryAfter)
-			log.InfoContext(ctx, "no fal key free; snoozing", slog.Duration("retry_in", d), slog.String("reason", fe.Message))
+			log.DebugContext(ctx, "no fal key free; snoozing", slog.Duration("retry_in", d), slog.String("reason", fe.Message))
 			return river.JobSnooze(d)
 		case falclient.IsPermanent(err):
 			if ref != nil {
