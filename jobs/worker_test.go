@@ -170,6 +170,38 @@ func TestWorker(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 
+	t.Run("NotRetryableMarkIsPermanent", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		no := false
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 503, Retryable: &no, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		require.Equal(t, 1, list[0].Attempt)
+		require.Equal(t, jobs.CodeUpstream, list[0].Error.Code)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("AttemptsComeFromTheCatalog", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(t.TempDir(), "ops.yaml")
+		require.NoError(t, os.WriteFile(path, []byte("- name: generate\n  max_attempts: 2\n"), 0o600))
+		catalog, err := jobs.LoadCatalog(path)
+		require.NoError(t, err)
+		b := setupWorker(t, &workerOpts{Catalog: catalog})
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 500, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		require.Equal(t, 2, list[0].Attempt)
+		require.Equal(t, 2, list[0].MaxAttempts)
+		require.Equal(t, jobs.CodeUpstream, list[0].Error.Code)
+		require.Len(t, falRows(t, b.pool, ids[0]), 2, "one submit per attempt")
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
 	t.Run("EveryKeyCoolingDownJobsWait", func(t *testing.T) {
 		t.Parallel()
 		b := setupWorker(t, nil)
