@@ -214,7 +214,7 @@ func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Ar
 		if err != nil {
 			return nil, err
 		}
-		req, err := w.fal.Submit(ctx, key, job.Args.Model, job.Args.Params)
+		req, err := w.submitOnce(ctx, key, job)
 		if err != nil {
 			w.reqs.release(ctx, claim, err)
 			lastErr = err
@@ -239,6 +239,20 @@ func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Ar
 		return ref, nil
 	}
 	return nil, lastErr
+}
+
+// submitOnce sends the submit with the attempt's deadline but not its
+// cancellation: a job cancelled while its submit is on the wire would
+// otherwise lose the id of a request fal may still accept. The request id is
+// stored, and the poll that follows sees the cancel and cancels it at fal.
+func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[Args]) (falclient.Request, error) {
+	subCtx := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		subCtx, cancel = context.WithDeadline(subCtx, d)
+		defer cancel()
+	}
+	return w.fal.Submit(subCtx, key, job.Args.Model, job.Args.Params)
 }
 
 // store records fal's request id in the job's output (the ai_jobs view's
