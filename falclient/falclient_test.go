@@ -392,8 +392,11 @@ func TestClientMetrics(t *testing.T) {
 	requireKind(t, err, falclient.KindRateLimited)
 	_, err = b.client.PickKey(map[int]int{3: 2})
 	require.NoError(t, err)
-
 	text := b.metricsText(t)
+	require.Contains(t, text, `aiqueue_fal_key_in_flight{key="key-1"} 0`)
+	b.client.ReportInFlight(map[int]int{1: 4, 3: 2})
+
+	text = b.metricsText(t)
 	for _, line := range []string{
 		`aiqueue_fal_requests_total{code="200",key="key-1",op="submit"} 1`,
 		`aiqueue_fal_requests_total{code="200",key="key-1",op="status"} 1`,
@@ -402,6 +405,7 @@ func TestClientMetrics(t *testing.T) {
 		`aiqueue_fal_key_healthy{key="key-1"} 1`,
 		`aiqueue_fal_key_healthy{key="key-2"} 0`,
 		`aiqueue_fal_key_healthy{key="key-3"} 1`,
+		`aiqueue_fal_key_in_flight{key="key-1"} 4`,
 		`aiqueue_fal_key_in_flight{key="key-3"} 2`,
 		`aiqueue_fal_request_duration_seconds_count{op="submit"} 2`,
 	} {

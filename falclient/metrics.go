@@ -30,7 +30,7 @@ func newMetrics() *metrics {
 		}, []string{"op"}),
 		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "aiqueue_fal_key_in_flight",
-			Help: "fal requests in progress per key, as last given to PickKey (derived from the stored requests, so the same in every process).",
+			Help: "fal requests in progress per key, as last reported to PickKey or ReportInFlight (derived from the stored requests, so the same in every process).",
 		}, []string{"key"}),
 	}
 }

@@ -63,9 +63,7 @@ func (h *keyHealth) wait(now time.Time) time.Duration {
 // the time until the soonest key becomes usable: the end of its cool-down or
 // revocation, or one second when the limit is the in-flight cap.
 func (c *Client) PickKey(inFlight map[int]int) (int, error) {
-	for i := range c.keys {
-		c.metrics.inFlight.WithLabelValues(c.KeyName(i + 1)).Set(float64(inFlight[i+1]))
-	}
+	c.ReportInFlight(inFlight)
 
 	now := c.now()
 	c.mu.Lock()
@@ -103,6 +101,17 @@ func (c *Client) PickKey(inFlight map[int]int) (int, error) {
 		Op:         opPick,
 		Message:    fmt.Sprintf("no usable key of %d: %d cooling down, %d revoked, %d at the in-flight cap of %d", n, cooling, revoked, capped, c.maxInFlight),
 		RetryAfter: retry,
+	}
+}
+
+// ReportInFlight publishes the number of fal requests in progress per key
+// (a 1-based key index to a count; a missing entry is 0) as the
+// aiqueue_fal_key_in_flight gauge, without picking a key. Callers that derive
+// the counts from the stored requests call it when the metrics are scraped,
+// so the gauge is current even while no key is being picked.
+func (c *Client) ReportInFlight(inFlight map[int]int) {
+	for i := range c.keys {
+		c.metrics.inFlight.WithLabelValues(c.KeyName(i + 1)).Set(float64(inFlight[i+1]))
 	}
 }
 

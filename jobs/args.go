@@ -26,6 +26,11 @@ func (Args) Kind() string { return "ai" }
 type output struct {
 	Fal    *falRef         `json:"fal,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+	// PollErrors counts the transient errors met while checking the
+	// request; it drives the back-off of the next check.
+	PollErrors int `json:"poll_errors,omitempty"`
+	// Lost lists earlier request ids fal stopped knowing (404).
+	Lost []string `json:"lost_request_ids,omitempty"`
 }
 
 // falRef identifies a fal request durably, so a retry after a crash resumes

@@ -1,7 +1,10 @@
 package jobs
 
 import (
+	"cmp"
+	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,12 +26,26 @@ type ClientConfig struct {
 	Periodic []*river.PeriodicJob
 	// Workers registers more workers (for the periodic jobs).
 	Workers []func(*river.Workers)
+	// RescueAfter is River's RescueStuckJobsAfter: a job still running this
+	// long after its attempt started is taken to belong to a dead worker and
+	// is handed back (or discarded when out of attempts). Default
+	// DefaultRescueAfter; it must be at least the worker's attempt timeout.
+	RescueAfter time.Duration
 }
+
+// DefaultRescueAfter is the default ClientConfig.RescueAfter: no attempt
+// runs long (a submit, or one round of polling), so a crashed worker's job
+// is recovered within about two minutes instead of River's default hour.
+const DefaultRescueAfter = 2 * time.Minute
 
 // NewClient builds the River client: the three queues, AI worker, attempt
 // timeout and a rescuer that recovers a crashed worker's job within
 // RescueAfter.
 func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], error) {
+	rescueAfter := cmp.Or(cfg.RescueAfter, DefaultRescueAfter)
+	if rescueAfter < cfg.Worker.AttemptTimeout() {
+		return nil, fmt.Errorf("RIVER_RESCUE_AFTER=%s must be at least JOB_ATTEMPT_TIMEOUT=%s", rescueAfter, cfg.Worker.AttemptTimeout())
+	}
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, cfg.Worker); err != nil {
 		return nil, err
@@ -38,8 +55,8 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 	}
 	rc := &river.Config{
 		Workers:              workers,
-		JobTimeout:           AttemptTimeout,
-		RescueStuckJobsAfter: RescueAfter,
+		JobTimeout:           cfg.Worker.AttemptTimeout(),
+		RescueStuckJobsAfter: rescueAfter,
 		Logger:               cfg.Logger,
 		PeriodicJobs:         cfg.Periodic,
 	}

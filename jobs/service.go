@@ -40,6 +40,9 @@ type Service struct {
 	pool    *pgxpool.Pool
 	river   *river.Client[pgx.Tx]
 	catalog *Catalog
+	// falReqs, when set, cancels at fal the request of a job cancelled while
+	// no worker ran it (see SetFalRequests).
+	falReqs *FalRequests
 }
 
 // NewService returns a Service. client may be an insert-only River client.
@@ -356,9 +359,10 @@ func (s *Service) List(ctx context.Context, userID string, f ListFilter) ([]*Job
 	return list, next, nil
 }
 
-// Cancel cancels the user's queued or running job. A queued job is
-// cancelled (and refunded) at once; a running one is signalled and its
-// worker cancels the fal request and ends it. A job already in a final
+// Cancel cancels the user's queued or running job. A queued job (also a
+// long job snoozed between polls of its fal request) is cancelled and
+// refunded at once, and its fal request, if any, cancelled at fal; a running
+// one is signalled and its worker cancels the fal request and ends it. A job already in a final
 // state is returned unchanged with an ECONFLICT error.
 func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
 	j, err := s.get(ctx, s.pool, userID, id)
@@ -368,12 +372,14 @@ func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
 	if Final(j.State) {
 		return nil, &Error{Code: ECONFLICT, Message: fmt.Sprintf("job %s is already %s", j.ID, j.State), Job: j}
 	}
-	if _, err := s.river.JobCancel(ctx, j.riverJobID); err != nil {
+	row, err := s.river.JobCancel(ctx, j.riverJobID)
+	if err != nil {
 		if errors.Is(err, river.ErrNotFound) {
 			return nil, errorf(ENOTFOUND, "job %q not found", id)
 		}
 		return nil, unavailable(err)
 	}
+	s.cancelFal(ctx, row)
 	j, err = s.get(ctx, s.pool, userID, id)
 	if err != nil {
 		return nil, err

@@ -27,6 +27,7 @@ type Fal interface {
 	Result(ctx context.Context, key int, model, requestID string) (json.RawMessage, error)
 	Cancel(ctx context.Context, key int, model, requestID string) error
 	NumKeys() int
+	ReportInFlight(inFlight map[int]int)
 }
 
 // Job error codes, as the API shows them.
@@ -56,10 +57,15 @@ func parseJobError(s string) JobError {
 	return JobError{Code: CodeInternal, Message: s}
 }
 
-// WorkerConfig tunes the worker.
+// WorkerConfig tunes the worker. Zero values take the documented defaults.
 type WorkerConfig struct {
+	// AttemptTimeout bounds one attempt: a submit, or one round of polling
+	// (default DefaultAttemptTimeout). River's rescuer must wait at least
+	// this long before it hands a job back (ClientConfig.RescueAfter).
+	AttemptTimeout time.Duration
 	// ImagePollBudget is how long one attempt polls an image request before
-	// snoozing (default 45s); video requests are polled once per attempt.
+	// snoozing (default 45s, at most three quarters of AttemptTimeout);
+	// video requests are polled once per attempt.
 	ImagePollBudget time.Duration
 	// VideoPollInterval is the snooze between polls of a video request
 	// (default 5s).
@@ -69,14 +75,19 @@ type WorkerConfig struct {
 	PollInterval time.Duration
 }
 
-// Worker works AI jobs: it submits the request to fal through the key
-// pool, stores the fal request id durably, polls until fal is done and
-// records the result. The job's hold is settled by the database when River
-// marks the job completed, discarded or cancelled.
+// DefaultAttemptTimeout is the default WorkerConfig.AttemptTimeout.
+const DefaultAttemptTimeout = 60 * time.Second
+
+// Worker works AI jobs: it claims a fal key under the per-key in-flight cap,
+// submits the request to fal, stores the fal request id durably, polls until
+// fal is done (long jobs snooze between polls, so they hold no worker slot
+// while fal works) and records the result. The job's hold is settled by the
+// database when River marks the job completed, discarded or cancelled.
 type Worker struct {
 	river.WorkerDefaults[Args]
 	pool    *pgxpool.Pool
 	fal     Fal
+	reqs    *FalRequests
 	catalog *Catalog
 	logger  *slog.Logger
 	cfg     WorkerConfig
@@ -84,9 +95,13 @@ type Worker struct {
 
 // NewWorker returns a worker.
 func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *Catalog, logger *slog.Logger, cfg WorkerConfig) *Worker {
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
+	}
 	if cfg.ImagePollBudget <= 0 {
 		cfg.ImagePollBudget = 45 * time.Second
 	}
+	cfg.ImagePollBudget = min(cfg.ImagePollBudget, cfg.AttemptTimeout*3/4)
 	if cfg.VideoPollInterval <= 0 {
 		cfg.VideoPollInterval = 5 * time.Second
 	}
@@ -96,20 +111,19 @@ func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *Catalog, logger *slog.Logge
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Worker{pool: pool, fal: fal, catalog: catalog, logger: logger, cfg: cfg}
+	reqs := &FalRequests{pool: pool, fal: fal, log: logger, staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout)}
+	return &Worker{pool: pool, fal: fal, reqs: reqs, catalog: catalog, logger: logger, cfg: cfg}
 }
 
-// AttemptTimeout bounds one attempt, so River's rescuer can recover a
-// crashed worker's job within RescueAfter.
-const AttemptTimeout = 60 * time.Second
+// Requests returns the worker's record of fal requests, for the API's
+// cancel, the sweeper and the in-flight metrics.
+func (w *Worker) Requests() *FalRequests { return w.reqs }
 
-// RescueAfter is River's RescueStuckJobsAfter: a job running longer than
-// this is considered stuck and handed back (or discarded when out of
-// attempts).
-const RescueAfter = 2 * time.Minute
+// AttemptTimeout returns the bound of one attempt.
+func (w *Worker) AttemptTimeout() time.Duration { return w.cfg.AttemptTimeout }
 
 // Timeout bounds one attempt.
-func (w *Worker) Timeout(*river.Job[Args]) time.Duration { return AttemptTimeout }
+func (w *Worker) Timeout(*river.Job[Args]) time.Duration { return w.cfg.AttemptTimeout }
 
 // NextRetry fits the retry to the queue: a person waits on urgent jobs, so
 // they retry within seconds; normal and background back off to minutes.
@@ -117,15 +131,25 @@ func (w *Worker) NextRetry(job *river.Job[Args]) time.Time {
 	return time.Now().Add(retryDelay(job.Queue, job.Attempt))
 }
 
-func retryDelay(queue string, attempt int) time.Duration {
+// retryDelay is the jittered exponential back-off of the n-th retry (n >=
+// 1): urgent 0.5s, 1s, 2s ... up to 10s; normal and background 30s, 1m,
+// 2m ... up to 10m.
+func retryDelay(queue string, n int) time.Duration {
 	base, limit := 30*time.Second, 10*time.Minute
 	if queue == QueueUrgent {
 		base, limit = 500*time.Millisecond, 10*time.Second
 	}
-	d := base << min(max(attempt-1, 0), 16)
+	d := base << min(max(n-1, 0), 16)
 	d = min(d, limit)
 	// jitter: 75%-125%
 	return time.Duration(float64(d) * (0.75 + rand.Float64()/2)) //nolint:gosec // jitter needs no crypto
+}
+
+// noKeySnooze is how long a job waits when no key is free: at least what
+// the pool says, plus up to half a second of jitter so waiting jobs do not
+// all come back at once.
+func noKeySnooze(retryAfter time.Duration) time.Duration {
+	return max(retryAfter, 250*time.Millisecond) + rand.N(500*time.Millisecond) //nolint:gosec // jitter needs no crypto
 }
 
 // Work runs one attempt of an AI job.
@@ -157,72 +181,137 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 	}
 
 	if out.Fal == nil {
-		ref, err := w.submit(ctx, log, job)
+		// No request id is stored, so no earlier attempt has a request fal
+		// accepted that we know of. A claim left without a request id means
+		// an earlier attempt died between claiming a key and storing fal's
+		// answer: fal may have accepted that request, but its id is gone.
+		if n, err := w.reqs.abandonClaims(ctx, w.pool, job.ID); err != nil {
+			return err
+		} else if n > 0 {
+			log.WarnContext(ctx, "an earlier attempt stopped between submitting to fal and storing the request id; submitting again",
+				slog.Int("claims", n))
+		}
+		ref, err := w.submit(ctx, log, job, &out)
 		if err != nil {
-			return w.fail(ctx, log, job, err)
+			return w.fail(ctx, log, job, nil, err)
 		}
 		out.Fal = ref
-		client := river.ClientFromContext[pgx.Tx](ctx)
-		if _, err := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); err != nil {
-			// fal has the request; without the id stored a crash now would
-			// pay twice, so try to cancel it at fal before retrying.
-			log.ErrorContext(ctx, "could not store fal request id", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
-			w.cancelFal(log, ref)
-			return err
-		}
-		log.InfoContext(ctx, "fal request submitted", slog.String("fal_request_id", ref.RequestID), slog.Int("key", ref.Key))
 	} else {
-		log.InfoContext(ctx, "resuming fal request", slog.String("fal_request_id", out.Fal.RequestID))
+		log.InfoContext(ctx, "resuming fal request", slog.String("fal_request_id", out.Fal.RequestID), slog.Int("key", out.Fal.Key))
 	}
 	return w.poll(ctx, log, job, op, &out)
 }
 
-func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Args]) (*falRef, error) {
+// submit claims a key and submits the job's request to fal. A key that
+// answers 401/403 (taken out) or 429 (cooling down) is skipped and the next
+// key tried within the same attempt; when no key is left the pool's
+// KindNoKey error makes the job snooze. fal's request id is stored in the
+// job's output and in fal_requests in one transaction before submit returns.
+func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Args], out *output) (*falRef, error) {
 	var lastErr error
-	for range max(w.fal.NumKeys(), 1) {
-		key, err := w.fal.PickKey(nil)
+	for range w.fal.NumKeys() + 1 {
+		claim, key, err := w.reqs.claim(ctx, job.ID, job.Attempt, job.Args.Model)
 		if err != nil {
 			return nil, err
 		}
-		req, err := w.fal.Submit(ctx, key, job.Args.Model, job.Args.Params)
-		if err == nil {
-			return &falRef{RequestID: req.ID, Key: key, Model: job.Args.Model, SubmittedAt: time.Now().UTC()}, nil
+		req, err := w.submitOnce(ctx, key, job)
+		if err != nil {
+			w.reqs.release(ctx, claim, err)
+			lastErr = err
+			if k := falclient.KindOf(err); k == falclient.KindAuth || k == falclient.KindRateLimited {
+				log.WarnContext(ctx, "fal key refused the request; trying another key", slog.Any("error", err))
+				continue // this key is now cooling down or out; the pool skips it
+			}
+			return nil, err
 		}
-		lastErr = err
-		var fe *falclient.Error
-		if errors.As(err, &fe) && (fe.Kind == falclient.KindAuth || fe.Kind == falclient.KindRateLimited) {
-			log.WarnContext(ctx, "fal key refused the request; trying another key", slog.Any("error", err))
-			continue // this key is now cooling down or out; the pool skips it
+		ref := &falRef{RequestID: req.ID, Key: key, Model: job.Args.Model, SubmittedAt: time.Now().UTC()}
+		out.Fal = ref
+		if err := w.store(ctx, job, claim, out); err != nil {
+			// fal has the request but its id is not stored: cancel it at fal
+			// rather than leave a paid request nobody waits for.
+			log.ErrorContext(ctx, "could not store fal request id; cancelling it at fal", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
+			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
+			w.reqs.release(ctx, claim, err)
+			out.Fal = nil
+			return nil, err
 		}
-		return nil, err
+		log.InfoContext(ctx, "fal request submitted", slog.String("fal_request_id", ref.RequestID), slog.Int("key", key))
+		return ref, nil
 	}
 	return nil, lastErr
 }
 
+// submitOnce sends the submit with the attempt's deadline but not its
+// cancellation: a job cancelled while its submit is on the wire would
+// otherwise lose the id of a request fal may still accept. The request id is
+// stored, and the poll that follows sees the cancel and cancels it at fal.
+func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[Args]) (falclient.Request, error) {
+	subCtx := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		subCtx, cancel = context.WithDeadline(subCtx, d)
+		defer cancel()
+	}
+	return w.fal.Submit(subCtx, key, job.Args.Model, job.Args.Params)
+}
+
+// store records fal's request id in the job's output (the ai_jobs view's
+// fal_request_id) and in fal_requests, in one transaction. It runs even when
+// the job was cancelled meanwhile, so the request can be cancelled at fal.
+func (w *Worker) store(ctx context.Context, job *river.Job[Args], claim int64, out *output) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
+	defer cancel()
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if err := stored(ctx, tx, claim, out.Fal.RequestID); err != nil {
+		return err
+	}
+	client := river.ClientFromContext[pgx.Tx](ctx)
+	if _, err := client.JobUpdateTx(ctx, tx, job.ID, &river.JobUpdateParams{Output: out}); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// poll checks the request's status until fal completes it, then fetches and
+// records the result. Video requests are checked once per attempt and the
+// job snoozes between checks; image requests are checked for up to
+// ImagePollBudget before the job snoozes. Transient errors while polling
+// snooze with back-off without using an attempt: the request is paid for and
+// still running at fal, and the operation's timeout bounds the wait.
 func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args], op Operation, out *output) error {
 	ref := out.Fal
 	deadline := time.Now().Add(w.cfg.ImagePollBudget)
 	wait := w.cfg.PollInterval
 	for {
 		if time.Since(ref.SubmittedAt) > op.Timeout {
-			w.cancelFal(log, ref)
-			return w.fail(ctx, log, job, &jobError{CodeTimeout, fmt.Sprintf("fal did not finish within %s", op.Timeout)})
+			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
+			return w.fail(ctx, log, job, ref, &jobError{CodeTimeout, fmt.Sprintf("fal did not finish within %s", op.Timeout)})
 		}
 		st, err := w.fal.Status(ctx, ref.Key, ref.Model, ref.RequestID)
 		if err != nil {
-			return w.fail(ctx, log, job, err)
+			return w.pollError(ctx, log, job, out, err)
 		}
-		if st.State == "COMPLETED" {
-			res, err := w.fal.Result(ctx, ref.Key, ref.Model, ref.RequestID)
-			if err != nil {
-				return w.fail(ctx, log, job, err)
-			}
-			out.Result = res
-			if err := river.RecordOutput(ctx, out); err != nil {
+		if st.State == falclient.StateCompleted {
+			if err := w.reqs.finish(ctx, ref.RequestID, falStateCompleted, nil); err != nil {
 				return err
 			}
-			log.InfoContext(ctx, "job succeeded", slog.String("fal_request_id", ref.RequestID))
-			return nil
+			res, err := w.fal.Result(ctx, ref.Key, ref.Model, ref.RequestID)
+			switch {
+			case err == nil:
+				out.Result = res
+				if err := river.RecordOutput(ctx, out); err != nil {
+					return err
+				}
+				log.InfoContext(ctx, "job succeeded", slog.String("fal_request_id", ref.RequestID))
+				return nil
+			case falclient.KindOf(err) != falclient.KindNotReady:
+				return w.pollError(ctx, log, job, out, err)
+			}
+			// fal said COMPLETED but the result is not there yet: poll again.
 		}
 		if op.Kind == KindVideo || time.Now().After(deadline) {
 			interval := w.cfg.VideoPollInterval
@@ -233,21 +322,56 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 		}
 		select {
 		case <-ctx.Done():
-			return w.fail(ctx, log, job, ctx.Err())
+			return w.fail(ctx, log, job, ref, ctx.Err())
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, time.Second)
 	}
 }
 
+// pollError handles an error from checking or fetching a submitted request.
+// A request fal no longer knows (404) is recorded as lost and the job
+// retries with a new request; cancels and permanent errors go to fail; any
+// other error snoozes the job with the queue's back-off, keeping the
+// request.
+func (w *Worker) pollError(ctx context.Context, log *slog.Logger, job *river.Job[Args], out *output, err error) error {
+	ref := out.Fal
+	switch {
+	case ctx.Err() != nil || falclient.IsPermanent(err):
+		return w.fail(ctx, log, job, ref, err)
+	case falclient.KindOf(err) == falclient.KindNotFound:
+		log.WarnContext(ctx, "fal does not know the request any more; the next attempt submits a new one",
+			slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
+		if ferr := w.reqs.finish(ctx, ref.RequestID, falStateLost, err); ferr != nil {
+			return ferr
+		}
+		out.Lost = append(out.Lost, ref.RequestID)
+		out.Fal = nil
+		client := river.ClientFromContext[pgx.Tx](ctx)
+		if _, uerr := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); uerr != nil {
+			return uerr
+		}
+		return &jobError{CodeUpstream, err.Error()}
+	}
+	out.PollErrors++
+	d := retryDelay(job.Queue, out.PollErrors)
+	log.WarnContext(ctx, "checking the fal request failed; checking again later", slog.String("fal_request_id", ref.RequestID),
+		slog.Int("poll_errors", out.PollErrors), slog.Duration("retry_in", d), slog.Any("error", err))
+	client := river.ClientFromContext[pgx.Tx](ctx)
+	if _, uerr := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); uerr != nil {
+		return uerr
+	}
+	return river.JobSnooze(d)
+}
+
 // fail decides what an error means for the job: a cancelled job cancels its
 // fal request; a permanent fal error discards the job at once (refund, no
-// retry); no free key snoozes; anything else is retried by River.
-func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args], err error) error {
+// retry); no free key snoozes (no attempt used); anything else is retried by
+// River with the queue's back-off. ref is the job's fal request, if any.
+func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args], ref *falRef, err error) error {
 	if ctx.Err() != nil && errors.Is(context.Cause(ctx), rivertype.ErrJobCancelledRemotely) {
-		var out output
-		if readOutput(job.JobRow, &out) == nil && out.Fal != nil {
-			w.cancelFal(log, out.Fal)
+		if ref != nil {
+			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
 		}
 		return river.JobCancel(&jobError{CodeCancelled, "the job was cancelled"})
 	}
@@ -255,9 +379,13 @@ func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args
 	if errors.As(err, &fe) {
 		switch {
 		case fe.Kind == falclient.KindNoKey:
-			log.InfoContext(ctx, "no fal key free; snoozing", slog.Duration("retry_after", fe.RetryAfter))
-			return river.JobSnooze(max(fe.RetryAfter, 100*time.Millisecond))
+			d := noKeySnooze(fe.RetryAfter)
+			log.DebugContext(ctx, "no fal key free; snoozing", slog.Duration("retry_in", d), slog.String("reason", fe.Message))
+			return river.JobSnooze(d)
 		case falclient.IsPermanent(err):
+			if ref != nil {
+				w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
+			}
 			code := CodeUpstream
 			if fe.Kind == falclient.KindInvalidParams {
 				code = CodeInvalidParams
@@ -307,14 +435,6 @@ func (w *Worker) discard(ctx context.Context, log *slog.Logger, job *river.Job[A
 	}
 	// River's completer finds the job no longer running and leaves it be.
 	return nil
-}
-
-func (w *Worker) cancelFal(log *slog.Logger, ref *falRef) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := w.fal.Cancel(ctx, ref.Key, ref.Model, ref.RequestID); err != nil {
-		log.WarnContext(ctx, "could not cancel fal request", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
-	}
 }
 
 func readOutput(row *rivertype.JobRow, out *output) error {

@@ -31,8 +31,17 @@ type Config struct {
 	FalKeys        []string
 	FalQueueURL    string
 	FalSimulate    bool
-	FalSimFast     bool // the built-in simulator answers at once (tests, benchmarks)
+	FalSimFast     bool    // the built-in simulator answers at once (tests, benchmarks)
+	FalSimScale    float64 // multiplies the built-in simulator's model latencies
 	FalMaxInFlight int
+	// FalSweepInterval is how often a worker process cancels fal requests no
+	// job waits for any more and frees their in-flight slots.
+	FalSweepInterval time.Duration
+
+	// JobAttemptTimeout bounds one attempt of a job; RescueAfter is how long
+	// a job may run before River's rescuer takes it for a dead worker's.
+	JobAttemptTimeout time.Duration
+	RescueAfter       time.Duration
 
 	Limits jobs.QueueLimits
 
@@ -99,14 +108,18 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return d
 	}
 	c := Config{
-		DatabaseURL:      getenv("DATABASE_URL"),
-		DatabaseMaxConns: int32(num("DATABASE_MAX_CONNS", 40)), //nolint:gosec // range-checked below
-		DataDir:          cmp.Or(getenv("DATA_DIR"), ".data"),
-		ListenAddr:       cmp.Or(getenv("LISTEN_ADDR"), ":8080"),
-		Role:             cmp.Or(getenv("ROLE"), RoleAll),
-		FalKeys:          falclient.KeysFromEnv(getenv),
-		FalQueueURL:      cmp.Or(getenv("FAL_QUEUE_URL"), "https://queue.fal.run"),
-		FalMaxInFlight:   num("FAL_KEY_MAX_IN_FLIGHT", 2),
+		DatabaseURL:       getenv("DATABASE_URL"),
+		DatabaseMaxConns:  int32(num("DATABASE_MAX_CONNS", 40)), //nolint:gosec // range-checked below
+		DataDir:           cmp.Or(getenv("DATA_DIR"), ".data"),
+		ListenAddr:        cmp.Or(getenv("LISTEN_ADDR"), ":8080"),
+		Role:              cmp.Or(getenv("ROLE"), RoleAll),
+		FalKeys:           falclient.KeysFromEnv(getenv),
+		FalQueueURL:       cmp.Or(getenv("FAL_QUEUE_URL"), "https://queue.fal.run"),
+		FalMaxInFlight:    num("FAL_KEY_MAX_IN_FLIGHT", 2),
+		FalSweepInterval:  dur("FAL_SWEEP_INTERVAL", 15*time.Second),
+		FalSimScale:       1,
+		JobAttemptTimeout: dur("JOB_ATTEMPT_TIMEOUT", jobs.DefaultAttemptTimeout),
+		RescueAfter:       dur("RIVER_RESCUE_AFTER", jobs.DefaultRescueAfter),
 		Limits: jobs.QueueLimits{
 			Urgent:     num("QUEUE_URGENT_WORKERS", 20),
 			Normal:     num("QUEUE_NORMAL_WORKERS", 10),
@@ -129,6 +142,13 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	c.FalSimulate = boolean("FAL_SIMULATE", len(c.FalKeys) == 0)
 	c.FalSimFast = boolean("FAL_SIMULATE_FAST", false)
+	if v := getenv("FAL_SIMULATE_LATENCY_SCALE"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("FAL_SIMULATE_LATENCY_SCALE=%q is not a number", v))
+		}
+		c.FalSimScale = f
+	}
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}
@@ -151,6 +171,18 @@ func (c Config) Validate() error {
 	}
 	if c.FalMaxInFlight < 1 || c.FalMaxInFlight > 1000 {
 		errs = append(errs, fmt.Errorf("FAL_KEY_MAX_IN_FLIGHT=%d is out of range 1-1000", c.FalMaxInFlight))
+	}
+	if !(c.FalSimScale > 0 && c.FalSimScale <= 1000) {
+		errs = append(errs, fmt.Errorf("FAL_SIMULATE_LATENCY_SCALE=%v is out of range (0, 1000]", c.FalSimScale))
+	}
+	if c.FalSweepInterval < 100*time.Millisecond || c.FalSweepInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("FAL_SWEEP_INTERVAL=%s is out of range 100ms-1h", c.FalSweepInterval))
+	}
+	if c.JobAttemptTimeout < time.Second || c.JobAttemptTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("JOB_ATTEMPT_TIMEOUT=%s is out of range 1s-1h", c.JobAttemptTimeout))
+	}
+	if c.RescueAfter < c.JobAttemptTimeout {
+		errs = append(errs, fmt.Errorf("RIVER_RESCUE_AFTER=%s must be at least JOB_ATTEMPT_TIMEOUT=%s", c.RescueAfter, c.JobAttemptTimeout))
 	}
 	if c.DatabaseMaxConns < 4 || c.DatabaseMaxConns > 1000 {
 		errs = append(errs, fmt.Errorf("DATABASE_MAX_CONNS=%d is out of range 4-1000", c.DatabaseMaxConns))

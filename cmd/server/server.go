@@ -50,6 +50,7 @@ type Main struct {
 	pool     *pgxpool.Pool
 	river    *river.Client[pgx.Tx]
 	fal      *falclient.Client
+	falReqs  *jobs.FalRequests
 	sim      *falsim.Server
 	simSrv   *http.Server
 	http     *http.Server
@@ -121,12 +122,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.startFal(ctx); err != nil {
 		return err
 	}
-	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{})
+	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
+	m.falReqs = worker.Requests()
 	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
-		Limits: cfg.Limits,
-		Work:   cfg.Role != RoleAPI,
-		Worker: worker,
-		Logger: m.Logger.With(slog.String("component", "river")),
+		Limits:      cfg.Limits,
+		Work:        cfg.Role != RoleAPI,
+		Worker:      worker,
+		Logger:      m.Logger.With(slog.String("component", "river")),
+		RescueAfter: cfg.RescueAfter,
 	})
 	if err != nil {
 		return err
@@ -135,12 +138,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if err := m.river.Start(runCtx); err != nil {
 			return fmt.Errorf("start river: %w", err)
 		}
+		go m.falReqs.RunSweeper(runCtx, cfg.FalSweepInterval)
 	}
 
 	mux := http.NewServeMux()
 	m.registerOps(mux)
 	if cfg.Role != RoleWorker {
 		svc := jobs.NewService(m.pool, m.river, catalog)
+		svc.SetFalRequests(m.falReqs)
 		if _, err := api.New(mux, m.pool, svc, api.Config{
 			Auth:    api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer},
 			Logger:  m.Logger,
@@ -249,7 +254,7 @@ func (m *Main) startFal(ctx context.Context) error {
 	}
 	baseURL := cfg.FalQueueURL
 	if cfg.FalSimulate && baseURL == "" {
-		m.sim = falsim.New(falsim.Options{Keys: keys, Fast: cfg.FalSimFast, Logger: m.Logger.With(slog.String("component", "falsim"))})
+		m.sim = falsim.New(falsim.Options{Keys: keys, Fast: cfg.FalSimFast, LatencyScale: cfg.FalSimScale, Logger: m.Logger.With(slog.String("component", "falsim"))})
 		ln, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
 		if err != nil {
 			return err
@@ -294,7 +299,19 @@ func (m *Main) registerOps(mux *http.ServeMux) {
 		}
 		_, _ = w.Write([]byte(`{"status":"ready"}`))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		// The in-flight gauge comes from the stored fal requests, the same
+		// for every process, read fresh at each scrape.
+		if m.falReqs != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			if err := m.falReqs.PublishInFlight(ctx); err != nil {
+				m.Logger.Warn("could not read fal in-flight counts for /metrics", slog.Any("error", err))
+			}
+			cancel()
+		}
+		metrics.ServeHTTP(w, r)
+	})
 }
 
 // setupDemo grants the demo user credits once and mints a token.

@@ -1,0 +1,378 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+// States of a row of fal_requests (see migrations/sql/00020_fal_requests.sql).
+const (
+	falStateSubmitting = "submitting"
+	falStateInFlight   = "in_flight"
+	falStateCompleted  = "completed"
+	falStateCancelled  = "cancelled"
+	falStateFailed     = "failed"
+	falStateLost       = "lost"
+	falStateAbandoned  = "abandoned"
+)
+
+// falKeyLock is the transaction-level advisory lock that serializes key
+// selection across every server process: counting the open requests per key
+// and claiming a slot happen under it, so two workers never both take a
+// key's last free slot.
+const falKeyLock = int64(0x6169_7175_6661_6c6b) // "aiqufalk"
+
+// falRetention is how long finished fal_requests rows are kept.
+const falRetention = 7 * 24 * time.Hour
+
+// falCallTimeout bounds the fal cancel calls made outside a job's attempt
+// (sweeper, API cancel, clean-up after a failed store).
+const falCallTimeout = 10 * time.Second
+
+// FalRequests is the fal_requests table: the durable record of every fal
+// request the workers submit. The per-key in-flight cap is derived from it,
+// so it holds across every server process; the API's cancel and the sweeper
+// use it to cancel requests at fal that no job waits for any more.
+type FalRequests struct {
+	pool *pgxpool.Pool
+	fal  Fal
+	log  *slog.Logger
+	// staleClaim is how old a claim without a request id must be before
+	// Sweep abandons it (its worker died between claim and store).
+	staleClaim time.Duration
+}
+
+// inFlight returns the open fal requests per 1-based key index.
+func inFlight(ctx context.Context, q ledger.Querier) (map[int]int, error) {
+	rows, err := q.Query(ctx, `SELECT key_index, count(*) FROM fal_requests WHERE finished_at IS NULL GROUP BY key_index`)
+	if err != nil {
+		return nil, err
+	}
+	counts := make(map[int]int)
+	for rows.Next() {
+		var key, n int
+		if err := rows.Scan(&key, &n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		counts[key] = n
+	}
+	return counts, rows.Err()
+}
+
+// InFlight returns the number of fal requests in progress per 1-based key
+// index, across every server process.
+func (r *FalRequests) InFlight(ctx context.Context) (map[int]int, error) {
+	return inFlight(ctx, r.pool)
+}
+
+// PublishInFlight sets the aiqueue_fal_key_in_flight gauge from the stored
+// requests; the server calls it when /metrics is scraped.
+func (r *FalRequests) PublishInFlight(ctx context.Context) error {
+	counts, err := r.InFlight(ctx)
+	if err != nil {
+		return err
+	}
+	r.fal.ReportInFlight(counts)
+	return nil
+}
+
+// claim picks a key for a new fal request of the job and records the claim,
+// both under falKeyLock, so the in-flight count it saw stays true until the
+// claim commits. It returns the claim's row id and the key, or the pool's
+// *falclient.Error of KindNoKey when every key is cooling down, revoked or
+// at the in-flight cap.
+func (r *FalRequests) claim(ctx context.Context, jobID int64, attempt int, model string) (int64, int, error) {
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, falKeyLock); err != nil {
+		return 0, 0, err
+	}
+	counts, err := inFlight(ctx, tx)
+	if err != nil {
+		return 0, 0, err
+	}
+	key, err := r.fal.PickKey(counts)
+	if err != nil {
+		return 0, 0, err
+	}
+	var id int64
+	err = tx.QueryRow(ctx, `INSERT INTO fal_requests (job_id, attempt, key_index, model) VALUES ($1, $2, $3, $4) RETURNING id`,
+		jobID, attempt, key, model).Scan(&id)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, 0, err
+	}
+	counts[key]++
+	r.fal.ReportInFlight(counts)
+	return id, key, nil
+}
+
+// release frees a claim whose submit fal refused or did not answer.
+func (r *FalRequests) release(ctx context.Context, claim int64, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
+	defer cancel()
+	_, err := r.pool.Exec(ctx, `UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE id = $1 AND state = $4`,
+		claim, falStateFailed, errorText(cause), falStateSubmitting)
+	if err != nil {
+		r.log.WarnContext(ctx, "could not release a fal key claim; the sweeper will", slog.Int64("claim", claim), slog.Any("error", err))
+	}
+}
+
+// stored records, inside tx, that fal accepted the claim's request.
+func stored(ctx context.Context, tx pgx.Tx, claim int64, requestID string) error {
+	tag, err := tx.Exec(ctx, `
+UPDATE fal_requests SET request_id = $2, state = $3, submitted_at = now(), finished_at = NULL, error = NULL
+ WHERE id = $1`, claim, requestID, falStateInFlight)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("fal request claim %d not found", claim)
+	}
+	return nil
+}
+
+// finish marks an open request finished in state; a request already
+// finished is left as it is.
+func (r *FalRequests) finish(ctx context.Context, requestID, state string, cause error) error {
+	_, err := r.pool.Exec(ctx, `UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE request_id = $1 AND finished_at IS NULL`,
+		requestID, state, errorText(cause))
+	return err
+}
+
+// abandonClaims finishes the job's claims that never got a request id: an
+// earlier attempt died between claiming a key and storing what fal
+// answered. It returns how many there were.
+func (r *FalRequests) abandonClaims(ctx context.Context, q ledger.Querier, jobID int64) (int, error) {
+	rows, err := q.Query(ctx, `
+UPDATE fal_requests SET state = $2, finished_at = now(),
+       error = 'the worker stopped between claiming a key and storing the request id'
+ WHERE job_id = $1 AND state = $3
+RETURNING id`, jobID, falStateAbandoned, falStateSubmitting)
+	if err != nil {
+		return 0, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	return len(ids), err
+}
+
+// isOpen reports whether the request still counts as in flight. A request
+// with no row (submitted before fal_requests existed) counts as open.
+func (r *FalRequests) isOpen(ctx context.Context, requestID string) bool {
+	var open bool
+	err := r.pool.QueryRow(ctx, `SELECT finished_at IS NULL FROM fal_requests WHERE request_id = $1`, requestID).Scan(&open)
+	return err != nil || open
+}
+
+// cancel asks fal to cancel a request and records the outcome; it reports
+// whether the request is now finished. A request fal already completed is
+// marked completed, one fal does not know lost; when fal cannot be reached
+// the row stays open for the sweeper to retry.
+func (r *FalRequests) cancel(ctx context.Context, log *slog.Logger, key int, model, requestID string) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
+	defer cancel()
+	if !r.isOpen(ctx, requestID) {
+		return true
+	}
+	err := r.fal.Cancel(ctx, key, model, requestID)
+	state := falStateCancelled
+	switch {
+	case err == nil:
+	case errors.Is(err, falclient.ErrAlreadyCompleted):
+		state = falStateCompleted
+	case errors.Is(err, falclient.ErrNotFound):
+		state = falStateLost
+	default:
+		log.WarnContext(ctx, "could not cancel fal request; will try again", slog.String("fal_request_id", requestID), slog.Any("error", err))
+		return false
+	}
+	if err := r.finish(ctx, requestID, state, nil); err != nil {
+		log.WarnContext(ctx, "could not record fal request cancel", slog.String("fal_request_id", requestID), slog.Any("error", err))
+		return false
+	}
+	log.InfoContext(ctx, "fal request cancelled", slog.String("fal_request_id", requestID), slog.String("outcome", state))
+	return true
+}
+
+// openRequest is an open row of fal_requests.
+type openRequest struct {
+	id        int64
+	jobID     int64
+	key       int
+	model     string
+	requestID string
+}
+
+// CancelJob cancels at fal every open request of a job that has ended
+// (cancelled while queued or snoozed, so no worker will) and frees its
+// in-flight slots. Requests fal cannot be reached for now stay open and are
+// retried by Sweep.
+func (r *FalRequests) CancelJob(ctx context.Context, jobID int64) error {
+	rows, err := r.pool.Query(ctx, `
+SELECT id, job_id, key_index, model, COALESCE(request_id, '') FROM fal_requests
+ WHERE job_id = $1 AND finished_at IS NULL ORDER BY id`, jobID)
+	if err != nil {
+		return err
+	}
+	open, err := collectOpen(rows)
+	if err != nil {
+		return err
+	}
+	r.close(ctx, open)
+	return nil
+}
+
+// SweepResult counts what one Sweep did.
+type SweepResult struct {
+	// Cancelled is the number of requests cancelled at fal (or found
+	// completed or unknown there) because no job waits for them.
+	Cancelled int
+	// Abandoned is the number of claims without a request id released.
+	Abandoned int
+	// Pending is the number of requests fal could not be reached for; the
+	// next sweep tries again.
+	Pending int
+	// Deleted is the number of finished rows past retention removed.
+	Deleted int
+}
+
+// Sweep frees in-flight slots no worker will free: requests of jobs that
+// ended without their worker (River UI cancel or delete, the rescuer
+// discarding a job, a cancel whose fal call failed) are cancelled at fal,
+// and claims older than the stale-claim age that never got a request id
+// (their process died between claim and store) are abandoned. It also
+// deletes finished rows older than seven days. Running it from several
+// processes at once is harmless.
+func (r *FalRequests) Sweep(ctx context.Context) (SweepResult, error) {
+	var res SweepResult
+	rows, err := r.pool.Query(ctx, `
+SELECT f.id, f.job_id, f.key_index, f.model, COALESCE(f.request_id, '')
+  FROM fal_requests f
+  LEFT JOIN river_job j ON j.id = f.job_id
+ WHERE f.finished_at IS NULL
+   AND (j.id IS NULL
+        OR j.state IN ('completed', 'discarded', 'cancelled')
+        OR (f.state = $1 AND f.claimed_at < now() - make_interval(secs => $2)))
+ ORDER BY f.id
+ LIMIT 500`, falStateSubmitting, r.staleClaim.Seconds())
+	if err != nil {
+		return res, err
+	}
+	open, err := collectOpen(rows)
+	if err != nil {
+		return res, err
+	}
+	res.Cancelled, res.Abandoned, res.Pending = r.close(ctx, open)
+	tag, err := r.pool.Exec(ctx, `DELETE FROM fal_requests WHERE finished_at < now() - make_interval(secs => $1)`, falRetention.Seconds())
+	if err != nil {
+		return res, err
+	}
+	res.Deleted = int(tag.RowsAffected())
+	return res, nil
+}
+
+// close cancels or abandons open requests.
+func (r *FalRequests) close(ctx context.Context, open []openRequest) (cancelled, abandoned, pending int) {
+	for _, o := range open {
+		log := r.log.With(slog.Int64("job_id", o.jobID))
+		if o.requestID == "" {
+			tag, err := r.pool.Exec(ctx, `
+UPDATE fal_requests SET state = $2, finished_at = now(), error = 'no request id was stored for this claim'
+ WHERE id = $1 AND state = $3`, o.id, falStateAbandoned, falStateSubmitting)
+			if err != nil {
+				log.WarnContext(ctx, "could not abandon a fal key claim", slog.Any("error", err))
+				pending++
+				continue
+			}
+			if tag.RowsAffected() > 0 {
+				log.WarnContext(ctx, "abandoned a fal key claim whose request id was never stored; fal may have accepted that request",
+					slog.Int64("claim", o.id), slog.String("key", fmt.Sprintf("key-%d", o.key)))
+				abandoned++
+			}
+			continue
+		}
+		if r.cancel(ctx, log, o.key, o.model, o.requestID) {
+			cancelled++
+		} else {
+			pending++
+		}
+	}
+	return cancelled, abandoned, pending
+}
+
+func collectOpen(rows pgx.Rows) ([]openRequest, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (openRequest, error) {
+		var o openRequest
+		err := row.Scan(&o.id, &o.jobID, &o.key, &o.model, &o.requestID)
+		return o, err
+	})
+}
+
+// RunSweeper calls Sweep every interval until ctx ends, and refreshes the
+// in-flight gauge.
+func (r *FalRequests) RunSweeper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		res, err := r.Sweep(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.log.WarnContext(ctx, "fal request sweep failed", slog.Any("error", err))
+		case res.Cancelled+res.Abandoned+res.Pending+res.Deleted > 0:
+			r.log.InfoContext(ctx, "fal request sweep", slog.Int("cancelled", res.Cancelled), slog.Int("abandoned", res.Abandoned),
+				slog.Int("pending", res.Pending), slog.Int("deleted", res.Deleted))
+		}
+		if err := r.PublishInFlight(ctx); err != nil && ctx.Err() == nil {
+			r.log.WarnContext(ctx, "could not read fal in-flight counts", slog.Any("error", err))
+		}
+	}
+}
+
+func errorText(err error) *string {
+	if err == nil {
+		return nil
+	}
+	s := err.Error()
+	return &s
+}
+
+// SetFalRequests makes Cancel cancel at fal the request of a job that was
+// cancelled while queued or snoozed (a long job between polls), freeing its
+// in-flight slot at once. Without it such requests are left to the sweeper.
+func (s *Service) SetFalRequests(r *FalRequests) { s.falReqs = r }
+
+// cancelFal cancels the fal requests of a job JobCancel has just ended. A
+// job still running is left to its worker, which cancels its own request
+// (cancelling it here too would race the worker's poll into reading a
+// cancelled result). Failures are logged; the sweeper retries them.
+func (s *Service) cancelFal(ctx context.Context, row *rivertype.JobRow) {
+	if s.falReqs == nil || row == nil || row.State != rivertype.JobStateCancelled {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, falCallTimeout)
+	defer cancel()
+	if err := s.falReqs.CancelJob(ctx, row.ID); err != nil {
+		s.falReqs.log.WarnContext(ctx, "could not cancel the fal request of a cancelled job; the sweeper will", slog.Int64("job_id", row.ID), slog.Any("error", err))
+	}
+}

@@ -1,0 +1,458 @@
+package jobs_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river/rivertype"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/falclient/falsim"
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+const (
+	generateParams = `{"prompt":"a gold ring on marble"}`
+	videoParams    = `{"prompt":"slow spin","image_url":"https://example.com/ring.png"}`
+)
+
+func TestWorker(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("SucceedsAndChargesOnce", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		uid, ids := b.submit(t, 3, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		for _, j := range list {
+			require.Equal(t, 1, j.Attempt)
+			require.Contains(t, string(j.Result), "https://fal.media/files/sim/")
+			rows := falRows(t, b.pool, j.ID)
+			require.Len(t, rows, 1)
+			require.Equal(t, "completed", rows[0].State)
+			require.NotEmpty(t, rows[0].RequestID)
+		}
+		require.Equal(t, 3, b.sim.Stats().Submits)
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RateLimitStormOnOneKey", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailKey("key-2", falsim.Failure{Status: 429, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 30, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 30*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		for _, j := range list {
+			require.Equal(t, 1, j.Attempt, "a 429 is retried on another key within the attempt")
+		}
+		st := b.sim.Stats()
+		require.Zero(t, st.SubmitsByKey["key-2"])
+		require.Equal(t, 30, st.SubmitsByKey["key-1"]+st.SubmitsByKey["key-3"])
+		require.Contains(t, b.metricsText(t), `aiqueue_fal_requests_total{code="429",key="key-2",op="submit"}`)
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RevokedKeyTakenOutOfRotation", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailKey("key-1", falsim.Failure{Status: 401})
+		const revoked = `aiqueue_fal_requests_total{code="401",key="key-1",op="submit"} 1`
+
+		// The first job meets the revoked key, and is submitted with the next
+		// key in the same attempt.
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, 1, list[0].Attempt)
+		require.Contains(t, b.metricsText(t), revoked)
+		health := b.fal.KeyHealth()
+		require.True(t, health[0].Revoked)
+		require.False(t, health[1].Revoked)
+
+		// Later jobs never try it again.
+		uid, ids = b.submit(t, 30, "generate", generateParams, "")
+		list = b.waitFinal(t, uid, ids, 30*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		text := b.metricsText(t)
+		require.Contains(t, text, revoked)
+		require.Contains(t, text, `aiqueue_fal_key_healthy{key="key-1"} 0`)
+		st := b.sim.Stats()
+		require.Zero(t, st.SubmitsByKey["key-1"])
+		require.Equal(t, 31, st.Submits)
+		require.InDelta(t, 15.5, st.SubmitsByKey["key-2"], 2, "the healthy keys share the work: %v", st.SubmitsByKey)
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("ServerErrorAtSubmitRetriesWithBackoff", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 500, Count: 1, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, 2, list[0].Attempt, "the 5xx used one attempt, the retry succeeded")
+		require.Equal(t, 1, b.sim.Stats().Submits)
+		rows := falRows(t, b.pool, ids[0])
+		require.Len(t, rows, 2)
+		require.Equal(t, "failed", rows[0].State)
+		require.Equal(t, "completed", rows[1].State)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("ServerErrorWhilePollingKeepsTheRequest", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 503, Count: 2, Ops: []string{falsim.OpStatus}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, 1, list[0].Attempt, "polling errors snooze without using an attempt")
+		require.Equal(t, 1, b.sim.Stats().Submits)
+		var pollErrors int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT (metadata -> 'output' ->> 'poll_errors')::int FROM river_job WHERE id = $1`, ids[0]).Scan(&pollErrors))
+		require.Equal(t, 2, pollErrors)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("InvalidParamsAtSubmitFailsWithoutRetry", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 422, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		j := list[0]
+		require.Equal(t, 1, j.Attempt)
+		require.NotNil(t, j.Error)
+		require.Equal(t, jobs.CodeInvalidParams, j.Error.Code)
+		require.Contains(t, j.Error.Message, "422")
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 11, Available: 11}, bal)
+		// One submit was tried, none accepted, and nothing retried it.
+		time.Sleep(300 * time.Millisecond)
+		st := b.sim.Stats()
+		require.Zero(t, st.Submits)
+		require.Equal(t, 1, st.Errors)
+		rows := falRows(t, b.pool, ids[0])
+		require.Len(t, rows, 1)
+		require.Equal(t, "failed", rows[0].State)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("InvalidParamsAtResultFailsWithoutRetry", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 422, Ops: []string{falsim.OpResult}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		require.Equal(t, 1, list[0].Attempt)
+		require.Equal(t, jobs.CodeInvalidParams, list[0].Error.Code)
+		require.Equal(t, 1, b.sim.Stats().Submits)
+		rows := falRows(t, b.pool, ids[0])
+		require.Len(t, rows, 1)
+		require.Equal(t, "completed", rows[0].State, "fal completed the request; only its result was refused")
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("NotRetryableMarkIsPermanent", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		no := false
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 503, Retryable: &no, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		require.Equal(t, 1, list[0].Attempt)
+		require.Equal(t, jobs.CodeUpstream, list[0].Error.Code)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("AttemptsComeFromTheCatalog", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(t.TempDir(), "ops.yaml")
+		require.NoError(t, os.WriteFile(path, []byte("- name: generate\n  max_attempts: 2\n"), 0o600))
+		catalog, err := jobs.LoadCatalog(path)
+		require.NoError(t, err)
+		b := setupWorker(t, &workerOpts{Catalog: catalog})
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 500, Ops: []string{falsim.OpSubmit}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		require.Equal(t, 2, list[0].Attempt)
+		require.Equal(t, 2, list[0].MaxAttempts)
+		require.Equal(t, jobs.CodeUpstream, list[0].Error.Code)
+		require.Len(t, falRows(t, b.pool, ids[0]), 2, "one submit per attempt")
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("EveryKeyCoolingDownJobsWait", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		for _, k := range []string{"key-1", "key-2", "key-3"} {
+			b.sim.FailKey(k, falsim.Failure{Status: 429, Count: 4, Ops: []string{falsim.OpSubmit}})
+		}
+		uid, ids := b.submit(t, 6, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 30*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		for _, j := range list {
+			require.Equal(t, 1, j.Attempt, "waiting for a key uses no attempt")
+		}
+		snoozed := count(t, b.pool, `SELECT count(*) FROM river_job WHERE kind = 'ai' AND (metadata ->> 'snoozes')::int > 0`)
+		require.Positive(t, snoozed, "with every key cooling down jobs snooze")
+		require.Contains(t, b.logs.String(), "no fal key free; snoozing")
+		require.Equal(t, 6, b.sim.Stats().Submits)
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RoundRobinSpreadAcrossHealthyKeys", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		uid, ids := b.submit(t, 60, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 60*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		st := b.sim.Stats()
+		require.Equal(t, 60, st.Submits)
+		for _, k := range []string{"key-1", "key-2", "key-3"} {
+			require.InDelta(t, 20, st.SubmitsByKey[k], 2, "within 10%% of an even share: %v", st.SubmitsByKey)
+		}
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("InFlightCapHoldsAcrossProcesses", func(t *testing.T) {
+		t.Parallel()
+		sim := &falsim.Options{Latency: map[string]time.Duration{imageModel: 300 * time.Millisecond}}
+		b1 := setupWorker(t, &workerOpts{Sim: sim, MaxInFlight: 1})
+		b2 := setupWorker(t, &workerOpts{Shared: b1, MaxInFlight: 1})
+		uid, ids := b1.submit(t, 15, "generate", generateParams, "")
+		list := b1.waitFinal(t, uid, ids, 90*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		for _, j := range list {
+			require.Equal(t, 1, j.Attempt, "waiting for a free key uses no attempt")
+		}
+		for k, n := range b1.sim.MaxConcurrentByKey() {
+			require.LessOrEqual(t, n, 1, "key %s had %d requests in flight at once", k, n)
+		}
+		require.Equal(t, 15, b1.sim.Stats().Submits)
+		// Both processes worked, and both waited for keys.
+		byClient := count(t, b1.pool, `SELECT count(DISTINCT attempted_by[1]) FROM river_job WHERE kind = 'ai'`)
+		require.Equal(t, 2, byClient)
+		require.Positive(t, count(t, b1.pool, `SELECT count(*) FROM river_job WHERE kind = 'ai' AND (metadata ->> 'snoozes')::int > 0`))
+		require.Contains(t, b1.logs.String()+b2.logs.String(), "at the in-flight cap")
+		requireNoOpenFalRequests(t, b1.pool)
+		requireInvariants(t, b1.pool)
+	})
+
+	t.Run("CancelRunningImageCancelsAtFal", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, &workerOpts{Sim: &falsim.Options{Latency: map[string]time.Duration{imageModel: time.Minute}}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		rid := b.waitStored(t, uid, ids[0])
+		j, err := b.svc.Get(ctx, uid, ids[0])
+		require.NoError(t, err)
+		require.Equal(t, jobs.StateRunning, j.State)
+
+		_, err = b.svc.Cancel(ctx, uid, ids[0])
+		require.NoError(t, err)
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateCancelled, ledger.HoldRefunded)
+		reqs := b.sim.Requests()
+		require.Len(t, reqs, 1)
+		require.Equal(t, rid, reqs[0].ID)
+		require.True(t, reqs[0].Cancelled)
+		require.Equal(t, []falRow{{JobID: mustID(t, ids[0]), Key: 1, RequestID: rid, State: "cancelled"}}, falRows(t, b.pool, ids[0]))
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("CancelSnoozedVideoCancelsAtFal", func(t *testing.T) {
+		t.Parallel()
+		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: time.Minute}}
+		b := setupWorker(t, &workerOpts{Sim: sim, Worker: jobs.WorkerConfig{VideoPollInterval: 30 * time.Second}})
+		other := setupWorker(t, &workerOpts{Shared: b})
+		uid, ids := b.submit(t, 1, "video", videoParams, "")
+		rid := b.waitStored(t, uid, ids[0])
+		b.waitRiverState(t, uid, ids[0], rivertype.JobStateScheduled)
+
+		// Another process's metrics show the request in flight on its key.
+		require.NoError(t, other.worker.Requests().PublishInFlight(ctx))
+		require.Contains(t, other.metricsText(t), `aiqueue_fal_key_in_flight{key="key-1"} 1`)
+
+		j, err := b.svc.Cancel(ctx, uid, ids[0])
+		require.NoError(t, err)
+		require.Equal(t, jobs.StateCancelled, j.State, "a snoozed job is cancelled at once")
+		require.Equal(t, ledger.HoldRefunded, j.Credits.State)
+		reqs := b.sim.Requests()
+		require.Len(t, reqs, 1)
+		require.Equal(t, rid, reqs[0].ID)
+		require.True(t, reqs[0].Cancelled)
+		require.Equal(t, "cancelled", falRows(t, b.pool, ids[0])[0].State)
+		require.NoError(t, other.worker.Requests().PublishInFlight(ctx))
+		require.Contains(t, other.metricsText(t), `aiqueue_fal_key_in_flight{key="key-1"} 0`)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("SweeperCancelsRequestsNoJobWaitsFor", func(t *testing.T) {
+		t.Parallel()
+		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: time.Minute}}
+		b := setupWorker(t, &workerOpts{Sim: sim, Worker: jobs.WorkerConfig{VideoPollInterval: 30 * time.Second}})
+		uid, ids := b.submit(t, 1, "video", videoParams, "")
+		rid := b.waitStored(t, uid, ids[0])
+		b.waitRiverState(t, uid, ids[0], rivertype.JobStateScheduled)
+		// Cancel it the way River UI does, past the API.
+		row, err := b.river.JobCancel(ctx, mustID(t, ids[0]))
+		require.NoError(t, err)
+		require.Equal(t, rivertype.JobStateCancelled, row.State)
+		require.Equal(t, "in_flight", falRows(t, b.pool, ids[0])[0].State)
+
+		// A claim whose process died before it stored a request id.
+		_, err = b.pool.Exec(ctx, `INSERT INTO fal_requests (job_id, attempt, key_index, model, claimed_at) VALUES (987654, 1, 2, $1, now() - interval '1 hour')`, imageModel)
+		require.NoError(t, err)
+		inFlight, err := b.worker.Requests().InFlight(ctx)
+		require.NoError(t, err)
+		require.Equal(t, map[int]int{1: 1, 2: 1}, inFlight)
+
+		res, err := b.worker.Requests().Sweep(ctx)
+		require.NoError(t, err)
+		require.Equal(t, jobs.SweepResult{Cancelled: 1, Abandoned: 1}, res)
+		require.True(t, b.sim.Requests()[0].Cancelled)
+		require.Equal(t, rid, b.sim.Requests()[0].ID)
+		require.Equal(t, "cancelled", falRows(t, b.pool, ids[0])[0].State)
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM fal_key_in_flight`))
+		// A second sweep finds nothing.
+		res, err = b.worker.Requests().Sweep(ctx)
+		require.NoError(t, err)
+		require.Equal(t, jobs.SweepResult{}, res)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("TimeoutCancelsAtFalAndRefunds", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(t.TempDir(), "ops.json")
+		require.NoError(t, os.WriteFile(path, []byte(`[{"name":"generate","timeout":"1s"}]`), 0o600))
+		catalog, err := jobs.LoadCatalog(path)
+		require.NoError(t, err)
+		b := setupWorker(t, &workerOpts{Catalog: catalog, Sim: &falsim.Options{Latency: map[string]time.Duration{imageModel: time.Minute}}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateFailed, ledger.HoldRefunded)
+		require.Equal(t, jobs.CodeTimeout, list[0].Error.Code)
+		require.True(t, b.sim.Requests()[0].Cancelled)
+		require.Equal(t, "cancelled", falRows(t, b.pool, ids[0])[0].State)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("ResumesTheStoredRequestAfterACrash", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, &workerOpts{Sim: &falsim.Options{Latency: map[string]time.Duration{imageModel: 500 * time.Millisecond}}})
+		// A previous attempt submitted to fal and stored the id, then died.
+		req, err := b.fal.Submit(ctx, 2, imageModel, json.RawMessage(generateParams))
+		require.NoError(t, err)
+		uid := grant(t, b.pool, 5)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "generate", Params: json.RawMessage(generateParams)}}, jobs.SubmitOpts{
+			InTx: func(ctx context.Context, tx pgx.Tx, ids []int64) error {
+				out := fmt.Sprintf(`{"output":{"fal":{"request_id":%q,"key":2,"model":%q,"submitted_at":%q}}}`, req.ID, imageModel, time.Now().UTC().Format(time.RFC3339Nano))
+				if _, err := tx.Exec(ctx, `UPDATE river_job SET metadata = $2::jsonb WHERE id = $1`, ids[0], out); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `INSERT INTO fal_requests (job_id, attempt, key_index, model, request_id, state, submitted_at) VALUES ($1, 1, 2, $2, $3, 'in_flight', now())`, ids[0], imageModel, req.ID)
+				return err
+			},
+		})
+		require.NoError(t, err)
+		id := jobs.FormatID(ids[0])
+		list := b.waitFinal(t, uid, []string{id}, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, req.ID, list[0].FalRequestID)
+		require.Equal(t, 1, b.sim.Stats().Submits, "the worker resumed the stored request instead of paying for another")
+		require.Equal(t, "completed", falRows(t, b.pool, id)[0].State)
+		require.Contains(t, b.logs.String(), "resuming fal request")
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("ClaimWithoutRequestIDIsAbandoned", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		uid := grant(t, b.pool, 5)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "generate", Params: json.RawMessage(generateParams)}}, jobs.SubmitOpts{
+			InTx: func(ctx context.Context, tx pgx.Tx, ids []int64) error {
+				// An earlier attempt claimed a key and died before storing fal's answer.
+				_, err := tx.Exec(ctx, `INSERT INTO fal_requests (job_id, attempt, key_index, model) VALUES ($1, 1, 3, $2)`, ids[0], imageModel)
+				return err
+			},
+		})
+		require.NoError(t, err)
+		id := jobs.FormatID(ids[0])
+		list := b.waitFinal(t, uid, []string{id}, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		rows := falRows(t, b.pool, id)
+		require.Len(t, rows, 2)
+		require.Equal(t, "abandoned", rows[0].State)
+		require.Equal(t, "completed", rows[1].State)
+		require.Contains(t, b.logs.String(), "an earlier attempt stopped between submitting to fal and storing the request id")
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RequestUnknownToFalIsSubmittedAgain", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 404, Count: 1, Ops: []string{falsim.OpStatus}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, 2, list[0].Attempt)
+		require.Equal(t, 2, b.sim.Stats().Submits)
+		rows := falRows(t, b.pool, ids[0])
+		require.Len(t, rows, 2)
+		require.Equal(t, "lost", rows[0].State)
+		require.Equal(t, "completed", rows[1].State)
+		var lost []string
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT ARRAY(SELECT jsonb_array_elements_text(metadata -> 'output' -> 'lost_request_ids')) FROM river_job WHERE id = $1`, mustID(t, ids[0])).Scan(&lost))
+		require.Equal(t, []string{rows[0].RequestID}, lost)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("LogsAndMetricsNameKeysByIndex", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		b.sim.FailKey("key-1", falsim.Failure{Status: 401, Count: 1})
+		b.sim.FailKey("key-2", falsim.Failure{Status: 429, Count: 2})
+		b.sim.FailModel(imageModel, falsim.Failure{Status: 500, Count: 1, Ops: []string{falsim.OpStatus}})
+		uid, ids := b.submit(t, 10, "generate", generateParams, "")
+		list := b.waitFinal(t, uid, ids, 30*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		logs, metrics := b.logs.String(), b.metricsText(t)
+		require.Contains(t, logs, `"key":"key-1"`)
+		require.Contains(t, metrics, `key="key-2"`)
+		for _, k := range testKeys {
+			for _, secret := range []string{k, strings.SplitN(k, ":", 2)[0]} {
+				require.NotContains(t, logs, secret)
+				require.NotContains(t, metrics, secret)
+			}
+		}
+		requireInvariants(t, b.pool)
+	})
+}
+
+func mustID(t *testing.T, id string) int64 {
+	t.Helper()
+	n, ok := jobs.JobID(id)
+	require.True(t, ok)
+	return n
+}
