@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 )
 
 // ClientConfig configures the River client.
@@ -23,6 +24,8 @@ type ClientConfig struct {
 	Periodic []*river.PeriodicJob
 	// Workers registers more workers (for the periodic jobs).
 	Workers []func(*river.Workers)
+	// Middleware is River middleware installed globally (Metrics.Middleware).
+	Middleware []rivertype.Middleware
 }
 
 // NewClient builds the River client: the three queues, AI worker, attempt
@@ -42,6 +45,7 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		RescueStuckJobsAfter: RescueAfter,
 		Logger:               cfg.Logger,
 		PeriodicJobs:         cfg.Periodic,
+		Middleware:           cfg.Middleware,
 	}
 	if cfg.Work {
 		if err := cfg.Limits.Validate(); err != nil {

@@ -108,6 +108,10 @@ const AttemptTimeout = 60 * time.Second
 // attempts).
 const RescueAfter = 2 * time.Minute
 
+// submitTimeout bounds the submit of a request to fal and the storing of
+// its id, which a shutdown does not interrupt.
+const submitTimeout = 30 * time.Second
+
 // Timeout bounds one attempt.
 func (w *Worker) Timeout(*river.Job[Args]) time.Duration { return AttemptTimeout }
 
@@ -157,13 +161,19 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 	}
 
 	if out.Fal == nil {
-		ref, err := w.submit(ctx, log, job)
+		// Once fal has accepted a request it is paid for, so the submit and
+		// the storing of its id are not cut short by a shutdown
+		// (StopAndCancel) or a cancel: a later attempt then always finds the
+		// id and resumes the request instead of paying for a second one.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
+		defer cancel()
+		ref, err := w.submit(sctx, log, job)
 		if err != nil {
 			return w.fail(ctx, log, job, err)
 		}
 		out.Fal = ref
 		client := river.ClientFromContext[pgx.Tx](ctx)
-		if _, err := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); err != nil {
+		if _, err := client.JobUpdate(sctx, job.ID, &river.JobUpdateParams{Output: out}); err != nil {
 			// fal has the request; without the id stored a crash now would
 			// pay twice, so try to cancel it at fal before retrying.
 			log.ErrorContext(ctx, "could not store fal request id", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
