@@ -22,9 +22,11 @@ const (
 	OutcomeCancelled = "cancelled"
 )
 
-// Results of one attempt, as the worker process sees it.
+// Results of one attempt, as the worker process sees it. AttemptOK is an
+// attempt that returned no error: the job completed, or the worker ended it
+// itself (a permanent fal error it discarded).
 const (
-	AttemptCompleted = "completed"
+	AttemptOK        = "ok"
 	AttemptSnoozed   = "snoozed"
 	AttemptCancelled = "cancelled"
 	AttemptError     = "error"
@@ -60,6 +62,10 @@ const outcomeRetention = time.Hour
 // max() for the queue depth gauges. Postgres is read at most once per
 // MetricsRefreshInterval, when /metrics is scraped.
 type Metrics struct {
+	// RefreshInterval is the least time between two reads of Postgres
+	// (default MetricsRefreshInterval). Set it before the first scrape.
+	RefreshInterval time.Duration
+
 	pool   *pgxpool.Pool
 	logger *slog.Logger
 
@@ -96,8 +102,9 @@ func NewMetrics(pool *pgxpool.Pool, logger *slog.Logger) *Metrics {
 	waitBuckets := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900}
 	runBuckets := []float64{.05, .1, .25, .5, 1, 2, 5, 10, 20, 30, 45, 60}
 	return &Metrics{
-		pool:   pool,
-		logger: logger,
+		RefreshInterval: MetricsRefreshInterval,
+		pool:            pool,
+		logger:          logger,
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aiqueue_jobs_submitted_total",
 			Help: "AI jobs submitted (committed with their credit hold), by operation and queue; counted by the process that took the submission.",
@@ -130,7 +137,7 @@ func NewMetrics(pool *pgxpool.Pool, logger *slog.Logger) *Metrics {
 		}, []string{"operation", "queue"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aiqueue_job_attempts_total",
-			Help: "Job attempts worked by this process, by operation, queue and result (completed, snoozed, cancelled, error).",
+			Help: "Job attempts worked by this process, by operation, queue and result (ok, snoozed, cancelled, error).",
 		}, []string{"operation", "queue", "result"}),
 	}
 }
@@ -197,7 +204,7 @@ func attemptResult(err error) string {
 	var cancel *rivertype.JobCancelError
 	switch {
 	case err == nil:
-		return AttemptCompleted
+		return AttemptOK
 	case errors.As(err, &snooze):
 		return AttemptSnoozed
 	case errors.As(err, &cancel):
@@ -231,7 +238,7 @@ func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
 // read is older than MetricsRefreshInterval, then reports.
 func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
-	if time.Since(c.refreshed) >= MetricsRefreshInterval {
+	if time.Since(c.refreshed) >= c.RefreshInterval {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := c.refresh(ctx); err != nil {
 			c.logger.WarnContext(ctx, "metrics: could not read the queue from postgres", slog.Any("error", err))
