@@ -204,7 +204,7 @@ UPDATE river_job
 			require.Equal(t, []string{"1", "3", "1"}, column(rows, "finished"))
 			require.Equal(t, []string{"1", "0", "0"}, column(rows, "failed"))
 			require.Equal(t, []string{"0", "0", "1"}, column(rows, "cancelled"))
-			require.Equal(t, []string{"100", "0", "0"}, column(rows, "failed_pct"))
+			require.Equal(t, []string{"100.0", "0", "0"}, column(rows, "failed_pct"))
 			require.Equal(t, []string{"invalid_params", "<nil>", "<nil>"}, column(rows, "top_error"))
 		},
 		"slowest": func(t *testing.T, rows []docRow) {
