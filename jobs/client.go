@@ -26,6 +26,9 @@ type ClientConfig struct {
 	Workers []func(*river.Workers)
 	// Middleware is River middleware installed globally (Metrics.Middleware).
 	Middleware []rivertype.Middleware
+	// PollOnly makes River poll for jobs instead of holding a LISTEN
+	// connection (behind PgBouncer in transaction pooling mode).
+	PollOnly bool
 }
 
 // NewClient builds the River client: the three queues, AI worker, attempt
@@ -46,6 +49,7 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		Logger:               cfg.Logger,
 		PeriodicJobs:         cfg.Periodic,
 		Middleware:           cfg.Middleware,
+		PollOnly:             cfg.PollOnly,
 	}
 	if cfg.Work {
 		if err := cfg.Limits.Validate(); err != nil {

@@ -427,6 +427,18 @@ func TestRoles(t *testing.T) {
 		requireInvariants(t, worker)
 	})
 
+	t.Run("PollOnlyWorks", func(t *testing.T) {
+		t.Parallel()
+		// No LISTEN: River finds the job by polling (PgBouncer in
+		// transaction pooling mode).
+		m := MustRunMain(t, map[string]string{"RIVER_POLL_ONLY": "true"})
+		require.True(t, m.Config.RiverPollOnly)
+		c, _ := newUser(t, m, 5)
+		j := submit(t, c, "generate", map[string]any{"prompt": "ring"})
+		waitState(t, c, j.ID, jobs.StateSucceeded)
+		requireInvariants(t, m)
+	})
+
 	t.Run("WorkerServesOnlyOps", func(t *testing.T) {
 		t.Parallel()
 		m := MustRunMain(t, map[string]string{"ROLE": "worker", "RIVER_BASIC_AUTH_USER": riverUser, "RIVER_BASIC_AUTH_PASS": riverPass})

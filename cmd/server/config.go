@@ -49,6 +49,10 @@ type Config struct {
 	RiverUser string
 	RiverPass string
 
+	// RiverPollOnly makes River poll instead of LISTEN (PgBouncer in
+	// transaction pooling mode).
+	RiverPollOnly bool
+
 	OperationsFile  string
 	LogLevel        string
 	ShutdownTimeout time.Duration
@@ -129,6 +133,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	c.FalSimulate = boolean("FAL_SIMULATE", len(c.FalKeys) == 0)
 	c.FalSimFast = boolean("FAL_SIMULATE_FAST", false)
+	c.RiverPollOnly = boolean("RIVER_POLL_ONLY", false)
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}

@@ -137,6 +137,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Worker:     worker,
 		Logger:     m.Logger.With(slog.String("component", "river")),
 		Middleware: []rivertype.Middleware{metrics.Middleware()},
+		PollOnly:   cfg.RiverPollOnly,
 	})
 	if err != nil {
 		return err
