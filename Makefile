@@ -7,7 +7,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 export GOTOOLCHAIN := local
 
-.PHONY: all build run test vet lint unit openapi openapi-check bench drills fmt clean
+.PHONY: all build run test vet lint unit test-browser openapi openapi-check bench drills fmt clean
 
 all: build
 
@@ -20,8 +20,9 @@ build:
 run: build
 	$(BIN)/server serve --demo
 
-## test: vet, lint, the committed OpenAPI document, and every test with the race detector.
-test: vet lint openapi-check unit
+## test: vet, lint, the committed OpenAPI document, every test with the race
+## detector, and the River UI browser test.
+test: vet lint openapi-check unit test-browser
 
 vet:
 	$(GO) vet ./...
@@ -35,6 +36,12 @@ lint: $(GOLANGCI_LINT)
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+## test-browser: River UI in Debian's chromium (playwright-core) against the
+## real server; installs chromium and the npm packages when missing.
+## Screenshots: riverui/e2e/out/.
+test-browser: build
+	SERVER_BIN=$(BIN)/server riverui/e2e/run.sh
 
 ## openapi: regenerate the committed openapi.yaml from the server's routes.
 openapi:

@@ -11,6 +11,8 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
+
+	"github.com/aiqueue/aiqueue/internal/logging"
 )
 
 // AuthConfig configures token checks.
@@ -137,6 +139,7 @@ func (s *Server) authMiddleware(ctx huma.Context, next func(huma.Context)) {
 		_ = huma.WriteErr(s.api, ctx, http.StatusUnauthorized, "invalid or missing bearer token: "+reason(err))
 		return
 	}
+	logging.SetUser(ctx.Context(), p.UserID)
 	if adminOnly(op) && !p.Admin {
 		_ = huma.WriteErr(s.api, ctx, http.StatusForbidden, "this endpoint needs the admin role")
 		return

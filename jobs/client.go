@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 )
 
 // ClientConfig configures the River client.
@@ -31,6 +32,11 @@ type ClientConfig struct {
 	// is handed back (or discarded when out of attempts). Default
 	// DefaultRescueAfter; it must be at least the worker's attempt timeout.
 	RescueAfter time.Duration
+	// Middleware is River middleware installed globally (Metrics.Middleware).
+	Middleware []rivertype.Middleware
+	// PollOnly makes River poll for jobs instead of holding a LISTEN
+	// connection (behind PgBouncer in transaction pooling mode).
+	PollOnly bool
 }
 
 // DefaultRescueAfter is the default ClientConfig.RescueAfter: no attempt
@@ -59,6 +65,8 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		RescueStuckJobsAfter: rescueAfter,
 		Logger:               cfg.Logger,
 		PeriodicJobs:         cfg.Periodic,
+		Middleware:           cfg.Middleware,
+		PollOnly:             cfg.PollOnly,
 	}
 	if cfg.Work {
 		if err := cfg.Limits.Validate(); err != nil {

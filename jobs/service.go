@@ -43,12 +43,16 @@ type Service struct {
 	// falReqs, when set, cancels at fal the request of a job cancelled while
 	// no worker ran it (see SetFalRequests).
 	falReqs *FalRequests
+	metrics *Metrics
 }
 
 // NewService returns a Service. client may be an insert-only River client.
 func NewService(pool *pgxpool.Pool, client *river.Client[pgx.Tx], catalog *Catalog) *Service {
 	return &Service{pool: pool, river: client, catalog: catalog}
 }
+
+// SetMetrics makes Submit count committed submissions in m.
+func (s *Service) SetMetrics(m *Metrics) { s.metrics = m }
 
 // Catalog returns the operations catalog.
 func (s *Service) Catalog() *Catalog { return s.catalog }
@@ -155,6 +159,7 @@ func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts 
 	if err := tx.Commit(ctx); err != nil {
 		return nil, unavailable(err)
 	}
+	s.metrics.observeSubmitted(ps)
 	return ids, nil
 }
 

@@ -239,8 +239,10 @@ func TestWorker(t *testing.T) {
 	t.Run("InFlightCapHoldsAcrossProcesses", func(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{imageModel: 300 * time.Millisecond}}
-		b1 := setupWorker(t, &workerOpts{Sim: sim, MaxInFlight: 1})
-		b2 := setupWorker(t, &workerOpts{Shared: b1, MaxInFlight: 1})
+		// Two slots per process, so neither process can take every job.
+		limits := jobs.QueueLimits{Urgent: 2, Normal: 2, Background: 2}
+		b1 := setupWorker(t, &workerOpts{Sim: sim, MaxInFlight: 1, Limits: limits})
+		b2 := setupWorker(t, &workerOpts{Shared: b1, MaxInFlight: 1, Limits: limits})
 		uid, ids := b1.submit(t, 15, "generate", generateParams, "")
 		list := b1.waitFinal(t, uid, ids, 90*time.Second)
 		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)

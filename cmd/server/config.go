@@ -58,6 +58,10 @@ type Config struct {
 	RiverUser string
 	RiverPass string
 
+	// RiverPollOnly makes River poll instead of LISTEN (PgBouncer in
+	// transaction pooling mode).
+	RiverPollOnly bool
+
 	OperationsFile  string
 	LogLevel        string
 	ShutdownTimeout time.Duration
@@ -149,6 +153,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		c.FalSimScale = f
 	}
+	c.RiverPollOnly = boolean("RIVER_POLL_ONLY", false)
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}

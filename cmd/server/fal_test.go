@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,14 +11,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/falclient/falsim"
-	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
@@ -63,46 +60,15 @@ func simEnv(url string, more map[string]string) map[string]string {
 	return env
 }
 
-// syncBuffer collects a server's logs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runMainWithLogs is MustRunMain with the server's JSON logs, at debug
 // level, written to w.
 func runMainWithLogs(t testing.TB, env map[string]string, w io.Writer) *Main {
 	t.Helper()
-	base := map[string]string{
-		"DATABASE_URL":    pgtest.NewDBURL(t),
-		"LISTEN_ADDR":     "127.0.0.1:0",
-		"AUTH_JWT_SECRET": testSecret,
-		"LOG_LEVEL":       "debug",
-	}
+	full := map[string]string{"LOG_LEVEL": "debug"}
 	for k, v := range env {
-		base[k] = v
+		full[k] = v
 	}
-	cfg, err := ConfigFromEnv(func(k string) string { return base[k] })
-	require.NoError(t, err)
-	m := NewMain(cfg)
-	m.Logger = slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	require.NoError(t, m.Run(ctx))
-	t.Cleanup(func() { require.NoError(t, m.Close()) })
-	return m
+	return mustRunMain(t, full, w)
 }
 
 func (c *client) submit(operation string, params map[string]any, priority string) jobs.Job {

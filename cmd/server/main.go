@@ -8,10 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 )
 
 func main() {
@@ -65,16 +65,17 @@ func serve(args []string) error {
 	}
 	<-ctx.Done()
 	stop() // a second signal kills the process at once
-	fmt.Fprintln(os.Stderr, "server: shutting down")
+	m.Logger.Info("shutting down: no new requests or jobs; running jobs may finish",
+		slog.Duration("shutdown_timeout", cfg.ShutdownTimeout))
 	closeErr := m.Close()
+	if closeErr == nil || errors.Is(closeErr, context.Canceled) {
+		m.Logger.Info("shut down")
+	}
 	if errors.Is(closeErr, context.Canceled) {
 		return nil
 	}
 	return closeErr
 }
-
-// shutdownGrace is how long Close waits for in-flight HTTP requests.
-const shutdownGrace = 10 * time.Second
 
 // printDemo prints what a developer needs after make run.
 func printDemo(w io.Writer, m *Main) {

@@ -33,6 +33,12 @@ const testSecret = "test-secret-0123456789abcdef0123456789"
 // env overrides the environment the program reads.
 func MustRunMain(t testing.TB, env map[string]string) *Main {
 	t.Helper()
+	return mustRunMain(t, env, os.Stderr)
+}
+
+// mustRunMain is MustRunMain with the program's log written to logs.
+func mustRunMain(t testing.TB, env map[string]string, logs io.Writer) *Main {
+	t.Helper()
 	base := map[string]string{
 		"DATABASE_URL":      pgtest.NewDBURL(t),
 		"LISTEN_ADDR":       "127.0.0.1:0",
@@ -47,7 +53,7 @@ func MustRunMain(t testing.TB, env map[string]string) *Main {
 	cfg, err := ConfigFromEnv(func(k string) string { return base[k] })
 	require.NoError(t, err)
 	m := NewMain(cfg)
-	m.Logger = newLogger(cfg.LogLevel, os.Stderr)
+	m.Logger = newLogger(cfg.LogLevel, logs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	require.NoError(t, m.Run(ctx))

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,10 +24,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
+	"github.com/aiqueue/aiqueue/internal/logging"
 	"github.com/aiqueue/aiqueue/internal/pglocal"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/migrations"
@@ -70,10 +74,10 @@ func NewMain(cfg Config) *Main {
 	return &Main{Config: cfg, Logger: newLogger(cfg.LogLevel, os.Stderr)}
 }
 
-func newLogger(level string, w *os.File) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+// newLogger is the JSON logger at LOG_LEVEL; records logged with a request's
+// context carry its request id and user id.
+func newLogger(level string, w io.Writer) *slog.Logger {
+	return logging.New(level, w)
 }
 
 // Run starts the database (when embedded), the fal backend, River and the
@@ -122,6 +126,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.startFal(ctx); err != nil {
 		return err
 	}
+	metrics := jobs.NewMetrics(m.pool, m.Logger.With(slog.String("component", "metrics")))
+	if err := metrics.Register(m.Registry); err != nil {
+		return err
+	}
+	go pruneMetrics(runCtx, metrics, m.Logger)
 	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
 	m.falReqs = worker.Requests()
 	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
@@ -130,6 +139,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Worker:      worker,
 		Logger:      m.Logger.With(slog.String("component", "river")),
 		RescueAfter: cfg.RescueAfter,
+		Middleware:  []rivertype.Middleware{metrics.Middleware()},
+		PollOnly:    cfg.RiverPollOnly,
 	})
 	if err != nil {
 		return err
@@ -146,6 +157,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if cfg.Role != RoleWorker {
 		svc := jobs.NewService(m.pool, m.river, catalog)
 		svc.SetFalRequests(m.falReqs)
+		svc.SetMetrics(metrics)
 		if _, err := api.New(mux, m.pool, svc, api.Config{
 			Auth:    api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer},
 			Logger:  m.Logger,
@@ -168,7 +180,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	m.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	m.http = &http.Server{Handler: logging.Middleware(m.Logger, mux), ReadHeaderTimeout: 10 * time.Second}
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.http.Serve(m.listener) }()
 	m.Logger.Info("server started", slog.String("addr", m.listener.Addr().String()), slog.String("role", cfg.Role))
@@ -348,27 +360,47 @@ func devSecret(dir string) (string, error) {
 	return secret, os.WriteFile(path, []byte(secret+"\n"), 0o600)
 }
 
-// Close stops the HTTP server, lets running jobs finish up to the shutdown
-// timeout, hands the rest back to the queue, and stops the database when it
-// is embedded. It is safe to call more than once.
+// Close shuts the program down: it stops taking requests (the listener
+// closes at once, requests in flight may finish) and stops fetching jobs
+// while running jobs finish, both within SHUTDOWN_TIMEOUT; jobs still
+// running then are cancelled and handed back to the queue as retryable (a
+// later attempt resumes their stored fal request, so none is paid twice).
+// Then it stops the embedded database. It is safe to call more than once.
 func (m *Main) Close() error {
 	m.closeOnce.Do(func() {
-		var errs []error
+		var (
+			mu   sync.Mutex
+			errs []error
+			wg   sync.WaitGroup
+		)
+		add := func(err error) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+		timeout := cmp.Or(m.Config.ShutdownTimeout, 25*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
 		if m.http != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-			errs = append(errs, m.http.Shutdown(ctx))
-			cancel()
+			wg.Go(func() {
+				if err := m.http.Shutdown(ctx); err != nil {
+					m.Logger.Warn("requests still in flight at the shutdown timeout; closing them", slog.Any("error", err))
+					_ = m.http.Close()
+				}
+			})
 		}
 		if m.river != nil && m.Config.Role != RoleAPI {
-			ctx, cancel := context.WithTimeout(context.Background(), m.Config.ShutdownTimeout)
-			if err := m.river.Stop(ctx); err != nil {
-				m.Logger.Warn("running jobs did not finish in time; cancelling them back to the queue", slog.Any("error", err))
-				hard, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
-				errs = append(errs, m.river.StopAndCancel(hard))
-				cancel2()
-			}
-			cancel()
+			wg.Go(func() {
+				if err := m.river.Stop(ctx); err != nil {
+					m.Logger.Warn("running jobs did not finish within the shutdown timeout; handing them back to the queue",
+						slog.Duration("shutdown_timeout", timeout))
+					hard, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					add(m.river.StopAndCancel(hard))
+				}
+			})
 		}
+		wg.Wait()
 		if m.cancel != nil {
 			m.cancel()
 		}
@@ -379,7 +411,7 @@ func (m *Main) Close() error {
 			m.pool.Close()
 		}
 		if m.cluster != nil {
-			errs = append(errs, m.cluster.Stop())
+			add(m.cluster.Stop())
 		}
 		for _, e := range errs {
 			if e != nil && !errors.Is(e, http.ErrServerClosed) && !errors.Is(e, context.Canceled) {
@@ -388,6 +420,22 @@ func (m *Main) Close() error {
 		}
 	})
 	return m.closeErr
+}
+
+// pruneMetrics drops ended jobs no scrape took, every few minutes.
+func pruneMetrics(ctx context.Context, metrics *jobs.Metrics, logger *slog.Logger) {
+	t := time.NewTicker(5 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := metrics.Prune(ctx); err != nil && ctx.Err() == nil {
+				logger.WarnContext(ctx, "metrics: could not prune metrics_job_outcomes", slog.Any("error", err))
+			}
+		}
+	}
 }
 
 // redactDSN hides the password of a connection string.

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/falclient/falsim"
+	"github.com/aiqueue/aiqueue/internal/pgtest"
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// docQuery is one ```sql block of docs/sql.md.
+type docQuery struct {
+	name string
+	sql  string
+}
+
+func readDocQueries(t *testing.T) []docQuery {
+	t.Helper()
+	raw, err := os.ReadFile("../../docs/sql.md")
+	require.NoError(t, err)
+	blocks := regexp.MustCompile("(?s)```sql\n(.*?)```").FindAllStringSubmatch(string(raw), -1)
+	require.NotEmpty(t, blocks)
+	nameRE := regexp.MustCompile(`(?m)^-- name: ([a-z0-9-]+)\s*$`)
+	var out []docQuery
+	seen := map[string]bool{}
+	for _, b := range blocks {
+		m := nameRE.FindStringSubmatch(b[1])
+		require.NotNil(t, m, "a ```sql block of docs/sql.md has no '-- name:' line:\n%s", b[1])
+		require.False(t, seen[m[1]], "two blocks named %s", m[1])
+		seen[m[1]] = true
+		out = append(out, docQuery{name: m[1], sql: b[1]})
+	}
+	return out
+}
+
+// bindPsqlVars replaces psql's :'name' with the quoted value of vars[name].
+func bindPsqlVars(t *testing.T, sql string, vars map[string]string) string {
+	t.Helper()
+	return regexp.MustCompile(`:'([a-z_]+)'`).ReplaceAllStringFunc(sql, func(m string) string {
+		name := m[2 : len(m)-1]
+		v, ok := vars[name]
+		require.True(t, ok, "docs/sql.md uses :'%s', which the test does not set", name)
+		return "'" + strings.ReplaceAll(v, "'", "''") + "'"
+	})
+}
+
+// docRow is one result row, each value as text ("<nil>" for NULL).
+type docRow map[string]string
+
+func runDocQuery(t *testing.T, pool *pgxpool.Pool, sql string) []docRow {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), sql)
+	require.NoError(t, err, sql)
+	defer rows.Close()
+	var out []docRow
+	for rows.Next() {
+		vals, err := rows.Values()
+		require.NoError(t, err)
+		r := docRow{}
+		for i, fd := range rows.FieldDescriptions() {
+			v := vals[i]
+			if dv, ok := v.(driver.Valuer); ok {
+				v, err = dv.Value()
+				require.NoError(t, err)
+			}
+			if b, ok := v.([16]byte); ok { // uuid
+				v = fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+			}
+			r[fd.Name] = fmt.Sprint(v)
+		}
+		out = append(out, r)
+	}
+	require.NoError(t, rows.Err(), sql)
+	return out
+}
+
+func column(rows []docRow, name string) []string {
+	out := make([]string, len(rows))
+	for i, r := range rows {
+		out[i] = r[name]
+	}
+	return out
+}
+
+// TestSQLDocs runs every query of docs/sql.md against a database holding
+// jobs in every state and checks its answer.
+func TestSQLDocs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewDBURL(t)
+	m := MustRunMain(t, map[string]string{"DATABASE_URL": dbURL})
+
+	// Real work through the API: successes, a failure, a cancel.
+	m.Sim().FailModel("fal-ai/clarity-upscaler", falsim.Failure{Status: http.StatusUnprocessableEntity, Ops: []string{falsim.OpSubmit}})
+	m.Sim().FailModel("fal-ai/kling-video", falsim.Failure{Status: http.StatusServiceUnavailable, Ops: []string{falsim.OpStatus}})
+	a, userA := newUser(t, m, 100)
+	b, userB := newUser(t, m, 50)
+	g1 := submit(t, a, "generate", map[string]any{"prompt": "ring"})
+	g2 := submit(t, a, "generate", map[string]any{"prompt": "necklace"})
+	up := submit(t, a, "upscale", map[string]any{"image_url": "https://example.com/a.png"})
+	gb := submit(t, b, "generate", map[string]any{"prompt": "earring"})
+	vid := submit(t, b, "video", map[string]any{"prompt": "spin", "image_url": "https://example.com/a.png"})
+	for _, j := range []struct {
+		c     *client
+		id    string
+		state string
+	}{{a, g1.ID, jobs.StateSucceeded}, {a, g2.ID, jobs.StateSucceeded}, {a, up.ID, jobs.StateFailed}, {b, gb.ID, jobs.StateSucceeded}} {
+		waitState(t, j.c, j.id, j.state)
+	}
+	require.Eventually(t, func() bool {
+		var rs string
+		require.NoError(t, m.Pool().QueryRow(ctx, `SELECT river_state FROM ai_jobs WHERE id = $1`, vid.ID).Scan(&rs))
+		return rs == "scheduled" || rs == "retryable" // snoozed between polls, or waiting for a retry
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Equal(t, http.StatusOK, b.do(http.MethodPost, "/v1/jobs/"+vid.ID+"/cancel", nil, nil).StatusCode)
+	waitState(t, b, vid.ID, jobs.StateCancelled)
+	require.NoError(t, m.Close()) // no worker from here on
+
+	// Jobs no worker touches: one waiting normally, one waiting for 20
+	// minutes, and one whose worker died 10 minutes into the attempt, with
+	// its fal request on key 2.
+	pool, err := pgxpool.New(ctx, dbURL)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	catalog := jobs.DefaultCatalog()
+	rc, err := jobs.NewClient(pool, jobs.ClientConfig{Worker: jobs.NewWorker(pool, nil, catalog, nil, jobs.WorkerConfig{})})
+	require.NoError(t, err)
+	svc := jobs.NewService(pool, rc, catalog)
+	ids, err := svc.Submit(ctx, userA, []jobs.Item{{Operation: "remove-bg", Params: json.RawMessage(`{"image_url":"https://example.com/a.png"}`)}}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	oldID := ids[0]
+	oldWaiting := jobs.FormatID(oldID)
+	ids, err = svc.Submit(ctx, userA, []jobs.Item{{Operation: "generate", Params: json.RawMessage(`{"prompt":"later"}`), Priority: jobs.QueueBackground}}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	freshWaiting := jobs.FormatID(ids[0])
+	ids, err = svc.Submit(ctx, userB, []jobs.Item{{Operation: "generate", Params: json.RawMessage(`{"prompt":"hung"}`)}}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	hung := jobs.FormatID(ids[0])
+	_, err = pool.Exec(ctx, `UPDATE river_job SET scheduled_at = now() - interval '20 minutes', created_at = now() - interval '20 minutes' WHERE id = $1`, oldID)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `
+UPDATE river_job
+   SET state = 'running', attempt = 1, attempted_at = now() - interval '10 minutes', attempted_by = '{dead-worker}',
+       metadata = jsonb_set(metadata, '{output}', '{"fal": {"request_id": "req-hung", "key": 2, "model": "fal-ai/flux/dev"}}')
+ WHERE id = $1`, ids[0])
+	require.NoError(t, err)
+
+	vars := map[string]string{"user_id": userA, "job_id": g1.ID}
+	checks := map[string]func(t *testing.T, rows []docRow){
+		"job": func(t *testing.T, rows []docRow) {
+			require.Len(t, rows, 1)
+			r := rows[0]
+			require.Equal(t, g1.ID, r["id"])
+			require.Equal(t, "succeeded", r["state"])
+			require.Equal(t, "completed", r["river_state"])
+			require.Equal(t, "1", r["credits"])
+			require.Equal(t, "charged", r["credit_state"])
+			require.NotEqual(t, "<nil>", r["fal_request_id"])
+			require.Regexp(t, `^key-[12]$`, r["fal_key"])
+			require.NotEqual(t, "<nil>", r["finished_at"])
+			require.Equal(t, "<nil>", r["last_error"])
+		},
+		"user-jobs": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{freshWaiting, oldWaiting, up.ID, g2.ID, g1.ID}, column(rows, "id"))
+			require.Equal(t, []string{"queued", "queued", "failed", "succeeded", "succeeded"}, column(rows, "state"))
+			require.Equal(t, []string{"reserved", "reserved", "refunded", "charged", "charged"}, column(rows, "credit_state"))
+			require.True(t, strings.HasPrefix(rows[2]["last_error"], "invalid_params: "), rows[2]["last_error"])
+			require.Equal(t, "98", rows[0]["balance"])
+			require.Equal(t, "2", rows[0]["reserved"])
+			require.Equal(t, "96", rows[0]["available"])
+		},
+		"stuck": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{oldWaiting, hung}, column(rows, "id"))
+			require.Equal(t, []string{"waiting too long", "running too long"}, column(rows, "why"))
+			require.Equal(t, "req-hung", rows[1]["fal_request_id"])
+			require.Equal(t, userB, rows[1]["user_id"])
+		},
+		"queues": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{"background", "urgent"}, column(rows, "queue"))
+			require.Equal(t, []string{"1", "1"}, column(rows, "waiting"))
+			require.Equal(t, []string{"0", "1"}, column(rows, "running"))
+			require.Equal(t, []string{"0", "0"}, column(rows, "later"))
+		},
+		"spent-today": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{userA, userB}, column(rows, "user_id"))
+			require.Equal(t, []string{"2", "1"}, column(rows, "charged"))
+			require.Equal(t, []string{"2", "10"}, column(rows, "refunded"))
+			require.Equal(t, []string{"2", "1"}, column(rows, "paid_jobs"))
+		},
+		"error-rates": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{"upscale", "generate", "video"}, column(rows, "operation"))
+			require.Equal(t, []string{"1", "3", "1"}, column(rows, "finished"))
+			require.Equal(t, []string{"1", "0", "0"}, column(rows, "failed"))
+			require.Equal(t, []string{"0", "0", "1"}, column(rows, "cancelled"))
+			require.Equal(t, []string{"100.0", "0", "0"}, column(rows, "failed_pct"))
+			require.Equal(t, []string{"invalid_params", "<nil>", "<nil>"}, column(rows, "top_error"))
+		},
+		"slowest": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{"generate"}, column(rows, "operation"))
+			require.Equal(t, "3", rows[0]["jobs"])
+			var p50, p95, maxS float64
+			_, err := fmt.Sscan(rows[0]["p50_s"]+" "+rows[0]["p95_s"]+" "+rows[0]["max_s"], &p50, &p95, &maxS)
+			require.NoError(t, err)
+			require.Greater(t, p50, 0.0)
+			require.LessOrEqual(t, p50, p95)
+			require.LessOrEqual(t, p95, maxS)
+		},
+		"fal-in-flight": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{"key-2"}, column(rows, "key"))
+			require.Equal(t, []string{"1"}, column(rows, "in_flight"))
+		},
+		"ledger-check": func(t *testing.T, rows []docRow) {
+			require.Empty(t, rows)
+		},
+	}
+
+	queries := readDocQueries(t)
+	ran := map[string]bool{}
+	for _, q := range queries {
+		check, ok := checks[q.name]
+		require.True(t, ok, "docs/sql.md has a query %q the test does not check", q.name)
+		rows := runDocQuery(t, pool, bindPsqlVars(t, q.sql, vars))
+		t.Run(q.name, func(t *testing.T) { check(t, rows) })
+		ran[q.name] = true
+	}
+	for name := range checks {
+		require.True(t, ran[name], "docs/sql.md lost its %q query", name)
+	}
+	requireInvariantsPool(t, pool)
+}
+
+func requireInvariantsPool(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	vs, err := jobs.CheckInvariants(context.Background(), pool)
+	require.NoError(t, err)
+	require.Empty(t, vs)
+}

@@ -1,0 +1,178 @@
+package jobs_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// gathered is one scrape of a registry.
+type gathered map[string]*dto.MetricFamily
+
+func gather(t *testing.T, reg *prometheus.Registry) gathered {
+	t.Helper()
+	fams, err := reg.Gather()
+	require.NoError(t, err)
+	out := gathered{}
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out
+}
+
+// value returns the value of the series of name with exactly labels (a
+// counter, a gauge, or a histogram's count), or -1 when there is none.
+func (g gathered) value(name string, labels map[string]string) float64 {
+	f, ok := g[name]
+	if !ok {
+		return -1
+	}
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) != len(labels) {
+			continue
+		}
+		match := true
+		for _, l := range m.GetLabel() {
+			if labels[l.GetName()] != l.GetValue() {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return -1
+}
+
+// sum adds up the values of name over registries whose label set is labels.
+func sum(name string, labels map[string]string, gs ...gathered) float64 {
+	total := 0.0
+	for _, g := range gs {
+		if v := g.value(name, labels); v > 0 {
+			total += v
+		}
+	}
+	return total
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	newMetrics := func(t *testing.T, b *testBundle) (*jobs.Metrics, *prometheus.Registry) {
+		t.Helper()
+		m := jobs.NewMetrics(b.pool, nil)
+		reg := prometheus.NewRegistry()
+		require.NoError(t, m.Register(reg))
+		return m, reg
+	}
+
+	t.Run("CountsEachEndingOnceAcrossProcesses", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// Two processes' collectors on one database.
+		_, reg1 := newMetrics(t, b)
+		_, reg2 := newMetrics(t, b)
+		m3, reg3 := newMetrics(t, b)
+		b.svc.SetMetrics(m3)
+
+		uid := grant(t, b.pool, 100)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b"), generate("c"),
+			{Operation: "upscale", Params: json.RawMessage(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+
+		// The four ways a job ends outside the worker's own completion: the
+		// rescuer or completer marks it completed or discarded, a cancel
+		// (API or River UI), a delete (River UI, cleaner).
+		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, ids[0])
+		require.NoError(t, err)
+		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, ids[3])
+		require.NoError(t, err)
+		_, err = b.river.JobCancel(ctx, ids[1])
+		require.NoError(t, err)
+		_, err = b.river.JobDelete(ctx, ids[2])
+		require.NoError(t, err)
+
+		g1 := gather(t, reg1)
+		g2 := gather(t, reg2)
+		g3 := gather(t, reg3)
+		gs := []gathered{g1, g2, g3}
+		require.Equal(t, 3.0, g3.value("aiqueue_jobs_submitted_total", map[string]string{"operation": "generate", "queue": "urgent"}))
+		require.Equal(t, 1.0, g3.value("aiqueue_jobs_submitted_total", map[string]string{"operation": "upscale", "queue": "urgent"}))
+		require.Equal(t, 3.0, g3.value("aiqueue_credits_reserved_total", map[string]string{"operation": "generate"}))
+		require.Equal(t, 2.0, g3.value("aiqueue_credits_reserved_total", map[string]string{"operation": "upscale"}))
+
+		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "succeeded"}, gs...))
+		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "cancelled"}, gs...))
+		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "unknown", "queue": "unknown", "outcome": "cancelled"}, gs...))
+		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "upscale", "queue": "urgent", "outcome": "failed"}, gs...))
+		require.Equal(t, 1.0, sum("aiqueue_credits_charged_total", map[string]string{"operation": "generate"}, gs...))
+		require.Equal(t, 1.0, sum("aiqueue_credits_refunded_total", map[string]string{"operation": "generate"}, gs...))
+		require.Equal(t, 1.0, sum("aiqueue_credits_refunded_total", map[string]string{"operation": "unknown"}, gs...))
+		require.Equal(t, 2.0, sum("aiqueue_credits_refunded_total", map[string]string{"operation": "upscale"}, gs...))
+		// Only the first scrape took the rows; the others saw none of them.
+		require.Equal(t, -1.0, g2.value("aiqueue_jobs_finished_total", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "succeeded"}))
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM metrics_job_outcomes`))
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("ReadsPostgresAtMostOncePerInterval", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		m, reg := newMetrics(t, b)
+		m.RefreshInterval = time.Hour
+		uid := grant(t, b.pool, 100)
+		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+
+		available := map[string]string{"queue": "urgent", "state": "available"}
+		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", available))
+		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("b")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		// Within the interval the cached answer is served.
+		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", available))
+
+		m.RefreshInterval = 0
+		g := gather(t, reg)
+		require.Equal(t, 2.0, g.value("aiqueue_queue_jobs", available))
+		// Every queue and waiting state has a series, zero or not.
+		for _, q := range jobs.Queues {
+			for _, s := range []string{"available", "scheduled", "retryable", "pending", "running"} {
+				require.GreaterOrEqual(t, g.value("aiqueue_queue_jobs", map[string]string{"queue": q, "state": s}), 0.0, "%s/%s", q, s)
+			}
+			require.GreaterOrEqual(t, g.value("aiqueue_queue_oldest_available_seconds", map[string]string{"queue": q}), 0.0)
+		}
+	})
+
+	t.Run("PrunesEndingsNobodyScraped", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		m, _ := newMetrics(t, b)
+		uid := grant(t, b.pool, 100)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		for _, id := range ids {
+			_, err = b.river.JobCancel(ctx, id)
+			require.NoError(t, err)
+		}
+		_, err = b.pool.Exec(ctx, `UPDATE metrics_job_outcomes SET created_at = now() - interval '2 hours' WHERE id = (SELECT min(id) FROM metrics_job_outcomes)`)
+		require.NoError(t, err)
+		require.NoError(t, m.Prune(ctx))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM metrics_job_outcomes`))
+	})
+}
