@@ -122,11 +122,20 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{})
+	reconciler, err := jobs.NewReconciler(m.pool, jobs.ReconcilerConfig{
+		Logger:     m.Logger.With(slog.String("component", "reconciler")),
+		Registerer: m.Registry,
+	})
+	if err != nil {
+		return err
+	}
 	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
-		Limits: cfg.Limits,
-		Work:   cfg.Role != RoleAPI,
-		Worker: worker,
-		Logger: m.Logger.With(slog.String("component", "river")),
+		Limits:   cfg.Limits,
+		Work:     cfg.Role != RoleAPI,
+		Worker:   worker,
+		Logger:   m.Logger.With(slog.String("component", "river")),
+		Periodic: []*river.PeriodicJob{reconciler.PeriodicJob(jobs.ReconcileInterval)},
+		Workers:  []func(*river.Workers){reconciler.AddWorker},
 	})
 	if err != nil {
 		return err
