@@ -159,7 +159,7 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 	if out.Fal == nil {
 		ref, err := w.submit(ctx, log, job)
 		if err != nil {
-			return w.fail(ctx, log, job, err)
+			return w.fail(ctx, log, job, nil, err)
 		}
 		out.Fal = ref
 		client := river.ClientFromContext[pgx.Tx](ctx)
@@ -206,16 +206,16 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 	for {
 		if time.Since(ref.SubmittedAt) > op.Timeout {
 			w.cancelFal(log, ref)
-			return w.fail(ctx, log, job, &jobError{CodeTimeout, fmt.Sprintf("fal did not finish within %s", op.Timeout)})
+			return w.fail(ctx, log, job, ref, &jobError{CodeTimeout, fmt.Sprintf("fal did not finish within %s", op.Timeout)})
 		}
 		st, err := w.fal.Status(ctx, ref.Key, ref.Model, ref.RequestID)
 		if err != nil {
-			return w.fail(ctx, log, job, err)
+			return w.fail(ctx, log, job, ref, err)
 		}
 		if st.State == "COMPLETED" {
 			res, err := w.fal.Result(ctx, ref.Key, ref.Model, ref.RequestID)
 			if err != nil {
-				return w.fail(ctx, log, job, err)
+				return w.fail(ctx, log, job, ref, err)
 			}
 			out.Result = res
 			if err := river.RecordOutput(ctx, out); err != nil {
@@ -233,7 +233,7 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 		}
 		select {
 		case <-ctx.Done():
-			return w.fail(ctx, log, job, ctx.Err())
+			return w.fail(ctx, log, job, ref, ctx.Err())
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, time.Second)
@@ -241,13 +241,15 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 }
 
 // fail decides what an error means for the job: a cancelled job cancels its
-// fal request; a permanent fal error discards the job at once (refund, no
-// retry); no free key snoozes; anything else is retried by River.
-func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args], err error) error {
+// fal request (ref, nil before fal accepted one); a permanent fal error
+// discards the job at once (refund, no retry); no free key snoozes; anything
+// else is retried by River.
+func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args], ref *falRef, err error) error {
 	if ctx.Err() != nil && errors.Is(context.Cause(ctx), rivertype.ErrJobCancelledRemotely) {
-		var out output
-		if readOutput(job.JobRow, &out) == nil && out.Fal != nil {
-			w.cancelFal(log, out.Fal)
+		// ref, not job.JobRow: the row was read before this attempt stored
+		// the fal request id.
+		if ref != nil {
+			w.cancelFal(log, ref)
 		}
 		return river.JobCancel(&jobError{CodeCancelled, "the job was cancelled"})
 	}
