@@ -547,6 +547,11 @@ func TestCheck(t *testing.T) {
 		{name: "BalanceNotFromJournal", sql: `UPDATE credit_accounts SET balance = balance + 1`, rule: "granted - charged = balance"},
 		{name: "ReservedNotOpenHolds", sql: `UPDATE credit_accounts SET reserved = reserved + 1`, rule: "reserved = sum of open holds"},
 		{
+			name: "EntryWithoutHold",
+			sql:  `INSERT INTO credit_entries (user_id, kind, amount, job_id) SELECT user_id, 'refund', 1, 4242 FROM credit_accounts`,
+			rule: "journal entries belong to a hold",
+		},
+		{
 			name: "SettledWithoutEntry",
 			sql:  `UPDATE credit_holds SET state = 'refunded', settled_at = now()`,
 			rule: "settlement entries match the hold",
