@@ -5,18 +5,39 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // CreditsBody is the caller's balance and latest journal entries.
 type CreditsBody struct {
-	Balance   int64          `json:"balance" doc:"Credits granted minus credits charged."`
-	Reserved  int64          `json:"reserved" doc:"Credits held by unfinished jobs."`
-	Available int64          `json:"available" doc:"balance - reserved: what new jobs can use."`
-	Entries   []ledger.Entry `json:"entries" doc:"The latest journal entries, newest first."`
+	Balance   int64         `json:"balance" doc:"Credits granted minus credits charged."`
+	Reserved  int64         `json:"reserved" doc:"Credits held by unfinished jobs."`
+	Available int64         `json:"available" doc:"balance - reserved: what new jobs can use."`
+	Entries   []CreditEntry `json:"entries" doc:"The latest journal entries, newest first."`
+}
+
+// CreditEntry is one journal entry as the API shows it: the job it is about
+// is named by its API id (a string, like the job's own id).
+type CreditEntry struct {
+	ID        int64     `json:"id" doc:"Entry id, increasing."`
+	Kind      string    `json:"kind" enum:"grant,reserve,charge,refund" doc:"grant adds to balance; reserve holds credits for a job; charge takes them; refund returns them."`
+	Amount    int64     `json:"amount" doc:"Credits, always positive."`
+	JobID     string    `json:"job_id,omitempty" doc:"The job of a reserve, charge or refund."`
+	Reason    string    `json:"reason,omitempty" doc:"Why a grant was made."`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func creditEntry(e ledger.Entry) CreditEntry {
+	ce := CreditEntry{ID: e.ID, Kind: e.Kind, Amount: e.Amount, Reason: e.Reason, CreatedAt: e.CreatedAt}
+	if e.JobID != nil {
+		ce.JobID = jobs.FormatID(*e.JobID)
+	}
+	return ce
 }
 
 type creditsOutput struct{ Body CreditsBody }
@@ -36,8 +57,8 @@ type grantInput struct {
 type grantOutput struct {
 	Status int
 	Body   struct {
-		Entry   ledger.Entry   `json:"entry"`
-		Credits ledger.Balance `json:"credits"`
+		Entry   CreditEntry    `json:"entry" doc:"The grant's journal entry (the first one's, when replayed)."`
+		Credits ledger.Balance `json:"credits" doc:"The user's credits after the grant."`
 	}
 }
 
@@ -75,10 +96,11 @@ func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, e
 	if err != nil {
 		return nil, s.dbProblem(ctx, err)
 	}
-	if entries == nil {
-		entries = []ledger.Entry{}
+	out := &creditsOutput{Body: CreditsBody{Balance: b.Balance, Reserved: b.Reserved, Available: b.Available, Entries: make([]CreditEntry, 0, len(entries))}}
+	for _, e := range entries {
+		out.Body.Entries = append(out.Body.Entries, creditEntry(e))
 	}
-	return &creditsOutput{Body: CreditsBody{Balance: b.Balance, Reserved: b.Reserved, Available: b.Available, Entries: entries}}, nil
+	return out, nil
 }
 
 func (s *Server) grantCredits(ctx context.Context, in *grantInput) (*grantOutput, error) {
@@ -105,6 +127,6 @@ func (s *Server) grantCredits(ctx context.Context, in *grantInput) (*grantOutput
 	if !created {
 		out.Status = http.StatusOK
 	}
-	out.Body.Entry, out.Body.Credits = entry, b
+	out.Body.Entry, out.Body.Credits = creditEntry(entry), b
 	return out, nil
 }

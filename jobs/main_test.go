@@ -56,9 +56,9 @@ func requireInvariants(t *testing.T, pool *pgxpool.Pool) {
 	require.Empty(t, vs)
 }
 
-func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
+func count(t *testing.T, q ledger.Querier, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	require.NoError(t, pool.QueryRow(context.Background(), sql, args...).Scan(&n))
+	require.NoError(t, q.QueryRow(context.Background(), sql, args...).Scan(&n))
 	return n
 }

@@ -23,7 +23,11 @@ func (v Violation) String() string {
 //   - granted - charged = balance (from the journal);
 //   - reserved = the sum of open holds;
 //   - every hold has exactly one reserve entry, a settled hold exactly one
-//     charge or refund entry matching its state, an open hold none.
+//     charge or refund entry matching its state, an open hold none;
+//   - every journal entry about a job belongs to that job's hold.
+//
+// It reads each table once (no per-row subqueries), so it stays linear in
+// the size of the ledger.
 func Check(ctx context.Context, q Querier) ([]Violation, error) {
 	rows, err := q.Query(ctx, `
 WITH j AS (
@@ -34,6 +38,12 @@ WITH j AS (
 ), h AS (
     SELECT user_id, COALESCE(sum(amount) FILTER (WHERE state = 'reserved'), 0) AS open
       FROM credit_holds GROUP BY user_id
+), per_job AS (
+    SELECT job_id, user_id,
+           count(*) FILTER (WHERE kind = 'reserve') AS reserves,
+           count(*) FILTER (WHERE kind = 'charge')  AS charges,
+           count(*) FILTER (WHERE kind = 'refund')  AS refunds
+      FROM credit_entries WHERE job_id IS NOT NULL GROUP BY job_id, user_id
 )
 SELECT a.user_id::text, 'available >= 0', format('balance %s reserved %s', a.balance, a.reserved)
   FROM credit_accounts a WHERE a.balance - a.reserved < 0
@@ -48,20 +58,21 @@ SELECT a.user_id::text, 'reserved = sum of open holds', format('reserved %s open
  WHERE a.reserved <> COALESCE(h.open, 0)
 UNION ALL
 SELECT ho.user_id::text, 'one reserve entry per hold',
-       format('job %s has %s reserve entries', ho.job_id,
-              (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'reserve'))
-  FROM credit_holds ho
- WHERE (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'reserve') <> 1
+       format('job %s has %s reserve entries', ho.job_id, COALESCE(e.reserves, 0))
+  FROM credit_holds ho LEFT JOIN per_job e ON e.job_id = ho.job_id AND e.user_id = ho.user_id
+ WHERE COALESCE(e.reserves, 0) <> 1
 UNION ALL
 SELECT ho.user_id::text, 'settlement entries match the hold',
        format('job %s hold %s has %s charge and %s refund entries', ho.job_id, ho.state,
-              (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'charge'),
-              (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'refund'))
-  FROM credit_holds ho
- WHERE (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'charge')
-           <> CASE WHEN ho.state = 'charged' THEN 1 ELSE 0 END
-    OR (SELECT count(*) FROM credit_entries e WHERE e.job_id = ho.job_id AND e.kind = 'refund')
-           <> CASE WHEN ho.state = 'refunded' THEN 1 ELSE 0 END`)
+              COALESCE(e.charges, 0), COALESCE(e.refunds, 0))
+  FROM credit_holds ho LEFT JOIN per_job e ON e.job_id = ho.job_id AND e.user_id = ho.user_id
+ WHERE COALESCE(e.charges, 0) <> CASE WHEN ho.state = 'charged' THEN 1 ELSE 0 END
+    OR COALESCE(e.refunds, 0) <> CASE WHEN ho.state = 'refunded' THEN 1 ELSE 0 END
+UNION ALL
+SELECT e.user_id::text, 'journal entries belong to a hold',
+       format('job %s has %s entries but no hold of this user', e.job_id, e.reserves + e.charges + e.refunds)
+  FROM per_job e LEFT JOIN credit_holds ho ON ho.job_id = e.job_id AND ho.user_id = e.user_id
+ WHERE ho.job_id IS NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("ledger check: %w", err)
 	}

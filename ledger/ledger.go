@@ -59,6 +59,28 @@ type Hold struct {
 	Amount int64
 }
 
+// reserveSQL is the whole reservation in one statement: it takes total
+// ($2) from the account's available credits only when they cover it (the row
+// lock makes concurrent reservations queue up and re-check), and records one
+// hold and one reserve entry per job. It returns 1 when it reserved and 0,
+// having written nothing, when the account cannot cover the total.
+const reserveSQL = `
+WITH acct AS (
+    UPDATE credit_accounts
+       SET reserved = reserved + $2, updated_at = now()
+     WHERE user_id = $1 AND balance - reserved >= $2
+    RETURNING user_id
+), h AS (
+    INSERT INTO credit_holds (job_id, user_id, amount)
+    SELECT u.job_id, acct.user_id, u.amount
+      FROM acct, unnest($3::bigint[], $4::bigint[]) AS u (job_id, amount)
+    RETURNING job_id, user_id, amount
+), e AS (
+    INSERT INTO credit_entries (user_id, kind, amount, job_id)
+    SELECT user_id, 'reserve', amount, job_id FROM h
+)
+SELECT count(*) FROM acct`
+
 // Reserve moves the sum of holds from the user's available credits to
 // reserved and records one hold and one journal entry per job, in one
 // statement. It returns *InsufficientError when the user cannot cover the
@@ -78,22 +100,7 @@ func Reserve(ctx context.Context, tx pgx.Tx, userID string, holds []Hold) error 
 		total += h.Amount
 	}
 	var reserved int
-	err := tx.QueryRow(ctx, `
-WITH acct AS (
-    UPDATE credit_accounts
-       SET reserved = reserved + $2, updated_at = now()
-     WHERE user_id = $1 AND balance - reserved >= $2
-    RETURNING user_id
-), h AS (
-    INSERT INTO credit_holds (job_id, user_id, amount)
-    SELECT u.job_id, acct.user_id, u.amount
-      FROM acct, unnest($3::bigint[], $4::bigint[]) AS u (job_id, amount)
-    RETURNING job_id, user_id, amount
-), e AS (
-    INSERT INTO credit_entries (user_id, kind, amount, job_id)
-    SELECT user_id, 'reserve', amount, job_id FROM h
-)
-SELECT count(*) FROM acct`, userID, total, ids, amounts).Scan(&reserved)
+	err := tx.QueryRow(ctx, reserveSQL, userID, total, ids, amounts).Scan(&reserved)
 	if err != nil {
 		return fmt.Errorf("reserve: %w", err)
 	}
@@ -137,8 +144,10 @@ type Entry struct {
 
 // Grant adds amount credits to the user's balance, creating the account when
 // needed. With a non-empty idempotency key, a second call with the same key
-// returns the first grant's entry and adds nothing (created is false); the
-// same key with another user or amount returns ErrGrantConflict.
+// and the same user, amount and reason returns the first grant's entry and
+// adds nothing (created is false); the same key with anything else returns
+// ErrGrantConflict. Concurrent calls with one key wait for each other on the
+// key's unique index, so exactly one of them grants.
 func Grant(ctx context.Context, tx pgx.Tx, userID string, amount int64, reason, idempotencyKey string) (entry Entry, created bool, err error) {
 	if amount <= 0 {
 		return Entry{}, false, fmt.Errorf("grant amount must be positive, got %d", amount)
@@ -151,16 +160,19 @@ func Grant(ctx context.Context, tx pgx.Tx, userID string, amount int64, reason, 
 INSERT INTO credit_entries (user_id, kind, amount, reason, idempotency_key)
 VALUES ($1, 'grant', $2, NULLIF($3, ''), $4)
 ON CONFLICT (idempotency_key) WHERE kind = 'grant' AND idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, user_id, kind, amount, job_id, COALESCE(reason, ''), created_at`, userID, amount, reason, key)
+RETURNING `+entryColumns, userID, amount, reason, key)
 	entry, err = scanEntry(row)
 	if errors.Is(err, pgx.ErrNoRows) {
-		entry, err = scanEntry(tx.QueryRow(ctx, `
-SELECT id, user_id, kind, amount, job_id, COALESCE(reason, ''), created_at
-  FROM credit_entries WHERE kind = 'grant' AND idempotency_key = $1`, idempotencyKey))
+		// The key was used before: replay that grant if it is this one.
+		var same bool
+		err = tx.QueryRow(ctx, `
+SELECT `+entryColumns+`, user_id = $2::uuid AND amount = $3 AND COALESCE(reason, '') = $4
+  FROM credit_entries WHERE kind = 'grant' AND idempotency_key = $1`, idempotencyKey, userID, amount, reason).
+			Scan(&entry.ID, &entry.UserID, &entry.Kind, &entry.Amount, &entry.JobID, &entry.Reason, &entry.CreatedAt, &same)
 		if err != nil {
 			return Entry{}, false, fmt.Errorf("grant: %w", err)
 		}
-		if entry.UserID != userID || entry.Amount != amount {
+		if !same {
 			return Entry{}, false, ErrGrantConflict
 		}
 		return entry, false, nil
@@ -177,6 +189,8 @@ ON CONFLICT (user_id) DO UPDATE
 	}
 	return entry, true, nil
 }
+
+const entryColumns = `id, user_id::text, kind, amount, job_id, COALESCE(reason, ''), created_at`
 
 func scanEntry(row pgx.Row) (Entry, error) {
 	var e Entry
@@ -205,7 +219,7 @@ func Get(ctx context.Context, q Querier, userID string) (Balance, error) {
 // Entries returns the user's latest journal entries, newest first.
 func Entries(ctx context.Context, q Querier, userID string, limit int) ([]Entry, error) {
 	rows, err := q.Query(ctx, `
-SELECT id, user_id, kind, amount, job_id, COALESCE(reason, ''), created_at
+SELECT `+entryColumns+`
   FROM credit_entries WHERE user_id = $1 ORDER BY id DESC LIMIT $2`, userID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("entries: %w", err)

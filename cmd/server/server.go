@@ -133,6 +133,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	go pruneMetrics(runCtx, metrics, m.Logger)
 	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
 	m.falReqs = worker.Requests()
+	reconciler, err := jobs.NewReconciler(m.pool, jobs.ReconcilerConfig{
+		Logger:     m.Logger.With(slog.String("component", "reconciler")),
+		Registerer: m.Registry,
+	})
+	if err != nil {
+		return err
+	}
 	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
 		Limits:      cfg.Limits,
 		Work:        cfg.Role != RoleAPI,
@@ -141,6 +148,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		RescueAfter: cfg.RescueAfter,
 		Middleware:  []rivertype.Middleware{metrics.Middleware()},
 		PollOnly:    cfg.RiverPollOnly,
+		Periodic:    []*river.PeriodicJob{reconciler.PeriodicJob(jobs.ReconcileInterval)},
+		Workers:     []func(*river.Workers){reconciler.AddWorker},
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,207 @@
+package jobs_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/falclient/falsim"
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+// logBuffer collects JSON log lines from concurrent writers.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// warnings returns the WARN lines logged so far.
+func (l *logBuffer) warnings(t *testing.T) []map[string]any {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for line := range bytes.Lines(l.buf.Bytes()) {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(line, &m))
+		if m["level"] == "WARN" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func TestReconciler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	type reconcileBundle struct {
+		*testBundle
+		reconciler *jobs.Reconciler
+		logs       *logBuffer
+		registry   *prometheus.Registry
+	}
+	setupReconciler := func(t *testing.T) *reconcileBundle {
+		t.Helper()
+		b := setup(t)
+		logs := &logBuffer{}
+		reg := prometheus.NewRegistry()
+		r, err := jobs.NewReconciler(b.pool, jobs.ReconcilerConfig{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Registerer: reg})
+		require.NoError(t, err)
+		return &reconcileBundle{testBundle: b, reconciler: r, logs: logs, registry: reg}
+	}
+	fixed := func(r *jobs.Reconciler, action string) float64 {
+		var m dto.Metric
+		require.NoError(t, r.Fixed().WithLabelValues(action).Write(&m))
+		return m.GetCounter().GetValue()
+	}
+
+	t.Run("HealthyDatabaseNeedsNoFix", func(t *testing.T) {
+		t.Parallel()
+		b := setupReconciler(t)
+		uid := grant(t, b.pool, 20)
+		w := startWorkers(t, b.pool, nil)
+		w.sim.FailModel("fal-ai/birefnet", falsim.Failure{Status: 422, Ops: []string{falsim.OpSubmit}})
+
+		completed := submit(t, b.testBundle, uid)
+		discarded, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "remove-bg", Params: []byte(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		requireJobState(t, b.pool, completed, "completed")
+		requireJobState(t, b.pool, discarded[0], "discarded")
+		w.stop(t)
+		cancelled := submit(t, b.testBundle, uid)
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(cancelled))
+		require.NoError(t, err)
+		deleted := submit(t, b.testBundle, uid)
+		_, err = b.river.JobDelete(ctx, deleted)
+		require.NoError(t, err)
+		queued := submit(t, b.testBundle, uid)
+
+		fixes, err := b.reconciler.Reconcile(ctx)
+		require.NoError(t, err)
+		require.Empty(t, fixes)
+		require.Zero(t, fixed(b.reconciler, jobs.ReconcileCharge))
+		require.Zero(t, fixed(b.reconciler, jobs.ReconcileRefund))
+		require.Empty(t, b.logs.warnings(t))
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, queued))
+		requireInvariants(t, b.pool)
+
+		// The metric is exported with both actions at zero.
+		families, err := b.registry.Gather()
+		require.NoError(t, err)
+		require.Len(t, families, 1)
+		require.Equal(t, "aiqueue_ledger_reconciled_total", families[0].GetName())
+		require.Len(t, families[0].GetMetric(), 2)
+	})
+
+	t.Run("SettlesHoldsOfFinalOrGoneJobs", func(t *testing.T) {
+		t.Parallel()
+		b := setupReconciler(t)
+		uid := grant(t, b.pool, 20)
+		completed := submit(t, b.testBundle, uid)
+		discarded := submit(t, b.testBundle, uid)
+		cancelled := submit(t, b.testBundle, uid)
+		deleted := submit(t, b.testBundle, uid)
+		queued := submit(t, b.testBundle, uid)
+
+		breakSettlement(t, b.pool, func() {
+			_, err := b.pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, completed)
+			require.NoError(t, err)
+			_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, discarded)
+			require.NoError(t, err)
+			_, err = b.river.JobCancel(ctx, cancelled)
+			require.NoError(t, err)
+			_, err = b.river.JobDelete(ctx, deleted)
+			require.NoError(t, err)
+		})
+		vs, err := jobs.CheckInvariants(ctx, b.pool)
+		require.NoError(t, err)
+		require.NotEmpty(t, vs) // broken on purpose
+
+		fixes, err := b.reconciler.Reconcile(ctx)
+		require.NoError(t, err)
+		require.Equal(t, []jobs.Fix{
+			{JobID: completed, UserID: uid, Amount: 1, JobState: "completed", Action: jobs.ReconcileCharge},
+			{JobID: discarded, UserID: uid, Amount: 1, JobState: "discarded", Action: jobs.ReconcileRefund},
+			{JobID: cancelled, UserID: uid, Amount: 1, JobState: "cancelled", Action: jobs.ReconcileRefund},
+			{JobID: deleted, UserID: uid, Amount: 1, JobState: "gone", Action: jobs.ReconcileRefund},
+		}, fixes)
+		require.InDelta(t, 1, fixed(b.reconciler, jobs.ReconcileCharge), 0)
+		require.InDelta(t, 3, fixed(b.reconciler, jobs.ReconcileRefund), 0)
+		warnings := b.logs.warnings(t)
+		require.Len(t, warnings, 4)
+		for i, w := range warnings {
+			require.InDelta(t, float64(fixes[i].JobID), w["job_id"], 0)
+			require.Equal(t, fixes[i].Action, w["action"])
+			require.Equal(t, fixes[i].JobState, w["job_state"])
+		}
+
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, completed))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, discarded))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, cancelled))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, deleted))
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, queued))
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 19, Reserved: 1, Available: 18}, bal)
+		requireInvariants(t, b.pool)
+
+		// Fixed once: the next run finds nothing.
+		fixes, err = b.reconciler.Reconcile(ctx)
+		require.NoError(t, err)
+		require.Empty(t, fixes)
+		require.InDelta(t, 3, fixed(b.reconciler, jobs.ReconcileRefund), 0)
+	})
+
+	t.Run("RunsAsRiverPeriodicJob", func(t *testing.T) {
+		t.Parallel()
+		b := setupReconciler(t)
+		uid := grant(t, b.pool, 5)
+		id := submit(t, b.testBundle, uid)
+		breakSettlement(t, b.pool, func() {
+			_, err := b.river.JobCancel(ctx, id)
+			require.NoError(t, err)
+		})
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
+
+		// The server's wiring: jobs.NewClient with the reconciler's
+		// periodic job and worker; it runs once at start.
+		client, err := jobs.NewClient(b.pool, jobs.ClientConfig{
+			Limits:   jobs.QueueLimits{Urgent: 1, Normal: 1, Background: 1},
+			Work:     true,
+			Worker:   jobs.NewWorker(b.pool, nil, jobs.DefaultCatalog(), nil, jobs.WorkerConfig{}),
+			Periodic: []*river.PeriodicJob{b.reconciler.PeriodicJob(jobs.ReconcileInterval)},
+			Workers:  []func(*river.Workers){b.reconciler.AddWorker},
+		})
+		require.NoError(t, err)
+		require.NoError(t, client.Start(ctx))
+		t.Cleanup(func() {
+			stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			require.NoError(t, client.Stop(stopCtx))
+		})
+		require.Eventually(t, func() bool { return holdState(t, b.pool, id) == ledger.HoldRefunded },
+			20*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool {
+			return count(t, b.pool, `SELECT count(*) FROM river_job WHERE kind = 'ledger_reconcile' AND state = 'completed' AND queue = $1`, jobs.QueueBackground) == 1
+		}, 10*time.Second, 20*time.Millisecond)
+		require.InDelta(t, 1, fixed(b.reconciler, jobs.ReconcileRefund), 0)
+		requireInvariants(t, b.pool)
+	})
+}

@@ -1,0 +1,191 @@
+package jobs_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+// TestSettlementByRiverMaintenance drives the settlement paths that River's
+// own maintenance services take, outside any worker: the rescuer after a
+// crash, and the job cleaner. The HTTP paths (worker, API cancel, River UI)
+// are in cmd/server.
+func TestSettlementByRiverMaintenance(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	// crash leaves the job as a worker process that died mid-attempt does:
+	// running, attempted long ago by a client that is gone.
+	crash := func(t *testing.T, b *testBundle, id int64, attemptsLeft bool) {
+		t.Helper()
+		attempt := `max_attempts`
+		if attemptsLeft {
+			attempt = `1`
+		}
+		_, err := b.pool.Exec(ctx, `
+UPDATE river_job
+   SET state = 'running', attempt = `+attempt+`, attempted_at = now() - interval '1 hour',
+       attempted_by = ARRAY['crashed-worker']
+ WHERE id = $1`, id)
+		require.NoError(t, err)
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
+		requireInvariants(t, b.pool)
+	}
+	// fastRescuer makes the rescuer treat a job as stuck after a second
+	// (RescueStuckJobsAfter must be >= JobTimeout); it runs once when the
+	// client becomes leader, then every 30s.
+	fastRescuer := func(c *river.Config) {
+		c.JobTimeout = time.Second
+		c.RescueStuckJobsAfter = time.Second
+	}
+
+	t.Run("RescuerDiscardsCrashedJobAndRefunds", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+		id := submit(t, b, uid)
+		crash(t, b, id, false)
+
+		w := startWorkers(t, b.pool, fastRescuer)
+		requireJobState(t, b.pool, id, "discarded")
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
+		require.Zero(t, w.sim.Stats().Submits) // never run again
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RescuerRetriesCrashedJobWhichThenCharges", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+		id := submit(t, b, uid)
+		crash(t, b, id, true)
+
+		w := startWorkers(t, b.pool, fastRescuer)
+		requireJobState(t, b.pool, id, "completed")
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, id))
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
+		require.Equal(t, 1, w.sim.Stats().Submits)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("CleanerDeletesFinishedJobsAndRefundsOpenHold", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+
+		// A: completed by the worker, its hold charged.
+		done := submit(t, b, uid)
+		w := startWorkers(t, b.pool, nil)
+		requireJobState(t, b.pool, done, "completed")
+		w.stop(t)
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, done))
+		var settledAt time.Time
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&settledAt))
+
+		// B: cancelled behind the ledger's back, its hold still open.
+		open := submit(t, b, uid)
+		breakSettlement(t, b.pool, func() {
+			_, err := b.river.JobCancel(ctx, open)
+			require.NoError(t, err)
+		})
+		require.Equal(t, "cancelled", riverState(t, b.pool, open))
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, open))
+		vs, err := jobs.CheckInvariants(ctx, b.pool)
+		require.NoError(t, err)
+		require.NotEmpty(t, vs)
+
+		// River's cleaner deletes both rows (it runs once when the client
+		// becomes leader).
+		startWorkers(t, b.pool, func(c *river.Config) {
+			c.CompletedJobRetentionPeriod = time.Millisecond
+			c.CancelledJobRetentionPeriod = time.Millisecond
+		})
+		requireJobState(t, b.pool, done, "gone")
+		requireJobState(t, b.pool, open, "gone")
+
+		// A's settled hold did not change; B's open hold was refunded.
+		var state string
+		var after time.Time
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT state, settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&state, &after))
+		require.Equal(t, ledger.HoldCharged, state)
+		require.True(t, settledAt.Equal(after))
+		require.Equal(t, 2, count(t, b.pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1`, done)) // reserve, charge
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, open))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1 AND kind = 'refund'`, open))
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("TruncateRefundsOpenHolds", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+		id := submit(t, b, uid)
+		_, err := b.pool.Exec(ctx, `TRUNCATE river_job`)
+		require.NoError(t, err)
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("RetryOfSettledJobIsRefused", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+		id := submit(t, b, uid)
+		_, err := b.river.JobCancel(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
+		_, err = b.river.JobRetry(ctx, id)
+		require.ErrorContains(t, err, "cannot run again")
+		require.Equal(t, "cancelled", riverState(t, b.pool, id))
+		requireInvariants(t, b.pool)
+	})
+}
+
+// TestSubmitKilledMidTransaction kills the submit transaction's connection
+// after the job is inserted and its credits reserved, before commit.
+func TestSubmitKilledMidTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	uid := grant(t, b.pool, 5)
+	var killed bool
+	_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring"), generate("band")}, jobs.SubmitOpts{
+		InTx: func(ctx context.Context, tx pgx.Tx, ids []int64) error {
+			require.Len(t, ids, 2)
+			require.Equal(t, 2, count(t, tx, `SELECT count(*) FROM credit_holds`))
+			var pid int
+			if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+				return err
+			}
+			return b.pool.QueryRow(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid).Scan(&killed)
+		},
+	})
+	require.True(t, killed)
+	require.Error(t, err)
+	require.Equal(t, jobs.EUNAVAILABLE, jobs.ErrorCode(err))
+	require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+	require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
+	require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries`)) // the grant
+	bal, err := ledger.Get(ctx, b.pool, uid)
+	require.NoError(t, err)
+	require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
+	requireInvariants(t, b.pool)
+}
