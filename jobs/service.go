@@ -40,6 +40,7 @@ type Service struct {
 	pool    *pgxpool.Pool
 	river   *river.Client[pgx.Tx]
 	catalog *Catalog
+	limits  Limits
 }
 
 // NewService returns a Service. client may be an insert-only River client.
@@ -125,10 +126,11 @@ type SubmitOpts struct {
 	InTx func(ctx context.Context, tx pgx.Tx, ids []int64) error
 }
 
-// Submit validates items, then in one transaction inserts a River job for
-// each and reserves its cost. Either every job is inserted with its hold or
-// nothing is written. It returns the job ids in item order.
-// Errors: *Error EINVALID, *ledger.InsufficientError.
+// Submit validates items, then in one transaction makes the admission
+// checks (Limits), inserts a River job for each item and reserves its cost.
+// Either every job is inserted with its hold or nothing is written. It
+// returns the job ids in item order.
+// Errors: *Error EINVALID, ELIMIT, EFULL, EUNAVAILABLE; *ledger.InsufficientError.
 func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts SubmitOpts) ([]int64, error) {
 	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
 	if err != nil {
@@ -140,6 +142,9 @@ func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts 
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 
+	if err := s.admit(ctx, tx, userID, ps); err != nil {
+		return nil, err
+	}
 	ids, err := s.submitTx(ctx, tx, userID, ps)
 	if err != nil {
 		return nil, err
@@ -153,6 +158,20 @@ func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts 
 		return nil, unavailable(err)
 	}
 	return ids, nil
+}
+
+// SubmitTx is Submit inside the caller's transaction (which it does not
+// commit): validation, admission checks, inserts and reservation. The
+// caller rolls back on any error. opts.InTx is not called.
+func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) ([]int64, error) {
+	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.admit(ctx, tx, userID, ps); err != nil {
+		return nil, err
+	}
+	return s.submitTx(ctx, tx, userID, ps)
 }
 
 func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) ([]int64, error) {
@@ -280,6 +299,12 @@ func JobID(id string) (int64, bool) {
 // belongs to someone else.
 func (s *Service) Get(ctx context.Context, userID, id string) (*Job, error) {
 	return s.get(ctx, s.pool, userID, id)
+}
+
+// GetTx is Get through q (a transaction, so a job inserted in it can be
+// read before commit).
+func (s *Service) GetTx(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {
+	return s.get(ctx, q, userID, id)
 }
 
 func (s *Service) get(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {

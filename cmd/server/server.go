@@ -49,6 +49,7 @@ type Main struct {
 	cluster  *pglocal.Cluster
 	pool     *pgxpool.Pool
 	river    *river.Client[pgx.Tx]
+	watcher  *jobs.Watcher
 	fal      *falclient.Client
 	sim      *falsim.Server
 	simSrv   *http.Server
@@ -123,10 +124,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{})
 	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
-		Limits: cfg.Limits,
-		Work:   cfg.Role != RoleAPI,
-		Worker: worker,
-		Logger: m.Logger.With(slog.String("component", "river")),
+		Limits:   cfg.Limits,
+		Work:     cfg.Role != RoleAPI,
+		Worker:   worker,
+		Logger:   m.Logger.With(slog.String("component", "river")),
+		Periodic: []*river.PeriodicJob{api.PrunePeriodicJob()},
+		Workers: []func(*river.Workers){func(w *river.Workers) {
+			river.AddWorker(w, &api.PruneWorker{DB: m.pool})
+		}},
 	})
 	if err != nil {
 		return err
@@ -140,11 +145,25 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	mux := http.NewServeMux()
 	m.registerOps(mux)
 	if cfg.Role != RoleWorker {
-		svc := jobs.NewService(m.pool, m.river, catalog)
+		auth := api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer}
+		if cfg.JWKSURL != "" {
+			if auth.Keyfunc, err = api.NewJWKS(runCtx, cfg.JWKSURL, api.JWKSOptions{Logger: m.Logger}); err != nil {
+				return err
+			}
+		}
+		m.watcher = jobs.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
+		go m.watcher.Run(runCtx)
+		svc := jobs.NewService(m.pool, m.river, catalog).WithLimits(jobs.Limits{
+			RatePerMinute:   cfg.RateLimitPerMinute,
+			Burst:           cfg.RateLimitBurst,
+			UserMaxPending:  cfg.UserMaxPending,
+			QueueMaxPending: cfg.QueueMaxPending,
+		})
 		if _, err := api.New(mux, m.pool, svc, api.Config{
-			Auth:    api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer},
+			Auth:    auth,
 			Logger:  m.Logger,
 			Version: Version,
+			Watcher: m.watcher,
 		}); err != nil {
 			return err
 		}
@@ -185,6 +204,9 @@ func (m *Main) Pool() *pgxpool.Pool { return m.pool }
 
 // River returns the River client.
 func (m *Main) River() *river.Client[pgx.Tx] { return m.river }
+
+// Watcher returns the job state watcher (nil with ROLE=worker).
+func (m *Main) Watcher() *jobs.Watcher { return m.watcher }
 
 // Sim returns the built-in fal simulator, or nil when real fal is used.
 func (m *Main) Sim() *falsim.Server { return m.sim }

@@ -1,0 +1,123 @@
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Limits are the admission checks Submit makes inside its transaction,
+// before it inserts anything. A zero field turns its check off.
+type Limits struct {
+	// RatePerMinute and Burst are the per-user submit rate limit (GCRA):
+	// Burst submissions at once, then one every minute/RatePerMinute. A
+	// batch is one submission. Refused with ELIMIT (429).
+	RatePerMinute int
+	Burst         int
+	// UserMaxPending caps a user's queued + running jobs. Refused with
+	// ELIMIT (429).
+	UserMaxPending int
+	// QueueMaxPending caps the queued jobs of each queue. Refused with
+	// EFULL (503).
+	QueueMaxPending int
+}
+
+// Retry-After hints of the caps whose end cannot be computed.
+const (
+	pendingRetryAfter   = 5 * time.Second
+	queueFullRetryAfter = 10 * time.Second
+)
+
+// WithLimits sets the admission limits and returns s. Call it before the
+// service is used.
+func (s *Service) WithLimits(l Limits) *Service {
+	s.limits = l
+	return s
+}
+
+// admit runs the admission checks for ps in tx, cheapest first. The rate
+// limit's upsert locks the user's row until tx ends, which serializes one
+// user's submissions and makes the pending cap exact; the queue cap is a
+// bounded count, so it costs at most QueueMaxPending+1 index entries.
+// A refused submission rolls back, so it uses no rate-limit token.
+func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) error {
+	l := s.limits
+	if l.RatePerMinute > 0 {
+		if err := rateLimit(ctx, tx, userID, l.RatePerMinute, max(l.Burst, 1)); err != nil {
+			return err
+		}
+	}
+	if l.UserMaxPending > 0 {
+		var pending int
+		err := tx.QueryRow(ctx, `
+SELECT count(*) FROM (
+    SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $2
+) open_holds`, userID, l.UserMaxPending+1).Scan(&pending)
+		if err != nil {
+			return unavailable(fmt.Errorf("count pending jobs: %w", err))
+		}
+		if pending+len(ps) > l.UserMaxPending {
+			return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
+				"too many unfinished jobs: %d queued or running, %d more would pass the limit of %d", pending, len(ps), l.UserMaxPending)}
+		}
+	}
+	if l.QueueMaxPending > 0 {
+		perQueue := map[string]int{}
+		for _, p := range ps {
+			perQueue[p.queue]++
+		}
+		for _, q := range slices.Sorted(maps.Keys(perQueue)) {
+			var queued int
+			err := tx.QueryRow(ctx, `
+SELECT count(*) FROM (
+    SELECT 1 FROM river_job
+     WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable', 'pending')
+     LIMIT $2
+) backlog`, q, l.QueueMaxPending+1).Scan(&queued)
+			if err != nil {
+				return unavailable(fmt.Errorf("count queue backlog: %w", err))
+			}
+			if queued+perQueue[q] > l.QueueMaxPending {
+				return &Error{Code: EFULL, RetryAfter: queueFullRetryAfter, Message: fmt.Sprintf(
+					"the %s queue is full (%d jobs waiting); retry later", q, queued)}
+			}
+		}
+	}
+	return nil
+}
+
+// rateLimit takes one token of the user's GCRA bucket in one upsert (no
+// table lock; the row lock is held until the transaction ends). T is the
+// emission interval; a request passes while max(tat, now) - now <=
+// (burst-1)*T, and then tat moves to max(tat, now) + T.
+func rateLimit(ctx context.Context, tx pgx.Tx, userID string, perMinute, burst int) error {
+	t := time.Minute / time.Duration(perMinute)
+	tolerance := t * time.Duration(burst-1)
+	var allowed bool
+	var aheadMicros int64
+	err := tx.QueryRow(ctx, `
+INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
+SELECT $1, c.now + $2 * interval '1 microsecond', c.now, true
+  FROM (SELECT clock_timestamp() AS now) c
+ON CONFLICT (user_id) DO UPDATE SET
+    allowed    = greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond',
+    tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond'
+                      THEN greatest(r.tat, EXCLUDED.checked_at) + $2 * interval '1 microsecond'
+                      ELSE r.tat END,
+    checked_at = EXCLUDED.checked_at
+RETURNING allowed, (extract(epoch FROM tat - checked_at) * 1000000)::bigint`,
+		userID, t.Microseconds(), tolerance.Microseconds()).Scan(&allowed, &aheadMicros)
+	if err != nil {
+		return unavailable(fmt.Errorf("rate limit: %w", err))
+	}
+	if allowed {
+		return nil
+	}
+	wait := time.Duration(aheadMicros)*time.Microsecond - tolerance
+	return &Error{Code: ELIMIT, RetryAfter: wait, Message: fmt.Sprintf(
+		"rate limit: %d submissions per minute (burst %d); retry in %s", perMinute, burst, (wait + time.Second - 1).Truncate(time.Second))}
+}
