@@ -29,7 +29,7 @@ func paramSchema(name string) *huma.Schema {
 	image := func() *huma.Schema {
 		return &huma.Schema{Type: huma.TypeString, Pattern: imageInputPattern,
 			PatternDescription: "an https URL or a data:image/... URI",
-			Examples: []any{"https://cdn.example.com/ring.jpg"}}
+			Examples:           []any{"https://cdn.example.com/ring.jpg"}}
 	}
 	switch name {
 	case "prompt":
