@@ -101,7 +101,7 @@ func (s *Server) toProblem(ctx context.Context, err error) error {
 		p := newProblem(status, je.Message, details...)
 		p.Job = je.Job
 		if je.RetryAfter > 0 || status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-			p.retryAfter(je.RetryAfter)
+			p = p.retryAfter(je.RetryAfter)
 		}
 		return p
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -20,6 +20,11 @@ func documentAPI(oapi *huma.OpenAPI) {
 	problem := reg.Schema(reflect.TypeFor[Problem](), true, "Problem")
 	if p := reg.Map()["Problem"]; p != nil {
 		p.Description = "An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job."
+		// Bodies carry the $schema link huma adds to every response.
+		if em := reg.Map()["ErrorModel"]; em != nil && em.Properties["$schema"] != nil && p.Properties["$schema"] == nil {
+			p.Properties["$schema"] = em.Properties["$schema"]
+			p.PrecomputeMessages()
+		}
 	}
 	describeJob(reg.Map()["Job"])
 	for _, item := range oapi.Paths {

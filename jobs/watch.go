@@ -177,9 +177,9 @@ func (w *Watcher) listen(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+StateChannel); err != nil {
 		return err
 	}
+	w.wakeAll() // whatever changed while we were not listening
 	w.connected.Store(true)
 	w.logger.DebugContext(ctx, "job state listener connected")
-	w.wakeAll() // whatever changed while we were not listening
 	for {
 		waitCtx, cancel := context.WithTimeout(ctx, idleCheck)
 		n, err := conn.WaitForNotification(waitCtx)
