@@ -8,6 +8,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -52,6 +53,17 @@ type Server struct {
 	api       huma.API
 	watcher   *jobs.Watcher
 	dbTimeout time.Duration
+
+	// stopping is closed by Shutdown: long polls answer at once and
+	// event streams end, so a graceful shutdown does not wait for them.
+	stopping chan struct{}
+	stopOnce sync.Once
+}
+
+// Shutdown ends the long polls and event streams in progress (they answer
+// with the job as it is). Register it with http.Server.RegisterOnShutdown.
+func (s *Server) Shutdown() {
+	s.stopOnce.Do(func() { close(s.stopping) })
 }
 
 // New registers every route on mux and returns the server.
@@ -64,7 +76,7 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
-		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second)}
+		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), stopping: make(chan struct{})}
 	s.api = humago.New(mux, Document(cfg.Version))
 	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
 	s.register()

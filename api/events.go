@@ -101,6 +101,8 @@ func (s *Server) stream(ctx context.Context, w io.Writer, sub *jobs.Subscription
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.stopping:
+			return
 		case <-tick.C:
 			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
 				return

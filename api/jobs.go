@@ -213,6 +213,8 @@ func (s *Server) waitForChange(ctx context.Context, sub *jobs.Subscription, user
 			return nil, ctx.Err()
 		case <-timer.C:
 			return j, nil
+		case <-s.stopping:
+			return j, nil
 		case <-wakeups(sub):
 			latest, err := s.readJob(ctx, userID, j.ID)
 			if err != nil {

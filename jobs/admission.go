@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,9 +42,9 @@ func (s *Service) WithLimits(l Limits) *Service {
 
 // admit runs the admission checks for ps in tx, cheapest first. The rate
 // limit's upsert locks the user's row until tx ends, which serializes one
-// user's submissions and makes the pending cap exact; the queue cap is a
-// bounded count, so it costs at most QueueMaxPending+1 index entries.
-// A refused submission rolls back, so it uses no rate-limit token.
+// user's submissions and makes the pending cap exact; the queue cap uses a
+// bounded count, cached per process (backlogCache). A refused submission
+// rolls back, so it uses no rate-limit token.
 func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) error {
 	l := s.limits
 	if l.RatePerMinute > 0 {
@@ -71,23 +72,84 @@ SELECT count(*) FROM (
 			perQueue[p.queue]++
 		}
 		for _, q := range slices.Sorted(maps.Keys(perQueue)) {
-			var queued int
-			err := tx.QueryRow(ctx, `
-SELECT count(*) FROM (
-    SELECT 1 FROM river_job
-     WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable', 'pending')
-     LIMIT $2
-) backlog`, q, l.QueueMaxPending+1).Scan(&queued)
+			queued, ok, err := s.backlog.admit(ctx, tx, q, perQueue[q], l.QueueMaxPending)
 			if err != nil {
 				return unavailable(fmt.Errorf("count queue backlog: %w", err))
 			}
-			if queued+perQueue[q] > l.QueueMaxPending {
+			if !ok {
 				return &Error{Code: EFULL, RetryAfter: queueFullRetryAfter, Message: fmt.Sprintf(
 					"the %s queue is full (%d jobs waiting); retry later", q, queued)}
 			}
 		}
 	}
 	return nil
+}
+
+// The queue cap counts a queue's backlog with a bounded count, which costs
+// one index entry per queued job (about 5 ms at 10,000 here). So that a
+// full queue does not make every submission pay that, each process keeps
+// the last count per queue for backlogTTL and adds what it admits since:
+// admitting is cheap, and within that time the cap may only be passed by
+// what other processes admit. A refusal is always based on a real count at
+// most backlogRecount old (never on this process's own additions, some of
+// which may have rolled back).
+const (
+	backlogTTL     = time.Second
+	backlogRecount = 100 * time.Millisecond
+)
+
+type backlogCache struct {
+	mu     sync.Mutex
+	queues map[string]backlogCount
+}
+
+type backlogCount struct {
+	counted int       // the bounded count
+	added   int       // admitted by this process since
+	at      time.Time // when it was counted
+}
+
+// admit reports whether add more jobs fit in queue q under limit, and
+// counts them in if so. queued is the backlog it went by.
+func (c *backlogCache) admit(ctx context.Context, tx pgx.Tx, q string, add, limit int) (queued int, ok bool, err error) {
+	c.mu.Lock()
+	e, cached := c.queues[q]
+	if age := time.Since(e.at); cached && age < backlogTTL {
+		switch {
+		case e.counted+e.added+add <= limit:
+			e.added += add
+			c.queues[q] = e
+			c.mu.Unlock()
+			return e.counted + e.added - add, true, nil
+		case e.added == 0 && age < backlogRecount:
+			c.mu.Unlock()
+			return e.counted, false, nil
+		}
+	}
+	c.mu.Unlock()
+
+	at := time.Now()
+	err = tx.QueryRow(ctx, `
+SELECT count(*) FROM (
+    SELECT 1 FROM river_job
+     WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable', 'pending')
+     LIMIT $2
+) backlog`, q, limit+1).Scan(&queued)
+	if err != nil {
+		return 0, false, err
+	}
+	e = backlogCount{counted: queued, at: at}
+	ok = queued+add <= limit
+	if ok {
+		e.added = add
+	}
+	c.mu.Lock()
+	if c.queues == nil {
+		c.queues = map[string]backlogCount{}
+	}
+	c.queues[q] = e
+	c.mu.Unlock()
+	return queued, ok, nil
 }
 
 // rateLimit takes one token of the user's GCRA bucket in one upsert (no

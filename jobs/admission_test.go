@@ -134,4 +134,27 @@ func TestAdmission(t *testing.T) {
 		require.Equal(t, 4, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
 		requireInvariants(t, b.pool)
 	})
+
+	t.Run("QueueCapRecountsBeforeRefusing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.svc.WithLimits(jobs.Limits{QueueMaxPending: 2})
+		uid := grant(t, b.pool, 100)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("c")}, jobs.SubmitOpts{})
+		requireCode(t, err, jobs.EFULL)
+		// A job leaves the queue; a refusal is never based on a count
+		// older than 100 ms, so the place is seen soon.
+		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'cancelled', finalized_at = now() WHERE id = $1`, ids[0])
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("c")}, jobs.SubmitOpts{})
+			return err == nil
+		}, 5*time.Second, 20*time.Millisecond)
+		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("d")}, jobs.SubmitOpts{})
+		requireCode(t, err, jobs.EFULL)
+		require.Equal(t, 2, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
+		requireInvariants(t, b.pool)
+	})
 }

@@ -41,6 +41,7 @@ type Service struct {
 	river   *river.Client[pgx.Tx]
 	catalog *Catalog
 	limits  Limits
+	backlog backlogCache
 }
 
 // NewService returns a Service. client may be an insert-only River client.

@@ -264,3 +264,27 @@ func TestEvents(t *testing.T) {
 		requireInvariants(t, m)
 	})
 }
+
+// TestShutdownEndsLiveRequests: a graceful shutdown answers long polls and
+// ends event streams instead of waiting for them.
+func TestShutdownEndsLiveRequests(t *testing.T) {
+	t.Parallel()
+	m := MustRunMain(t, map[string]string{"ROLE": "api"})
+	c, _ := newUser(t, m, 5)
+	j := c.post("/v1/jobs", generateJob("ring"), nil).job(t)
+	_, events := openEvents(t, c, j.ID)
+	_, ok := next(t, events)
+	require.True(t, ok)
+	poll := c.getAsync("/v1/jobs/" + j.ID + "?wait=30")
+	waitForSubscribers(t, m, 2)
+
+	began := time.Now()
+	require.NoError(t, m.Close())
+	require.Less(t, time.Since(began), 10*time.Second)
+	r := <-poll
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusOK, r.Status)
+	require.Equal(t, jobs.StateQueued, r.job(t).State)
+	_, ok = next(t, events)
+	require.False(t, ok)
+}

@@ -50,6 +50,7 @@ type Main struct {
 	pool     *pgxpool.Pool
 	river    *river.Client[pgx.Tx]
 	watcher  *jobs.Watcher
+	api      *api.Server
 	fal      *falclient.Client
 	sim      *falsim.Server
 	simSrv   *http.Server
@@ -159,7 +160,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			UserMaxPending:  cfg.UserMaxPending,
 			QueueMaxPending: cfg.QueueMaxPending,
 		})
-		if _, err := api.New(mux, m.pool, svc, api.Config{
+		if m.api, err = api.New(mux, m.pool, svc, api.Config{
 			Auth:    auth,
 			Logger:  m.Logger,
 			Version: Version,
@@ -183,6 +184,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if m.api != nil {
+		m.http.RegisterOnShutdown(m.api.Shutdown) // end long polls and event streams
+	}
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.http.Serve(m.listener) }()
 	m.Logger.Info("server started", slog.String("addr", m.listener.Addr().String()), slog.String("role", cfg.Role))
