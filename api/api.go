@@ -4,8 +4,12 @@
 package api
 
 import (
+	"cmp"
+	"context"
 	"log/slog"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/danielgtaylor/huma/v2/adapters/humago"
@@ -17,6 +21,7 @@ import (
 // Tags group operations in the document; the generated clients use them.
 const (
 	tagJobs       = "jobs"
+	tagBatches    = "batches"
 	tagCredits    = "credits"
 	tagOperations = "operations"
 	tagAdmin      = "admin"
@@ -27,15 +32,38 @@ type Config struct {
 	Auth    AuthConfig
 	Logger  *slog.Logger
 	Version string
+	// Watcher wakes long polls and event streams when a job's state
+	// changes. Without one they only end at their timeout.
+	Watcher *jobs.Watcher
+	// DBTimeout bounds the database work of one request (acquiring a
+	// connection included), so an unreachable database answers 503
+	// quickly instead of hanging. Default 5 seconds.
+	DBTimeout time.Duration
 }
+
+// MaxBodyBytes is the largest request body accepted (413 above it).
+const MaxBodyBytes = 1 << 20
 
 // Server holds the API's dependencies.
 type Server struct {
-	pool   *pgxpool.Pool
-	jobs   *jobs.Service
-	auth   *authenticator
-	logger *slog.Logger
-	api    huma.API
+	pool      *pgxpool.Pool
+	jobs      *jobs.Service
+	auth      *authenticator
+	logger    *slog.Logger
+	api       huma.API
+	watcher   *jobs.Watcher
+	dbTimeout time.Duration
+
+	// stopping is closed by Shutdown: long polls answer at once and
+	// event streams end, so a graceful shutdown does not wait for them.
+	stopping chan struct{}
+	stopOnce sync.Once
+}
+
+// Shutdown ends the long polls and event streams in progress (they answer
+// with the job as it is). Register it with http.Server.RegisterOnShutdown.
+func (s *Server) Shutdown() {
+	s.stopOnce.Do(func() { close(s.stopping) })
 }
 
 // New registers every route on mux and returns the server.
@@ -47,11 +75,18 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger}
+	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
+		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), stopping: make(chan struct{})}
 	s.api = humago.New(mux, Document(cfg.Version))
-	s.api.UseMiddleware(s.authMiddleware)
+	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
 	s.register()
+	documentAPI(s.api.OpenAPI())
 	return s, nil
+}
+
+// db bounds the database work of a request.
+func (s *Server) db(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.dbTimeout)
 }
 
 // API returns the huma API (for tests and the OpenAPI document).
@@ -64,8 +99,10 @@ func Document(version string) huma.Config {
 	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
 		"bearer": {Type: "http", Scheme: "bearer", BearerFormat: "JWT", Description: "Supabase access token (HS256, or RS256/ES256 via JWKS)."},
 	}
+	cfg.Transformers = append(cfg.Transformers, clipErrorValues)
 	cfg.Tags = []*huma.Tag{
 		{Name: tagJobs, Description: "AI jobs"},
+		{Name: tagBatches, Description: "Batches of AI jobs"},
 		{Name: tagCredits, Description: "Credits"},
 		{Name: tagOperations, Description: "The catalog of AI operations"},
 		{Name: tagAdmin, Description: "Admin only"},
@@ -74,7 +111,10 @@ func Document(version string) huma.Config {
 }
 
 func (s *Server) register() {
-	s.registerJobs()
+	reg := s.api.OpenAPI().Components.Schemas
+	job, item := requestSchemas(reg, s.jobs.Catalog())
+	s.registerJobs(job)
+	s.registerBatches(batchSchema(reg, item))
 	s.registerCredits()
 	s.registerOperations()
 }

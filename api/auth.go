@@ -48,6 +48,9 @@ type Claims struct {
 type Principal struct {
 	UserID string
 	Admin  bool
+	// Service is a service_role token without a user (sub): admin
+	// endpoints only.
+	Service bool
 }
 
 type principalKey struct{}
@@ -106,22 +109,31 @@ func (a *authenticator) keyfunc(t *jwt.Token) (any, error) {
 	}
 }
 
+// errNoToken is a request without a bearer token.
+var errNoToken = errors.New("missing bearer token")
+
+// serviceUserID is the user id of a service_role token without a sub
+// (Supabase's service key): it may only call admin endpoints, and its
+// idempotency keys are scoped to this id.
+const serviceUserID = "00000000-0000-0000-0000-000000000000"
+
 func (a *authenticator) authenticate(header string) (Principal, error) {
-	raw, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || strings.TrimSpace(raw) == "" {
-		return Principal{}, errors.New("missing bearer token")
+	scheme, raw, ok := strings.Cut(strings.TrimSpace(header), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {
+		return Principal{}, errNoToken
 	}
 	var c Claims
 	if _, err := a.parser.ParseWithClaims(strings.TrimSpace(raw), &c, a.keyfunc); err != nil {
 		return Principal{}, err
 	}
+	admin := c.Role == "service_role" || c.AppMetadata.Role == "admin"
+	if c.Subject == "" && c.Role == "service_role" {
+		return Principal{UserID: serviceUserID, Admin: true, Service: true}, nil
+	}
 	if _, err := uuid.Parse(c.Subject); err != nil {
 		return Principal{}, errors.New("token subject is not a user id")
 	}
-	return Principal{
-		UserID: strings.ToLower(c.Subject),
-		Admin:  c.Role == "service_role" || c.AppMetadata.Role == "admin",
-	}, nil
+	return Principal{UserID: strings.ToLower(c.Subject), Admin: admin}, nil
 }
 
 // middleware authenticates operations that declare the bearer security
@@ -134,14 +146,24 @@ func (s *Server) authMiddleware(ctx huma.Context, next func(huma.Context)) {
 	}
 	p, err := s.auth.authenticate(ctx.Header("Authorization"))
 	if err != nil {
-		ctx.SetHeader("WWW-Authenticate", `Bearer realm="aiqueue", error="invalid_token"`)
+		// RFC 6750: no error code when the request had no token at all.
+		challenge := `Bearer realm="aiqueue"`
+		if !errors.Is(err, errNoToken) {
+			challenge += `, error="invalid_token"`
+		}
+		ctx.SetHeader("WWW-Authenticate", challenge)
 		// The reason is safe to show: it never includes the token.
 		_ = huma.WriteErr(s.api, ctx, http.StatusUnauthorized, "invalid or missing bearer token: "+reason(err))
 		return
 	}
 	logging.SetUser(ctx.Context(), p.UserID)
-	if adminOnly(op) && !p.Admin {
+	switch {
+	case adminOnly(op) && !p.Admin:
 		_ = huma.WriteErr(s.api, ctx, http.StatusForbidden, "this endpoint needs the admin role")
+		return
+	case !adminOnly(op) && p.Service:
+		ctx.SetHeader("WWW-Authenticate", `Bearer realm="aiqueue", error="invalid_token"`)
+		_ = huma.WriteErr(s.api, ctx, http.StatusUnauthorized, "invalid or missing bearer token: a service token without a user (sub) can only call admin endpoints")
 		return
 	}
 	next(huma.WithValue(ctx, principalKey{}, p))
@@ -157,8 +179,12 @@ func reason(err error) string {
 		return "wrong audience"
 	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
 		return "wrong issuer"
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+	case errors.Is(err, errNoToken):
+		return "no token"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return "bad signature"
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "unverifiable: unknown signing key or algorithm"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "malformed token"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):

@@ -2,12 +2,14 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -50,16 +52,20 @@ type GrantBody struct {
 }
 
 type grantInput struct {
-	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"A retried grant with the same key adds nothing."`
+	IdempotencyKey string `header:"Idempotency-Key" minLength:"1" maxLength:"255" doc:"A retried grant with the same key and body adds nothing and gets the first response again (for 24 hours; the journal keeps refusing a second grant with the key after that); the same key with another body is refused (422), and 409 while the first request is still running." example:"grant-2026-11-ring-promo"`
 	Body           GrantBody
 }
 
+// GrantResult is the journal entry of a grant and the user's credits after it.
+type GrantResult struct {
+	Entry   CreditEntry    `json:"entry" doc:"The grant's journal entry (the first one's, when replayed)."`
+	Credits ledger.Balance `json:"credits" doc:"The user's credits after the grant."`
+}
+
 type grantOutput struct {
-	Status int
-	Body   struct {
-		Entry   CreditEntry    `json:"entry" doc:"The grant's journal entry (the first one's, when replayed)."`
-		Credits ledger.Balance `json:"credits" doc:"The user's credits after the grant."`
-	}
+	Status   int
+	Replayed string `header:"Idempotent-Replayed" doc:"true when this is the stored response to an earlier request with the same Idempotency-Key."`
+	Body     GrantResult
 }
 
 func (s *Server) registerCredits() {
@@ -78,21 +84,25 @@ func (s *Server) registerCredits() {
 		Method:        http.MethodPost,
 		Path:          "/v1/admin/credits/grants",
 		Summary:       "Grant credits to a user",
-		Description:   "Admin only. Idempotent by Idempotency-Key.",
+		Description:   "Admin only (role service_role, or app_metadata.role admin). Adds credits to a user's balance, creating the account when needed; 201 for a new grant, 200 when the journal already holds a grant with this Idempotency-Key. Idempotent by Idempotency-Key.",
 		Tags:          []string{tagAdmin},
 		Security:      bearer,
 		DefaultStatus: http.StatusCreated,
-		Errors:        append([]int{http.StatusForbidden, http.StatusConflict, http.StatusUnprocessableEntity}, authErrors...),
+		MaxBodyBytes:  MaxBodyBytes + 1,
+		Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusConflict,
+			http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable},
 	}, s.grantCredits)
 }
 
 func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, error) {
 	uid := principalFrom(ctx).UserID
-	b, err := ledger.Get(ctx, s.pool, uid)
+	dbCtx, cancel := s.db(ctx)
+	defer cancel()
+	b, err := ledger.Get(dbCtx, s.pool, uid)
 	if err != nil {
 		return nil, s.dbProblem(ctx, err)
 	}
-	entries, err := ledger.Entries(ctx, s.pool, uid, 20)
+	entries, err := ledger.Entries(dbCtx, s.pool, uid, 20)
 	if err != nil {
 		return nil, s.dbProblem(ctx, err)
 	}
@@ -104,29 +114,35 @@ func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, e
 }
 
 func (s *Server) grantCredits(ctx context.Context, in *grantInput) (*grantOutput, error) {
-	tx, err := s.pool.Begin(ctx)
+	p := principalFrom(ctx)
+	body, _ := json.Marshal(in.Body)
+	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, requestHash(http.MethodPost, "/v1/admin/credits/grants", body),
+		func(ctx context.Context, tx pgx.Tx) (response, error) {
+			// The journal's own key makes the grant idempotent across
+			// admins and beyond the 24 hours of the API's record.
+			entry, created, err := ledger.Grant(ctx, tx, in.Body.UserID, in.Body.Amount, in.Body.Reason, in.IdempotencyKey)
+			if errors.Is(err, ledger.ErrGrantConflict) {
+				return response{}, newProblem(http.StatusUnprocessableEntity, "Idempotency-Key "+strconv.Quote(in.IdempotencyKey)+" was used for a different grant")
+			}
+			if err != nil {
+				return response{}, s.dbProblem(ctx, err)
+			}
+			b, err := ledger.Get(ctx, tx, in.Body.UserID)
+			if err != nil {
+				return response{}, s.dbProblem(ctx, err)
+			}
+			status := http.StatusCreated
+			if !created {
+				status = http.StatusOK
+			}
+			return newResponse(status, "", GrantResult{Entry: creditEntry(entry), Credits: b})
+		})
 	if err != nil {
-		return nil, s.dbProblem(ctx, err)
+		return nil, s.toProblem(ctx, err)
 	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	entry, created, err := ledger.Grant(ctx, tx, in.Body.UserID, in.Body.Amount, in.Body.Reason, in.IdempotencyKey)
-	if errors.Is(err, ledger.ErrGrantConflict) {
-		return nil, newProblem(http.StatusUnprocessableEntity, "Idempotency-Key "+strconv.Quote(in.IdempotencyKey)+" was used for a different grant")
+	out := &grantOutput{Status: res.Status, Replayed: replayedHeader(res)}
+	if err := json.Unmarshal(res.Body, &out.Body); err != nil {
+		return nil, s.toProblem(ctx, err)
 	}
-	if err != nil {
-		return nil, s.dbProblem(ctx, err)
-	}
-	b, err := ledger.Get(ctx, tx, in.Body.UserID)
-	if err != nil {
-		return nil, s.dbProblem(ctx, err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, s.dbProblem(ctx, err)
-	}
-	out := &grantOutput{Status: http.StatusCreated}
-	if !created {
-		out.Status = http.StatusOK
-	}
-	out.Body.Entry, out.Body.Credits = creditEntry(entry), b
 	return out, nil
 }

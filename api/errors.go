@@ -65,13 +65,20 @@ var statusOf = map[string]int{
 	jobs.ECONFLICT:    http.StatusConflict,
 	jobs.EUNAVAILABLE: http.StatusServiceUnavailable,
 	jobs.ELIMIT:       http.StatusTooManyRequests,
+	jobs.EFULL:        http.StatusServiceUnavailable,
 }
+
+// dbRetryAfter is the Retry-After of a 503 for an unreachable database.
+const dbRetryAfter = 2 * time.Second
 
 // toProblem translates a service error into a problem detail, once, here.
 func (s *Server) toProblem(ctx context.Context, err error) error {
 	var insufficient *ledger.InsufficientError
 	var je *jobs.Error
+	var p *Problem
 	switch {
+	case errors.As(err, &p):
+		return p
 	case errors.As(err, &insufficient):
 		p := newProblem(http.StatusPaymentRequired, insufficient.Error())
 		short := insufficient.Needed - insufficient.Available
@@ -82,9 +89,10 @@ func (s *Server) toProblem(ctx context.Context, err error) error {
 		if !ok {
 			status = http.StatusInternalServerError
 		}
-		if status == http.StatusServiceUnavailable {
+		if je.Code == jobs.EUNAVAILABLE {
+			// The cause (a database error) goes to the log, not the body.
 			s.logger.ErrorContext(ctx, "service unavailable", slog.Any("error", err))
-			return newProblem(status, "the service is temporarily unavailable; retry shortly").retryAfter(2 * time.Second)
+			return newProblem(status, "the service is temporarily unavailable; retry shortly").retryAfter(dbRetryAfter)
 		}
 		var details []*huma.ErrorDetail
 		for _, f := range je.Fields {
@@ -92,9 +100,12 @@ func (s *Server) toProblem(ctx context.Context, err error) error {
 		}
 		p := newProblem(status, je.Message, details...)
 		p.Job = je.Job
+		if je.RetryAfter > 0 || status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+			p = p.retryAfter(je.RetryAfter)
+		}
 		return p
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return newProblem(http.StatusServiceUnavailable, "the request timed out; retry shortly").retryAfter(time.Second)
+		return newProblem(http.StatusServiceUnavailable, "the request timed out; retry shortly").retryAfter(dbRetryAfter)
 	default:
 		s.logger.ErrorContext(ctx, "internal error", slog.Any("error", err))
 		return newProblem(http.StatusInternalServerError, "internal error")

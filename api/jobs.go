@@ -4,38 +4,48 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
-// SubmitBody is the body of POST /v1/jobs.
+// SubmitBody is the body of POST /v1/jobs. Its schema in the document (and
+// for validation) is JobRequest, one variant per operation.
 type SubmitBody struct {
-	Operation string          `json:"operation" doc:"Operation name from GET /v1/operations." example:"generate" minLength:"1"`
-	Params    json.RawMessage `json:"params" doc:"Parameters passed to fal as they are; required fields depend on the operation."`
-	Priority  string          `json:"priority,omitempty" doc:"Queue override; defaults to the operation's priority." enum:"urgent,normal,background"`
+	Operation string          `json:"operation"`
+	Params    json.RawMessage `json:"params"`
+	Priority  string          `json:"priority,omitempty"`
 }
 
 type submitInput struct {
-	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"Replays the first response for the same key and body for 24 hours."`
+	IdempotencyKey string `header:"Idempotency-Key" minLength:"1" maxLength:"255" doc:"Makes a retry safe: the first response to this key and body is stored for 24 hours and returned again (same status and body, Idempotent-Replayed: true) without creating anything; the same key with another body is refused (422), and while the first request is still running another gets 409." example:"3f7c2a1e-submit-ring-42"`
 	Body           SubmitBody
 }
 
 type jobOutput struct {
 	Location string `header:"Location" doc:"URL of the job."`
+	Replayed string `header:"Idempotent-Replayed" doc:"true when this is the stored response to an earlier request with the same Idempotency-Key."`
 	Body     *jobs.Job
 }
 
+type jobIDInput struct {
+	ID string `path:"id" doc:"Job id." maxLength:"40" example:"101"`
+}
+
 type getJobInput struct {
-	ID string `path:"id" doc:"Job id." maxLength:"40"`
+	ID   string `path:"id" doc:"Job id." maxLength:"40" example:"101"`
+	Wait int    `query:"wait" minimum:"0" maximum:"30" doc:"Long poll: hold the request up to this many seconds until the job's state changes (a job already in a final state returns at once)." example:"25"`
 }
 
 type listJobsInput struct {
 	State     string `query:"state" enum:"queued,running,succeeded,failed,cancelled" doc:"Only jobs in this state."`
-	Operation string `query:"operation" doc:"Only jobs of this operation."`
+	Operation string `query:"operation" maxLength:"100" doc:"Only jobs of this operation."`
+	BatchID   string `query:"batch_id" maxLength:"40" doc:"Only jobs of this batch."`
 	Limit     int    `query:"limit" minimum:"1" maximum:"100" default:"20" doc:"Page size."`
-	Cursor    string `query:"cursor" doc:"next_cursor of the previous page."`
+	Cursor    string `query:"cursor" maxLength:"40" doc:"next_cursor of the previous page."`
 }
 
 // JobList is a page of jobs.
@@ -46,17 +56,27 @@ type JobList struct {
 
 type jobListOutput struct{ Body JobList }
 
-func (s *Server) registerJobs() {
+// MaxWait is the longest long poll.
+const MaxWait = 30 * time.Second
+
+func (s *Server) registerJobs(jobSchema *huma.Schema) {
 	huma.Register(s.api, huma.Operation{
-		OperationID:   "submit-job",
-		Method:        http.MethodPost,
-		Path:          "/v1/jobs",
-		Summary:       "Submit a job",
-		Description:   "Validates the params, reserves the operation's cost and queues the job, in one transaction.",
+		OperationID: "submit-job",
+		Method:      http.MethodPost,
+		Path:        "/v1/jobs",
+		Summary:     "Submit a job",
+		Description: "Validates the params, reserves the operation's cost and queues the job, in one transaction. " +
+			"Every validation error is listed in one 422. Refused with 429 over the user's rate limit or pending-job cap, " +
+			"and with 503 when the queue is full or the database unreachable (with Retry-After; nothing is written).",
 		Tags:          []string{tagJobs},
 		Security:      bearer,
 		DefaultStatus: http.StatusAccepted,
-		Errors:        append([]int{http.StatusBadRequest, http.StatusPaymentRequired, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity, http.StatusTooManyRequests}, authErrors...),
+		MaxBodyBytes:  MaxBodyBytes + 1,
+		RequestBody: &huma.RequestBody{Required: true, Content: map[string]*huma.MediaType{
+			"application/json": {Schema: jobSchema, Examples: submitExamples()},
+		}},
+		Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusPaymentRequired, http.StatusConflict,
+			http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusTooManyRequests, http.StatusServiceUnavailable},
 	}, s.submitJob)
 
 	huma.Register(s.api, huma.Operation{
@@ -64,20 +84,24 @@ func (s *Server) registerJobs() {
 		Method:      http.MethodGet,
 		Path:        "/v1/jobs/{id}",
 		Summary:     "Get a job",
-		Tags:        []string{tagJobs},
-		Security:    bearer,
-		Errors:      append([]int{http.StatusNotFound}, authErrors...),
+		Description: "The job, if it is the caller's. With wait=N the request is held until the job's state changes or N seconds pass " +
+			"(woken by the database's notification, not by polling); a job already in a final state returns at once.",
+		Tags:     []string{tagJobs},
+		Security: bearer,
+		Errors:   []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusServiceUnavailable},
 	}, s.getJob)
+
+	s.registerEvents()
 
 	huma.Register(s.api, huma.Operation{
 		OperationID: "cancel-job",
 		Method:      http.MethodPost,
 		Path:        "/v1/jobs/{id}/cancel",
 		Summary:     "Cancel a job",
-		Description: "Cancels a queued or running job and refunds its credits. A finished job is returned unchanged with 409.",
+		Description: "Cancels a queued or running job and refunds its credits (a running job's fal request is cancelled too). A finished job is returned unchanged with 409.",
 		Tags:        []string{tagJobs},
 		Security:    bearer,
-		Errors:      append([]int{http.StatusNotFound, http.StatusConflict}, authErrors...),
+		Errors:      []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusConflict, http.StatusServiceUnavailable},
 	}, s.cancelJob)
 
 	huma.Register(s.api, huma.Operation{
@@ -85,36 +109,130 @@ func (s *Server) registerJobs() {
 		Method:      http.MethodGet,
 		Path:        "/v1/jobs",
 		Summary:     "List my jobs",
-		Description: "The caller's jobs, newest first.",
+		Description: "The caller's jobs, newest first, filtered by state, operation or batch; follow next_cursor for the next page.",
 		Tags:        []string{tagJobs},
 		Security:    bearer,
-		Errors:      append([]int{http.StatusUnprocessableEntity}, authErrors...),
+		Errors:      []int{http.StatusUnauthorized, http.StatusServiceUnavailable},
 	}, s.listJobs)
+}
+
+func submitExamples() map[string]*huma.Example {
+	return map[string]*huma.Example{
+		"generate": {Summary: "Generate an image", Value: map[string]any{"operation": "generate", "params": map[string]any{"prompt": "a gold ring on white marble, soft daylight", "num_images": 2}}},
+		"edit":     {Summary: "Edit a photo", Value: map[string]any{"operation": "edit", "params": map[string]any{"prompt": "make the band rose gold", "image_urls": []any{"https://cdn.example.com/ring.jpg"}}}},
+		"video":    {Summary: "A video in the background queue", Value: map[string]any{"operation": "video", "params": map[string]any{"prompt": "slow orbit", "image_url": "https://cdn.example.com/ring.jpg"}, "priority": "background"}},
+	}
 }
 
 func (s *Server) submitJob(ctx context.Context, in *submitInput) (*jobOutput, error) {
 	p := principalFrom(ctx)
-	ids, err := s.jobs.Submit(ctx, p.UserID, []jobs.Item{{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}}, jobs.SubmitOpts{})
+	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
+	body, _ := json.Marshal(in.Body)
+	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, requestHash(http.MethodPost, "/v1/jobs", body),
+		func(ctx context.Context, tx pgx.Tx) (response, error) {
+			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{})
+			if err != nil {
+				return response{}, err
+			}
+			j, err := s.jobs.GetTx(ctx, tx, p.UserID, jobs.FormatID(sub.IDs[0]))
+			if err != nil {
+				return response{}, err
+			}
+			res, err := newResponse(http.StatusAccepted, "/v1/jobs/"+j.ID, j)
+			res.committed = sub.Committed
+			return res, err
+		})
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	j, err := s.jobs.Get(ctx, p.UserID, jobs.FormatID(ids[0]))
-	if err != nil {
+	var j jobs.Job
+	if err := json.Unmarshal(res.Body, &j); err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	return &jobOutput{Location: "/v1/jobs/" + j.ID, Body: j}, nil
+	return &jobOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &j}, nil
+}
+
+// readJob reads the caller's job within the database timeout.
+func (s *Server) readJob(ctx context.Context, userID, id string) (*jobs.Job, error) {
+	ctx, cancel := s.db(ctx)
+	defer cancel()
+	return s.jobs.Get(ctx, userID, id)
+}
+
+// subscribe watches job id when there is a watcher; the subscription is
+// nil otherwise (its channel then never fires).
+func (s *Server) subscribe(id string) *jobs.Subscription {
+	n, ok := jobs.JobID(id)
+	if !ok || s.watcher == nil {
+		return nil
+	}
+	return s.watcher.Subscribe(n)
+}
+
+func wakeups(sub *jobs.Subscription) <-chan struct{} {
+	if sub == nil {
+		return nil
+	}
+	return sub.C
+}
+
+func closeSub(sub *jobs.Subscription) {
+	if sub != nil {
+		sub.Close()
+	}
 }
 
 func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error) {
-	j, err := s.jobs.Get(ctx, principalFrom(ctx).UserID, in.ID)
+	uid := principalFrom(ctx).UserID
+	var sub *jobs.Subscription
+	if in.Wait > 0 {
+		// Subscribe before the first read, so a change in between wakes us.
+		sub = s.subscribe(in.ID)
+		defer closeSub(sub)
+	}
+	j, err := s.readJob(ctx, uid, in.ID)
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
+	}
+	if in.Wait > 0 && !jobs.Final(j.State) {
+		j, err = s.waitForChange(ctx, sub, uid, j, min(time.Duration(in.Wait)*time.Second, MaxWait))
+		if err != nil {
+			return nil, s.toProblem(ctx, err)
+		}
 	}
 	return &jobOutput{Location: "/v1/jobs/" + j.ID, Body: j}, nil
 }
 
-func (s *Server) cancelJob(ctx context.Context, in *getJobInput) (*jobOutput, error) {
-	j, err := s.jobs.Cancel(ctx, principalFrom(ctx).UserID, in.ID)
+// waitForChange waits until job j's state differs from what it was, or
+// timeout passes, and returns the latest job. It reads the job only when
+// the watcher says it may have changed.
+func (s *Server) waitForChange(ctx context.Context, sub *jobs.Subscription, userID string, j *jobs.Job, timeout time.Duration) (*jobs.Job, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			return j, nil
+		case <-s.stopping:
+			return j, nil
+		case <-wakeups(sub):
+			latest, err := s.readJob(ctx, userID, j.ID)
+			if err != nil {
+				return nil, err
+			}
+			if latest.State != j.State {
+				return latest, nil
+			}
+		}
+	}
+}
+
+func (s *Server) cancelJob(ctx context.Context, in *jobIDInput) (*jobOutput, error) {
+	dbCtx, cancel := s.db(ctx)
+	defer cancel()
+	j, err := s.jobs.Cancel(dbCtx, principalFrom(ctx).UserID, in.ID)
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
@@ -122,8 +240,10 @@ func (s *Server) cancelJob(ctx context.Context, in *getJobInput) (*jobOutput, er
 }
 
 func (s *Server) listJobs(ctx context.Context, in *listJobsInput) (*jobListOutput, error) {
-	list, next, err := s.jobs.List(ctx, principalFrom(ctx).UserID, jobs.ListFilter{
-		State: in.State, Operation: in.Operation, Limit: in.Limit, Cursor: in.Cursor,
+	dbCtx, cancel := s.db(ctx)
+	defer cancel()
+	list, next, err := s.jobs.List(dbCtx, principalFrom(ctx).UserID, jobs.ListFilter{
+		State: in.State, Operation: in.Operation, BatchID: in.BatchID, Limit: in.Limit, Cursor: in.Cursor,
 	})
 	if err != nil {
 		return nil, s.toProblem(ctx, err)

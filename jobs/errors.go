@@ -3,6 +3,7 @@ package jobs
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Error codes. The api package maps each to one HTTP status.
@@ -12,6 +13,7 @@ const (
 	ECONFLICT    = "conflict"    // e.g. cancel of a finished job: 409
 	EUNAVAILABLE = "unavailable" // queue full, database down: 503
 	ELIMIT       = "limit"       // per-user caps: 429
+	EFULL        = "queue_full"  // a queue's backlog is at its cap: 503
 )
 
 // Error is an error with a code and, for EINVALID, every field problem.
@@ -22,6 +24,8 @@ type Error struct {
 	// Job is the job the error is about, when there is one (a cancel of a
 	// finished job returns it unchanged).
 	Job *Job
+	// RetryAfter is when a refused request (ELIMIT, EFULL) may succeed.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

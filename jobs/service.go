@@ -44,6 +44,8 @@ type Service struct {
 	// no worker ran it (see SetFalRequests).
 	falReqs *FalRequests
 	metrics *Metrics
+	limits  Limits
+	backlog backlogCache
 }
 
 // NewService returns a Service. client may be an insert-only River client.
@@ -132,35 +134,64 @@ type SubmitOpts struct {
 	InTx func(ctx context.Context, tx pgx.Tx, ids []int64) error
 }
 
-// Submit validates items, then in one transaction inserts a River job for
-// each and reserves its cost. Either every job is inserted with its hold or
-// nothing is written. It returns the job ids in item order.
-// Errors: *Error EINVALID, *ledger.InsufficientError.
+// Submit validates items, then in one transaction makes the admission
+// checks (Limits), inserts a River job for each item and reserves its cost.
+// Either every job is inserted with its hold or nothing is written. It
+// returns the job ids in item order.
+// Errors: *Error EINVALID, ELIMIT, EFULL, EUNAVAILABLE; *ledger.InsufficientError.
 func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts SubmitOpts) ([]int64, error) {
-	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
-	if err != nil {
-		return nil, err
-	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, unavailable(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 
-	ids, err := s.submitTx(ctx, tx, userID, ps)
+	sub, err := s.SubmitTx(ctx, tx, userID, items, opts)
 	if err != nil {
 		return nil, err
 	}
 	if opts.InTx != nil {
-		if err := opts.InTx(ctx, tx, ids); err != nil {
+		if err := opts.InTx(ctx, tx, sub.IDs); err != nil {
 			return nil, err
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, unavailable(err)
 	}
-	s.metrics.observeSubmitted(ps)
-	return ids, nil
+	sub.Committed()
+	return sub.IDs, nil
+}
+
+// Submission is what SubmitTx wrote in the caller's transaction.
+type Submission struct {
+	// IDs are the River job ids, in item order.
+	IDs []int64
+
+	svc *Service
+	ps  []prepared
+}
+
+// Committed records the submission in the metrics; call it once the
+// caller's transaction has committed.
+func (sub *Submission) Committed() { sub.svc.metrics.observeSubmitted(sub.ps) }
+
+// SubmitTx is Submit inside the caller's transaction (which it does not
+// commit): validation, admission checks, inserts and reservation. The
+// caller rolls back on any error, and calls Committed after its commit.
+// opts.InTx is not called.
+func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Submission, error) {
+	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.admit(ctx, tx, userID, ps); err != nil {
+		return nil, err
+	}
+	ids, err := s.submitTx(ctx, tx, userID, ps)
+	if err != nil {
+		return nil, err
+	}
+	return &Submission{IDs: ids, svc: s, ps: ps}, nil
 }
 
 func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) ([]int64, error) {
@@ -288,6 +319,12 @@ func JobID(id string) (int64, bool) {
 // belongs to someone else.
 func (s *Service) Get(ctx context.Context, userID, id string) (*Job, error) {
 	return s.get(ctx, s.pool, userID, id)
+}
+
+// GetTx is Get through q (a transaction, so a job inserted in it can be
+// read before commit).
+func (s *Service) GetTx(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {
+	return s.get(ctx, q, userID, id)
 }
 
 func (s *Service) get(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -200,6 +201,11 @@ func (c Config) Validate() error {
 	}
 	if c.Role != RoleWorker && c.JWTSecret == "" && c.JWKSURL == "" {
 		errs = append(errs, errors.New("no auth configured: set AUTH_JWT_SECRET or AUTH_JWKS_URL"))
+	}
+	if c.JWKSURL != "" {
+		if u, err := url.Parse(c.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			errs = append(errs, errors.New("AUTH_JWKS_URL is not an http(s) URL"))
+		}
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

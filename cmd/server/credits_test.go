@@ -157,11 +157,11 @@ func TestCreditsAPI(t *testing.T) {
 		require.Equal(t, "welcome pack", first.Entry.Reason)
 		require.Equal(t, ledger.Balance{Balance: 25, Available: 25}, first.Credits)
 
-		// The replay returns the same entry with 200 and adds nothing.
+		// The replay returns the first answer (same status and entry) and adds nothing.
 		var again grantAnswer
 		status, err = admin.try(http.MethodPost, "/v1/admin/credits/grants", body, &again, "Idempotency-Key: welcome-"+uid)
 		require.NoError(t, err)
-		require.Equal(t, http.StatusOK, status)
+		require.Equal(t, http.StatusCreated, status)
 		require.Equal(t, first.Entry, again.Entry)
 		require.Equal(t, ledger.Balance{Balance: 25, Available: 25}, again.Credits)
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"strings"
@@ -30,7 +31,8 @@ const testSecret = "test-secret-0123456789abcdef0123456789"
 
 // MustRunMain boots the real program on a free port against a fresh
 // database, with the fal simulator in fast mode, and stops it at cleanup.
-// env overrides the environment the program reads.
+// env overrides the environment the program reads; give DATABASE_URL to
+// run several instances on one database.
 func MustRunMain(t testing.TB, env map[string]string) *Main {
 	t.Helper()
 	return mustRunMain(t, env, os.Stderr)
@@ -39,8 +41,14 @@ func MustRunMain(t testing.TB, env map[string]string) *Main {
 // mustRunMain is MustRunMain with the program's log written to logs.
 func mustRunMain(t testing.TB, env map[string]string, logs io.Writer) *Main {
 	t.Helper()
+	if _, ok := env["DATABASE_URL"]; !ok {
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		env["DATABASE_URL"] = pgtest.NewDBURL(t)
+	}
 	base := map[string]string{
-		"DATABASE_URL":      pgtest.NewDBURL(t),
 		"LISTEN_ADDR":       "127.0.0.1:0",
 		"AUTH_JWT_SECRET":   testSecret,
 		"FAL_SIMULATE":      "true",

@@ -53,6 +53,8 @@ type Main struct {
 	cluster  *pglocal.Cluster
 	pool     *pgxpool.Pool
 	river    *river.Client[pgx.Tx]
+	watcher  *jobs.Watcher
+	api      *api.Server
 	fal      *falclient.Client
 	falReqs  *jobs.FalRequests
 	sim      *falsim.Server
@@ -148,8 +150,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		RescueAfter: cfg.RescueAfter,
 		Middleware:  []rivertype.Middleware{metrics.Middleware()},
 		PollOnly:    cfg.RiverPollOnly,
-		Periodic:    []*river.PeriodicJob{reconciler.PeriodicJob(jobs.ReconcileInterval)},
-		Workers:     []func(*river.Workers){reconciler.AddWorker},
+		Periodic:    []*river.PeriodicJob{reconciler.PeriodicJob(jobs.ReconcileInterval), api.PrunePeriodicJob()},
+		Workers: []func(*river.Workers){reconciler.AddWorker, func(w *river.Workers) {
+			river.AddWorker(w, &api.PruneWorker{DB: m.pool})
+		}},
 	})
 	if err != nil {
 		return err
@@ -164,13 +168,27 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	mux := http.NewServeMux()
 	m.registerOps(mux)
 	if cfg.Role != RoleWorker {
-		svc := jobs.NewService(m.pool, m.river, catalog)
+		auth := api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer}
+		if cfg.JWKSURL != "" {
+			if auth.Keyfunc, err = api.NewJWKS(runCtx, cfg.JWKSURL, api.JWKSOptions{Logger: m.Logger}); err != nil {
+				return err
+			}
+		}
+		m.watcher = jobs.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
+		go m.watcher.Run(runCtx)
+		svc := jobs.NewService(m.pool, m.river, catalog).WithLimits(jobs.Limits{
+			RatePerMinute:   cfg.RateLimitPerMinute,
+			Burst:           cfg.RateLimitBurst,
+			UserMaxPending:  cfg.UserMaxPending,
+			QueueMaxPending: cfg.QueueMaxPending,
+		})
 		svc.SetFalRequests(m.falReqs)
 		svc.SetMetrics(metrics)
-		if _, err := api.New(mux, m.pool, svc, api.Config{
-			Auth:    api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer},
+		if m.api, err = api.New(mux, m.pool, svc, api.Config{
+			Auth:    auth,
 			Logger:  m.Logger,
 			Version: Version,
+			Watcher: m.watcher,
 		}); err != nil {
 			return err
 		}
@@ -190,6 +208,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.http = &http.Server{Handler: logging.Middleware(m.Logger, mux), ReadHeaderTimeout: 10 * time.Second}
+	if m.api != nil {
+		m.http.RegisterOnShutdown(m.api.Shutdown) // end long polls and event streams
+	}
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.http.Serve(m.listener) }()
 	m.Logger.Info("server started", slog.String("addr", m.listener.Addr().String()), slog.String("role", cfg.Role))
@@ -211,6 +232,9 @@ func (m *Main) Pool() *pgxpool.Pool { return m.pool }
 
 // River returns the River client.
 func (m *Main) River() *river.Client[pgx.Tx] { return m.river }
+
+// Watcher returns the job state watcher (nil with ROLE=worker).
+func (m *Main) Watcher() *jobs.Watcher { return m.watcher }
 
 // Sim returns the built-in fal simulator, or nil when real fal is used.
 func (m *Main) Sim() *falsim.Server { return m.sim }

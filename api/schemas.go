@@ -1,0 +1,207 @@
+package api
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// The request body schemas of submit-job and submit-batch are built from the
+// catalog, one schema per operation, so the document tells the frontend the
+// required params of each operation, and the same schemas validate every
+// request (huma lists every violation in one 422). jobs.Operation.Prepare
+// checks the same rules again (and a few a schema cannot express, such as
+// image inputs in optional fields named *image_url), for callers that do
+// not come through HTTP.
+
+// imageInputPattern accepts what jobs.Operation.Prepare accepts: an https URL
+// or a data:image/... URI.
+const imageInputPattern = `^(https://.|data:image/[^,]*,)`
+
+func ptr[T any](v T) *T { return &v }
+
+// paramSchemas are the known params and their types.
+func paramSchema(name string) *huma.Schema {
+	image := func() *huma.Schema {
+		return &huma.Schema{Type: huma.TypeString, Pattern: imageInputPattern,
+			PatternDescription: "an https URL or a data:image/... URI",
+			Examples:           []any{"https://cdn.example.com/ring.jpg"}}
+	}
+	switch name {
+	case "prompt":
+		return &huma.Schema{Type: huma.TypeString, MinLength: ptr(1), Pattern: `\S`, PatternDescription: "not blank",
+			Description: "What to do, in words.", Examples: []any{"a gold ring on white marble, soft daylight"}}
+	case "image_url":
+		s := image()
+		s.Description = "The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB)."
+		return s
+	case "image_urls":
+		return &huma.Schema{Type: huma.TypeArray, MinItems: ptr(1), Items: image(),
+			Description: "Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).",
+			Examples:    []any{[]any{"https://cdn.example.com/ring.jpg"}}}
+	case "num_images":
+		return &huma.Schema{Type: huma.TypeInteger, Minimum: ptr(1.0), Maximum: ptr(4.0),
+			Description: "Images to make (1-4); the cost is multiplied by it.", Examples: []any{1}}
+	default:
+		return &huma.Schema{Description: "Passed to fal as it is."}
+	}
+}
+
+// pascal turns an operation name into a schema name part: "remove-bg" ->
+// "RemoveBg".
+func pascal(name string) string {
+	var b strings.Builder
+	for _, part := range strings.FieldsFunc(name, func(r rune) bool { return r == '-' || r == '_' || r == '.' || r == ' ' }) {
+		b.WriteString(strings.ToUpper(part[:1]) + part[1:])
+	}
+	return b.String()
+}
+
+// exampleParams returns example params with every required field.
+func exampleParams(op jobs.Operation) map[string]any {
+	ex := map[string]any{}
+	for _, f := range op.Required {
+		if s := paramSchema(f); len(s.Examples) > 0 {
+			ex[f] = s.Examples[0]
+		} else {
+			ex[f] = "..."
+		}
+	}
+	return ex
+}
+
+// requestSchemas registers, for every operation of the catalog, the schema
+// of its params ("EditParams"), of a job request ("EditJobRequest") and of
+// a batch item ("EditBatchItem"), and returns the schemas of the submit-job
+// body and of one batch item: a oneOf discriminated by operation.
+func requestSchemas(reg huma.Registry, cat *jobs.Catalog) (job, item *huma.Schema) {
+	ops := cat.All()
+	names := make([]any, 0, len(ops))
+	jobMapping := map[string]string{}
+	itemMapping := map[string]string{}
+	var jobRefs, itemRefs []*huma.Schema
+	priority := func() *huma.Schema {
+		return &huma.Schema{Type: huma.TypeString, Enum: []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground},
+			Description: "Queue override; defaults to the operation's priority."}
+	}
+	for _, op := range ops {
+		names = append(names, op.Name)
+		base := pascal(op.Name)
+
+		params := &huma.Schema{
+			Type:                 huma.TypeObject,
+			Title:                op.Name + " params",
+			Description:          paramsDescription(op),
+			Properties:           map[string]*huma.Schema{},
+			Required:             slices.Clone(op.Required),
+			AdditionalProperties: true,
+			Examples:             []any{exampleParams(op)},
+		}
+		if op.Kind == jobs.KindImage {
+			params.Properties["num_images"] = paramSchema("num_images")
+		}
+		for _, f := range op.Required {
+			params.Properties[f] = paramSchema(f)
+		}
+		if op.Name == "turntable" {
+			params.Properties["prompt"] = paramSchema("prompt")
+			params.Properties["prompt"].Description = "Optional: defaults to a 360-degree turntable rotation prompt."
+		}
+		reg.Map()[base+"Params"] = params
+		paramsRef := &huma.Schema{Ref: "#/components/schemas/" + base + "Params"}
+
+		operation := &huma.Schema{Type: huma.TypeString, Enum: []any{op.Name}, Description: "The operation."}
+		jobReq := &huma.Schema{
+			Type:                 huma.TypeObject,
+			Title:                op.Name + " job",
+			Description:          fmt.Sprintf("Submit one %s job (%s).", op.Name, op.Description),
+			Properties:           map[string]*huma.Schema{"operation": operation, "params": paramsRef, "priority": priority()},
+			Required:             []string{"operation", "params"},
+			AdditionalProperties: false,
+			Examples:             []any{map[string]any{"operation": op.Name, "params": exampleParams(op)}},
+		}
+		batchItem := &huma.Schema{
+			Type:                 huma.TypeObject,
+			Title:                op.Name + " item",
+			Description:          fmt.Sprintf("One %s job of a batch.", op.Name),
+			Properties:           map[string]*huma.Schema{"operation": operation, "params": paramsRef},
+			Required:             []string{"operation", "params"},
+			AdditionalProperties: false,
+			Examples:             []any{map[string]any{"operation": op.Name, "params": exampleParams(op)}},
+		}
+		reg.Map()[base+"JobRequest"] = jobReq
+		reg.Map()[base+"BatchItem"] = batchItem
+		jobMapping[op.Name] = "#/components/schemas/" + base + "JobRequest"
+		itemMapping[op.Name] = "#/components/schemas/" + base + "BatchItem"
+		jobRefs = append(jobRefs, &huma.Schema{Ref: jobMapping[op.Name]})
+		itemRefs = append(itemRefs, &huma.Schema{Ref: itemMapping[op.Name]})
+		params.PrecomputeMessages()
+		jobReq.PrecomputeMessages()
+		batchItem.PrecomputeMessages()
+	}
+	opProp := func() map[string]*huma.Schema {
+		return map[string]*huma.Schema{"operation": {Type: huma.TypeString, Enum: names,
+			Description: "Operation name from GET /v1/operations; it decides which params are required."}}
+	}
+	job = &huma.Schema{
+		Type:          huma.TypeObject,
+		Description:   "A job request: the operation, its params (passed to fal as they are; the required fields depend on the operation) and an optional priority. Unknown top-level fields are refused (422); params may carry any other field fal accepts.",
+		Properties:    opProp(),
+		Required:      []string{"operation", "params"},
+		OneOf:         jobRefs,
+		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: jobMapping},
+	}
+	item = &huma.Schema{
+		Type:          huma.TypeObject,
+		Description:   "One job of a batch: the operation and its params.",
+		Properties:    opProp(),
+		Required:      []string{"operation", "params"},
+		OneOf:         itemRefs,
+		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: itemMapping},
+	}
+	reg.Map()["JobRequest"] = job
+	reg.Map()["BatchItem"] = item
+	job.PrecomputeMessages()
+	item.PrecomputeMessages()
+	return &huma.Schema{Ref: "#/components/schemas/JobRequest"}, &huma.Schema{Ref: "#/components/schemas/BatchItem"}
+}
+
+func paramsDescription(op jobs.Operation) string {
+	req := "none"
+	if len(op.Required) > 0 {
+		req = strings.Join(op.Required, ", ")
+	}
+	cost := fmt.Sprintf("%d credits", op.Cost)
+	if op.Kind == jobs.KindImage {
+		cost += " per image (num_images, 1-4)"
+	}
+	return fmt.Sprintf("Params of %s, sent to fal model %s as they are. Required: %s. Cost: %s. Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.",
+		op.Name, op.Model, req, cost)
+}
+
+// batchSchema is the submit-batch body.
+func batchSchema(reg huma.Registry, item *huma.Schema) *huma.Schema {
+	s := &huma.Schema{
+		Type:        huma.TypeObject,
+		Description: "A batch: 1-100 jobs reserved and queued together, or none of them.",
+		Properties: map[string]*huma.Schema{
+			"items": {Type: huma.TypeArray, MinItems: ptr(1), MaxItems: ptr(jobs.MaxBatchItems), Items: item,
+				Description: "The jobs, 1-100."},
+			"priority": {Type: huma.TypeString, Enum: []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground},
+				Description: "Queue override for every job; defaults to each operation's priority."},
+		},
+		Required:             []string{"items"},
+		AdditionalProperties: false,
+		Examples: []any{map[string]any{"items": []any{
+			map[string]any{"operation": "generate", "params": map[string]any{"prompt": "a gold ring on white marble"}},
+			map[string]any{"operation": "remove-bg", "params": map[string]any{"image_url": "https://cdn.example.com/ring.jpg"}},
+		}, "priority": "normal"}},
+	}
+	reg.Map()["BatchRequest"] = s
+	s.PrecomputeMessages()
+	return &huma.Schema{Ref: "#/components/schemas/BatchRequest"}
+}

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
+)
+
+func TestBatches(t *testing.T) {
+	t.Parallel()
+	m := MustRunMain(t, map[string]string{"ROLE": "api"})
+	ctx := context.Background()
+
+	t.Run("SubmitAndGet", func(t *testing.T) {
+		t.Parallel()
+		c, uid := newUser(t, m, 20)
+		r := c.post("/v1/batches", map[string]any{"items": []any{
+			generateJob("a"),
+			map[string]any{"operation": "upscale", "params": map[string]any{"image_url": "https://x.test/a.png"}},
+			map[string]any{"operation": "video", "params": map[string]any{"prompt": "orbit", "image_url": "https://x.test/a.png"}},
+		}, "priority": "background"}, nil)
+		require.Equal(t, http.StatusAccepted, r.Status, string(r.Body))
+		var b jobs.Batch
+		require.NoError(t, json.Unmarshal(r.Body, &b))
+		require.Equal(t, "/v1/batches/"+b.ID, r.Header.Get("Location"))
+		require.Equal(t, 3, b.Total)
+		require.Len(t, b.JobIDs, 3)
+		require.Equal(t, jobs.BatchCounts{Queued: 3}, b.Counts)
+		require.False(t, b.Done)
+		bal, err := ledger.Get(ctx, m.Pool(), uid)
+		require.NoError(t, err)
+		require.Equal(t, int64(1+2+10), bal.Reserved)
+		// Every job went to the batch's queue, in item order.
+		for i, id := range b.JobIDs {
+			j := c.get("/v1/jobs/" + id).job(t)
+			require.Equal(t, jobs.QueueBackground, j.Priority)
+			require.Equal(t, b.ID, j.BatchID)
+			require.Equal(t, []string{"generate", "upscale", "video"}[i], j.Operation)
+		}
+
+		require.Equal(t, http.StatusOK, c.post("/v1/jobs/"+b.JobIDs[1]+"/cancel", nil, nil).Status)
+		r = c.get("/v1/batches/" + b.ID)
+		require.Equal(t, http.StatusOK, r.Status)
+		require.NoError(t, json.Unmarshal(r.Body, &b))
+		require.Equal(t, jobs.BatchCounts{Queued: 2, Cancelled: 1}, b.Counts)
+
+		var list JobListBody
+		require.NoError(t, json.Unmarshal(c.get("/v1/jobs?batch_id="+b.ID).Body, &list))
+		require.Len(t, list.Jobs, 3)
+
+		other, _ := newUser(t, m, 0)
+		require.Equal(t, http.StatusNotFound, other.get("/v1/batches/"+b.ID).Status)
+		requireInvariants(t, m)
+	})
+
+	t.Run("402AllOrNothing", func(t *testing.T) {
+		t.Parallel()
+		c, uid := newUser(t, m, 12)
+		items := []any{}
+		for i := range 3 {
+			items = append(items, map[string]any{"operation": "video", "params": map[string]any{"prompt": fmt.Sprint(i), "image_url": "https://x.test/a.png"}})
+		}
+		r := c.post("/v1/batches", map[string]any{"items": items}, nil)
+		require.Equal(t, http.StatusPaymentRequired, r.Status)
+		p := r.problem(t)
+		require.Equal(t, int64(30), *p.Needed)
+		require.Equal(t, int64(12), *p.Available)
+		require.Equal(t, int64(18), *p.Shortfall)
+		require.Contains(t, p.Detail, "needed 30, available 12")
+		require.Zero(t, count(t, m, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, uid))
+		require.Zero(t, count(t, m, `SELECT count(*) FROM batches WHERE user_id = $1`, uid))
+		require.Zero(t, count(t, m, `SELECT count(*) FROM river_job WHERE args->>'user_id' = $1`, uid))
+		requireInvariants(t, m)
+	})
+
+	t.Run("422ErrorsNameTheItem", func(t *testing.T) {
+		t.Parallel()
+		c, uid := newUser(t, m, 50)
+		r := c.post("/v1/batches", map[string]any{"items": []any{
+			generateJob("fine"),
+			map[string]any{"operation": "edit", "params": map[string]any{"prompt": 1}},
+			map[string]any{"operation": "generate", "params": map[string]any{"prompt": "x"}, "priority": "urgent"},
+		}}, nil)
+		require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+		require.ElementsMatch(t, []string{"body.items[1].params", "body.items[1].params.prompt", "body.items[2].priority"}, r.problem(t).locations())
+
+		for _, n := range []int{0, 101} {
+			items := make([]any, n)
+			for i := range items {
+				items[i] = generateJob("x")
+			}
+			r := c.post("/v1/batches", map[string]any{"items": items}, nil)
+			require.Equal(t, http.StatusUnprocessableEntity, r.Status, n)
+			require.Equal(t, []string{"body.items"}, r.problem(t).locations())
+		}
+		require.Zero(t, count(t, m, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, uid))
+	})
+
+	t.Run("HundredItems", func(t *testing.T) {
+		t.Parallel()
+		c, uid := newUser(t, m, 100)
+		items := make([]any, jobs.MaxBatchItems)
+		for i := range items {
+			items[i] = generateJob(fmt.Sprint(i))
+		}
+		r := c.post("/v1/batches", map[string]any{"items": items}, nil)
+		require.Equal(t, http.StatusAccepted, r.Status)
+		require.Equal(t, 100, count(t, m, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, uid))
+		bal, err := ledger.Get(ctx, m.Pool(), uid)
+		require.NoError(t, err)
+		require.Zero(t, bal.Available)
+		requireInvariants(t, m)
+	})
+}
+
+// JobListBody is the body of GET /v1/jobs.
+type JobListBody struct {
+	Jobs       []jobs.Job `json:"jobs"`
+	NextCursor string     `json:"next_cursor"`
+}
+
+func TestListJobs(t *testing.T) {
+	t.Parallel()
+	m := MustRunMain(t, map[string]string{"ROLE": "api", "RATE_LIMIT_BURST": "100"})
+	c, _ := newUser(t, m, 50)
+	var ids []string
+	for i := range 5 {
+		body := generateJob(fmt.Sprint(i))
+		if i%2 == 1 {
+			body = map[string]any{"operation": "remove-bg", "params": map[string]any{"image_url": "https://x.test/a.png"}}
+		}
+		r := c.post("/v1/jobs", body, nil)
+		require.Equal(t, http.StatusAccepted, r.Status)
+		ids = append(ids, r.job(t).ID)
+	}
+	require.Equal(t, http.StatusOK, c.post("/v1/jobs/"+ids[0]+"/cancel", nil, nil).Status)
+	other, _ := newUser(t, m, 5)
+	require.Equal(t, http.StatusAccepted, other.post("/v1/jobs", generateJob("theirs"), nil).Status)
+
+	list := func(query string) JobListBody {
+		t.Helper()
+		r := c.get("/v1/jobs" + query)
+		require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+		var l JobListBody
+		require.NoError(t, json.Unmarshal(r.Body, &l))
+		return l
+	}
+	idsOf := func(l JobListBody) []string {
+		var out []string
+		for _, j := range l.Jobs {
+			out = append(out, j.ID)
+		}
+		return out
+	}
+
+	// Newest first, paged by the cursor, only the caller's.
+	var paged []string
+	cursor := ""
+	for page := 0; ; page++ {
+		l := list("?limit=2&cursor=" + cursor)
+		require.LessOrEqual(t, len(l.Jobs), 2)
+		paged = append(paged, idsOf(l)...)
+		if l.NextCursor == "" {
+			break
+		}
+		cursor = l.NextCursor
+		require.Less(t, page, 5)
+	}
+	require.Equal(t, []string{ids[4], ids[3], ids[2], ids[1], ids[0]}, paged)
+
+	require.Equal(t, []string{ids[0]}, idsOf(list("?state=cancelled")))
+	require.Equal(t, []string{ids[3], ids[1]}, idsOf(list("?operation=remove-bg")))
+	require.Equal(t, []string{ids[4], ids[2]}, idsOf(list("?operation=generate&state=queued")))
+	require.Empty(t, list("?state=succeeded").Jobs)
+
+	for _, q := range []string{"?state=done", "?limit=0", "?limit=101", "?cursor=nope"} {
+		r := c.get("/v1/jobs" + q)
+		require.Equal(t, http.StatusUnprocessableEntity, r.Status, q)
+		r.problem(t)
+	}
+	requireInvariants(t, m)
+}
+
+func TestListOperations(t *testing.T) {
+	t.Parallel()
+	m := MustRunMain(t, map[string]string{"ROLE": "api"})
+	c, _ := newUser(t, m, 0)
+	r := c.get("/v1/operations")
+	require.Equal(t, http.StatusOK, r.Status)
+	var body struct {
+		Operations []struct {
+			Operation, Priority, Kind, Model string
+			Cost                             int64
+			Required                         []string
+		}
+	}
+	require.NoError(t, json.Unmarshal(r.Body, &body))
+	require.Len(t, body.Operations, len(jobs.DefaultCatalog().All()))
+	for _, op := range body.Operations {
+		want, ok := jobs.DefaultCatalog().Get(op.Operation)
+		require.True(t, ok)
+		require.Equal(t, want.Cost, op.Cost)
+		require.Equal(t, want.Priority, op.Priority)
+		require.Equal(t, want.Kind, op.Kind)
+		require.Equal(t, want.Required, op.Required)
+	}
+	require.True(t, strings.HasPrefix(r.Header.Get("Content-Type"), "application/json"))
+}

@@ -1,0 +1,206 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// StateChannel is the notification channel on which the river_job trigger
+// (migration 00030) sends the id of an AI job whose API state changed.
+const StateChannel = "aiqueue_job_state"
+
+// WatcherApplicationName is the application_name of the Watcher's
+// connection, so a DBA can tell it apart in pg_stat_activity.
+const WatcherApplicationName = "aiqueue-watch"
+
+// Watcher holds one LISTEN connection for the whole process and wakes the
+// subscribers of a job when the job's API state changes. Long polls and
+// event streams subscribe here instead of each holding a connection or
+// polling the table. When the connection drops it reconnects with back-off
+// and then wakes every subscriber, since notifications sent in between are
+// lost; subscribers re-read the job when woken.
+type Watcher struct {
+	config *pgx.ConnConfig
+	logger *slog.Logger
+
+	mu   sync.Mutex
+	subs map[int64]map[*Subscription]struct{}
+
+	connected     atomic.Bool
+	notifications atomic.Int64
+}
+
+// NewWatcher returns a Watcher that connects with a copy of config. Call
+// Run to start it.
+func NewWatcher(config *pgx.ConnConfig, logger *slog.Logger) *Watcher {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg := config.Copy()
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["application_name"] = WatcherApplicationName
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	return &Watcher{config: cfg, logger: logger, subs: map[int64]map[*Subscription]struct{}{}}
+}
+
+// Subscription receives a value on C (buffered, never blocks the Watcher)
+// after the job's state may have changed. Close it when done.
+type Subscription struct {
+	C <-chan struct{}
+
+	c  chan struct{}
+	w  *Watcher
+	id int64
+}
+
+// Subscribe starts watching job id (a River job id). Subscribe before
+// reading the job, so a change between the read and the wait is not lost.
+func (w *Watcher) Subscribe(id int64) *Subscription {
+	c := make(chan struct{}, 1)
+	s := &Subscription{C: c, c: c, w: w, id: id}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	set := w.subs[id]
+	if set == nil {
+		set = map[*Subscription]struct{}{}
+		w.subs[id] = set
+	}
+	set[s] = struct{}{}
+	return s
+}
+
+// Close stops the subscription.
+func (s *Subscription) Close() {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	if set := s.w.subs[s.id]; set != nil {
+		delete(set, s)
+		if len(set) == 0 {
+			delete(s.w.subs, s.id)
+		}
+	}
+}
+
+func (s *Subscription) wake() {
+	select {
+	case s.c <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+}
+
+func (w *Watcher) wake(id int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for s := range w.subs[id] {
+		s.wake()
+	}
+}
+
+func (w *Watcher) wakeAll() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, set := range w.subs {
+		for s := range set {
+			s.wake()
+		}
+	}
+}
+
+// Connected reports whether the LISTEN connection is up.
+func (w *Watcher) Connected() bool { return w.connected.Load() }
+
+// Notifications is the number of notifications received so far.
+func (w *Watcher) Notifications() int64 { return w.notifications.Load() }
+
+// Subscribers is the number of open subscriptions.
+func (w *Watcher) Subscribers() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, set := range w.subs {
+		n += len(set)
+	}
+	return n
+}
+
+// Run listens until ctx ends, reconnecting after failures with back-off
+// from 100 ms to 5 s.
+func (w *Watcher) Run(ctx context.Context) {
+	const maxBackoff = 5 * time.Second
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := w.listen(ctx)
+		w.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(began) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		w.logger.WarnContext(ctx, "job state listener disconnected; reconnecting",
+			slog.String("error", err.Error()), slog.Duration("backoff", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// idleCheck is how long the listener waits for a notification before it
+// pings the connection, so a silently dead connection is noticed.
+const idleCheck = 30 * time.Second
+
+func (w *Watcher) listen(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, w.config)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+StateChannel); err != nil {
+		return err
+	}
+	w.wakeAll() // whatever changed while we were not listening
+	w.connected.Store(true)
+	w.logger.DebugContext(ctx, "job state listener connected")
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, idleCheck)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case err == nil:
+			w.notifications.Add(1)
+			if id, perr := strconv.ParseInt(n.Payload, 10, 64); perr == nil {
+				w.wake(id)
+			}
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded) && !conn.IsClosed():
+			pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := conn.Ping(pingCtx)
+			cancel()
+			if err != nil {
+				return err
+			}
+		default:
+			return err
+		}
+	}
+}

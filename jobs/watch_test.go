@@ -1,0 +1,101 @@
+package jobs_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+func TestWatcher(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	setupWatcher := func(t *testing.T) (*testBundle, *jobs.Watcher) {
+		t.Helper()
+		b := setup(t)
+		w := jobs.NewWatcher(b.pool.Config().ConnConfig, nil)
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { w.Run(runCtx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		require.Eventually(t, w.Connected, 10*time.Second, 5*time.Millisecond)
+		return b, w
+	}
+	woken := func(t *testing.T, sub *jobs.Subscription) {
+		t.Helper()
+		select {
+		case <-sub.C:
+		case <-time.After(10 * time.Second):
+			t.Fatal("subscriber not woken")
+		}
+	}
+
+	t.Run("WakesOnAPIStateChangeOnly", func(t *testing.T) {
+		t.Parallel()
+		b, w := setupWatcher(t)
+		uid := grant(t, b.pool, 5)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		sub := w.Subscribe(ids[0])
+		defer sub.Close()
+		other := w.Subscribe(ids[1])
+		defer other.Close()
+		require.Equal(t, 2, w.Subscribers())
+
+		// available -> scheduled is queued -> queued for the API: no notification.
+		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'scheduled', scheduled_at = now() + interval '1 hour' WHERE id = $1`, ids[0])
+		require.NoError(t, err)
+		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'running', attempt = 1, attempted_at = now() WHERE id = $1`, ids[0])
+		require.NoError(t, err)
+		woken(t, sub)
+		// Notifications arrive in commit order, so the first update's
+		// would have arrived before this one.
+		require.Equal(t, int64(1), w.Notifications())
+		select {
+		case <-other.C:
+			t.Fatal("the other job's subscriber was woken")
+		default:
+		}
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("ReconnectsAndWakesEveryone", func(t *testing.T) {
+		t.Parallel()
+		b, w := setupWatcher(t)
+		sub := w.Subscribe(424242)
+		defer sub.Close()
+		select {
+		case <-sub.C:
+			t.Fatal("woken before anything happened")
+		default:
+		}
+		var pid int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
+			jobs.WatcherApplicationName).Scan(&pid))
+		_, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid)
+		require.NoError(t, err)
+		// Whatever happened while it was away, subscribers re-read.
+		woken(t, sub)
+		require.Eventually(t, func() bool {
+			var n int
+			err := b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> $2`,
+				jobs.WatcherApplicationName, pid).Scan(&n)
+			return err == nil && n == 1 && w.Connected()
+		}, 10*time.Second, 10*time.Millisecond)
+	})
+
+	t.Run("CloseUnsubscribes", func(t *testing.T) {
+		t.Parallel()
+		_, w := setupWatcher(t)
+		a, b := w.Subscribe(1), w.Subscribe(1)
+		require.Equal(t, 2, w.Subscribers())
+		a.Close()
+		b.Close()
+		b.Close()
+		require.Zero(t, w.Subscribers())
+	})
+}
