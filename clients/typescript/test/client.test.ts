@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 
-import { createClient, isProblem, ProblemError, type Job } from "@aiqueue/client";
+import { createClient, isProblem, ProblemError, type Job, type SubmitJobBody } from "@aiqueue/client";
 import { AIQueueProvider, useAIQueue, type AIQueue } from "@aiqueue/client/react";
 import { act, createElement } from "react";
 import { create, type ReactTestRenderer } from "react-test-renderer";
@@ -39,8 +39,8 @@ after(async () => {
   await Promise.allSettled([fast?.stop(), slow?.stop()]);
 });
 
-const generate = (prompt = "a gold ring on marble") => ({ operation: "generate", params: { prompt } });
-const video = { operation: "video", params: { prompt: "a slow turn", image_url: "https://example.com/ring.jpg" } };
+const generate = (prompt = "a gold ring on marble") => ({ operation: "generate" as const, params: { prompt } });
+const video = { operation: "video" as const, params: { prompt: "a slow turn", image_url: "https://example.com/ring.jpg" } };
 
 /** Asserts that p rejects with a ProblemError and returns it. */
 async function problem(p: Promise<unknown>): Promise<ProblemError> {
@@ -246,7 +246,9 @@ describe("Problems", () => {
 
   it("422ListsEveryError", t, async () => {
     const { client } = await fast.newUser(5);
-    const err = await problem(client.submitJob({ operation: "edit", params: {} }));
+    // Deliberately invalid, past the types: edit needs prompt and image_urls.
+    const invalid = { operation: "edit", params: {} } as unknown as SubmitJobBody;
+    const err = await problem(client.submitJob(invalid));
     assert.equal(err.status, 422);
     const where = err.errors.map((e) => e.location);
     assert.ok(where.some((l) => l?.includes("prompt")), `errors name prompt: ${JSON.stringify(err.errors)}`);
