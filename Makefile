@@ -6,8 +6,9 @@ BIN := $(CURDIR)/bin
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 export GOTOOLCHAIN := local
+TS_CLIENT := clients/typescript
 
-.PHONY: all build run test vet lint unit test-browser openapi openapi-check bench drills fmt clean
+.PHONY: all build run test vet lint unit test-browser openapi openapi-check bench drills fmt clean gen ts-deps ts-check ts-test
 
 all: build
 
@@ -20,9 +21,10 @@ build:
 run: build
 	$(BIN)/server serve --demo
 
-## test: vet, lint, the committed OpenAPI document, every test with the race
-## detector, and the River UI browser test.
-test: vet lint openapi-check unit test-browser
+## test: vet, lint, the committed OpenAPI document and TypeScript types, every
+## Go test with the race detector, the TypeScript client against a live server,
+## and the River UI browser test.
+test: vet lint openapi-check ts-check unit ts-test test-browser
 
 vet:
 	$(GO) vet ./...
@@ -50,6 +52,27 @@ openapi:
 openapi-check:
 	@$(GO) run ./cmd/server openapi > $(BIN)/openapi.yaml.tmp 2>/dev/null || (mkdir -p $(BIN) && $(GO) run ./cmd/server openapi > $(BIN)/openapi.yaml.tmp)
 	@diff -u openapi.yaml $(BIN)/openapi.yaml.tmp || (echo "openapi.yaml is stale: run 'make openapi' and commit it" && exit 1)
+
+## gen: regenerate the TypeScript client's types (clients/typescript/src/schema.ts)
+## from the committed openapi.yaml (after 'make openapi').
+gen: ts-deps
+	cd $(TS_CLIENT) && npm run gen
+
+# The client's node_modules, installed from the lockfile (npm ci) when missing
+# or older than package-lock.json.
+ts-deps: $(TS_CLIENT)/node_modules/.package-lock.json
+
+$(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+
+ts-check: ts-deps
+	@mkdir -p $(BIN)
+	@$(TS_CLIENT)/node_modules/.bin/openapi-typescript openapi.yaml -o $(BIN)/schema.ts.tmp >/dev/null
+	@diff -u $(TS_CLIENT)/src/schema.ts $(BIN)/schema.ts.tmp || (echo "$(TS_CLIENT)/src/schema.ts is stale: run 'make gen' and commit it" && exit 1)
+
+## ts-test: build the TypeScript client and run its tests against a server it starts.
+ts-test: ts-deps
+	cd $(TS_CLIENT) && npm run build && npm test
 
 fmt:
 	gofmt -w .

@@ -1,0 +1,33 @@
+/**
+ * The aiqueue API client: types generated from openapi.yaml (schema.ts),
+ * calls through openapi-fetch, a submit-and-wait helper, and typed problem
+ * details. The React hook is in "@aiqueue/client/react".
+ */
+export {
+  createClient,
+  type AIQueueClient,
+  type ClientOptions,
+  type GetJobOptions,
+  type RequestOptions,
+  type SubmitOptions,
+  type TokenSource,
+} from "./client.js";
+export { isProblem, parseRetryAfter, problemFromResponse, ProblemError } from "./problem.js";
+export {
+  FINAL_STATES,
+  isFinal,
+  type Batch,
+  type Credits,
+  type ErrorDetail,
+  type Job,
+  type JobList,
+  type JobState,
+  type ListJobsQuery,
+  type OperationInfo,
+  type Problem,
+  type SubmitBatchBody,
+  type SubmitJobBody,
+} from "./types.js";
+export type { WaitOptions } from "./wait.js";
+export type { ApiPaths } from "./pending.js";
+export type { components, operations, paths } from "./schema.js";

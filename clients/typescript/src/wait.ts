@@ -1,0 +1,262 @@
+import { createParser } from "eventsource-parser";
+
+import { ProblemError } from "./problem.js";
+import { isFinal, type Job } from "./types.js";
+
+/** Options of waitForJob. */
+export interface WaitOptions {
+  /** Stops waiting: the promise rejects with the signal's reason. */
+  signal?: AbortSignal | undefined;
+  /** Called with the job each time its state, queue position or attempt changes, the final state included. */
+  onUpdate?: ((job: Job) => void) | undefined;
+  /**
+   * How to follow the job: "auto" (default) follows the SSE stream
+   * `GET /v1/jobs/{id}/events` and falls back to `?wait=` long polls when
+   * the stream cannot be opened or keeps dropping; "sse" and "poll" use only
+   * the one.
+   */
+  transport?: "auto" | "sse" | "poll" | undefined;
+  /** Seconds each long poll asks the server to hold the request (1-30, default 25). */
+  pollWait?: number | undefined;
+  /** Consecutive transient failures (network, 429, 502-504) retried before giving up (default 5). */
+  maxRetries?: number | undefined;
+  /** Milliseconds without a byte on the event stream after which it is reopened (default 60000). */
+  idleTimeout?: number | undefined;
+}
+
+/** What waitForJob needs from the client. */
+export interface WaitTransport {
+  /** GET /v1/jobs/{id}, with ?wait= when wait is set; throws ProblemError. */
+  getJob(id: string, wait: number | undefined, signal: AbortSignal | undefined): Promise<Job>;
+  /** Opens GET /v1/jobs/{id}/events; throws ProblemError (or Error) when the stream is not available. */
+  openEvents(id: string, signal: AbortSignal): Promise<ReadableStream<Uint8Array>>;
+}
+
+type StreamOutcome = "final" | "ended" | "idle";
+
+/** Event-stream drops in a row (with no event between them) before "auto" switches to long polls. */
+const maxDrops = 3;
+
+/**
+ * Waits until the job reaches a final state and returns it: succeeded,
+ * failed or cancelled (a failed job resolves; only errors of the API or the
+ * network reject). It reads the job once, then follows its event stream,
+ * reading the job again whenever the stream ends early; when the stream is
+ * not available it long-polls `GET /v1/jobs/{id}?wait=N`, pausing between
+ * polls that the server answered at once without a change.
+ */
+export async function waitForJob(t: WaitTransport, id: string, opts: WaitOptions = {}): Promise<Job> {
+  const { signal, onUpdate, transport = "auto" } = opts;
+  const pollWait = Math.min(30, Math.max(1, Math.round(opts.pollWait ?? 25)));
+  const maxRetries = Math.max(0, opts.maxRetries ?? 5);
+  const idleTimeout = Math.max(1000, opts.idleTimeout ?? 60_000);
+
+  let last: Job | undefined;
+  let callbackError: { error: unknown } | undefined;
+  // see records job and reports whether waiting is over.
+  const see = (job: Job): boolean => {
+    const changed = last === undefined || hasChanged(last, job);
+    last = job;
+    if (changed && onUpdate && !callbackError) {
+      try {
+        onUpdate(job);
+      } catch (error) {
+        callbackError = { error };
+      }
+    }
+    return isFinal(job) || callbackError !== undefined;
+  };
+  const done = (): Job => {
+    if (callbackError) throw callbackError.error;
+    return last as Job;
+  };
+  const read = (wait?: number) => withRetries(() => t.getJob(id, wait, signal), maxRetries, signal);
+
+  if (see(await read())) return done();
+
+  let sse = transport !== "poll";
+  let drops = 0;
+  let quiet = 0; // long polls in a row that returned at once with no change
+  for (;;) {
+    signal?.throwIfAborted();
+    if (sse) {
+      let outcome: StreamOutcome | "unavailable";
+      let events = 0;
+      try {
+        const r = await followEvents(t, id, (job) => (events++, see(job)), idleTimeout, signal);
+        outcome = r;
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        if (transport === "sse" && !(events > 0 && isNetworkError(err))) throw err;
+        // Opening failed (no such endpoint, an error status, not an event
+        // stream) or the connection broke.
+        outcome = events > 0 ? "ended" : "unavailable";
+      }
+      if (outcome === "final") return done();
+      if (outcome === "unavailable") {
+        sse = false;
+      } else if (outcome === "ended") {
+        drops = events > 0 ? 1 : drops + 1;
+        if (drops >= maxDrops) {
+          if (transport === "sse") throw new Error(`aiqueue: the event stream of job ${id} closed ${drops} times before the job ended`);
+          sse = false;
+        }
+      }
+      // The stream is gone: read the job, in case its final state was missed.
+      if (see(await read())) return done();
+      if (sse && outcome === "ended") await sleep(backoff(drops - 1), signal);
+      continue;
+    }
+
+    const before = last as Job;
+    const started = Date.now();
+    if (see(await read(pollWait))) return done();
+    if (!hasChanged(before, last as Job) && Date.now() - started < 1000) {
+      // The server did not hold the request (no long-poll support, or a
+      // proxy in between): poll gently instead of in a tight loop.
+      await sleep(Math.min(5000, 500 * 2 ** quiet), signal);
+      quiet = Math.min(quiet + 1, 4);
+    } else {
+      quiet = 0;
+    }
+  }
+}
+
+/**
+ * Follows the job's event stream until a final state ("final"), the server
+ * closes it ("ended"), or nothing arrives for idleTimeout ms ("idle").
+ * Each event carrying a job (its data is the job as JSON, or an object with
+ * a `job` field) is passed to onJob, which returns true to stop.
+ */
+async function followEvents(
+  t: WaitTransport,
+  id: string,
+  onJob: (job: Job) => boolean,
+  idleTimeout: number,
+  signal: AbortSignal | undefined,
+): Promise<StreamOutcome> {
+  const conn = new AbortController();
+  const abortConn = () => conn.abort(signal?.reason);
+  signal?.addEventListener("abort", abortConn, { once: true });
+  let idle = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      idle = true;
+      conn.abort();
+    }, idleTimeout);
+  };
+  let final = false;
+  try {
+    arm();
+    const stream = await t.openEvents(id, conn.signal);
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
+    const parser = createParser({
+      onEvent(ev) {
+        if (final) return;
+        const job = jobFromEvent(ev.data);
+        if (job && onJob(job)) final = true;
+      },
+    });
+    try {
+      while (!final) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        arm();
+        parser.feed(decoder.decode(value, { stream: true }));
+      }
+    } catch (err) {
+      if (!idle || signal?.aborted) throw err;
+    }
+    if (final) return "final";
+    return idle ? "idle" : "ended";
+  } catch (err) {
+    if (idle && !signal?.aborted) return "idle";
+    throw err;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", abortConn);
+    // Closes the connection when we stop reading before the server closes it.
+    conn.abort();
+  }
+}
+
+function jobFromEvent(data: string): Job | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(data);
+  } catch {
+    return undefined;
+  }
+  if (isJob(v)) return v;
+  if (v !== null && typeof v === "object" && isJob((v as { job?: unknown }).job)) return (v as { job: Job }).job;
+  return undefined;
+}
+
+function isJob(v: unknown): v is Job {
+  return (
+    v !== null &&
+    typeof v === "object" &&
+    typeof (v as Job).id === "string" &&
+    typeof (v as Job).state === "string"
+  );
+}
+
+function hasChanged(a: Job, b: Job): boolean {
+  return a.state !== b.state || a.queue_position !== b.queue_position || a.attempt !== b.attempt;
+}
+
+/**
+ * Runs fn, retrying transient failures (network errors, 408, 429, 502, 503,
+ * 504) up to maxRetries times in a row, waiting Retry-After when the server
+ * gives it and a jittered exponential back-off otherwise.
+ */
+export async function withRetries<T>(fn: () => Promise<T>, maxRetries: number, signal?: AbortSignal): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (attempt >= maxRetries || !isTransient(err)) throw err;
+      const delay =
+        err instanceof ProblemError && err.retryAfter !== undefined ? err.retryAfter * 1000 : backoff(attempt);
+      await sleep(delay, signal);
+    }
+  }
+}
+
+function isTransient(err: unknown): boolean {
+  if (err instanceof ProblemError) return [408, 429, 502, 503, 504].includes(err.status);
+  return isNetworkError(err);
+}
+
+/** fetch's network failures: Node ("fetch failed", "terminated"), Chrome, Firefox, Safari. */
+function isNetworkError(err: unknown): boolean {
+  return err instanceof TypeError && /fetch|network|terminated|load failed/i.test(err.message);
+}
+
+function backoff(attempt: number): number {
+  const base = Math.min(10_000, 500 * 2 ** Math.max(0, attempt));
+  return base * (0.8 + Math.random() * 0.4);
+}
+
+/** Resolves after ms, or rejects with the signal's reason when it aborts first. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

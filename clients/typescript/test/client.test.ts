@@ -1,0 +1,363 @@
+// The client against the real server (bin/server serve, private Postgres,
+// built-in fal simulator). Two servers: `fast` answers fal requests at once;
+// `slow` keeps the simulator's latencies (image ~2 s, video 30 s) so a job
+// can be watched while it runs or cancelled before it ends, and allows one
+// submit per user per minute (RATE_LIMIT_PER_MINUTE=1, RATE_LIMIT_BURST=1),
+// so every test on it uses a fresh user for each submit.
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+
+import { createClient, isProblem, ProblemError, type Job, type SubmitJobBody } from "@aiqueue/client";
+import { AIQueueProvider, useAIQueue, type AIQueue } from "@aiqueue/client/react";
+import { act, createElement } from "react";
+import { create, type ReactTestRenderer } from "react-test-renderer";
+
+import { recordingFetch, startServer, type TestServer } from "./harness.js";
+
+const minute = 60_000;
+const t = { timeout: minute };
+
+let fast: TestServer;
+let slow: TestServer;
+
+before(
+  async () => {
+    const [f, s] = await Promise.allSettled([
+      startServer({ RATE_LIMIT_PER_MINUTE: "6000", RATE_LIMIT_BURST: "1000" }),
+      startServer({ FAL_SIMULATE_FAST: "false", RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "1" }),
+    ]);
+    if (f.status === "fulfilled") fast = f.value;
+    if (s.status === "fulfilled") slow = s.value;
+    if (f.status === "rejected") throw f.reason;
+    if (s.status === "rejected") throw s.reason;
+  },
+  { timeout: 5 * minute },
+);
+
+after(async () => {
+  await Promise.allSettled([fast?.stop(), slow?.stop()]);
+});
+
+const generate = (prompt = "a gold ring on marble") => ({ operation: "generate" as const, params: { prompt } });
+const video = { operation: "video" as const, params: { prompt: "a slow turn", image_url: "https://example.com/ring.jpg" } };
+
+/** Asserts that p rejects with a ProblemError and returns it. */
+async function problem(p: Promise<unknown>): Promise<ProblemError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof ProblemError, `expected a ProblemError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail("expected a ProblemError, but the call succeeded");
+}
+
+/** The GET /v1/jobs/{id} requests among seen, with their wait parameter. */
+function jobReads(seen: { method: string; url: URL }[], id: string) {
+  return seen.filter((r) => r.method === "GET" && r.url.pathname === `/v1/jobs/${id}`).map((r) => r.url.searchParams.get("wait"));
+}
+
+describe("Jobs", () => {
+  it("SubmitsWaitsAndCharges", t, async () => {
+    const { client } = await fast.newUser(10);
+    const job = await client.submitJob(generate());
+    assert.equal(typeof job.id, "string");
+    assert.equal(job.operation, "generate");
+    assert.deepEqual(job.credits, { amount: 1, state: "reserved" });
+
+    const updates: Job[] = [];
+    const done = await client.waitForJob(job.id, { onUpdate: (j) => updates.push(j), signal: AbortSignal.timeout(30_000) });
+    assert.equal(done.state, "succeeded");
+    assert.equal(done.credits.state, "charged");
+    const result = done.result as { images?: { url: string }[] };
+    assert.ok(result.images && result.images.length > 0 && result.images[0]!.url.startsWith("https://"));
+    assert.equal(updates.at(-1)?.state, "succeeded");
+
+    const credits = await client.getCredits();
+    assert.equal(credits.balance, 9);
+    assert.equal(credits.reserved, 0);
+    assert.equal(credits.available, 9);
+
+    const again = await client.getJob(job.id);
+    assert.equal(again.state, "succeeded");
+    const list = await client.listJobs({ limit: 5 });
+    assert.deepEqual(list.jobs?.map((j) => j.id), [job.id]);
+  });
+
+  it("ListsOperations", t, async () => {
+    const { client } = await fast.newUser(0);
+    const ops = await client.listOperations();
+    const gen = ops.find((o) => o.operation === "generate");
+    assert.ok(gen, "generate is in the catalog");
+    assert.equal(gen.cost, 1);
+    assert.equal(gen.kind, "image");
+    assert.ok(gen.required?.includes("prompt"));
+    assert.equal(ops.find((o) => o.operation === "video")?.kind, "video");
+  });
+
+  it("HidesSomeoneElsesJob", t, async () => {
+    const a = await fast.newUser(1);
+    const b = await fast.newUser(0);
+    const job = await a.client.submitJob(generate());
+    const err = await problem(b.client.getJob(job.id));
+    assert.equal(err.status, 404);
+    // waitForJob surfaces it too, whichever way it follows the job.
+    const waited = await problem(b.client.waitForJob(job.id, { signal: AbortSignal.timeout(30_000) }));
+    assert.equal(waited.status, 404);
+  });
+});
+
+describe("Wait", { concurrency: true }, () => {
+  it("FollowsTheEventStream", t, async () => {
+    const user = await slow.newUser(1);
+    const rec = recordingFetch();
+    const client = createClient({ baseUrl: slow.url, token: user.token, fetch: rec.fetch });
+    const job = await client.submitJob(generate());
+    const states: string[] = [];
+    const done = await client.waitForJob(job.id, {
+      transport: "sse",
+      onUpdate: (j) => states.push(j.state),
+      signal: AbortSignal.timeout(45_000),
+    });
+    assert.equal(done.state, "succeeded");
+    assert.equal(states.at(-1), "succeeded");
+    const events = rec.seen.filter((r) => r.url.pathname === `/v1/jobs/${job.id}/events`);
+    assert.ok(events.length >= 1);
+    assert.equal(events[0]!.status, 200);
+    assert.match(events[0]!.contentType, /^text\/event-stream/);
+    assert.ok(!jobReads(rec.seen, job.id).some((w) => w !== null), "no long poll while the stream works");
+  });
+
+  it("LongPollsWithWait", t, async () => {
+    const user = await slow.newUser(1);
+    const rec = recordingFetch();
+    const client = createClient({ baseUrl: slow.url, token: user.token, fetch: rec.fetch });
+    const job = await client.submitJob(generate());
+    const states: string[] = [];
+    const done = await client.waitForJob(job.id, {
+      transport: "poll",
+      onUpdate: (j) => states.push(j.state),
+      signal: AbortSignal.timeout(45_000),
+    });
+    assert.equal(done.state, "succeeded");
+    assert.equal(states.at(-1), "succeeded");
+    assert.ok(jobReads(rec.seen, job.id).includes("25"), "long polls carry ?wait=25");
+    assert.ok(!rec.seen.some((r) => r.url.pathname.endsWith("/events")), "poll never opens the stream");
+    // Consecutive updates differ (no duplicate notifications).
+    for (let i = 1; i < states.length; i++) assert.notEqual(states[i], states[i - 1]);
+  });
+
+  for (const [name, failure] of [
+    ["FallsBackToLongPollsWhenTheStreamIsRefused", () => problemResponse(502)],
+    ["FallsBackToLongPollsWhenTheStreamCannotConnect", () => new TypeError("fetch failed")],
+  ] as const) {
+    it(name, t, async () => {
+      const user = await slow.newUser(1);
+      const rec = recordingFetch((req) => (new URL(req.url).pathname.endsWith("/events") ? failure() : undefined));
+      const client = createClient({ baseUrl: slow.url, token: user.token, fetch: rec.fetch });
+      const job = await client.submitJob(generate());
+      const done = await client.waitForJob(job.id, { signal: AbortSignal.timeout(45_000) });
+      assert.equal(done.state, "succeeded");
+      assert.equal(rec.seen.filter((r) => r.url.pathname.endsWith("/events")).length, 1, "the stream is tried once");
+      assert.ok(jobReads(rec.seen, job.id).includes("25"), "then long polls with ?wait=25");
+    });
+  }
+
+  it("StopsWhenAborted", t, async () => {
+    const user = await slow.newUser(10);
+    const job = await user.client.submitJob(video);
+    const ctrl = new AbortController();
+    const started = Date.now();
+    setTimeout(() => ctrl.abort(), 300);
+    await assert.rejects(user.client.waitForJob(job.id, { signal: ctrl.signal }), { name: "AbortError" });
+    assert.ok(Date.now() - started < 10_000, "abort ends the wait promptly");
+    assert.equal((await user.client.cancelJob(job.id)).state, "cancelled");
+  });
+});
+
+describe("Cancel", () => {
+  it("CancelsAndRefunds", t, async () => {
+    const { client } = await slow.newUser(20);
+    const job = await client.submitJob(video);
+    assert.equal((await client.getCredits()).available, 10);
+
+    // A queued job is cancelled at once; a running one when its worker
+    // stops (the fal request is cancelled too).
+    const cancelled = await client.cancelJob(job.id);
+    assert.ok(["cancelled", "running"].includes(cancelled.state), cancelled.state);
+    const done = await client.waitForJob(job.id, { signal: AbortSignal.timeout(30_000) });
+    assert.equal(done.state, "cancelled");
+    assert.equal(done.credits.state, "refunded");
+    const credits = await client.getCredits();
+    assert.deepEqual([credits.balance, credits.reserved, credits.available], [20, 0, 20]);
+
+    // A finished job is not cancelled again: 409 with the job unchanged.
+    const err = await problem(client.cancelJob(job.id));
+    assert.equal(err.status, 409);
+    assert.equal(err.job?.id, job.id);
+    assert.equal(err.job?.state, "cancelled");
+  });
+});
+
+describe("Batch", () => {
+  it("SubmitsAndWaitsForEveryJob", t, async () => {
+    const { client } = await fast.newUser(10);
+    const batch = await client.submitBatch({ items: [generate("one"), generate("two"), generate("three")] });
+    assert.equal(typeof batch.id, "string");
+    assert.equal(batch.total, 3);
+    assert.equal(batch.job_ids.length, 3);
+    assert.equal((await client.getCredits()).available, 7);
+
+    const jobs = await Promise.all(
+      batch.job_ids.map((id) => client.waitForJob(id, { signal: AbortSignal.timeout(30_000) })),
+    );
+    assert.deepEqual(jobs.map((j) => j.state), ["succeeded", "succeeded", "succeeded"]);
+    const after = await client.getBatch(batch.id);
+    assert.equal(after.done, true);
+    assert.equal(after.counts.succeeded, 3);
+    assert.deepEqual(after.job_ids, batch.job_ids);
+  });
+
+  it("ReservesNothingWhenCreditsFallShort", t, async () => {
+    const { client } = await fast.newUser(2);
+    const err = await problem(client.submitBatch({ items: [generate("a"), generate("b"), generate("c")] }));
+    assert.equal(err.status, 402);
+    assert.equal(err.needed, 3);
+    assert.equal(err.available, 2);
+    assert.equal(err.shortfall, 1);
+    const credits = await client.getCredits();
+    assert.deepEqual([credits.reserved, credits.available], [0, 2]);
+    assert.deepEqual((await client.listJobs()).jobs, []);
+  });
+});
+
+describe("Problems", () => {
+  it("402SaysWhatIsMissing", t, async () => {
+    const { client } = await fast.newUser(1);
+    const err = await problem(client.submitJob(video));
+    assert.ok(isProblem(err, 402));
+    assert.equal(err.title, "Payment Required");
+    assert.equal(err.needed, 10);
+    assert.equal(err.available, 1);
+    assert.equal(err.shortfall, 9);
+    assert.equal((await client.getCredits()).available, 1);
+  });
+
+  it("422ListsEveryError", t, async () => {
+    const { client } = await fast.newUser(5);
+    // Deliberately invalid, past the types: edit needs prompt and image_urls.
+    const invalid = { operation: "edit", params: {} } as unknown as SubmitJobBody;
+    const err = await problem(client.submitJob(invalid));
+    assert.equal(err.status, 422);
+    const where = err.errors.map((e) => e.location);
+    assert.ok(where.some((l) => l?.includes("prompt")), `errors name prompt: ${JSON.stringify(err.errors)}`);
+    assert.ok(where.some((l) => l?.includes("image_urls")), `errors name image_urls: ${JSON.stringify(err.errors)}`);
+  });
+
+  it("429CarriesRetryAfter", t, async () => {
+    const { client } = await slow.newUser(5);
+    const first = await client.submitJob(generate());
+    const err = await problem(client.submitJob(generate()));
+    assert.equal(err.status, 429);
+    assert.ok(err.retryAfter !== undefined && err.retryAfter >= 1 && err.retryAfter <= 60, `retryAfter=${err.retryAfter}`);
+    // The refused submit reserved and charged nothing.
+    await client.waitForJob(first.id, { signal: AbortSignal.timeout(45_000) });
+    const credits = await client.getCredits();
+    assert.deepEqual([credits.balance, credits.reserved, credits.available], [4, 0, 4]);
+  });
+
+  it("401ForAnExpiredToken", t, async () => {
+    const sub = randomUUID();
+    const client = createClient({ baseUrl: fast.url, token: await fast.token(sub, { ttl: "-1h" }) });
+    const err = await problem(client.getCredits());
+    assert.equal(err.status, 401);
+    assert.equal(err.title, "Unauthorized");
+    assert.match(err.detail ?? "", /expired/);
+    const submit = await problem(client.submitJob(generate()));
+    assert.equal(submit.status, 401);
+  });
+
+  it("AsksGetTokenBeforeEveryRequest", t, async () => {
+    const sub = randomUUID();
+    const tokens = [await fast.token(sub, { ttl: "-1h" }), await fast.token(sub)];
+    let calls = 0;
+    const client = createClient({ baseUrl: fast.url, getToken: async () => tokens[Math.min(calls++, 1)] });
+    assert.equal((await problem(client.getCredits())).status, 401);
+    const credits = await client.getCredits();
+    assert.equal(credits.available, 0);
+    assert.equal(calls, 2);
+  });
+});
+
+describe("useAIQueue", () => {
+  it("SubmitsAndGetsTheFinalJob", t, async () => {
+    const { client } = await fast.newUser(3);
+    const { hook, renderer } = await mount(client);
+    const { submitJob, getStatus } = hook;
+    const job = await submitJob(generate());
+    assert.equal(job.credits.state, "reserved");
+    const states: string[] = [];
+    const done = await getStatus(job.id, { onUpdate: (j) => states.push(j.state) });
+    assert.equal(done.state, "succeeded");
+    assert.equal(done.credits.state, "charged");
+    assert.equal(states.at(-1), "succeeded");
+    // The same functions on the next render.
+    let next: AIQueue | undefined;
+    await act(async () => renderer.update(provide(client, (q) => (next = q))));
+    assert.equal(next?.getStatus, getStatus);
+    assert.equal(next?.submitJob, submitJob);
+    await act(async () => renderer.unmount());
+  });
+
+  it("StopsWaitingOnUnmount", t, async () => {
+    const { client } = await slow.newUser(10);
+    const { hook, renderer } = await mount(client);
+    const job = await hook.submitJob(video);
+    const waiting = assert.rejects(hook.getStatus(job.id), { name: "AbortError" });
+    await new Promise((r) => setTimeout(r, 200));
+    await act(async () => renderer.unmount());
+    await waiting;
+    assert.equal((await client.cancelJob(job.id)).state, "cancelled");
+  });
+});
+
+(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+
+function Probe({ onHook }: { onHook: (q: AIQueue) => void }) {
+  onHook(useAIQueue());
+  return null;
+}
+
+function provide(client: ReturnType<typeof createClient>, onHook: (q: AIQueue) => void) {
+  return createElement(AIQueueProvider, { client }, createElement(Probe, { onHook }));
+}
+
+/** Renders a component using useAIQueue under a provider, with react-test-renderer. */
+async function mount(client: ReturnType<typeof createClient>): Promise<{ hook: AIQueue; renderer: ReactTestRenderer }> {
+  let hook: AIQueue | undefined;
+  let renderer: ReactTestRenderer | undefined;
+  // react-test-renderer logs that it is deprecated; it is still the lightest
+  // way to run effects (unmount) without a DOM.
+  const consoleError = console.error;
+  console.error = (...args: unknown[]) => {
+    if (typeof args[0] === "string" && args[0].startsWith("react-test-renderer is deprecated")) return;
+    consoleError(...args);
+  };
+  try {
+    await act(async () => {
+      renderer = create(provide(client, (q) => (hook = q)));
+    });
+  } finally {
+    console.error = consoleError;
+  }
+  assert.ok(hook && renderer);
+  return { hook, renderer };
+}
+
+function problemResponse(status: number): Response {
+  return new Response(JSON.stringify({ title: "Bad Gateway", status, detail: "injected by the test" }), {
+    status,
+    headers: { "Content-Type": "application/problem+json" },
+  });
+}
