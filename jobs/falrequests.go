@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,6 +51,10 @@ type FalRequests struct {
 	// staleClaim is how old a claim without a request id must be before
 	// Sweep abandons it (its worker died between claim and store).
 	staleClaim time.Duration
+
+	// published is when PublishInFlight last read the database.
+	publishMu sync.Mutex
+	published time.Time
 }
 
 // inFlight returns the open fal requests per 1-based key index.
@@ -76,9 +81,20 @@ func (r *FalRequests) InFlight(ctx context.Context) (map[int]int, error) {
 	return inFlight(ctx, r.pool)
 }
 
+// publishEvery bounds how often PublishInFlight reads the database, however
+// often /metrics is scraped.
+const publishEvery = time.Second
+
 // PublishInFlight sets the aiqueue_fal_key_in_flight gauge from the stored
-// requests; the server calls it when /metrics is scraped.
+// requests; the server calls it when /metrics is scraped. It reads Postgres
+// at most once a second; scrapes in between see the last counts.
 func (r *FalRequests) PublishInFlight(ctx context.Context) error {
+	r.publishMu.Lock()
+	defer r.publishMu.Unlock()
+	if time.Since(r.published) < publishEvery {
+		return nil
+	}
+	r.published = time.Now()
 	counts, err := r.InFlight(ctx)
 	if err != nil {
 		return err

@@ -347,7 +347,7 @@ func (m *Main) registerOps(mux *http.ServeMux) {
 	metrics := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		// The in-flight gauge comes from the stored fal requests, the same
-		// for every process, read fresh at each scrape.
+		// for every process, read at most once a second.
 		if m.falReqs != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			if err := m.falReqs.PublishInFlight(ctx); err != nil {
