@@ -1,13 +1,12 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -19,34 +18,6 @@ import (
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
-// logBuffer collects JSON log lines from concurrent writers.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// warnings returns the WARN lines logged so far.
-func (l *logBuffer) warnings(t *testing.T) []map[string]any {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for line := range bytes.Lines(l.buf.Bytes()) {
-		var m map[string]any
-		require.NoError(t, json.Unmarshal(line, &m))
-		if m["level"] == "WARN" {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 func TestReconciler(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -54,13 +25,13 @@ func TestReconciler(t *testing.T) {
 	type reconcileBundle struct {
 		*testBundle
 		reconciler *jobs.Reconciler
-		logs       *logBuffer
+		logs       *logtest.Buffer
 		registry   *prometheus.Registry
 	}
 	setupReconciler := func(t *testing.T) *reconcileBundle {
 		t.Helper()
 		b := setup(t)
-		logs := &logBuffer{}
+		logs := &logtest.Buffer{}
 		reg := prometheus.NewRegistry()
 		r, err := jobs.NewReconciler(b.pool, jobs.ReconcilerConfig{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Registerer: reg})
 		require.NoError(t, err)
@@ -98,7 +69,7 @@ func TestReconciler(t *testing.T) {
 		require.Empty(t, fixes)
 		require.Zero(t, fixed(b.reconciler, jobs.ReconcileCharge))
 		require.Zero(t, fixed(b.reconciler, jobs.ReconcileRefund))
-		require.Empty(t, b.logs.warnings(t))
+		require.Empty(t, b.logs.Level(t, "WARN"))
 		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, queued))
 		requireInvariants(t, b.pool)
 
@@ -144,7 +115,7 @@ func TestReconciler(t *testing.T) {
 		}, fixes)
 		require.InDelta(t, 1, fixed(b.reconciler, jobs.ReconcileCharge), 0)
 		require.InDelta(t, 3, fixed(b.reconciler, jobs.ReconcileRefund), 0)
-		warnings := b.logs.warnings(t)
+		warnings := b.logs.Level(t, "WARN")
 		require.Len(t, warnings, 4)
 		for i, w := range warnings {
 			require.InDelta(t, float64(fixes[i].JobID), w["job_id"], 0)

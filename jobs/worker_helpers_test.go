@@ -1,16 +1,16 @@
 package jobs_test
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -35,24 +35,6 @@ const (
 // so a leak would be found by the log scans.
 var testKeys = []string{"fk-worker-aaaa:1111", "fk-worker-bbbb:2222", "fk-worker-cccc:3333"}
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // workerBundle is a real River client working the queues against a fresh
 // database, with a falclient talking to a falsim server.
 type workerBundle struct {
@@ -64,7 +46,7 @@ type workerBundle struct {
 	sim     *falsim.Server
 	simURL  string
 	reg     *prometheus.Registry
-	logs    *lockedBuffer
+	logs    *logtest.Buffer
 	catalog *jobs.Catalog
 }
 
@@ -89,7 +71,7 @@ func setupWorker(t *testing.T, opts *workerOpts) *workerBundle {
 	if opts == nil {
 		opts = &workerOpts{}
 	}
-	b := &workerBundle{logs: &lockedBuffer{}, reg: prometheus.NewRegistry(), catalog: opts.Catalog}
+	b := &workerBundle{logs: &logtest.Buffer{}, reg: prometheus.NewRegistry(), catalog: opts.Catalog}
 	if b.catalog == nil {
 		b.catalog = jobs.DefaultCatalog()
 	}

@@ -305,8 +305,11 @@ func TestWorker(t *testing.T) {
 		require.Equal(t, rid, reqs[0].ID)
 		require.True(t, reqs[0].Cancelled)
 		require.Equal(t, "cancelled", falRows(t, b.pool, ids[0])[0].State)
-		require.NoError(t, other.worker.Requests().PublishInFlight(ctx))
-		require.Contains(t, other.metricsText(t), `aiqueue_fal_key_in_flight{key="key-1"} 0`)
+		// The gauge reads Postgres at most once a second.
+		require.Eventually(t, func() bool {
+			require.NoError(t, other.worker.Requests().PublishInFlight(ctx))
+			return strings.Contains(other.metricsText(t), `aiqueue_fal_key_in_flight{key="key-1"} 0`)
+		}, 5*time.Second, 100*time.Millisecond)
 		requireInvariants(t, b.pool)
 	})
 

@@ -1,34 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/internal/logtest"
+
 	"github.com/stretchr/testify/require"
 )
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestRun(t *testing.T) {
 	t.Parallel()
@@ -37,7 +20,7 @@ func TestRun(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		var stderr lockedBuffer
+		var stderr logtest.Buffer
 		done := make(chan error, 1)
 		go func() {
 			done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-fast", "-keys", "sk-cmd-secret-1, sk-cmd-secret-2"}, &stderr)
@@ -76,7 +59,7 @@ func TestRun(t *testing.T) {
 
 	t.Run("BadFlags", func(t *testing.T) {
 		t.Parallel()
-		var stderr lockedBuffer
+		var stderr logtest.Buffer
 		require.Error(t, run(context.Background(), []string{"-latency-scale", "0"}, &stderr))
 		require.Error(t, run(context.Background(), []string{"-nope"}, &stderr))
 		require.Error(t, run(context.Background(), []string{"extra"}, &stderr))

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -50,38 +50,6 @@ func get(t *testing.T, rawURL string, auth ...string) (int, http.Header, string)
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return resp.StatusCode, resp.Header, string(body)
-}
-
-// syncBuffer is a log sink the server writes from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lines returns the JSON log records written so far; every line must be one.
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(b.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var rec map[string]any
-		require.NoError(t, json.Unmarshal(sc.Bytes(), &rec), "log line is not JSON: %s", sc.Text())
-		out = append(out, rec)
-	}
-	return out
 }
 
 // scrape reads /metrics and parses it.
@@ -228,7 +196,7 @@ func TestRiverUI(t *testing.T) {
 
 func TestMetricsAndLogs(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	m := mustRunMain(t, map[string]string{
 		"FAL_KEYS":              falKeyA + "," + falKeyB,
 		"RIVER_BASIC_AUTH_USER": riverUser,
@@ -313,7 +281,7 @@ func TestMetricsAndLogs(t *testing.T) {
 
 	// Logs: one JSON record per line; the worker's carry the job's fields.
 	submitted := map[string]bool{}
-	for _, rec := range logs.lines(t) {
+	for _, rec := range logs.Records(t) {
 		if rec["msg"] != "fal request submitted" {
 			continue
 		}
@@ -340,7 +308,7 @@ func requireNoSecrets(t *testing.T, token string, texts ...string) {
 
 func TestRequestLogs(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	m := mustRunMain(t, map[string]string{"LOG_LEVEL": "info", "ROLE": "api"}, logs)
 	c, uid := newUser(t, m, 5)
 
@@ -371,7 +339,7 @@ func TestRequestLogs(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, bad.do(http.MethodGet, "/v1/credits", nil, nil).StatusCode)
 
 	find := func(path, requestID string) map[string]any {
-		for _, rec := range logs.lines(t) {
+		for _, rec := range logs.Records(t) {
 			if rec["msg"] == "http request" && rec["path"] == path && (requestID == "" || rec["request_id"] == requestID) {
 				return rec
 			}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/internal/logtest"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/rivertype"
@@ -68,7 +70,7 @@ func TestCrashResumesTheSameFalRequest(t *testing.T) {
 	id := jobs.FormatID(ids[0])
 
 	// Worker 1: a separate process.
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	w1 := exec.Command(bin, "serve")
 	w1.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	for k, v := range env {

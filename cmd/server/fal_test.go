@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/internal/logtest"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/falclient/falsim"
@@ -232,7 +234,7 @@ func TestCancelCancelsAtFal(t *testing.T) {
 // in the server's logs (debug level), in /metrics or in an API answer.
 func TestNoFalKeyInLogsOrMetrics(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	m := runMainWithLogs(t, map[string]string{
 		"FAL_SIMULATE":          "true",
 		"FAL_SIMULATE_FAST":     "true",

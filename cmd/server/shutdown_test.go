@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/internal/logtest"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
@@ -59,7 +61,7 @@ func serverBinary(t *testing.T) string {
 type process struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *logtest.Buffer
 	addr string
 	done chan struct{}
 	err  error // the Wait error, after done
@@ -78,7 +80,7 @@ func startProcess(t *testing.T, env map[string]string) *process {
 	require.NoError(t, err)
 	cmd.Stdout = io.Discard
 	require.NoError(t, cmd.Start())
-	p := &process{t: t, cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{t: t, cmd: cmd, logs: &logtest.Buffer{}, done: make(chan struct{})}
 	addrCh := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -287,7 +289,7 @@ func TestGracefulShutdown(t *testing.T) {
 
 	// The logs are JSON, tell the story, and hold no secret.
 	for _, p := range []*process{first, second} {
-		p.logs.lines(t)
+		p.logs.Records(t)
 		requireNoSecrets(t, token, p.logs.String())
 	}
 	require.Contains(t, first.logs.String(), "handing them back to the queue")
