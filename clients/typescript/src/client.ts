@@ -1,7 +1,7 @@
 import createFetchClient, { type Client, type Middleware } from "openapi-fetch";
 
-import type { ApiPaths } from "./pending.js";
 import { problemFromResponse } from "./problem.js";
+import type { paths } from "./schema.js";
 import type {
   Batch,
   Credits,
@@ -72,7 +72,7 @@ export interface AIQueueClient {
    */
   waitForJob(id: string, opts?: WaitOptions): Promise<Job>;
   /** The typed openapi-fetch client underneath, for anything else (e.g. admin grants). */
-  readonly raw: Client<ApiPaths>;
+  readonly raw: Client<paths>;
 }
 
 type Result<T> = { data?: T; error?: unknown; response: Response };
@@ -86,7 +86,7 @@ async function unwrap<T>(call: Promise<Result<T>>): Promise<T> {
 
 /** Creates a client of the aiqueue API. */
 export function createClient(options: ClientOptions): AIQueueClient {
-  const raw = createFetchClient<ApiPaths>({
+  const raw = createFetchClient<paths>({
     baseUrl: options.baseUrl,
     headers: options.headers,
     fetch: options.fetch,

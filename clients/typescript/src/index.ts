@@ -17,6 +17,7 @@ export {
   FINAL_STATES,
   isFinal,
   type Batch,
+  type BatchItem,
   type Credits,
   type ErrorDetail,
   type Job,
@@ -24,10 +25,11 @@ export {
   type JobState,
   type ListJobsQuery,
   type OperationInfo,
+  type OperationName,
+  type ParamsOf,
   type Problem,
   type SubmitBatchBody,
   type SubmitJobBody,
 } from "./types.js";
 export type { WaitOptions } from "./wait.js";
-export type { ApiPaths } from "./pending.js";
 export type { components, operations, paths } from "./schema.js";

@@ -15,9 +15,49 @@ export interface paths {
         put?: never;
         /**
          * Grant credits to a user
-         * @description Admin only. Idempotent by Idempotency-Key.
+         * @description Admin only (role service_role, or app_metadata.role admin). Adds credits to a user's balance, creating the account when needed; 201 for a new grant, 200 when the journal already holds a grant with this Idempotency-Key. Idempotent by Idempotency-Key.
          */
         post: operations["grant-credits"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/batches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Submit a batch of jobs
+         * @description Validates 1-100 items (every error listed, located by item), then reserves the total cost and queues every job in one transaction: all of them or none (402 names the shortfall). The batch takes one rate-limit token; the pending-job cap and queue caps count every item.
+         */
+        post: operations["submit-batch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/batches/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get a batch
+         * @description The caller's batch: its jobs counted per state, and their ids in item order. List the jobs themselves with GET /v1/jobs?batch_id=.
+         */
+        get: operations["get-batch"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -50,13 +90,13 @@ export interface paths {
         };
         /**
          * List my jobs
-         * @description The caller's jobs, newest first.
+         * @description The caller's jobs, newest first, filtered by state, operation or batch; follow next_cursor for the next page.
          */
         get: operations["list-jobs"];
         put?: never;
         /**
          * Submit a job
-         * @description Validates the params, reserves the operation's cost and queues the job, in one transaction.
+         * @description Validates the params, reserves the operation's cost and queues the job, in one transaction. Every validation error is listed in one 422. Refused with 429 over the user's rate limit or pending-job cap, and with 503 when the queue is full or the database unreachable (with Retry-After; nothing is written).
          */
         post: operations["submit-job"];
         delete?: never;
@@ -72,7 +112,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get a job */
+        /**
+         * Get a job
+         * @description The job, if it is the caller's. With wait=N the request is held until the job's state changes or N seconds pass (woken by the database's notification, not by polling); a job already in a final state returns at once.
+         */
         get: operations["get-job"];
         put?: never;
         post?: never;
@@ -93,9 +136,29 @@ export interface paths {
         put?: never;
         /**
          * Cancel a job
-         * @description Cancels a queued or running job and refunds its credits. A finished job is returned unchanged with 409.
+         * @description Cancels a queued or running job and refunds its credits (a running job's fal request is cancelled too). A finished job is returned unchanged with 409.
          */
         post: operations["cancel-job"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/jobs/{id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow a job's state
+         * @description Server-Sent Events: an event `state` with the job at once, then one per state change (woken by the database's notification), and the stream closes after the final state. Idle streams get a `: keep-alive` comment every 15 seconds.
+         */
+        get: operations["get-job-events"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -131,6 +194,193 @@ export interface components {
             /** Format: int64 */
             reserved: number;
         };
+        Batch: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/Batch.json
+             */
+            readonly $schema?: string;
+            /** @description Jobs per state. */
+            counts: components["schemas"]["BatchCounts"];
+            /** Format: date-time */
+            created_at: string;
+            /** @description Every job reached a final state. */
+            done: boolean;
+            /**
+             * @description Opaque batch id.
+             * @example 0b9e6c1e-1b7e-4c39-9a3e-2f1d0c7a5e11
+             */
+            id: string;
+            /**
+             * @description Job ids in item order.
+             * @example [
+             *       "101",
+             *       "102",
+             *       "103"
+             *     ]
+             */
+            job_ids: string[] | null;
+            /**
+             * @description The queue override of the batch, when one was given.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+            /**
+             * Format: int64
+             * @description Number of jobs.
+             * @example 3
+             */
+            total: number;
+        };
+        BatchCounts: {
+            /** Format: int64 */
+            cancelled: number;
+            /** Format: int64 */
+            failed: number;
+            /** Format: int64 */
+            queued: number;
+            /** Format: int64 */
+            running: number;
+            /** Format: int64 */
+            succeeded: number;
+        };
+        /** @description One job of a batch: the operation and its params. */
+        BatchItem: {
+            /**
+             * @description Operation name from GET /v1/operations; it decides which params are required.
+             * @enum {string}
+             */
+            operation: "edit" | "generate" | "upscale" | "remove-bg" | "camera-control" | "gemstone" | "metal-recolor" | "metal-polish" | "natural-light" | "video" | "turntable";
+        } & (components["schemas"]["EditBatchItem"] | components["schemas"]["GenerateBatchItem"] | components["schemas"]["UpscaleBatchItem"] | components["schemas"]["RemoveBgBatchItem"] | components["schemas"]["CameraControlBatchItem"] | components["schemas"]["GemstoneBatchItem"] | components["schemas"]["MetalRecolorBatchItem"] | components["schemas"]["MetalPolishBatchItem"] | components["schemas"]["NaturalLightBatchItem"] | components["schemas"]["VideoBatchItem"] | components["schemas"]["TurntableBatchItem"]);
+        /**
+         * @description A batch: 1-100 jobs reserved and queued together, or none of them.
+         * @example {
+         *       "items": [
+         *         {
+         *           "operation": "generate",
+         *           "params": {
+         *             "prompt": "a gold ring on white marble"
+         *           }
+         *         },
+         *         {
+         *           "operation": "remove-bg",
+         *           "params": {
+         *             "image_url": "https://cdn.example.com/ring.jpg"
+         *           }
+         *         }
+         *       ],
+         *       "priority": "normal"
+         *     }
+         */
+        BatchRequest: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/BatchRequest.json
+             */
+            readonly $schema?: string;
+            /** @description The jobs, 1-100. */
+            items: components["schemas"]["BatchItem"][];
+            /**
+             * @description Queue override for every job; defaults to each operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * camera-control item
+         * @description One camera-control job of a batch.
+         * @example {
+         *       "operation": "camera-control",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ]
+         *       }
+         *     }
+         */
+        CameraControlBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "camera-control";
+            params: components["schemas"]["CameraControlParams"];
+        };
+        /**
+         * camera-control job
+         * @description Submit one camera-control job (Re-render a photo from other camera angles.).
+         * @example {
+         *       "operation": "camera-control",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ]
+         *       }
+         *     }
+         */
+        CameraControlJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "camera-control";
+            params: components["schemas"]["CameraControlParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * camera-control params
+         * @description Params of camera-control, sent to fal model fal-ai/qwen-image-edit-2511-multiple-angles as they are. Required: image_urls. Cost: 2 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_urls": [
+         *         "https://cdn.example.com/ring.jpg"
+         *       ]
+         *     }
+         */
+        CameraControlParams: {
+            /**
+             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @example [
+             *       "https://cdn.example.com/ring.jpg"
+             *     ]
+             */
+            image_urls: string[];
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+        } & {
+            [key: string]: unknown;
+        };
+        CreditEntry: {
+            /**
+             * Format: int64
+             * @description Credits, always positive.
+             */
+            amount: number;
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * Format: int64
+             * @description Entry id, increasing.
+             */
+            id: number;
+            /** @description The job of a reserve, charge or refund. */
+            job_id?: string;
+            /**
+             * @description grant adds to balance; reserve holds credits for a job; charge takes them; refund returns them.
+             * @enum {string}
+             */
+            kind: "grant" | "reserve" | "charge" | "refund";
+            /** @description Why a grant was made. */
+            reason?: string;
+        };
         Credits: {
             /** Format: int64 */
             amount: number;
@@ -154,25 +404,90 @@ export interface components {
              */
             balance: number;
             /** @description The latest journal entries, newest first. */
-            entries: components["schemas"]["Entry"][] | null;
+            entries: components["schemas"]["CreditEntry"][] | null;
             /**
              * Format: int64
              * @description Credits held by unfinished jobs.
              */
             reserved: number;
         };
-        Entry: {
-            /** Format: int64 */
-            amount: number;
-            /** Format: date-time */
-            created_at: string;
-            /** Format: int64 */
-            id: number;
-            /** Format: int64 */
-            job_id?: number;
-            kind: string;
-            reason?: string;
-            user_id: string;
+        /**
+         * edit item
+         * @description One edit job of a batch.
+         * @example {
+         *       "operation": "edit",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        EditBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "edit";
+            params: components["schemas"]["EditParams"];
+        };
+        /**
+         * edit job
+         * @description Submit one edit job (Edit a photo from a prompt.).
+         * @example {
+         *       "operation": "edit",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        EditJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "edit";
+            params: components["schemas"]["EditParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * edit params
+         * @description Params of edit, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_urls": [
+         *         "https://cdn.example.com/ring.jpg"
+         *       ],
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        EditParams: {
+            /**
+             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @example [
+             *       "https://cdn.example.com/ring.jpg"
+             *     ]
+             */
+            image_urls: string[];
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
         };
         ErrorDetail: {
             /** @description Where the error occurred, e.g. 'body.items[3].tags' or 'path.thing-id' */
@@ -221,6 +536,146 @@ export interface components {
              */
             type: string;
         };
+        /**
+         * gemstone item
+         * @description One gemstone job of a batch.
+         * @example {
+         *       "operation": "gemstone",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        GemstoneBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "gemstone";
+            params: components["schemas"]["GemstoneParams"];
+        };
+        /**
+         * gemstone job
+         * @description Submit one gemstone job (Change the gemstones of a piece.).
+         * @example {
+         *       "operation": "gemstone",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        GemstoneJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "gemstone";
+            params: components["schemas"]["GemstoneParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * gemstone params
+         * @description Params of gemstone, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_urls": [
+         *         "https://cdn.example.com/ring.jpg"
+         *       ],
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        GemstoneParams: {
+            /**
+             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @example [
+             *       "https://cdn.example.com/ring.jpg"
+             *     ]
+             */
+            image_urls: string[];
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * generate item
+         * @description One generate job of a batch.
+         * @example {
+         *       "operation": "generate",
+         *       "params": {
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        GenerateBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "generate";
+            params: components["schemas"]["GenerateParams"];
+        };
+        /**
+         * generate job
+         * @description Submit one generate job (Generate an image from a prompt.).
+         * @example {
+         *       "operation": "generate",
+         *       "params": {
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        GenerateJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "generate";
+            params: components["schemas"]["GenerateParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * generate params
+         * @description Params of generate, sent to fal model fal-ai/flux/dev as they are. Required: prompt. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        GenerateParams: {
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
+        };
         GrantBody: {
             /**
              * Format: uri
@@ -241,16 +696,60 @@ export interface components {
              */
             user_id: string;
         };
-        GrantOutputBody: {
+        GrantResult: {
             /**
              * Format: uri
              * @description A URL to the JSON Schema for this object.
-             * @example https://example.com/schemas/GrantOutputBody.json
+             * @example https://example.com/schemas/GrantResult.json
              */
             readonly $schema?: string;
+            /** @description The user's credits after the grant. */
             credits: components["schemas"]["Balance"];
-            entry: components["schemas"]["Entry"];
+            /** @description The grant's journal entry (the first one's, when replayed). */
+            entry: components["schemas"]["CreditEntry"];
         };
+        /**
+         * @description An AI job as the API shows it.
+         * @example {
+         *       "attempt": 0,
+         *       "created_at": "2026-11-28T12:00:00Z",
+         *       "credits": {
+         *         "amount": 1,
+         *         "state": "reserved"
+         *       },
+         *       "id": "101",
+         *       "max_attempts": 5,
+         *       "operation": "generate",
+         *       "priority": "urgent",
+         *       "queue_position": 3,
+         *       "state": "queued"
+         *     }
+         * @example {
+         *       "attempt": 1,
+         *       "created_at": "2026-11-28T12:00:00Z",
+         *       "credits": {
+         *         "amount": 1,
+         *         "state": "charged"
+         *       },
+         *       "finished_at": "2026-11-28T12:00:04Z",
+         *       "id": "101",
+         *       "max_attempts": 5,
+         *       "operation": "generate",
+         *       "priority": "urgent",
+         *       "result": {
+         *         "images": [
+         *           {
+         *             "content_type": "image/png",
+         *             "height": 1024,
+         *             "url": "https://fal.media/files/ring.png",
+         *             "width": 1024
+         *           }
+         *         ]
+         *       },
+         *       "started_at": "2026-11-28T12:00:01Z",
+         *       "state": "succeeded"
+         *     }
+         */
         Job: {
             /**
              * Format: uri
@@ -258,26 +757,56 @@ export interface components {
              * @example https://example.com/schemas/Job.json
              */
             readonly $schema?: string;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Attempts so far.
+             */
             attempt: number;
+            /** @description The batch the job belongs to, if any. */
             batch_id?: string;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description When the job was submitted.
+             */
             created_at: string;
             credits: components["schemas"]["Credits"];
             error?: components["schemas"]["JobError"];
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description When it reached its final state.
+             */
             finished_at?: string;
+            /** @description Opaque job id. */
             id: string;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Attempts allowed.
+             */
             max_attempts: number;
+            /** @description The operation. */
             operation: string;
-            priority: string;
-            /** Format: int64 */
+            /**
+             * @description The queue the job runs in.
+             * @enum {string}
+             */
+            priority: "urgent" | "normal" | "background";
+            /**
+             * Format: int64
+             * @description Jobs ahead of this one in its queue; only while queued and ready to run.
+             */
             queue_position?: number;
+            /** @description fal's output as returned, when succeeded. */
             result?: unknown;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description When its latest attempt started.
+             */
             started_at?: string;
-            state: string;
+            /**
+             * @description queued (River available, scheduled, retryable, pending), running, succeeded (completed), failed (discarded) or cancelled.
+             * @enum {string}
+             */
+            state: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         };
         JobError: {
             code: string;
@@ -293,6 +822,246 @@ export interface components {
             jobs: components["schemas"]["Job"][] | null;
             /** @description Pass as cursor for the next page; absent on the last page. */
             next_cursor?: string;
+        };
+        /** @description A job request: the operation, its params (passed to fal as they are; the required fields depend on the operation) and an optional priority. Unknown top-level fields are refused (422); params may carry any other field fal accepts. */
+        JobRequest: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/JobRequest.json
+             */
+            readonly $schema?: string;
+            /**
+             * @description Operation name from GET /v1/operations; it decides which params are required.
+             * @enum {string}
+             */
+            operation: "edit" | "generate" | "upscale" | "remove-bg" | "camera-control" | "gemstone" | "metal-recolor" | "metal-polish" | "natural-light" | "video" | "turntable";
+        } & (components["schemas"]["EditJobRequest"] | components["schemas"]["GenerateJobRequest"] | components["schemas"]["UpscaleJobRequest"] | components["schemas"]["RemoveBgJobRequest"] | components["schemas"]["CameraControlJobRequest"] | components["schemas"]["GemstoneJobRequest"] | components["schemas"]["MetalRecolorJobRequest"] | components["schemas"]["MetalPolishJobRequest"] | components["schemas"]["NaturalLightJobRequest"] | components["schemas"]["VideoJobRequest"] | components["schemas"]["TurntableJobRequest"]);
+        /**
+         * metal-polish item
+         * @description One metal-polish job of a batch.
+         * @example {
+         *       "operation": "metal-polish",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        MetalPolishBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "metal-polish";
+            params: components["schemas"]["MetalPolishParams"];
+        };
+        /**
+         * metal-polish job
+         * @description Submit one metal-polish job (Polish the metal of a piece.).
+         * @example {
+         *       "operation": "metal-polish",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        MetalPolishJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "metal-polish";
+            params: components["schemas"]["MetalPolishParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * metal-polish params
+         * @description Params of metal-polish, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_urls": [
+         *         "https://cdn.example.com/ring.jpg"
+         *       ],
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        MetalPolishParams: {
+            /**
+             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @example [
+             *       "https://cdn.example.com/ring.jpg"
+             *     ]
+             */
+            image_urls: string[];
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * metal-recolor item
+         * @description One metal-recolor job of a batch.
+         * @example {
+         *       "operation": "metal-recolor",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        MetalRecolorBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "metal-recolor";
+            params: components["schemas"]["MetalRecolorParams"];
+        };
+        /**
+         * metal-recolor job
+         * @description Submit one metal-recolor job (Recolor the metal of a piece.).
+         * @example {
+         *       "operation": "metal-recolor",
+         *       "params": {
+         *         "image_urls": [
+         *           "https://cdn.example.com/ring.jpg"
+         *         ],
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        MetalRecolorJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "metal-recolor";
+            params: components["schemas"]["MetalRecolorParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * metal-recolor params
+         * @description Params of metal-recolor, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_urls": [
+         *         "https://cdn.example.com/ring.jpg"
+         *       ],
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        MetalRecolorParams: {
+            /**
+             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @example [
+             *       "https://cdn.example.com/ring.jpg"
+             *     ]
+             */
+            image_urls: string[];
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * natural-light item
+         * @description One natural-light job of a batch.
+         * @example {
+         *       "operation": "natural-light",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg",
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        NaturalLightBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "natural-light";
+            params: components["schemas"]["NaturalLightParams"];
+        };
+        /**
+         * natural-light job
+         * @description Submit one natural-light job (Relight a photo with natural light.).
+         * @example {
+         *       "operation": "natural-light",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg",
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        NaturalLightJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "natural-light";
+            params: components["schemas"]["NaturalLightParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * natural-light params
+         * @description Params of natural-light, sent to fal model fal-ai/iclight-v2 as they are. Required: prompt, image_url. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_url": "https://cdn.example.com/ring.jpg",
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        NaturalLightParams: {
+            /**
+             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @example https://cdn.example.com/ring.jpg
+             */
+            image_url: string;
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
         };
         OperationInfo: {
             /**
@@ -324,25 +1093,313 @@ export interface components {
             readonly $schema?: string;
             operations: components["schemas"]["OperationInfo"][] | null;
         };
-        SubmitBody: {
+        /** @description An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job. */
+        Problem: {
             /**
              * Format: uri
              * @description A URL to the JSON Schema for this object.
-             * @example https://example.com/schemas/SubmitBody.json
+             * @example https://example.com/schemas/ErrorModel.json
              */
             readonly $schema?: string;
             /**
-             * @description Operation name from GET /v1/operations.
-             * @example generate
+             * Format: int64
+             * @description Credits available to the user (402 only).
              */
-            operation: string;
-            /** @description Parameters passed to fal as they are; required fields depend on the operation. */
-            params: unknown;
+            available?: number;
+            /**
+             * @description A human-readable explanation specific to this occurrence of the problem.
+             * @example Property foo is required but is missing.
+             */
+            detail?: string;
+            /** @description Optional list of individual error details */
+            errors?: components["schemas"]["ErrorDetail"][] | null;
+            /**
+             * Format: uri
+             * @description A URI reference that identifies the specific occurrence of the problem.
+             * @example https://example.com/error-log/abc123
+             */
+            instance?: string;
+            /** @description The job, unchanged (409 on cancel only). */
+            job?: components["schemas"]["Job"];
+            /**
+             * Format: int64
+             * @description Credits the request needs (402 only).
+             */
+            needed?: number;
+            /**
+             * Format: int64
+             * @description Credits missing (402 only).
+             */
+            shortfall?: number;
+            /**
+             * Format: int64
+             * @description HTTP status code
+             * @example 400
+             */
+            status?: number;
+            /**
+             * @description A short, human-readable summary of the problem type. This value should not change between occurrences of the error.
+             * @example Bad Request
+             */
+            title?: string;
+            /**
+             * Format: uri
+             * @description A URI reference to human-readable documentation for the error.
+             * @default about:blank
+             * @example https://example.com/errors/example
+             */
+            type: string;
+        };
+        /**
+         * remove-bg item
+         * @description One remove-bg job of a batch.
+         * @example {
+         *       "operation": "remove-bg",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg"
+         *       }
+         *     }
+         */
+        RemoveBgBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "remove-bg";
+            params: components["schemas"]["RemoveBgParams"];
+        };
+        /**
+         * remove-bg job
+         * @description Submit one remove-bg job (Remove the background of an image.).
+         * @example {
+         *       "operation": "remove-bg",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg"
+         *       }
+         *     }
+         */
+        RemoveBgJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "remove-bg";
+            params: components["schemas"]["RemoveBgParams"];
             /**
              * @description Queue override; defaults to the operation's priority.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * remove-bg params
+         * @description Params of remove-bg, sent to fal model fal-ai/birefnet/v2 as they are. Required: image_url. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_url": "https://cdn.example.com/ring.jpg"
+         *     }
+         */
+        RemoveBgParams: {
+            /**
+             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @example https://cdn.example.com/ring.jpg
+             */
+            image_url: string;
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * turntable item
+         * @description One turntable job of a batch.
+         * @example {
+         *       "operation": "turntable",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg"
+         *       }
+         *     }
+         */
+        TurntableBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "turntable";
+            params: components["schemas"]["TurntableParams"];
+        };
+        /**
+         * turntable job
+         * @description Submit one turntable job (A 360-degree turntable video of a piece.).
+         * @example {
+         *       "operation": "turntable",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg"
+         *       }
+         *     }
+         */
+        TurntableJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "turntable";
+            params: components["schemas"]["TurntableParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * turntable params
+         * @description Params of turntable, sent to fal model fal-ai/kling-video/v2.1/standard/image-to-video as they are. Required: image_url. Cost: 10 credits. Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_url": "https://cdn.example.com/ring.jpg"
+         *     }
+         */
+        TurntableParams: {
+            /**
+             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @example https://cdn.example.com/ring.jpg
+             */
+            image_url: string;
+            /**
+             * @description Optional: defaults to a 360-degree turntable rotation prompt.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt?: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * upscale item
+         * @description One upscale job of a batch.
+         * @example {
+         *       "operation": "upscale",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg"
+         *       }
+         *     }
+         */
+        UpscaleBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "upscale";
+            params: components["schemas"]["UpscaleParams"];
+        };
+        /**
+         * upscale job
+         * @description Submit one upscale job (Upscale an image.).
+         * @example {
+         *       "operation": "upscale",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg"
+         *       }
+         *     }
+         */
+        UpscaleJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "upscale";
+            params: components["schemas"]["UpscaleParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * upscale params
+         * @description Params of upscale, sent to fal model fal-ai/clarity-upscaler as they are. Required: image_url. Cost: 2 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_url": "https://cdn.example.com/ring.jpg"
+         *     }
+         */
+        UpscaleParams: {
+            /**
+             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @example https://cdn.example.com/ring.jpg
+             */
+            image_url: string;
+            /**
+             * @description Images to make (1-4); the cost is multiplied by it.
+             * @example 1
+             */
+            num_images?: number;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * video item
+         * @description One video job of a batch.
+         * @example {
+         *       "operation": "video",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg",
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        VideoBatchItem: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "video";
+            params: components["schemas"]["VideoParams"];
+        };
+        /**
+         * video job
+         * @description Submit one video job (Animate a photo into a short video.).
+         * @example {
+         *       "operation": "video",
+         *       "params": {
+         *         "image_url": "https://cdn.example.com/ring.jpg",
+         *         "prompt": "a gold ring on white marble, soft daylight"
+         *       }
+         *     }
+         */
+        VideoJobRequest: {
+            /**
+             * @description The operation. (enum property replaced by openapi-typescript)
+             * @enum {string}
+             */
+            operation: "video";
+            params: components["schemas"]["VideoParams"];
+            /**
+             * @description Queue override; defaults to the operation's priority.
+             * @enum {string}
+             */
+            priority?: "urgent" | "normal" | "background";
+        };
+        /**
+         * video params
+         * @description Params of video, sent to fal model fal-ai/kling-video/v2.1/standard/image-to-video as they are. Required: prompt, image_url. Cost: 10 credits. Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @example {
+         *       "image_url": "https://cdn.example.com/ring.jpg",
+         *       "prompt": "a gold ring on white marble, soft daylight"
+         *     }
+         */
+        VideoParams: {
+            /**
+             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @example https://cdn.example.com/ring.jpg
+             */
+            image_url: string;
+            /**
+             * @description What to do, in words.
+             * @example a gold ring on white marble, soft daylight
+             */
+            prompt: string;
+        } & {
+            [key: string]: unknown;
         };
     };
     responses: never;
@@ -357,7 +1414,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description A retried grant with the same key adds nothing. */
+                /** @description A retried grant with the same key and body adds nothing and gets the first response again (for 24 hours; the journal keeps refusing a second grant with the key after that); the same key with another body is refused (422), and 409 while the first request is still running. */
                 "Idempotency-Key"?: string;
             };
             path?: never;
@@ -372,64 +1429,559 @@ export interface operations {
             /** @description Created */
             201: {
                 headers: {
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GrantOutputBody"];
+                    "application/json": components["schemas"]["GrantResult"];
                 };
             };
-            /** @description Unauthorized */
-            401: {
+            /** @description The body is not JSON. */
+            400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "invalid character 'o' in literal null (expecting 'u')",
+                     *           "value": "not json"
+                     *         }
+                     *       ],
+                     *       "status": 400,
+                     *       "title": "Bad Request",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Forbidden */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Conflict */
+            /** @description A request with this Idempotency-Key is still in progress; retry after Retry-After to get its response. */
             409: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "a request with Idempotency-Key \"3f7c2a1e-submit-ring-42\" is still in progress; retry after it finished to get its response",
+                     *       "status": 409,
+                     *       "title": "Conflict",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over 1 MB (1,048,576 bytes): send large images by URL. */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "request body is too large: 2097152 bytes, the limit is 1048576 bytes (send large images by URL)",
+                     *       "status": 413,
+                     *       "title": "Request Entity Too Large",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Unprocessable Entity */
+            /** @description The body is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "status": 415,
+                     *       "title": "Unsupported Media Type",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. Also: the Idempotency-Key was already used with another body. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "submit-batch": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes a retry safe: the first response to this key and body is returned again for 24 hours without creating anything; the same key with another body is refused (422), and 409 while the first request is still running. */
+                "Idempotency-Key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BatchRequest"];
+            };
+        };
+        responses: {
+            /** @description Accepted */
+            202: {
+                headers: {
+                    "Idempotent-Replayed"?: string;
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Batch"];
+                };
+            };
+            /** @description The body is not JSON. */
+            400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "invalid character 'o' in literal null (expecting 'u')",
+                     *           "value": "not json"
+                     *         }
+                     *       ],
+                     *       "status": 400,
+                     *       "title": "Bad Request",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not enough credits: needed, available and shortfall say how many. Nothing was reserved or queued. */
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "available": 4,
+                     *       "detail": "not enough credits: needed 10, available 4",
+                     *       "needed": 10,
+                     *       "shortfall": 6,
+                     *       "status": 402,
+                     *       "title": "Payment Required",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request with this Idempotency-Key is still in progress; retry after Retry-After to get its response. */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "a request with Idempotency-Key \"3f7c2a1e-submit-ring-42\" is still in progress; retry after it finished to get its response",
+                     *       "status": 409,
+                     *       "title": "Conflict",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over 1 MB (1,048,576 bytes): send large images by URL. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "request body is too large: 2097152 bytes, the limit is 1048576 bytes (send large images by URL)",
+                     *       "status": 413,
+                     *       "title": "Request Entity Too Large",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "status": 415,
+                     *       "title": "Unsupported Media Type",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. Also: the Idempotency-Key was already used with another body. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over the user's submit rate limit (RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST; a batch counts once) or pending-job cap (USER_MAX_PENDING queued + running). Nothing was written. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "rate limit: 10 submissions per minute (burst 10); retry in 6s",
+                     *       "status": 429,
+                     *       "title": "Too Many Requests",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "get-batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Batch id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    "Idempotent-Replayed"?: string;
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Batch"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such job or batch of the caller (someone else's is not found either). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -452,31 +2004,62 @@ export interface operations {
                     "application/json": components["schemas"]["CreditsBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
             401: {
                 headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -488,6 +2071,8 @@ export interface operations {
                 state?: "queued" | "running" | "succeeded" | "failed" | "cancelled";
                 /** @description Only jobs of this operation. */
                 operation?: string;
+                /** @description Only jobs of this batch. */
+                batch_id?: string;
                 /** @description Page size. */
                 limit?: number;
                 /** @description next_cursor of the previous page. */
@@ -508,40 +2093,93 @@ export interface operations {
                     "application/json": components["schemas"]["JobList"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
             401: {
                 headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Unprocessable Entity */
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -550,7 +2188,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Replays the first response for the same key and body for 24 hours. */
+                /** @description Makes a retry safe: the first response to this key and body is stored for 24 hours and returned again (same status and body, Idempotent-Replayed: true) without creating anything; the same key with another body is refused (422), and while the first request is still running another gets 409. */
                 "Idempotency-Key"?: string;
             };
             path?: never;
@@ -558,13 +2196,14 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["SubmitBody"];
+                "application/json": components["schemas"]["JobRequest"];
             };
         };
         responses: {
             /** @description Accepted */
             202: {
                 headers: {
+                    "Idempotent-Replayed"?: string;
                     Location?: string;
                     [name: string]: unknown;
                 };
@@ -572,92 +2211,219 @@ export interface operations {
                     "application/json": components["schemas"]["Job"];
                 };
             };
-            /** @description Bad Request */
+            /** @description The body is not JSON. */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "invalid character 'o' in literal null (expecting 'u')",
+                     *           "value": "not json"
+                     *         }
+                     *       ],
+                     *       "status": 400,
+                     *       "title": "Bad Request",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
             401: {
                 headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Payment Required */
+            /** @description Not enough credits: needed, available and shortfall say how many. Nothing was reserved or queued. */
             402: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "available": 4,
+                     *       "detail": "not enough credits: needed 10, available 4",
+                     *       "needed": 10,
+                     *       "shortfall": 6,
+                     *       "status": 402,
+                     *       "title": "Payment Required",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Conflict */
+            /** @description A request with this Idempotency-Key is still in progress; retry after Retry-After to get its response. */
             409: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "a request with Idempotency-Key \"3f7c2a1e-submit-ring-42\" is still in progress; retry after it finished to get its response",
+                     *       "status": 409,
+                     *       "title": "Conflict",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request Entity Too Large */
+            /** @description The body is over 1 MB (1,048,576 bytes): send large images by URL. */
             413: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "request body is too large: 2097152 bytes, the limit is 1048576 bytes (send large images by URL)",
+                     *       "status": 413,
+                     *       "title": "Request Entity Too Large",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Unprocessable Entity */
+            /** @description The body is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "status": 415,
+                     *       "title": "Unsupported Media Type",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. Also: the Idempotency-Key was already used with another body. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Too Many Requests */
+            /** @description Over the user's submit rate limit (RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST; a batch counts once) or pending-job cap (USER_MAX_PENDING queued + running). Nothing was written. */
             429: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "rate limit: 10 submissions per minute (burst 10); retry in 6s",
+                     *       "status": 429,
+                     *       "title": "Too Many Requests",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
     };
     "get-job": {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Long poll: hold the request up to this many seconds until the job's state changes (a job already in a final state returns at once). */
+                wait?: number;
+            };
             header?: never;
             path: {
                 /** @description Job id. */
@@ -670,6 +2436,7 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
+                    "Idempotent-Replayed"?: string;
                     Location?: string;
                     [name: string]: unknown;
                 };
@@ -677,49 +2444,110 @@ export interface operations {
                     "application/json": components["schemas"]["Job"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
             401: {
                 headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such job or batch of the caller (someone else's is not found either). */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Unprocessable Entity */
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -739,6 +2567,7 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
+                    "Idempotent-Replayed"?: string;
                     Location?: string;
                     [name: string]: unknown;
                 };
@@ -746,58 +2575,296 @@ export interface operations {
                     "application/json": components["schemas"]["Job"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
             401: {
                 headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Not Found */
+            /** @description No such job or batch of the caller (someone else's is not found either). */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Conflict */
+            /** @description The job is already finished; job carries it unchanged. */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "job 101 is already succeeded",
+                     *       "job": {
+                     *         "attempt": 1,
+                     *         "created_at": "2026-11-28T12:00:00Z",
+                     *         "credits": {
+                     *           "amount": 1,
+                     *           "state": "charged"
+                     *         },
+                     *         "finished_at": "2026-11-28T12:00:04Z",
+                     *         "id": "101",
+                     *         "max_attempts": 5,
+                     *         "operation": "generate",
+                     *         "priority": "urgent",
+                     *         "result": {
+                     *           "images": [
+                     *             {
+                     *               "content_type": "image/png",
+                     *               "height": 1024,
+                     *               "url": "https://fal.media/files/ring.png",
+                     *               "width": 1024
+                     *             }
+                     *           ]
+                     *         },
+                     *         "started_at": "2026-11-28T12:00:01Z",
+                     *         "state": "succeeded"
+                     *       },
+                     *       "status": 409,
+                     *       "title": "Conflict",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Unprocessable Entity */
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "get-job-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Job id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A stream of `state` events, each carrying the job as JSON. */
+            200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example id: 1
+                     *     event: state
+                     *     data: {"id":"101","state":"queued",...}
+                     *
+                     *     id: 2
+                     *     event: state
+                     *     data: {"id":"101","state":"running",...}
+                     */
+                    "text/event-stream": {
+                        data: components["schemas"]["Job"];
+                        /** @enum {string} */
+                        event: "state";
+                        /** @description Event number, from 1. */
+                        id?: number;
+                    }[];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such job or batch of the caller (someone else's is not found either). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -820,31 +2887,62 @@ export interface operations {
                     "application/json": components["schemas"]["OperationsOutputBody"];
                 };
             };
-            /** @description Unauthorized */
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
             401: {
                 headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Internal Server Error */
+            /** @description Unexpected error. */
             500: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Service Unavailable */
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
             503: {
                 headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ErrorModel"];
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };

@@ -1,6 +1,7 @@
 import { createParser } from "eventsource-parser";
 
 import { ProblemError } from "./problem.js";
+import type { paths } from "./schema.js";
 import { isFinal, type Job } from "./types.js";
 
 /** Options of waitForJob. */
@@ -33,6 +34,12 @@ export interface WaitTransport {
 }
 
 type StreamOutcome = "final" | "ended" | "idle";
+
+/** One event of GET /v1/jobs/{id}/events, as the document describes it. */
+type JobEvent = paths["/v1/jobs/{id}/events"]["get"]["responses"][200]["content"]["text/event-stream"][number];
+
+/** The event name of a job's state (EventState in api/events.go); its data is the job. */
+const stateEvent: JobEvent["event"] = "state";
 
 /** Event-stream drops in a row (with no event between them) before "auto" switches to long polls. */
 const maxDrops = 3;
@@ -125,8 +132,11 @@ export async function waitForJob(t: WaitTransport, id: string, opts: WaitOptions
 /**
  * Follows the job's event stream until a final state ("final"), the server
  * closes it ("ended"), or nothing arrives for idleTimeout ms ("idle").
- * Each event carrying a job (its data is the job as JSON, or an object with
- * a `job` field) is passed to onJob, which returns true to stop.
+ * The server (api/events.go) sends `id: <n>`, `event: state` and `data:
+ * <the job as JSON>` for the job at once and then for each state change, and
+ * `: keep-alive` comments (which only re-arm the idle timer); each `state`
+ * event's job is passed to onJob, which returns true to stop. Other events,
+ * and data that is not this job, are ignored.
  */
 async function followEvents(
   t: WaitTransport,
@@ -155,8 +165,8 @@ async function followEvents(
     const decoder = new TextDecoder();
     const parser = createParser({
       onEvent(ev) {
-        if (final) return;
-        const job = jobFromEvent(ev.data);
+        if (final || ev.event !== stateEvent) return;
+        const job = jobFromEvent(id, ev.data);
         if (job && onJob(job)) final = true;
       },
     });
@@ -183,16 +193,14 @@ async function followEvents(
   }
 }
 
-function jobFromEvent(data: string): Job | undefined {
+function jobFromEvent(id: string, data: string): Job | undefined {
   let v: unknown;
   try {
     v = JSON.parse(data);
   } catch {
     return undefined;
   }
-  if (isJob(v)) return v;
-  if (v !== null && typeof v === "object" && isJob((v as { job?: unknown }).job)) return (v as { job: Job }).job;
-  return undefined;
+  return isJob(v) && v.id === id ? v : undefined;
 }
 
 function isJob(v: unknown): v is Job {

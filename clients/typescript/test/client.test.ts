@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 
-import { createClient, isProblem, ProblemError, type Job, type SubmitJobBody } from "@aiqueue/client";
+import { createClient, isProblem, ProblemError, type Job, type ParamsOf, type SubmitJobBody } from "@aiqueue/client";
 import { AIQueueProvider, useAIQueue, type AIQueue } from "@aiqueue/client/react";
 import { act, createElement } from "react";
 import { create, type ReactTestRenderer } from "react-test-renderer";
@@ -85,6 +85,56 @@ describe("Jobs", () => {
     assert.deepEqual(list.jobs?.map((j) => j.id), [job.id]);
   });
 
+  it("ChecksParamsPerOperation", t, async () => {
+    const { client } = await fast.newUser(10);
+    // The body type is the document's union, discriminated by operation:
+    // each operation's required params are checked by the compiler (these
+    // lines fail `npm test`'s build if the types stop catching them).
+    const edit: SubmitJobBody = {
+      operation: "edit",
+      params: { prompt: "polish it", image_urls: ["https://example.com/ring.jpg"], seed: 7 },
+    };
+    // @ts-expect-error edit needs image_urls
+    const noImages: SubmitJobBody = { operation: "edit", params: { prompt: "polish it" } };
+    // @ts-expect-error remove-bg takes image_url, a string
+    const wrongType: SubmitJobBody = { operation: "remove-bg", params: { image_url: 3 } };
+    // @ts-expect-error edit's params do not make a remove-bg job (it needs image_url)
+    const otherOps: SubmitJobBody = { operation: "remove-bg", params: { prompt: "p", image_urls: ["https://example.com/ring.jpg"] } };
+    // @ts-expect-error no such operation
+    const unknownOp: SubmitJobBody = { operation: "paint", params: {} };
+    const upscale: ParamsOf<"upscale"> = { image_url: "https://example.com/ring.jpg" };
+    void [noImages, wrongType, otherOps, unknownOp];
+
+    const jobs = [await client.submitJob(edit), await client.submitJob({ operation: "upscale", params: upscale })];
+    assert.deepEqual(jobs.map((j) => j.operation), ["edit", "upscale"]);
+    const batch = await client.submitBatch({
+      items: [edit, { operation: "remove-bg", params: { image_url: "https://example.com/ring.jpg" } }],
+      priority: "background",
+    });
+    assert.equal(batch.total, 2);
+    assert.equal(batch.priority, "background");
+    const done = await Promise.all(
+      [...jobs.map((j) => j.id), ...(batch.job_ids ?? [])].map((id) =>
+        client.waitForJob(id, { signal: AbortSignal.timeout(30_000) }),
+      ),
+    );
+    assert.deepEqual(done.map((j) => j.state), ["succeeded", "succeeded", "succeeded", "succeeded"]);
+  });
+
+  it("ReplaysAnIdempotentSubmit", t, async () => {
+    const { client } = await fast.newUser(5);
+    const key = "submit-" + randomUUID();
+    const first = await client.submitJob(generate("once"), { idempotencyKey: key });
+    const again = await client.submitJob(generate("once"), { idempotencyKey: key });
+    assert.equal(again.id, first.id);
+    // The same key with another body is refused.
+    assert.equal((await problem(client.submitJob(generate("twice"), { idempotencyKey: key }))).status, 422);
+    await client.waitForJob(first.id, { signal: AbortSignal.timeout(30_000) });
+    const credits = await client.getCredits();
+    assert.deepEqual([credits.balance, credits.reserved], [4, 0], "charged once");
+    assert.equal((await client.listJobs()).jobs?.length, 1);
+  });
+
   it("ListsOperations", t, async () => {
     const { client } = await fast.newUser(0);
     const ops = await client.listOperations();
@@ -126,7 +176,10 @@ describe("Wait", { concurrency: true }, () => {
     assert.ok(events.length >= 1);
     assert.equal(events[0]!.status, 200);
     assert.match(events[0]!.contentType, /^text\/event-stream/);
-    assert.ok(!jobReads(rec.seen, job.id).some((w) => w !== null), "no long poll while the stream works");
+    assert.ok(states.includes("running"), `the stream delivered running: ${states.join(",")}`);
+    // Only the first read: the final state came from the stream, not from
+    // reading the job again after it closed.
+    assert.deepEqual(jobReads(rec.seen, job.id), [null], "one plain read, no long poll while the stream works");
   });
 
   it("LongPollsWithWait", t, async () => {
@@ -206,7 +259,10 @@ describe("Batch", () => {
     const batch = await client.submitBatch({ items: [generate("one"), generate("two"), generate("three")] });
     assert.equal(typeof batch.id, "string");
     assert.equal(batch.total, 3);
+    assert.ok(batch.job_ids, "job_ids is set");
     assert.equal(batch.job_ids.length, 3);
+    assert.deepEqual(batch.counts, { queued: 3, running: 0, succeeded: 0, failed: 0, cancelled: 0 });
+    assert.equal(batch.done, false);
     assert.equal((await client.getCredits()).available, 7);
 
     const jobs = await Promise.all(
@@ -250,9 +306,27 @@ describe("Problems", () => {
     const invalid = { operation: "edit", params: {} } as unknown as SubmitJobBody;
     const err = await problem(client.submitJob(invalid));
     assert.equal(err.status, 422);
-    const where = err.errors.map((e) => e.location);
-    assert.ok(where.some((l) => l?.includes("prompt")), `errors name prompt: ${JSON.stringify(err.errors)}`);
-    assert.ok(where.some((l) => l?.includes("image_urls")), `errors name image_urls: ${JSON.stringify(err.errors)}`);
+    // A missing field is located at its parent object and named in the
+    // message (huma's convention; cmd/server/status_test.go MissingParams).
+    const errors = err.errors.map((e) => [e.location, e.message]).sort();
+    assert.deepEqual(errors, [
+      ["body.params", "expected required property image_urls to be present"],
+      ["body.params", "expected required property prompt to be present"],
+    ]);
+    assert.equal(err.problem.errors?.length, 2);
+  });
+
+  it("422LocatesBatchItems", t, async () => {
+    const { client } = await fast.newUser(5);
+    // Well typed, but the server accepts only https (or data:image) inputs.
+    const err = await problem(
+      client.submitBatch({
+        items: [generate(), { operation: "upscale", params: { image_url: "http://plain.example.com/a.png" } }],
+      }),
+    );
+    assert.equal(err.status, 422);
+    assert.deepEqual(err.errors.map((e) => e.location), ["body.items[1].params.image_url"]);
+    assert.deepEqual((await client.getCredits()).reserved, 0);
   });
 
   it("429CarriesRetryAfter", t, async () => {
