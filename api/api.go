@@ -92,6 +92,12 @@ func (s *Server) db(ctx context.Context) (context.Context, context.CancelFunc) {
 // API returns the huma API (for tests and the OpenAPI document).
 func (s *Server) API() huma.API { return s.api }
 
+func init() {
+	// Every array the API sends is non-nil (empty lists are []), so the
+	// document says so and generated clients need no null checks.
+	huma.DefaultArrayNullable = false
+}
+
 // Document returns the huma config: title, version, bearer security scheme.
 func Document(version string) huma.Config {
 	cfg := huma.DefaultConfig("aiqueue", version)

@@ -29,10 +29,14 @@ type submitBatchInput struct {
 	Body           BatchBody
 }
 
-type batchOutput struct {
+type submitBatchOutput struct {
 	Location string `header:"Location" doc:"URL of the batch."`
 	Replayed string `header:"Idempotent-Replayed" doc:"true when this is the stored response to an earlier request with the same Idempotency-Key."`
 	Body     *jobs.Batch
+}
+
+type batchOutput struct {
+	Body *jobs.Batch
 }
 
 type batchIDInput struct {
@@ -71,7 +75,7 @@ func (s *Server) registerBatches(body *huma.Schema) {
 	}, s.getBatch)
 }
 
-func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*batchOutput, error) {
+func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submitBatchOutput, error) {
 	p := principalFrom(ctx)
 	items := make([]jobs.Item, len(in.Body.Items))
 	for i, it := range in.Body.Items {
@@ -95,7 +99,7 @@ func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*batchO
 	if err := json.Unmarshal(res.Body, &b); err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	return &batchOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &b}, nil
+	return &submitBatchOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &b}, nil
 }
 
 func (s *Server) getBatch(ctx context.Context, in *batchIDInput) (*batchOutput, error) {
@@ -105,5 +109,5 @@ func (s *Server) getBatch(ctx context.Context, in *batchIDInput) (*batchOutput, 
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	return &batchOutput{Location: "/v1/batches/" + b.ID, Body: b}, nil
+	return &batchOutput{Body: b}, nil
 }

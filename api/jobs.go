@@ -25,10 +25,14 @@ type submitInput struct {
 	Body           SubmitBody
 }
 
-type jobOutput struct {
+type submitJobOutput struct {
 	Location string `header:"Location" doc:"URL of the job."`
 	Replayed string `header:"Idempotent-Replayed" doc:"true when this is the stored response to an earlier request with the same Idempotency-Key."`
 	Body     *jobs.Job
+}
+
+type jobOutput struct {
+	Body *jobs.Job
 }
 
 type jobIDInput struct {
@@ -124,7 +128,7 @@ func submitExamples() map[string]*huma.Example {
 	}
 }
 
-func (s *Server) submitJob(ctx context.Context, in *submitInput) (*jobOutput, error) {
+func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutput, error) {
 	p := principalFrom(ctx)
 	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
 	body, _ := json.Marshal(in.Body)
@@ -149,7 +153,7 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*jobOutput, er
 	if err := json.Unmarshal(res.Body, &j); err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	return &jobOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &j}, nil
+	return &submitJobOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &j}, nil
 }
 
 // readJob reads the caller's job within the database timeout.
@@ -200,7 +204,7 @@ func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error
 			return nil, s.toProblem(ctx, err)
 		}
 	}
-	return &jobOutput{Location: "/v1/jobs/" + j.ID, Body: j}, nil
+	return &jobOutput{Body: j}, nil
 }
 
 // waitForChange waits until job j's state differs from what it was, or
@@ -236,7 +240,7 @@ func (s *Server) cancelJob(ctx context.Context, in *jobIDInput) (*jobOutput, err
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	return &jobOutput{Location: "/v1/jobs/" + j.ID, Body: j}, nil
+	return &jobOutput{Body: j}, nil
 }
 
 func (s *Server) listJobs(ctx context.Context, in *listJobsInput) (*jobListOutput, error) {

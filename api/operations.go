@@ -41,7 +41,7 @@ func (s *Server) listOperations(_ context.Context, _ *struct{}) (*operationsOutp
 	for _, op := range s.jobs.Catalog().All() {
 		out.Body.Operations = append(out.Body.Operations, OperationInfo{
 			Operation: op.Name, Cost: op.Cost, Priority: op.Priority, Kind: op.Kind,
-			Model: op.Model, Required: op.Required, Description: op.Description,
+			Model: op.Model, Required: append([]string{}, op.Required...), Description: op.Description,
 		})
 	}
 	return out, nil

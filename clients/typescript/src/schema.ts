@@ -220,7 +220,7 @@ export interface components {
              *       "103"
              *     ]
              */
-            job_ids: string[] | null;
+            job_ids: string[];
             /**
              * @description The queue override of the batch, when one was given.
              * @enum {string}
@@ -404,7 +404,7 @@ export interface components {
              */
             balance: number;
             /** @description The latest journal entries, newest first. */
-            entries: components["schemas"]["CreditEntry"][] | null;
+            entries: components["schemas"]["CreditEntry"][];
             /**
              * Format: int64
              * @description Credits held by unfinished jobs.
@@ -510,7 +510,7 @@ export interface components {
              */
             detail?: string;
             /** @description Optional list of individual error details */
-            errors?: components["schemas"]["ErrorDetail"][] | null;
+            errors?: components["schemas"]["ErrorDetail"][];
             /**
              * Format: uri
              * @description A URI reference that identifies the specific occurrence of the problem.
@@ -819,7 +819,7 @@ export interface components {
              * @example https://example.com/schemas/JobList.json
              */
             readonly $schema?: string;
-            jobs: components["schemas"]["Job"][] | null;
+            jobs: components["schemas"]["Job"][];
             /** @description Pass as cursor for the next page; absent on the last page. */
             next_cursor?: string;
         };
@@ -1082,7 +1082,7 @@ export interface components {
              */
             priority: "urgent" | "normal" | "background";
             /** @description Required params. */
-            required: string[] | null;
+            required: string[];
         };
         OperationsOutputBody: {
             /**
@@ -1091,7 +1091,7 @@ export interface components {
              * @example https://example.com/schemas/OperationsOutputBody.json
              */
             readonly $schema?: string;
-            operations: components["schemas"]["OperationInfo"][] | null;
+            operations: components["schemas"]["OperationInfo"][];
         };
         /** @description An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job. */
         Problem: {
@@ -1112,7 +1112,7 @@ export interface components {
              */
             detail?: string;
             /** @description Optional list of individual error details */
-            errors?: components["schemas"]["ErrorDetail"][] | null;
+            errors?: components["schemas"]["ErrorDetail"][];
             /**
              * Format: uri
              * @description A URI reference that identifies the specific occurrence of the problem.
@@ -1870,8 +1870,6 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
-                    "Idempotent-Replayed"?: string;
-                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2436,8 +2434,6 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
-                    "Idempotent-Replayed"?: string;
-                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2567,8 +2563,6 @@ export interface operations {
             /** @description OK */
             200: {
                 headers: {
-                    "Idempotent-Replayed"?: string;
-                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
