@@ -83,6 +83,9 @@ func printDemo(w io.Writer, m *Main) {
 	ui := "off (set RIVER_BASIC_AUTH_USER and RIVER_BASIC_AUTH_PASS)"
 	if m.Config.RiverUser != "" {
 		ui = u + "/riverui/"
+		if m.Config.Demo {
+			ui += fmt.Sprintf("  (user %s, password in %s/dev-riverui-password)", m.Config.RiverUser, m.Config.DataDir)
+		}
 	}
 	fmt.Fprintf(w, `
 aiqueue is running (Ctrl-C stops it; the data stays in %s)

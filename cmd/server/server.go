@@ -97,7 +97,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.cancel = cancel
 
 	if cfg.Demo && cfg.JWTSecret == "" {
-		if cfg.JWTSecret, err = devSecret(cfg.DataDir); err != nil {
+		if cfg.JWTSecret, err = devSecret(cfg.DataDir, "dev-jwt-secret"); err != nil {
+			return err
+		}
+	}
+	if cfg.Demo && cfg.RiverUser == "" && cfg.RiverPass == "" {
+		// make run shows River UI too, behind a password of its own.
+		cfg.RiverUser = "admin"
+		if cfg.RiverPass, err = devSecret(cfg.DataDir, "dev-riverui-password"); err != nil {
 			return err
 		}
 	}
@@ -376,9 +383,10 @@ func (m *Main) setupDemo(ctx context.Context) error {
 	return err
 }
 
-// devSecret returns the HS256 secret of make run, created once under dir.
-func devSecret(dir string) (string, error) {
-	path := filepath.Join(dir, "dev-jwt-secret")
+// devSecret returns a secret of make run (the HS256 secret, the River UI
+// password), created once under dir in the file name and kept there.
+func devSecret(dir, name string) (string, error) {
+	path := filepath.Join(dir, name)
 	if b, err := os.ReadFile(path); err == nil && len(b) >= 32 {
 		return strings.TrimSpace(string(b)), nil
 	}
