@@ -45,3 +45,8 @@ func (l QueueLimits) riverQueues() map[string]river.QueueConfig {
 		QueueBackground: {MaxWorkers: l.Background},
 	}
 }
+
+// QueueConfigs returns the River queue configuration of these limits: the
+// worker limit and fetch settings of each queue, exactly as NewClient uses
+// them. The benchmarks run raw River with these settings as a reference.
+func (l QueueLimits) QueueConfigs() map[string]river.QueueConfig { return l.riverQueues() }
