@@ -114,6 +114,7 @@ type LoadResult struct {
 	ElapsedS   float64        `json:"elapsed_s"`
 	Throughput float64        `json:"throughput_per_s"`
 	Latency    Summary        `json:"latency"`
+	CPU        CPUPerJob      `json:"cpu_per_job"`
 }
 
 // closedLoop runs op n times from c goroutines, each starting the next op

@@ -80,7 +80,9 @@ func (e *env) runPickup(ctx context.Context) error {
 	}
 	e.logf("pickup with the backlog: %d urgent jobs at %.0f/s", cfg.PickupJobs, cfg.PickupRate)
 	stopProfile := e.profile(ctx, srv, "pickup", time.Duration(float64(cfg.PickupJobs)/cfg.PickupRate*float64(time.Second)))
+	waits := e.sampleWaits(ctx, pool)
 	backlog, err := e.pickupRun(ctx, pool, client)
+	e.recordWaits("pickup", waits.finish())
 	stopProfile()
 	if err != nil {
 		return err

@@ -22,8 +22,9 @@ type SettleResult struct {
 	SpanS      float64 `json:"span_s"`
 	Throughput float64 `json:"throughput_per_s"`
 	// WallS is from starting the workers to seeing the queue empty.
-	WallS   float64 `json:"wall_s"`
-	InsertS float64 `json:"insert_s"`
+	WallS   float64   `json:"wall_s"`
+	InsertS float64   `json:"insert_s"`
+	CPU     CPUPerJob `json:"cpu_per_job"`
 	// RSS and HWM are the worker process's memory at the end, in MB.
 	RSSMB float64 `json:"rss_mb,omitempty"`
 	HWMMB float64 `json:"hwm_mb,omitempty"`
@@ -64,7 +65,11 @@ func (e *env) runSettle(ctx context.Context) error {
 	defer e.stopServer(srv)
 	begin = time.Now()
 	stopProfile := e.profile(ctx, srv, "settle", min(e.estimate(cfg.SettleJobs, 300), 60*time.Second))
+	waits := e.sampleWaits(ctx, pool)
+	cpu0 := e.cpuNow(srv)
 	err = e.waitQueueDone(ctx, pool, "ai", cfg.SettleQueue)
+	ai.CPU = e.cpuNow(srv).per(cpu0, cfg.SettleJobs)
+	e.recordWaits("settle.ai", waits.finish())
 	ai.WallS = time.Since(begin).Seconds()
 	stopProfile()
 	if err != nil {
@@ -95,6 +100,12 @@ func (e *env) runSettle(ctx context.Context) error {
 		Figure: fmt.Sprintf("settle throughput, %d-job backlog in %s (submit -> fal sim -> charge)", cfg.SettleJobs, cfg.SettleQueue),
 		Value:  ai.Throughput, Unit: "jobs/s", Reference: "raw River, no-op jobs, same queue settings", RefValue: ptr(raw.Throughput),
 		Target: ">= 0.5x", Pass: ptr(raw.Throughput > 0 && ai.Throughput >= 0.5*raw.Throughput)})
+	e.rep.add(Row{Scenario: ScenarioSettle, Figure: "CPU per settled job, worker + Postgres", Value: ai.CPU.Total(), Unit: "ms",
+		Display: ai.CPU.String(), Reference: "raw River, no-op jobs", RefValue: ptr(raw.CPU.Total()), RefDisplay: raw.CPU.String()})
+	if qc := cfg.Limits.QueueConfigs()[cfg.SettleQueue]; qc.FetchCooldown > 0 {
+		e.rep.note("settle: %s fetches at most %d jobs per %s fetch cooldown, a ceiling of %.0f jobs/s for any job, however fast",
+			cfg.SettleQueue, qc.MaxWorkers, qc.FetchCooldown, float64(qc.MaxWorkers)/qc.FetchCooldown.Seconds())
+	}
 	e.rep.note("settle: %d of %d AI jobs completed and %d charged; worker RSS %.0f MB (peak %.0f MB) at the end",
 		ai.Completed, ai.Jobs, ai.Charged, ai.RSSMB, ai.HWMMB)
 	if err := e.checkInvariants(ctx, pool, ScenarioSettle); err != nil {
@@ -145,7 +156,13 @@ func (e *env) rawSettle(ctx context.Context, dbURL string) (SettleResult, error)
 	if err := rc.Start(ctx); err != nil {
 		return res, err
 	}
+	waits := e.sampleWaits(ctx, pool)
+	cpu0 := e.cpuNow(nil)
 	err = e.waitQueueDone(ctx, pool, "bench_noop", rawSettleQueue)
+	res.CPU = e.cpuNow(nil).per(cpu0, cfg.SettleJobs)
+	// The raw client works in this process: its CPU is the worker's.
+	res.CPU.ServerMS, res.CPU.LoadgenMS = res.CPU.LoadgenMS, 0
+	e.recordWaits("settle.raw_river", waits.finish())
 	res.WallS = time.Since(begin).Seconds()
 	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_ = rc.Stop(stopCtx)

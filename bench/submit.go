@@ -96,9 +96,14 @@ func (e *env) runSubmit(ctx context.Context) error {
 	e.logf("HTTP: %d submits, %d concurrent", cfg.SubmitJobs, cfg.Concurrency)
 	e.resetStatements(ctx, pool)
 	stopProfile := e.profile(ctx, srv, "submit", e.estimate(cfg.SubmitJobs, 500))
+	waits := e.sampleWaits(ctx, pool)
+	cpu0 := e.cpuNow(srv)
 	httpRes := closedLoop(ctx, cfg.Concurrency, cfg.SubmitJobs, submit)
+	httpRes.CPU = e.cpuNow(srv).per(cpu0, httpRes.Ops)
+	e.recordWaits("submit.http", waits.finish())
 	stopProfile()
 	e.topStatements(ctx, pool, "submit.http")
+	e.noteQueuePosition()
 	var depth int
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE queue = 'urgent' AND state = 'available'`).Scan(&depth)
 	e.stopServer(srv)
@@ -122,12 +127,21 @@ func (e *env) runSubmit(ctx context.Context) error {
 	}
 	closedLoop(ctx, cfg.Concurrency, warm, insert)
 	e.resetStatements(ctx, pool)
+	waits = e.sampleWaits(ctx, pool)
+	cpu0 = e.cpuNow(nil)
 	rawRes := closedLoop(ctx, cfg.Concurrency, cfg.SubmitJobs, insert)
+	rawRes.CPU = e.cpuNow(nil).per(cpu0, rawRes.Ops)
+	e.recordWaits("submit.raw_river", waits.finish())
 	e.topStatements(ctx, pool, "submit.raw_river")
 
 	e.logf("pgbench: %d transactions, %d clients", cfg.SubmitJobs, cfg.Concurrency)
 	e.resetStatements(ctx, pool)
+	waits = e.sampleWaits(ctx, pool)
+	cpu0 = e.cpuNow(nil)
 	pgbRes, pgbErr := e.runPgbench(ctx, dbURL, cfg.Concurrency, cfg.SubmitJobs)
+	pgbRes.CPU = e.cpuNow(nil).per(cpu0, pgbRes.Ops)
+	pgbRes.CPU.LoadgenMS = 0 // pgbench's own CPU is not measured
+	e.recordWaits("submit.pgbench", waits.finish())
 	e.topStatements(ctx, pool, "submit.pgbench")
 
 	e.rep.Details["submit"] = map[string]any{
@@ -142,6 +156,8 @@ func (e *env) runSubmit(ctx context.Context) error {
 	e.rep.add(Row{Scenario: ScenarioSubmit, Figure: "submit latency p50/p95/p99, HTTP", Value: httpRes.Latency.P99, Unit: "ms",
 		Display: lat(httpRes.Latency), Reference: "raw River InsertTx", RefValue: ptr(rawRes.Latency.P99), RefDisplay: lat(rawRes.Latency),
 		Note: "ratio of p99"})
+	e.rep.add(Row{Scenario: ScenarioSubmit, Figure: "CPU per submit, server + Postgres", Value: httpRes.CPU.Total(), Unit: "ms",
+		Display: httpRes.CPU.String(), Reference: "raw River InsertTx", RefValue: ptr(rawRes.CPU.Total()), RefDisplay: rawRes.CPU.String()})
 	if pgbErr != nil {
 		e.rep.note("pgbench reference not measured: %v", pgbErr)
 	} else {
@@ -149,6 +165,8 @@ func (e *env) runSubmit(ctx context.Context) error {
 			Reference: "pgbench, same reserve+insert SQL", RefValue: ptr(pgbRes.Throughput)})
 		e.rep.add(Row{Scenario: ScenarioSubmit, Figure: "submit latency p50/p95/p99, HTTP", Value: httpRes.Latency.P99, Unit: "ms",
 			Display: lat(httpRes.Latency), Reference: "pgbench, same reserve+insert SQL", RefValue: ptr(pgbRes.Latency.P99), RefDisplay: lat(pgbRes.Latency)})
+		e.rep.add(Row{Scenario: ScenarioSubmit, Figure: "CPU per submit, server + Postgres", Value: httpRes.CPU.Total(), Unit: "ms",
+			Display: httpRes.CPU.String(), Reference: "pgbench, same reserve+insert SQL", RefValue: ptr(pgbRes.CPU.Total()), RefDisplay: pgbRes.CPU.String()})
 	}
 	if httpRes.Errors > 0 || rawRes.Errors > 0 || pgbRes.Errors > 0 {
 		e.rep.note("submit errors: HTTP %d %v, raw River %d %v, pgbench %d", httpRes.Errors, httpRes.ErrorKinds, rawRes.Errors, rawRes.ErrorKinds, pgbRes.Errors)
@@ -161,6 +179,24 @@ func (e *env) runSubmit(ctx context.Context) error {
 		return fmt.Errorf("%d HTTP submits failed: %v", httpRes.Errors, httpRes.ErrorKinds)
 	}
 	return errors.Join(pgbErr, errIf(rawRes.Errors > 0, "%d raw inserts failed: %v", rawRes.Errors, rawRes.ErrorKinds))
+}
+
+// noteQueuePosition notes how much of the HTTP run's statement time went to
+// counting queue_position, which grows with the queue's depth.
+func (e *env) noteQueuePosition() {
+	stats, _ := e.rep.Details["submit.http.pg_stat_statements"].([]stmtStat)
+	var total, count float64
+	var calls int64
+	for _, s := range stats {
+		total += s.TotalMS
+		if strings.HasPrefix(s.Query, "SELECT count(*) FROM river_job WHERE state = 'available'") {
+			count, calls = s.TotalMS, s.Calls
+		}
+	}
+	if calls > 0 && total > 0 {
+		e.rep.note("submit: counting queue_position took %.0f%% of the HTTP run's statement time (%.2f ms per submit), because the jobs stayed queued",
+			100*count/total, count/float64(calls))
+	}
 }
 
 // estimate guesses how long n operations take at rate per second, for the

@@ -131,6 +131,7 @@ func (e *env) runUsers(ctx context.Context) error {
 			}
 		}
 	}()
+	waits := e.sampleWaits(ctx, pool)
 	begin := time.Now()
 	deadline := begin.Add(cfg.UsersDuration)
 	var wg sync.WaitGroup
@@ -140,6 +141,7 @@ func (e *env) runUsers(ctx context.Context) error {
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
+	e.recordWaits("users", waits.finish())
 	stopProfile()
 	close(memDone)
 	if _, hwm, err := srv.Memory(); err == nil {
