@@ -45,6 +45,13 @@ const (
 	envAttemptTimeout = "JOB_ATTEMPT_TIMEOUT"
 )
 
+// A server that does not read RIVER_RESCUE_AFTER rescues a crashed worker's
+// job after these (the walking skeleton's compiled-in values).
+const (
+	fixedRescueAfter    = 2 * time.Minute
+	fixedAttemptTimeout = time.Minute
+)
+
 // riverRescuerInterval and riverLeaderTTL are River's defaults: how often the
 // leader looks for stuck jobs, and how long a killed leader's lease lasts.
 const (
@@ -111,8 +118,10 @@ type DrillResult struct {
 	// Lost jobs were answered 202 but are missing, or did not end within
 	// the wait.
 	Lost int `json:"lost"`
-	// AwaitingRescue jobs still run on a killed worker because the drill
-	// did not wait for River's rescuer (smoke scale only); not lost.
+	// AwaitingRescue jobs are still marked running since a kill or a
+	// Postgres restart (their worker died, or lost the connection that fetched
+	// them) and the drill did not wait for River's rescuer (smoke scale
+	// only); not lost.
 	AwaitingRescue int `json:"awaiting_rescue"`
 	// Unacknowledged jobs exist although their submit was not answered 202
 	// (the commit happened, the answer was lost).
@@ -181,17 +190,17 @@ func RunDrills(ctx context.Context, cfg DrillConfig) (*DrillReport, error) {
 		return nil, err
 	}
 	d := &drills{env: benv, cfg: cfg, rescueEnv: map[string]string{}}
-	d.rescueWait = jobs.RescueAfter
+	d.rescueWait = fixedRescueAfter
 	switch {
 	case rep.EnvKnown[envRescueAfter] && rep.EnvKnown[envAttemptTimeout]:
 		d.rescueWait = 15 * time.Second
 		d.rescueEnv = map[string]string{envAttemptTimeout: "10s", envRescueAfter: "15s"}
 	case rep.EnvKnown[envRescueAfter]:
-		d.rescueWait = jobs.AttemptTimeout + 5*time.Second
+		d.rescueWait = fixedAttemptTimeout + 5*time.Second
 		d.rescueEnv = map[string]string{envRescueAfter: d.rescueWait.String()}
 	default:
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the server binary does not read %s: a killed worker's jobs are rescued after River's RescueStuckJobsAfter (%s) plus up to %s for the rescuer's next run",
-			envRescueAfter, jobs.RescueAfter, riverRescuerInterval))
+			envRescueAfter, fixedRescueAfter, riverRescuerInterval))
 	}
 	// After a kill: the dead leader's lease, the rescue delay, the
 	// rescuer's period, and time to finish.
@@ -245,17 +254,19 @@ type drills struct {
 // drill is one running drill: its database, fal simulator and processes.
 type drill struct {
 	*drills
-	name     string
-	res      DrillResult
-	begin    time.Time
-	dbURL    string
-	pool     *pgxpool.Pool
-	sim      *falsim.Server
-	simSrv   *http.Server
-	api      *Server
-	workers  []*Server
-	lastKill time.Time
-	mu       sync.Mutex // guards the processes while faults restart them
+	name    string
+	res     DrillResult
+	begin   time.Time
+	dbURL   string
+	pool    *pgxpool.Pool
+	sim     *falsim.Server
+	simSrv  *http.Server
+	api     *Server
+	workers []*Server
+	// lastFault is when the last fault that can strand a running job (a
+	// kill, a Postgres restart) happened.
+	lastFault time.Time
+	mu        sync.Mutex // guards the processes while faults restart them
 }
 
 func (d *drills) run(ctx context.Context, name string) DrillResult {
@@ -365,8 +376,8 @@ func (dr *drill) exercise(ctx context.Context) error {
 	}
 	dr.logf("load stopped: %d accepted, %d refused; waiting up to %s for every job to end", dr.res.Submitted, dr.res.Refused, dr.settle)
 	// Wait until every job ended or, when the wait is too short for River's
-	// rescuer, until only jobs of killed workers are left.
-	before := dr.lastKill
+	// rescuer, until only jobs stranded by the last fault are left.
+	before := dr.lastFault
 	if !dr.short || before.IsZero() {
 		before = time.Time{}
 	} else if err := dr.sleep(ctx, max(3*dr.cfg.FalLatency, 2*time.Second)); err != nil {
@@ -416,7 +427,7 @@ func (dr *drill) faults(ctx context.Context) error {
 			if err := w.Kill(); err != nil {
 				return err
 			}
-			dr.lastKill = time.Now()
+			dr.lastFault = time.Now()
 			dr.fault("kill -9 %s (pid %d), %d jobs running", w.Spec.Name, w.PID(), running)
 			nw, err := StartServer(ctx, &w.Spec)
 			if err != nil {
@@ -438,6 +449,7 @@ func (dr *drill) faults(ctx context.Context) error {
 			if err := dr.env.pg.Cluster.Restart(ctx); err != nil {
 				return fmt.Errorf("restart postgres: %w", err)
 			}
+			dr.lastFault = time.Now()
 			dr.fault("postgres restarted (pg_ctl stop -m fast + start) in %s, %d jobs running", time.Since(begin).Round(time.Millisecond), running)
 			if r < dr.cfg.Restarts-1 {
 				if err := dr.sleep(ctx, dr.gap()); err != nil {
@@ -618,7 +630,7 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 			dr.res.Failed++
 		case r.state == "cancelled":
 			dr.res.Cancelled++
-		case dr.short && r.state == "running" && r.attemptedAt != nil && !dr.lastKill.IsZero() && r.attemptedAt.Before(dr.lastKill):
+		case dr.short && r.state == "running" && r.attemptedAt != nil && !dr.lastFault.IsZero() && r.attemptedAt.Before(dr.lastFault):
 			dr.res.AwaitingRescue++
 			awaiting[r.id] = true
 		default:
@@ -676,7 +688,7 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 		dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("%d jobs were committed but their submit was not answered 202 (the client saw an error); they run and are charged like any other", dr.res.Unacknowledged))
 	}
 	if dr.res.AwaitingRescue > 0 {
-		dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("%d jobs (%d credits) still run on a killed worker: River's rescuer hands them back after %s, longer than this drill waited (%s)",
+		dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("%d jobs (%d credits) are still marked running since the last fault: River's rescuer hands them back after %s, longer than this drill waited (%s)",
 			dr.res.AwaitingRescue, dr.res.CreditsAwaitingRescue, dr.rescueWait, dr.settle))
 	}
 	vs, err := jobs.CheckInvariants(ctx, dr.pool)

@@ -9,18 +9,21 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aiqueue/aiqueue/api"
+	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/pglocal"
 	"github.com/aiqueue/aiqueue/ledger"
 	"github.com/aiqueue/aiqueue/migrations"
@@ -49,6 +52,12 @@ type user struct {
 // env is what the scenarios share: the work directory, the server binary,
 // the private Postgres with its template database, and the users.
 type env struct {
+	// fal is the current scenario's fal simulator, served by this process
+	// at falURL (see newFal).
+	fal    atomic.Pointer[falsim.Server]
+	falURL string
+	falSrv *http.Server
+
 	cfg     Config
 	rep     *Report
 	dir     string
@@ -94,6 +103,17 @@ func newEnv(ctx context.Context, cfg Config, rep *Report) (_ *env, err error) {
 	}
 	e.secret = hex.EncodeToString(buf)
 
+	e.fal.Store(falsim.New(falsim.Options{Keys: benchKeys, Fast: true}))
+	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	e.falSrv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.fal.Load().ServeHTTP(w, r)
+	})}
+	go func() { _ = e.falSrv.Serve(ln) }()
+	e.falURL = "http://" + ln.Addr().String()
+
 	e.logf("starting PostgreSQL in %s", filepath.Join(e.dir, "pg"))
 	if e.pg, err = StartPostgres(ctx, filepath.Join(e.dir, "pg"), nil); err != nil {
 		return nil, err
@@ -119,6 +139,9 @@ func newEnv(ctx context.Context, cfg Config, rep *Report) (_ *env, err error) {
 }
 
 func (e *env) close() {
+	if e.falSrv != nil {
+		_ = e.falSrv.Close()
+	}
 	if e.pg != nil {
 		if err := e.pg.Stop(); err != nil {
 			e.logf("stop postgres: %v", err)
@@ -141,10 +164,23 @@ func (e *env) newDB(ctx context.Context, name string) (string, error) {
 	return e.pg.CloneTemplate(ctx, templateDB, fmt.Sprintf("bench_%s_%d", name, e.dbCount))
 }
 
-// serverEnv is the environment of a benchmark server: the built-in fal
-// simulator at zero latency and every limit that would refuse load
+// benchKeys are the fal keys of the benchmark's simulator.
+var benchKeys = []string{"bench-key-1", "bench-key-2", "bench-key-3"}
+
+// newFal gives the next scenario a fresh fal simulator in fast mode (a
+// request completes at its first status poll), served by this process, so
+// the server's memory is its own (the simulator keeps every request) and
+// fal requests can be counted per job.
+func (e *env) newFal() *falsim.Server {
+	s := falsim.New(falsim.Options{Keys: benchKeys, Fast: true})
+	e.fal.Store(s)
+	return s
+}
+
+// serverEnv is the environment of a benchmark server: the fal simulator of
+// this process at zero latency and every limit that would refuse load
 // raised, so the figures measure the queue and not the limiter. Variables a
-// server does not know yet are ignored by it.
+// server does not know are ignored by it.
 func (e *env) serverEnv(dbURL string, extra map[string]string) map[string]string {
 	m := map[string]string{
 		"DATABASE_URL":             dbURL,
@@ -152,7 +188,8 @@ func (e *env) serverEnv(dbURL string, extra map[string]string) map[string]string
 		"AUTO_MIGRATE":             "false",
 		"LOG_LEVEL":                "warn",
 		"FAL_SIMULATE":             "true",
-		"FAL_SIMULATE_FAST":        "true",
+		"FAL_KEYS":                 strings.Join(benchKeys, ","),
+		"FAL_QUEUE_URL":            e.falURL,
 		"FAL_KEY_MAX_IN_FLIGHT":    "1000",
 		"RATE_LIMIT_PER_MINUTE":    "1000000",
 		"RATE_LIMIT_BURST":         "1000000",

@@ -120,9 +120,53 @@ type LoadResult struct {
 // closedLoop runs op n times from c goroutines, each starting the next op
 // as soon as its last one returned.
 func closedLoop(ctx context.Context, c, n int, op func(ctx context.Context, i int) error) LoadResult {
-	var next atomic.Int64
+	return chunkedLoop(ctx, c, n, n, op, nil, nil)
+}
+
+// chunkedLoop is closedLoop in chunks of chunk ops; between chunks, off the
+// clock, it calls between (when not nil). meter, when not nil, reads CPU
+// times before and after each chunk for LoadResult.CPU.
+func chunkedLoop(ctx context.Context, c, n, chunk int, op func(ctx context.Context, i int) error,
+	between func(context.Context) error, meter func() cpuTimes) LoadResult {
 	var rec Recorder
 	var errs errorCounter
+	var elapsed time.Duration
+	var cpu cpuTimes
+	for done := 0; done < n && ctx.Err() == nil; done += chunk {
+		if done > 0 && between != nil {
+			if err := between(ctx); err != nil {
+				errs.add(err)
+			}
+		}
+		var before cpuTimes
+		if meter != nil {
+			before = meter()
+		}
+		elapsed += runLoop(ctx, c, min(chunk, n-done), done, op, &rec, &errs)
+		if meter != nil {
+			after := meter()
+			cpu.Server += after.Server - before.Server
+			cpu.Postgres += after.Postgres - before.Postgres
+			cpu.Loadgen += after.Loadgen - before.Loadgen
+		}
+	}
+	sum := rec.Summary()
+	nerr, kinds := errs.count()
+	return LoadResult{
+		CPU:        cpu.per(cpuTimes{}, sum.N),
+		Ops:        sum.N,
+		Errors:     nerr,
+		ErrorKinds: kinds,
+		ElapsedS:   elapsed.Seconds(),
+		Throughput: float64(sum.N) / elapsed.Seconds(),
+		Latency:    sum,
+	}
+}
+
+// runLoop runs op for i in [offset, offset+n) from c goroutines and returns
+// the wall time it took.
+func runLoop(ctx context.Context, c, n, offset int, op func(ctx context.Context, i int) error, rec *Recorder, errs *errorCounter) time.Duration {
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	begin := time.Now()
 	for range c {
@@ -133,7 +177,7 @@ func closedLoop(ctx context.Context, c, n int, op func(ctx context.Context, i in
 					return
 				}
 				t0 := time.Now()
-				if err := op(ctx, i); err != nil {
+				if err := op(ctx, offset+i); err != nil {
 					errs.add(err)
 					continue
 				}
@@ -142,15 +186,5 @@ func closedLoop(ctx context.Context, c, n int, op func(ctx context.Context, i in
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(begin)
-	sum := rec.Summary()
-	nerr, kinds := errs.count()
-	return LoadResult{
-		Ops:        sum.N,
-		Errors:     nerr,
-		ErrorKinds: kinds,
-		ElapsedS:   elapsed.Seconds(),
-		Throughput: float64(sum.N) / elapsed.Seconds(),
-		Latency:    sum,
-	}
+	return time.Since(begin)
 }

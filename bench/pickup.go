@@ -52,6 +52,7 @@ func (e *env) runPickup(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
+	e.newFal()
 	srv, err := e.startServer(ctx, "pickup", dbURL, map[string]string{"QUEUE_NORMAL_WORKERS": strconv.Itoa(cfg.PickupNormalWorkers)})
 	if err != nil {
 		return err

@@ -56,6 +56,7 @@ type UsersResult struct {
 	RSSMaxMB    float64        `json:"rss_max_mb"`
 	HWMMB       float64        `json:"hwm_mb"`
 	JobsByState map[string]int `json:"jobs_by_state"`
+	FalSubmits  int            `json:"fal_submits"`
 }
 
 type usersRun struct {
@@ -89,6 +90,7 @@ func (e *env) runUsers(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
+	sim := e.newFal()
 	srv, err := e.startServer(ctx, "users", dbURL, nil)
 	if err != nil {
 		return err
@@ -162,6 +164,7 @@ func (e *env) runUsers(ctx context.Context) error {
 		return err
 	}
 	r.finish(elapsed)
+	r.res.FalSubmits = sim.Stats().Submits
 	res := r.res
 	e.rep.Details["users"] = res
 
@@ -179,6 +182,7 @@ func (e *env) runUsers(ctx context.Context) error {
 	if res.Errors > 0 {
 		e.rep.note("users: errors %v", res.ErrorKinds)
 	}
+	e.rep.note("users: %d jobs submitted, by state at the end %v, %d fal requests", res.JobsSubmitted, res.JobsByState, res.FalSubmits)
 	return e.checkInvariants(ctx, pool, ScenarioUsers)
 }
 
