@@ -157,6 +157,7 @@ func TestRunDrillsSmoke(t *testing.T) {
 		require.Positive(t, r.Submitted, r.Name)
 		require.Positive(t, r.Succeeded, r.Name)
 		require.Zero(t, r.Lost, r.Name)
+		require.Zero(t, r.Unfinished, r.Name)
 		require.Zero(t, r.CreditsStuck, r.Name)
 		require.Zero(t, r.PaidTwice, r.Name)
 		require.Zero(t, r.FalOrphans, r.Name)

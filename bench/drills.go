@@ -79,6 +79,9 @@ type DrillConfig struct {
 	Gap time.Duration `json:"gap"`
 	// Storm is how long every fal key answers 429 in the fal drill.
 	Storm time.Duration `json:"storm"`
+	// RevokeFor is how long key-2 answers 401 after the storm; 0 means
+	// until the end of the drill.
+	RevokeFor time.Duration `json:"revoke_for"`
 	// Settle is the longest a drill waits for every job to end after the
 	// load stopped; 0 means long enough for River's rescuer.
 	Settle time.Duration `json:"settle"`
@@ -98,7 +101,7 @@ func FullDrillConfig() DrillConfig {
 // wait for River's rescuer unless the server's rescue delay is short.
 func SmokeDrillConfig() DrillConfig {
 	return DrillConfig{Scale: "smoke", Kills: 1, Restarts: 1, Rounds: 1, Rate: 15, FalLatency: 300 * time.Millisecond,
-		Workers: 2, Gap: 1200 * time.Millisecond, Storm: 1500 * time.Millisecond, Settle: 15 * time.Second}
+		Workers: 2, Gap: 1200 * time.Millisecond, Storm: 1500 * time.Millisecond, RevokeFor: 1500 * time.Millisecond, Settle: 15 * time.Second}
 }
 
 // DrillResult is what one drill did and what it left behind.
@@ -115,9 +118,10 @@ type DrillResult struct {
 	Succeeded    int            `json:"succeeded"`
 	Failed       int            `json:"failed"`
 	Cancelled    int            `json:"cancelled"`
-	// Lost jobs were answered 202 but are missing, or did not end within
-	// the wait.
+	// Lost jobs were answered 202 but do not exist.
 	Lost int `json:"lost"`
+	// Unfinished jobs exist but did not end within the wait.
+	Unfinished int `json:"unfinished"`
 	// AwaitingRescue jobs are still marked running since a kill or a
 	// Postgres restart (their worker died, or lost the connection that fetched
 	// them) and the drill did not wait for River's rescuer (smoke scale
@@ -149,7 +153,7 @@ type DrillResult struct {
 // OK reports whether the drill met its expectations: nothing lost, no
 // credits stuck, no fal request paid twice, the ledger invariants intact.
 func (r DrillResult) OK() bool {
-	return r.Error == "" && r.Lost == 0 && r.CreditsStuck == 0 && r.PaidTwice == 0 && r.FalOrphans == 0 && len(r.Violations) == 0
+	return r.Error == "" && r.Lost == 0 && r.Unfinished == 0 && r.CreditsStuck == 0 && r.PaidTwice == 0 && r.FalOrphans == 0 && len(r.Violations) == 0
 }
 
 // DrillReport is the result of RunDrills.
@@ -237,8 +241,8 @@ func (r DrillResult) summary() string {
 	if r.Error != "" {
 		return "error: " + r.Error
 	}
-	return fmt.Sprintf("submitted %d, succeeded %d, failed %d, lost %d, stuck %d credits, paid twice %d, %d invariant violations",
-		r.Submitted, r.Succeeded, r.Failed, r.Lost, r.CreditsStuck, r.PaidTwice, len(r.Violations))
+	return fmt.Sprintf("submitted %d, succeeded %d, failed %d, lost %d, unfinished %d, stuck %d credits, paid twice %d, %d invariant violations",
+		r.Submitted, r.Succeeded, r.Failed, r.Lost, r.Unfinished, r.CreditsStuck, r.PaidTwice, len(r.Violations))
 }
 
 type drills struct {
@@ -467,7 +471,16 @@ func (dr *drill) faults(ctx context.Context) error {
 		}
 		dr.sim.ClearFailures()
 		dr.sim.FailKey("key-2", falsim.Failure{Status: http.StatusUnauthorized})
-		dr.fault("429 storm over; key-2 revoked (401) until the end")
+		if dr.cfg.RevokeFor <= 0 {
+			dr.fault("429 storm over; key-2 revoked (401) until the end")
+			break
+		}
+		dr.fault("429 storm over; key-2 revoked (401) for %s", dr.cfg.RevokeFor)
+		if err := dr.sleep(ctx, dr.cfg.RevokeFor); err != nil {
+			return err
+		}
+		dr.sim.ClearFailures()
+		dr.fault("key-2 works again")
 	case DrillSIGTERM:
 		for r := range dr.cfg.Rounds {
 			for i := range dr.workers {
@@ -624,6 +637,9 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 		switch {
 		case !ok || r.id != id:
 			dr.res.Lost++
+			if dr.res.Lost <= 10 {
+				dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("lost: job %d (%q) was answered 202 but does not exist", id, nonce))
+			}
 		case r.state == "completed":
 			dr.res.Succeeded++
 		case r.state == "discarded":
@@ -634,7 +650,10 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 			dr.res.AwaitingRescue++
 			awaiting[r.id] = true
 		default:
-			dr.res.Lost++
+			dr.res.Unfinished++
+			if dr.res.Unfinished <= 10 {
+				dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("unfinished: job %d is %s after the wait", r.id, r.state))
+			}
 		}
 	}
 	for nonce, r := range byNonce {
@@ -707,7 +726,7 @@ func (r *DrillReport) Table(w io.Writer) {
 	fmt.Fprintf(w, "\naiqueue fault drills, %s scale, %s, %d CPUs, load average %s at start and %s at end; waited up to %s for jobs to end\n\n",
 		r.Config.Scale, r.Started.Format("2006-01-02 15:04 MST"), r.Machine.CPUs, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.RescueWait)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "DRILL\tSUBMITTED\tREFUSED\tSUCCEEDED\tFAILED\tLOST\tAWAITING RESCUE\tCHARGED\tREFUNDED\tSTUCK\tFAL SUBMITS\tPAID TWICE\tFAL WASTED\tINVARIANTS\tRESULT\t")
+	fmt.Fprintln(tw, "DRILL\tSUBMITTED\tREFUSED\tSUCCEEDED\tFAILED\tLOST\tUNFINISHED\tAWAITING RESCUE\tCHARGED\tREFUNDED\tSTUCK\tFAL SUBMITS\tPAID TWICE\tFAL WASTED\tINVARIANTS\tRESULT\t")
 	for _, d := range r.Results {
 		inv := "ok"
 		if len(d.Violations) > 0 {
@@ -717,8 +736,8 @@ func (r *DrillReport) Table(w io.Writer) {
 		if !d.OK() {
 			result = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", d.Name, d.Submitted, d.Refused, d.Succeeded, d.Failed,
-			d.Lost, d.AwaitingRescue, d.CreditsCharged, d.CreditsRefunded, d.CreditsStuck, d.FalSubmits, d.PaidTwice, d.FalWasted, inv, result)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", d.Name, d.Submitted, d.Refused, d.Succeeded, d.Failed,
+			d.Lost, d.Unfinished, d.AwaitingRescue, d.CreditsCharged, d.CreditsRefunded, d.CreditsStuck, d.FalSubmits, d.PaidTwice, d.FalWasted, inv, result)
 	}
 	_ = tw.Flush()
 	for _, d := range r.Results {

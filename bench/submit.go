@@ -404,12 +404,24 @@ func findPgbench(binDir string) (string, error) {
 	return "", errors.New("pgbench not found (PATH, the Postgres bin directory, /usr/lib/postgresql/*/bin)")
 }
 
+// invariantsTimeout bounds the ledger invariant check of a scenario.
+const invariantsTimeout = 10 * time.Minute
+
 // checkInvariants runs jobs.CheckInvariants and records the count; any
 // violation is an error.
 func (e *env) checkInvariants(ctx context.Context, pool *pgxpool.Pool, scenario string) error {
+	ctx, cancel := context.WithTimeout(ctx, invariantsTimeout)
+	defer cancel()
+	begin := time.Now()
 	vs, err := jobs.CheckInvariants(ctx, pool)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("ledger invariant check did not finish within %s: %w", invariantsTimeout, err)
+		}
 		return err
+	}
+	if took := time.Since(begin); took > 10*time.Second {
+		e.rep.note("%s: the ledger invariant check took %s", scenario, took.Round(time.Second))
 	}
 	e.rep.add(Row{Scenario: scenario, Figure: "ledger invariant violations", Value: float64(len(vs)), Target: "0", Pass: ptr(len(vs) == 0)})
 	if len(vs) > 0 {

@@ -21,6 +21,7 @@ func drillsCmd(ctx context.Context, args []string) error {
 	kills := fs.Int("kills", 0, "kill -9 count of the kill drill (default 10)")
 	rate := fs.Float64("rate", 0, "submits per second during a drill (default 20)")
 	settle := fs.Duration("settle", 0, "longest wait for jobs to end after the load (default: long enough for River's rescuer)")
+	revokeFor := fs.Duration("revoke-for", -1, "how long key-2 stays revoked in the fal drill; 0 until the end (default 0, smoke 1.5s)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -36,6 +37,9 @@ func drillsCmd(ctx context.Context, args []string) error {
 	}
 	if *settle > 0 {
 		cfg.Settle = *settle
+	}
+	if *revokeFor >= 0 {
+		cfg.RevokeFor = *revokeFor
 	}
 	cfg.Drills = list(*drills)
 	cfg.ServerBin, cfg.WorkDir, cfg.Log = *server, *workDir, os.Stderr
