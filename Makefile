@@ -45,6 +45,19 @@ unit:
 test-browser: build
 	SERVER_BIN=$(BIN)/server riverui/e2e/run.sh
 
+## bench: the load generator against the real server, raw River and pgbench on a
+## private Postgres; prints the table and writes bench/results/<time>.json
+## (minutes). BENCH_FLAGS=-smoke for a quick check, -profile for pprof files.
+bench: build
+	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
+	$(BIN)/loadgen bench -server $(BIN)/server -results bench/results $(BENCH_FLAGS)
+
+## drills: the fault drills (kill -9, Postgres restart, fal 429/401, SIGTERM),
+## each ending with the ledger invariant check (minutes; DRILLS_FLAGS=-smoke).
+drills: build
+	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
+	$(BIN)/loadgen drills -server $(BIN)/server -results bench/results $(DRILLS_FLAGS)
+
 ## openapi: regenerate the committed openapi.yaml from the server's routes.
 openapi:
 	$(GO) run ./cmd/server openapi > openapi.yaml

@@ -35,13 +35,22 @@ func (l QueueLimits) Validate() error {
 	return nil
 }
 
+// urgentFetchCooldown is the urgent queue's fetch cooldown, and the
+// client's insert notification cooldown (see NewClient).
+const urgentFetchCooldown = 5 * time.Millisecond
+
 // riverQueues is the River queue configuration. The urgent queue fetches
 // with a short cooldown so a click is picked up within milliseconds of its
-// commit; the others keep River's defaults.
+// commit; background keeps River's default cooldown.
 func (l QueueLimits) riverQueues() map[string]river.QueueConfig {
 	return map[string]river.QueueConfig{
-		QueueUrgent:     {MaxWorkers: l.Urgent, FetchCooldown: 5 * time.Millisecond, FetchPollInterval: 500 * time.Millisecond},
+		QueueUrgent:     {MaxWorkers: l.Urgent, FetchCooldown: urgentFetchCooldown, FetchPollInterval: 500 * time.Millisecond},
 		QueueNormal:     {MaxWorkers: l.Normal, FetchCooldown: 50 * time.Millisecond},
-		QueueBackground: {MaxWorkers: l.Background},
+		QueueBackground: {MaxWorkers: l.Background, FetchCooldown: river.FetchCooldownDefault},
 	}
 }
+
+// QueueConfigs returns the River queue configuration of these limits: the
+// worker limit and fetch settings of each queue, exactly as NewClient uses
+// them. The benchmarks run raw River with these settings as a reference.
+func (l QueueLimits) QueueConfigs() map[string]river.QueueConfig { return l.riverQueues() }

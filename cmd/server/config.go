@@ -67,6 +67,8 @@ type Config struct {
 	LogLevel        string
 	ShutdownTimeout time.Duration
 	AutoMigrate     bool
+	// PprofAddr, when set, serves net/http/pprof on this loopback address.
+	PprofAddr string
 
 	// Demo grants the demo user credits and prints a token (make run).
 	Demo bool
@@ -144,6 +146,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		LogLevel:           cmp.Or(getenv("LOG_LEVEL"), "info"),
 		ShutdownTimeout:    dur("SHUTDOWN_TIMEOUT", 25*time.Second),
 		AutoMigrate:        boolean("AUTO_MIGRATE", getenv("DATABASE_URL") == ""),
+		PprofAddr:          getenv("PPROF_ADDR"),
 	}
 	c.FalSimulate = boolean("FAL_SIMULATE", len(c.FalKeys) == 0)
 	c.FalSimFast = boolean("FAL_SIMULATE_FAST", false)
@@ -211,6 +214,11 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("LOG_LEVEL=%q is not debug, info, warn or error", c.LogLevel))
+	}
+	if c.PprofAddr != "" {
+		if err := validPprofAddr(c.PprofAddr); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if (c.RiverUser == "") != (c.RiverPass == "") {
 		errs = append(errs, errors.New("set both RIVER_BASIC_AUTH_USER and RIVER_BASIC_AUTH_PASS, or neither"))

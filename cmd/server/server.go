@@ -59,6 +59,8 @@ type Main struct {
 	falReqs  *jobs.FalRequests
 	sim      *falsim.Server
 	simSrv   *http.Server
+	pprof    *http.Server
+	pprofURL string
 	http     *http.Server
 	listener net.Listener
 	serveErr chan error
@@ -210,6 +212,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 	}
 
+	if cfg.PprofAddr != "" {
+		if err := m.startPprof(ctx); err != nil {
+			return err
+		}
+	}
 	m.listener, err = new(net.ListenConfig).Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
 		return err
@@ -447,6 +454,9 @@ func (m *Main) Close() error {
 		}
 		if m.simSrv != nil {
 			_ = m.simSrv.Close()
+		}
+		if m.pprof != nil {
+			_ = m.pprof.Close()
 		}
 		if m.pool != nil {
 			m.pool.Close()

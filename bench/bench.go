@@ -1,0 +1,187 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// Scenarios, in the order Run runs them.
+const (
+	ScenarioSubmit = "submit"
+	ScenarioPickup = "pickup"
+	ScenarioSettle = "settle"
+	ScenarioUsers  = "users"
+)
+
+// AllScenarios lists every scenario.
+var AllScenarios = []string{ScenarioSubmit, ScenarioPickup, ScenarioSettle, ScenarioUsers}
+
+// Config sizes a benchmark run. FullConfig is make bench; SmokeConfig is
+// the few-second version the tests run.
+type Config struct {
+	// Scale names the preset ("full", "smoke").
+	Scale string `json:"scale"`
+	// Scenarios to run; empty means all.
+	Scenarios []string `json:"scenarios,omitempty"`
+
+	// Concurrency is the number of concurrent submitters in the submit
+	// scenario, for HTTP, raw River and pgbench alike.
+	Concurrency int `json:"concurrency"`
+	// SubmitJobs is how many jobs each of the three submit paths inserts.
+	SubmitJobs int `json:"submit_jobs"`
+
+	// PickupJobs urgent jobs are submitted through HTTP at PickupRate per
+	// second (Poisson arrivals), once with an empty queue and once with
+	// PickupBacklog jobs waiting in normal, worked by PickupNormalWorkers.
+	PickupJobs          int     `json:"pickup_jobs"`
+	PickupRate          float64 `json:"pickup_rate"`
+	PickupBacklog       int     `json:"pickup_backlog"`
+	PickupNormalWorkers int     `json:"pickup_normal_workers"`
+
+	// SettleJobs jobs wait in SettleQueue before the workers start.
+	SettleJobs  int    `json:"settle_jobs"`
+	SettleQueue string `json:"settle_queue"`
+
+	// Users studio users act for UsersDuration: an action every
+	// ThinkMin-ThinkMax, a batch of 3-8 jobs in BatchShare of them.
+	Users         int           `json:"users"`
+	UsersDuration time.Duration `json:"users_duration"`
+	ThinkMin      time.Duration `json:"think_min"`
+	ThinkMax      time.Duration `json:"think_max"`
+	BatchShare    float64       `json:"batch_share"`
+
+	// Limits are the server's worker limits (QUEUE_*_WORKERS).
+	Limits jobs.QueueLimits `json:"limits"`
+
+	// ServerBin is the server binary; built from ./cmd/server when empty.
+	ServerBin string `json:"-"`
+	// WorkDir holds the Postgres cluster, server logs and the binary; a
+	// temporary directory, removed at the end, when empty.
+	WorkDir string `json:"-"`
+	// ProfileDir, when set, receives the server's CPU and mutex profiles of
+	// each scenario (PPROF_ADDR) and pg_stat_statements is reported.
+	ProfileDir string `json:"-"`
+	// Log receives progress lines; nil discards them.
+	Log io.Writer `json:"-"`
+}
+
+// FullConfig is make bench: the sizes of issue 8.
+func FullConfig() Config {
+	return Config{
+		Scale:               "full",
+		Concurrency:         16,
+		SubmitJobs:          10000,
+		PickupJobs:          300,
+		PickupRate:          25,
+		PickupBacklog:       10000,
+		PickupNormalWorkers: 1,
+		SettleJobs:          50000,
+		SettleQueue:         jobs.QueueNormal,
+		Users:               500,
+		UsersDuration:       60 * time.Second,
+		ThinkMin:            2 * time.Second,
+		ThinkMax:            6 * time.Second,
+		BatchShare:          0.1,
+		Limits:              jobs.QueueLimits{Urgent: 20, Normal: 10, Background: 5},
+	}
+}
+
+// SmokeConfig runs every scenario in seconds, to check the tooling works;
+// its numbers mean nothing.
+func SmokeConfig() Config {
+	c := FullConfig()
+	c.Scale = "smoke"
+	c.Concurrency = 4
+	c.SubmitJobs = 200
+	c.PickupJobs = 15
+	c.PickupRate = 30
+	c.PickupBacklog = 300
+	c.SettleJobs = 300
+	c.Users = 20
+	c.UsersDuration = 3 * time.Second
+	c.ThinkMin = 200 * time.Millisecond
+	c.ThinkMax = 600 * time.Millisecond
+	c.BatchShare = 0.3
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	for _, s := range c.Scenarios {
+		if !slices.Contains(AllScenarios, s) {
+			errs = append(errs, fmt.Errorf("unknown scenario %q (one of %v)", s, AllScenarios))
+		}
+	}
+	if c.Concurrency < 1 || c.SubmitJobs < c.Concurrency {
+		errs = append(errs, errors.New("need concurrency >= 1 and submit jobs >= concurrency"))
+	}
+	if c.PickupJobs < 1 || c.PickupRate <= 0 || c.PickupBacklog < 0 || c.PickupNormalWorkers < 1 {
+		errs = append(errs, errors.New("need pickup jobs >= 1, rate > 0, backlog >= 0, normal workers >= 1"))
+	}
+	if c.SettleJobs < 1 || !slices.Contains(jobs.Queues, c.SettleQueue) {
+		errs = append(errs, fmt.Errorf("need settle jobs >= 1 and a settle queue in %v", jobs.Queues))
+	}
+	if c.Users < 1 || c.UsersDuration <= 0 || c.ThinkMin <= 0 || c.ThinkMax < c.ThinkMin {
+		errs = append(errs, errors.New("need users >= 1, a duration and think min <= max"))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) runs(s string) bool { return len(c.Scenarios) == 0 || slices.Contains(c.Scenarios, s) }
+
+// maxUsers is how many users the template database gets credits for.
+func (c Config) maxUsers() int { return max(c.Users, 1000) }
+
+// Run runs the configured scenarios and returns the report. A scenario
+// that fails is recorded in Report.Errors and the others still run; the
+// returned error joins those failures.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	rep := newReport(cfg)
+	e, err := newEnv(ctx, cfg, rep)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+
+	var errs []error
+	for _, s := range []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{ScenarioSubmit, e.runSubmit},
+		{ScenarioPickup, e.runPickup},
+		{ScenarioSettle, e.runSettle},
+		{ScenarioUsers, e.runUsers},
+	} {
+		if !cfg.runs(s.name) {
+			continue
+		}
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		begin := time.Now()
+		e.logf("== %s", s.name)
+		if err := s.run(ctx); err != nil {
+			err = fmt.Errorf("%s: %w", s.name, err)
+			rep.Errors = append(rep.Errors, err.Error())
+			errs = append(errs, err)
+		}
+		e.logf("== %s done in %s", s.name, time.Since(begin).Round(time.Millisecond))
+	}
+	rep.Finished = time.Now().UTC()
+	rep.Machine.LoadAvgEnd = loadAvg()
+	return rep, errors.Join(errs...)
+}

@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// binDir holds the server binary the tests build once.
+var binDir string
+
+func TestMain(m *testing.M) {
+	var err error
+	if binDir, err = os.MkdirTemp("", "aiqueue-bench-bin-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(binDir)
+	os.Exit(code)
+}
+
+var buildServer = sync.OnceValues(func() (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	return BuildServer(ctx, binDir)
+})
+
+func serverBin(t *testing.T) string {
+	t.Helper()
+	bin, err := buildServer()
+	require.NoError(t, err)
+	return bin
+}
+
+// testLog sends progress lines to the test log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func findRow(t *testing.T, rep *Report, scenario, figurePrefix, reference string) Row {
+	t.Helper()
+	for _, r := range rep.Rows {
+		if r.Scenario == scenario && strings.HasPrefix(r.Figure, figurePrefix) && r.Reference == reference {
+			return r
+		}
+	}
+	require.Failf(t, "row not found", "%s / %s / %s", scenario, figurePrefix, reference)
+	return Row{}
+}
+
+// TestRunSmoke runs every scenario at smoke scale against the real server
+// binary. It checks that the tooling measures what it says and that the
+// books balance afterwards, never how fast anything is.
+func TestRunSmoke(t *testing.T) {
+	t.Parallel()
+	cfg := SmokeConfig()
+	cfg.ServerBin = serverBin(t)
+	cfg.WorkDir = t.TempDir()
+	cfg.Log = testLog{t}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	rep, err := Run(ctx, cfg)
+	require.NoError(t, err)
+	require.Empty(t, rep.Errors)
+
+	submit := rep.Details["submit"].(map[string]any)
+	for _, k := range []string{"http", "raw_river_insert_tx", "pgbench"} {
+		res := submit[k].(LoadResult)
+		require.Equal(t, cfg.SubmitJobs, res.Ops, k)
+		require.Zero(t, res.Errors, k)
+		require.Positive(t, res.Throughput, k)
+		require.Equal(t, cfg.SubmitJobs, res.Latency.N, k)
+	}
+	row := findRow(t, rep, ScenarioSubmit, "submit throughput", "raw River InsertTx")
+	require.NotNil(t, row.Ratio)
+	require.NotNil(t, row.Pass)
+	findRow(t, rep, ScenarioSubmit, "submit throughput", "pgbench, same reserve+insert SQL")
+
+	pickup := rep.Details["pickup"].(map[string]any)
+	for _, k := range []string{"empty", "backlog"} {
+		res := pickup[k].(PickupResult)
+		require.Zero(t, res.Errors, k)
+		require.Equal(t, cfg.PickupJobs, res.Jobs+res.Retried, k)
+		require.Equal(t, res.Jobs, res.CommitToStart.N, k)
+	}
+	require.Positive(t, pickup["backlog"].(PickupResult).NormalWaitingBefore)
+	require.NotNil(t, findRow(t, rep, ScenarioPickup, "urgent pickup p50/p99, commit", "same, empty queue").Pass)
+
+	settle := rep.Details["settle"].(map[string]any)
+	ai, raw := settle["ai"].(SettleResult), settle["raw_river"].(SettleResult)
+	require.Equal(t, cfg.SettleJobs, ai.Completed)
+	require.Equal(t, cfg.SettleJobs, ai.Charged)
+	require.Equal(t, cfg.SettleJobs, raw.Completed)
+	require.Positive(t, ai.Throughput)
+	require.Positive(t, raw.Throughput)
+
+	users := rep.Details["users"].(UsersResult)
+	require.Zero(t, users.Errors, "%v", users.ErrorKinds)
+	require.Positive(t, users.Submit.N)
+	require.Positive(t, users.EndToEnd.N)
+	require.Positive(t, users.HWMMB)
+	require.NotNil(t, rep.Capabilities)
+	require.Positive(t, users.JobsByState["succeeded"])
+
+	for _, r := range rep.Rows {
+		if r.Figure == "ledger invariant violations" {
+			require.Zero(t, r.Value, r.Scenario)
+		}
+	}
+
+	var table bytes.Buffer
+	rep.Table(&table)
+	require.Contains(t, table.String(), "submit throughput, HTTP POST /v1/jobs")
+	require.Contains(t, table.String(), "raw River InsertTx")
+
+	path, err := rep.WriteJSON(t.TempDir())
+	require.NoError(t, err)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var back Report
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Len(t, back.Rows, len(rep.Rows))
+	require.Equal(t, "smoke", back.Scale)
+}
+
+// TestRunDrillsSmoke runs every fault drill once, briefly, and requires
+// what the drills require: nothing lost, no credits stuck, nothing paid
+// twice, the ledger invariants intact.
+func TestRunDrillsSmoke(t *testing.T) {
+	t.Parallel()
+	cfg := SmokeDrillConfig()
+	cfg.ServerBin = serverBin(t)
+	cfg.WorkDir = t.TempDir()
+	cfg.Log = testLog{t}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	rep, err := RunDrills(ctx, cfg)
+	require.NoError(t, err)
+	require.Len(t, rep.Results, len(AllDrills))
+	for _, r := range rep.Results {
+		require.Empty(t, r.Error, r.Name)
+		require.True(t, r.OK(), r.Name)
+		require.Positive(t, r.Submitted, r.Name)
+		require.Positive(t, r.Succeeded, r.Name)
+		require.Zero(t, r.Lost, r.Name)
+		require.Zero(t, r.Unfinished, r.Name)
+		require.Zero(t, r.CreditsStuck, r.Name)
+		require.Zero(t, r.PaidTwice, r.Name)
+		require.Zero(t, r.FalOrphans, r.Name)
+		require.Empty(t, r.Violations, r.Name)
+		require.Equal(t, r.Submitted, r.Succeeded+r.Failed+r.Cancelled+r.AwaitingRescue, r.Name)
+		require.GreaterOrEqual(t, r.FalSubmits, r.Succeeded, r.Name)
+		require.NotEmpty(t, r.Faults, r.Name)
+	}
+	require.Len(t, rep.Results[0].Faults, cfg.Kills)
+
+	var table bytes.Buffer
+	rep.Table(&table)
+	for _, d := range AllDrills {
+		require.Contains(t, table.String(), d)
+	}
+}

@@ -1,0 +1,30 @@
+// Package bench measures aiqueue the way a user meets it and next to the
+// references that bound it, and runs the fault drills.
+//
+// Run starts a private PostgreSQL (internal/pglocal), builds and starts the
+// real server binary (cmd/server) as a subprocess with the fal simulator
+// at zero latency, and measures in one run, on one machine:
+//
+//  1. submit: throughput and latency of POST /v1/jobs (JWT, reserve +
+//     InsertTx in one transaction), next to raw River InsertTx from Go and to
+//     pgbench running the project's reserve + insert SQL, on the same
+//     database with the same concurrency;
+//  2. pickup: urgent pickup latency (commit of the submit transaction to
+//     the worker's fetch) while a backlog waits in the normal queue, next to
+//     the same with an empty queue;
+//  3. settle: jobs completed and charged per second while working a backlog,
+//     next to raw River working no-op jobs with the same queue settings;
+//  4. users: many studio users for a while (actions every few seconds, some
+//     batches, status by SSE, long poll or polling, whichever the server
+//     offers): submit latency, errors and the server's memory.
+//
+// Each figure is reported with its ratio to its reference and the target of
+// issue 8 as pass or miss; absolute numbers depend on the machine, ratios
+// measured in one run much less. RunDrills runs the fault drills (kill -9 of
+// a worker, Postgres restart, fal 429 storm and revoked key, SIGTERM under
+// load), each ending with the ledger invariant check and a count of fal
+// requests per job.
+//
+// cmd/loadgen is the command line (make bench, make drills); the package's
+// tests run both at smoke scale so the tooling keeps working.
+package bench

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/aiqueue/aiqueue/bench"
+)
+
+func drillsCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("drills", flag.ContinueOnError)
+	smoke := fs.Bool("smoke", false, "each drill once, in seconds; does not wait for River's rescuer")
+	drills := fs.String("drills", "", "comma-separated subset of "+strings.Join(bench.AllDrills, ","))
+	results := fs.String("results", "bench/results", "directory for the JSON report (empty: none)")
+	server := fs.String("server", "", "server binary (default: go build ./cmd/server)")
+	workDir := fs.String("workdir", "", "keep Postgres and server logs here (default: a temp dir, removed)")
+	kills := fs.Int("kills", 0, "kill -9 count of the kill drill (default 10)")
+	rate := fs.Float64("rate", 0, "submits per second during a drill (default 20)")
+	settle := fs.Duration("settle", 0, "longest wait for jobs to end after the load (default: long enough for River's rescuer)")
+	revokeFor := fs.Duration("revoke-for", -1, "how long key-2 stays revoked in the fal drill; 0 until the end (default 0, smoke 1.5s)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := bench.FullDrillConfig()
+	if *smoke {
+		cfg = bench.SmokeDrillConfig()
+	}
+	if *kills > 0 {
+		cfg.Kills = *kills
+	}
+	if *rate > 0 {
+		cfg.Rate = *rate
+	}
+	if *settle > 0 {
+		cfg.Settle = *settle
+	}
+	if *revokeFor >= 0 {
+		cfg.RevokeFor = *revokeFor
+	}
+	cfg.Drills = list(*drills)
+	cfg.ServerBin, cfg.WorkDir, cfg.Log = *server, *workDir, os.Stderr
+
+	rep, runErr := bench.RunDrills(ctx, cfg)
+	if rep == nil {
+		return runErr
+	}
+	rep.Table(os.Stdout)
+	if *results != "" {
+		path, err := rep.WriteJSON(*results)
+		if err != nil {
+			return errors.Join(runErr, err)
+		}
+		fmt.Printf("\nJSON: %s\n", path)
+	}
+	return runErr
+}

@@ -1,0 +1,134 @@
+// Command loadgen runs aiqueue's benchmarks and fault drills against the
+// real server binary on a private PostgreSQL (make bench, make drills).
+//
+//	loadgen bench  [-smoke] [-scenarios submit,pickup,settle,users] [-results bench/results] [-profile] ...
+//	loadgen drills [-smoke] [-drills kill,pg-restart,fal,sigterm] [-kills 10] ...
+//
+// bench prints one table (each figure, its reference, their ratio, and the
+// target as pass or miss) and writes the same as JSON under -results.
+// drills prints, per drill, jobs submitted / succeeded / failed / lost,
+// credits charged / refunded / stuck and fal requests paid twice, and exits
+// non-zero when a drill loses a job, leaves credits stuck, pays fal twice or
+// breaks a ledger invariant.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aiqueue/aiqueue/bench"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: loadgen bench|drills [flags] (-h for the flags)")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "bench":
+		return benchCmd(ctx, args[1:])
+	case "drills":
+		return drillsCmd(ctx, args[1:])
+	default:
+		return fmt.Errorf("unknown command %q (bench, drills)", args[0])
+	}
+}
+
+func list(s string) []string {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func benchCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	smoke := fs.Bool("smoke", false, "tiny sizes: checks the tooling in seconds; the numbers mean nothing")
+	scenarios := fs.String("scenarios", "", "comma-separated subset of "+strings.Join(bench.AllScenarios, ","))
+	results := fs.String("results", "bench/results", "directory for the JSON report (empty: none)")
+	profile := fs.Bool("profile", false, "save the server's CPU and mutex profiles of each scenario next to the JSON")
+	server := fs.String("server", "", "server binary (default: go build ./cmd/server)")
+	workDir := fs.String("workdir", "", "keep Postgres and server logs here (default: a temp dir, removed)")
+
+	def := bench.FullConfig()
+	c := fs.Int("c", 0, fmt.Sprintf("concurrency of the submit scenario (default %d)", def.Concurrency))
+	submitJobs := fs.Int("submit-jobs", 0, fmt.Sprintf("jobs per submit path (default %d)", def.SubmitJobs))
+	pickupJobs := fs.Int("pickup-jobs", 0, fmt.Sprintf("urgent jobs per pickup run (default %d)", def.PickupJobs))
+	backlog := fs.Int("pickup-backlog", -1, fmt.Sprintf("jobs waiting in normal during the pickup run (default %d)", def.PickupBacklog))
+	settleJobs := fs.Int("settle-jobs", 0, fmt.Sprintf("backlog of the settle scenario (default %d)", def.SettleJobs))
+	settleQueue := fs.String("settle-queue", "", "queue of the settle backlog (default "+def.SettleQueue+")")
+	users := fs.Int("users", 0, fmt.Sprintf("users of the users scenario (default %d)", def.Users))
+	usersFor := fs.Duration("users-duration", 0, fmt.Sprintf("length of the users scenario (default %s)", def.UsersDuration))
+	urgent := fs.Int("urgent-workers", 0, "QUEUE_URGENT_WORKERS of the server (default 20)")
+	normal := fs.Int("normal-workers", 0, "QUEUE_NORMAL_WORKERS of the server (default 10)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := bench.FullConfig()
+	if *smoke {
+		cfg = bench.SmokeConfig()
+	}
+	set := func(dst *int, v int) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	set(&cfg.Concurrency, *c)
+	set(&cfg.SubmitJobs, *submitJobs)
+	set(&cfg.PickupJobs, *pickupJobs)
+	if *backlog >= 0 {
+		cfg.PickupBacklog = *backlog
+	}
+	set(&cfg.SettleJobs, *settleJobs)
+	if *settleQueue != "" {
+		cfg.SettleQueue = *settleQueue
+	}
+	set(&cfg.Users, *users)
+	if *usersFor > 0 {
+		cfg.UsersDuration = *usersFor
+	}
+	set(&cfg.Limits.Urgent, *urgent)
+	set(&cfg.Limits.Normal, *normal)
+	cfg.Scenarios = list(*scenarios)
+	cfg.ServerBin, cfg.WorkDir, cfg.Log = *server, *workDir, os.Stderr
+	if *profile {
+		dir := *results
+		if dir == "" {
+			dir = "."
+		}
+		cfg.ProfileDir = filepath.Join(dir, "profiles-"+time.Now().UTC().Format("2006-01-02T15-04-05Z"))
+	}
+
+	rep, runErr := bench.Run(ctx, cfg)
+	if rep == nil {
+		return runErr
+	}
+	rep.Table(os.Stdout)
+	if *results != "" {
+		path, err := rep.WriteJSON(*results)
+		if err != nil {
+			return errors.Join(runErr, err)
+		}
+		fmt.Printf("\nJSON: %s\n", path)
+	}
+	return runErr
+}
