@@ -28,6 +28,7 @@ type Fal interface {
 	Cancel(ctx context.Context, key int, model, requestID string) error
 	NumKeys() int
 	ReportInFlight(inFlight map[int]int)
+	KeyHealth() []falclient.KeyState
 }
 
 // Job error codes, as the API shows them.
@@ -291,15 +292,23 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
 			return w.fail(ctx, log, job, ref, &jobError{CodeTimeout, fmt.Sprintf("fal did not finish within %s", op.Timeout)})
 		}
-		st, err := w.fal.Status(ctx, ref.Key, ref.Model, ref.RequestID)
+		key := w.readKey(ref)
+		st, err := w.fal.Status(ctx, key, ref.Model, ref.RequestID)
 		if err != nil {
-			return w.pollError(ctx, log, job, out, err)
+			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
+				continue // the key was just revoked: read with another one at once
+			}
+			return w.pollError(ctx, log, job, out, substituteKeyError(key, ref, err))
 		}
 		if st.State == falclient.StateCompleted {
 			if err := w.reqs.finish(ctx, ref.RequestID, falStateCompleted, nil); err != nil {
 				return err
 			}
-			res, err := w.fal.Result(ctx, ref.Key, ref.Model, ref.RequestID)
+			res, err := w.fal.Result(ctx, key, ref.Model, ref.RequestID)
+			err = substituteKeyError(key, ref, err)
+			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
+				continue // the key was just revoked: read with another one at once
+			}
 			switch {
 			case err == nil:
 				out.Result = res
@@ -327,6 +336,36 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 		}
 		wait = min(wait*2, time.Second)
 	}
+}
+
+// readKey is the key to check and fetch a request with: the key that
+// submitted it, unless that key has since been revoked (401/403). fal scopes
+// requests by account and a studio's keys share one, so another usable key
+// reads the request, and the job does not wait out its timeout on a dead key.
+func (w *Worker) readKey(ref *falRef) int {
+	states := w.fal.KeyHealth()
+	for _, s := range states {
+		if s.Index == ref.Key && !s.Revoked {
+			return ref.Key
+		}
+	}
+	for _, s := range states {
+		if !s.Revoked {
+			return s.Index
+		}
+	}
+	return ref.Key
+}
+
+// substituteKeyError keeps a 404 from a substitute key from being taken for
+// a lost request: keys of another fal account cannot see it, and treating it
+// as lost would pay for a second request. It becomes a plain retryable
+// error (the job snoozes and checks again).
+func substituteKeyError(key int, ref *falRef, err error) error {
+	if err != nil && key != ref.Key && falclient.KindOf(err) == falclient.KindNotFound {
+		return fmt.Errorf("key-%d cannot see request %s submitted with key-%d (another fal account?): %s", key, ref.RequestID, ref.Key, err.Error())
+	}
+	return err
 }
 
 // pollError handles an error from checking or fetching a submitted request.

@@ -97,6 +97,24 @@ func TestWorker(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 
+	t.Run("KeyRevokedWhileFalWorksReadsWithAnotherKey", func(t *testing.T) {
+		t.Parallel()
+		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: 2 * time.Second}}
+		b := setupWorker(t, &workerOpts{Sim: sim, Worker: jobs.WorkerConfig{VideoPollInterval: 200 * time.Millisecond}})
+		uid, ids := b.submit(t, 1, "video", videoParams, "")
+		b.waitStored(t, uid, ids[0])
+		submitKey := falRows(t, b.pool, ids[0])[0].Key
+		// The key that submitted the request is revoked while fal works on it.
+		b.sim.FailKey(fmt.Sprintf("key-%d", submitKey), falsim.Failure{Status: 401})
+
+		list := b.waitFinal(t, uid, ids, 20*time.Second)
+		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, 1, b.sim.Stats().Submits, "the request was read with another key, not paid for again")
+		require.True(t, b.fal.KeyHealth()[submitKey-1].Revoked)
+		requireNoOpenFalRequests(t, b.pool)
+		requireInvariants(t, b.pool)
+	})
+
 	t.Run("ServerErrorAtSubmitRetriesWithBackoff", func(t *testing.T) {
 		t.Parallel()
 		b := setupWorker(t, nil)
