@@ -114,7 +114,11 @@ func (r *FalRequests) claim(ctx context.Context, jobID int64, attempt int, model
 		return 0, 0, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, falKeyLock); err != nil {
+	// The claim commits without waiting for its WAL flush, so the lock is
+	// not held across a disk flush. A claim lost in a database crash is
+	// harmless: storing the request id then finds no claim and the worker
+	// cancels the request at fal.
+	if _, err := tx.Exec(ctx, `SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)`, falKeyLock); err != nil {
 		return 0, 0, err
 	}
 	counts, err := inFlight(ctx, tx)
