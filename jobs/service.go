@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,7 +97,7 @@ func (s *Service) prepare(userID, batchID, priority string, items []Item, batch 
 		params, cost, errs := op.Prepare(loc+".params", it.Params)
 		fields = append(fields, errs...)
 		queue := op.Priority
-		if p := cmpOr(it.Priority, priority); p != "" {
+		if p := cmp.Or(it.Priority, priority); p != "" {
 			if !slices.Contains(Queues, p) {
 				fields = append(fields, FieldError{Location: loc + ".priority", Message: fmt.Sprintf("must be one of %v", Queues), Value: p})
 			}
@@ -112,13 +113,6 @@ func (s *Service) prepare(userID, batchID, priority string, items []Item, batch 
 		return nil, &Error{Code: EINVALID, Message: "the request has invalid fields", Fields: fields}
 	}
 	return out, nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // SubmitOpts are the optional parts of a submission.

@@ -158,20 +158,9 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 	log := w.logger.With(slog.Int64("job_id", job.ID), slog.String("operation", job.Args.Operation),
 		slog.String("queue", job.Queue), slog.Int("attempt", job.Attempt))
 
-	var open bool
-	if err := w.pool.QueryRow(ctx, `SELECT state = 'reserved' FROM credit_holds WHERE job_id = $1`, job.ID).Scan(&open); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return river.JobCancel(&jobError{CodeInternal, "job has no credit hold"})
-		}
-		return err
-	}
-	if !open {
-		// A finished job re-run from River UI: its credits are settled, so
-		// running it again would be unpaid work.
-		log.WarnContext(ctx, "job's credit hold is already settled; not running it again")
-		return river.JobCancel(&jobError{CodeCancelled, "the job's credits were already settled; submit it again"})
-	}
-
+	// Every AI job has an open hold while it can run: the database refuses a
+	// job without one and refuses to requeue a job whose hold is settled
+	// (migrations 00003, 00010), so there is nothing to check here.
 	var out output
 	if err := readOutput(job.JobRow, &out); err != nil {
 		return fmt.Errorf("read job output: %w", err)

@@ -7,23 +7,16 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/jobs"
-	"github.com/aiqueue/aiqueue/ledger"
 	"github.com/aiqueue/aiqueue/migrations"
 )
-
-func grantOnce(ctx context.Context, tx pgx.Tx, userID string, amount int64, reason, key string) (ledger.Entry, bool, error) {
-	return ledger.Grant(ctx, tx, userID, amount, reason, key)
-}
 
 // migrateCmd is `server migrate up|down|status`.
 func migrateCmd(args []string) error {
@@ -75,42 +68,22 @@ func tokenCmd(args []string) error {
 	if _, err := uuid.Parse(*sub); err != nil {
 		return fmt.Errorf("--sub must be a UUID")
 	}
-	secret := os.Getenv("AUTH_JWT_SECRET")
+	cfg, err := ConfigFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	secret := cfg.JWTSecret
 	if secret == "" {
-		var err error
-		if secret, err = devSecretIfPresent(); err != nil {
-			return err
+		if secret, err = readDevSecret(cfg.DataDir, "dev-jwt-secret"); err != nil {
+			return fmt.Errorf("AUTH_JWT_SECRET is not set (and no %s/dev-jwt-secret from make run)", cfg.DataDir)
 		}
 	}
-	aud := os.Getenv("AUTH_JWT_AUDIENCE")
-	if aud == "" {
-		aud = "authenticated"
-	}
-	tok, err := api.MintToken([]byte(secret), *sub, *admin, *ttl, aud)
+	tok, err := api.MintToken([]byte(secret), *sub, *admin, *ttl, cfg.JWTAudience)
 	if err != nil {
 		return err
 	}
 	fmt.Println(tok)
 	return nil
-}
-
-func devSecretIfPresent() (string, error) {
-	dir := os.Getenv("DATA_DIR")
-	if dir == "" {
-		dir = ".data"
-	}
-	b, err := os.ReadFile(filepath.Join(filepath.Clean(dir), "dev-jwt-secret")) //nolint:gosec // the operator chooses DATA_DIR
-	if err != nil {
-		return "", fmt.Errorf("AUTH_JWT_SECRET is not set (and no %s/dev-jwt-secret from make run)", dir)
-	}
-	return string(trimNL(b)), nil
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 // openapiCmd is `server openapi [--json]`: the OpenAPI document, built from

@@ -32,6 +32,7 @@ import (
 	"github.com/aiqueue/aiqueue/internal/logging"
 	"github.com/aiqueue/aiqueue/internal/pglocal"
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
 	"github.com/aiqueue/aiqueue/migrations"
 	"github.com/aiqueue/aiqueue/riverui"
 )
@@ -380,7 +381,7 @@ func (m *Main) setupDemo(ctx context.Context) error {
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if _, _, err := grantOnce(ctx, tx, DemoUserID, 1000, "demo credits", "demo-grant-"+DemoUserID); err != nil {
+	if _, _, err := ledger.Grant(ctx, tx, DemoUserID, 1000, "demo credits", "demo-grant-"+DemoUserID); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -393,9 +394,8 @@ func (m *Main) setupDemo(ctx context.Context) error {
 // devSecret returns a secret of make run (the HS256 secret, the River UI
 // password), created once under dir in the file name and kept there.
 func devSecret(dir, name string) (string, error) {
-	path := filepath.Join(dir, name)
-	if b, err := os.ReadFile(path); err == nil && len(b) >= 32 {
-		return strings.TrimSpace(string(b)), nil
+	if secret, err := readDevSecret(dir, name); err == nil {
+		return secret, nil
 	}
 	buf := make([]byte, 32)
 	if _, err := rand.Read(buf); err != nil {
@@ -405,7 +405,20 @@ func devSecret(dir, name string) (string, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", err
 	}
-	return secret, os.WriteFile(path, []byte(secret+"\n"), 0o600)
+	return secret, os.WriteFile(filepath.Join(dir, name), []byte(secret+"\n"), 0o600)
+}
+
+// readDevSecret reads a secret devSecret created; `server token` uses it.
+func readDevSecret(dir, name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(filepath.Clean(dir), name))
+	if err != nil {
+		return "", err
+	}
+	secret := strings.TrimSpace(string(b))
+	if len(secret) < 32 {
+		return "", fmt.Errorf("%s is too short", name)
+	}
+	return secret, nil
 }
 
 // Close shuts the program down: it stops taking requests (the listener
