@@ -120,26 +120,17 @@ func TestTemplateNotConnectable(t *testing.T) {
 	assert.ErrorContains(t, err, "not currently accepting connections")
 }
 
-// TestCloneTiming reports how long clones take.
-func TestCloneTiming(t *testing.T) {
+// BenchmarkClone measures one clone of the migrated template (and its
+// drop); a test database costs about this much.
+func BenchmarkClone(b *testing.B) {
 	e := current.Load()
-	require.NotNil(t, e)
-	const n = 20
-	var total, worst time.Duration
-	for range n {
-		begin := time.Now()
-		name, err := e.clone(t.Context())
-		took := time.Since(begin)
-		require.NoError(t, err)
-		total += took
-		worst = max(worst, took)
-		require.NoError(t, e.drop(t.Context(), name))
+	require.NotNil(b, e)
+	for b.Loop() {
+		name, err := e.clone(b.Context())
+		require.NoError(b, err)
+		require.NoError(b, e.drop(b.Context(), name))
 	}
-	t.Logf("strategy %q: %d clones, avg %v, max %v", e.strategy, n, (total / n).Round(100*time.Microsecond), worst.Round(100*time.Microsecond))
-	begin := time.Now()
-	NewDB(t)
-	t.Logf("NewDB (clone + pool + ping) took %v", time.Since(begin).Round(100*time.Microsecond))
-	t.Log(e.summary())
+	b.Logf("strategy %q", e.strategy)
 }
 
 func TestClusterRestart(t *testing.T) {
