@@ -53,6 +53,13 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, ps []prep
 		}
 	}
 	if l.UserMaxPending > 0 {
+		if l.RatePerMinute <= 0 {
+			// Without the rate limit's row lock, serialize the user's
+			// submissions here so the count below stays exact.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('aiqueue.pending:' || $1, 0))`, userID); err != nil {
+				return unavailable(fmt.Errorf("lock pending jobs: %w", err))
+			}
+		}
 		var pending int
 		err := tx.QueryRow(ctx, `
 SELECT count(*) FROM (

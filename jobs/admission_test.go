@@ -91,30 +91,35 @@ func TestAdmission(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 
-	t.Run("PendingCapIsExactUnderConcurrency", func(t *testing.T) {
-		t.Parallel()
-		b := setup(t)
-		b.svc.WithLimits(jobs.Limits{RatePerMinute: 10000, Burst: 1000, UserMaxPending: 5})
-		uid := grant(t, b.pool, 100)
-		var wg sync.WaitGroup
-		errs := make([]error, 12)
-		for i := range errs {
-			wg.Go(func() { _, errs[i] = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{}) })
-		}
-		wg.Wait()
-		ok := 0
-		for _, err := range errs {
-			if err == nil {
-				ok++
-				continue
+	for name, limits := range map[string]jobs.Limits{
+		"PendingCapIsExactUnderConcurrency":                 {RatePerMinute: 10000, Burst: 1000, UserMaxPending: 5},
+		"PendingCapIsExactUnderConcurrencyWithoutRateLimit": {UserMaxPending: 5},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			b.svc.WithLimits(limits)
+			uid := grant(t, b.pool, 100)
+			var wg sync.WaitGroup
+			errs := make([]error, 12)
+			for i := range errs {
+				wg.Go(func() { _, errs[i] = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{}) })
 			}
-			je := codeOf(t, err, jobs.ELIMIT)
-			require.Positive(t, je.RetryAfter)
-		}
-		require.Equal(t, 5, ok)
-		require.Equal(t, 5, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
-		requireInvariants(t, b.pool)
-	})
+			wg.Wait()
+			ok := 0
+			for _, err := range errs {
+				if err == nil {
+					ok++
+					continue
+				}
+				je := codeOf(t, err, jobs.ELIMIT)
+				require.Positive(t, je.RetryAfter)
+			}
+			require.Equal(t, 5, ok)
+			require.Equal(t, 5, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
+			requireInvariants(t, b.pool)
+		})
+	}
 
 	t.Run("QueueCapCountsEveryQueueOfABatch", func(t *testing.T) {
 		t.Parallel()
