@@ -44,7 +44,7 @@ type BatchCounts struct {
 // after its commit the caller calls the Submission's Committed.
 func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID, priority string, items []Item) (*Batch, *Submission, error) {
 	if len(items) == 0 || len(items) > MaxBatchItems {
-		return nil, nil, &Error{Code: EINVALID, Message: "a batch has 1 to 100 items", Fields: []FieldError{
+		return nil, nil, &Error{Code: EINVALID, Message: fmt.Sprintf("a batch has 1 to %d items", MaxBatchItems), Fields: []FieldError{
 			{Location: "body.items", Message: fmt.Sprintf("must have 1 to %d items", MaxBatchItems), Value: len(items)}}}
 	}
 	id := uuid.NewString()
@@ -63,10 +63,9 @@ func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID, priority
 	if err != nil {
 		return nil, nil, unavailable(fmt.Errorf("insert batch: %w", err))
 	}
-	b, err := s.batch(ctx, tx, id, priority, created, ids)
-	if err != nil {
-		return nil, nil, err
-	}
+	// Nothing else sees the jobs before commit: every one is queued.
+	b := newBatch(id, priority, created, ids)
+	b.Counts.Queued = len(ids)
 	return b, sub, nil
 }
 
@@ -94,11 +93,16 @@ func (s *Service) GetBatch(ctx context.Context, userID, id string) (*Batch, erro
 	return s.batch(ctx, s.pool, id, priority, created, ids)
 }
 
-func (s *Service) batch(ctx context.Context, q ledger.Querier, id, priority string, created time.Time, ids []int64) (*Batch, error) {
+func newBatch(id, priority string, created time.Time, ids []int64) *Batch {
 	b := &Batch{ID: id, Priority: priority, CreatedAt: created, Total: len(ids), JobIDs: make([]string, len(ids))}
 	for i, n := range ids {
 		b.JobIDs[i] = FormatID(n)
 	}
+	return b
+}
+
+func (s *Service) batch(ctx context.Context, q ledger.Querier, id, priority string, created time.Time, ids []int64) (*Batch, error) {
+	b := newBatch(id, priority, created, ids)
 	rows, err := q.Query(ctx, `SELECT state, count(*) FROM ai_jobs WHERE river_job_id = ANY($1) GROUP BY state`, ids)
 	if err != nil {
 		return nil, unavailable(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -12,14 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
-)
-
-// Outcomes of an ended job in the metrics: the API's final states. A job
-// deleted while its hold was open counts as cancelled.
-const (
-	OutcomeSucceeded = "succeeded"
-	OutcomeFailed    = "failed"
-	OutcomeCancelled = "cancelled"
 )
 
 // Results of one attempt, as the worker process sees it. AttemptOK is an
@@ -253,7 +246,7 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, c.oldest[q], q)
 	}
 	for k, n := range c.depth {
-		if !isQueue(k[0]) {
+		if !slices.Contains(Queues, k[0]) {
 			ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, n, k[0], k[1])
 		}
 	}
@@ -261,15 +254,6 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	c.finished.Collect(ch)
 	c.charged.Collect(ch)
 	c.refunded.Collect(ch)
-}
-
-func isQueue(q string) bool {
-	for _, name := range Queues {
-		if q == name {
-			return true
-		}
-	}
-	return false
 }
 
 // maxOutcomeBatches bounds how many batches of ended jobs one refresh takes.
@@ -285,8 +269,8 @@ func (c *dbCollector) refresh(ctx context.Context) error {
 SELECT queue, state::text, count(*),
        COALESCE(EXTRACT(EPOCH FROM now() - min(scheduled_at) FILTER (WHERE state = 'available' AND scheduled_at <= now())), 0)
   FROM river_job
- WHERE state IN ('available', 'scheduled', 'retryable', 'pending', 'running')
- GROUP BY queue, state`)
+ WHERE state::text = ANY($1)
+ GROUP BY queue, state`, waitingStates)
 	if err != nil {
 		return err
 	}

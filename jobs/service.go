@@ -27,9 +27,6 @@ const (
 	StateCancelled = "cancelled"
 )
 
-// States lists the API job states.
-var States = []string{StateQueued, StateRunning, StateSucceeded, StateFailed, StateCancelled}
-
 // Final reports whether state is a final API state.
 func Final(state string) bool {
 	return state == StateSucceeded || state == StateFailed || state == StateCancelled
@@ -194,18 +191,9 @@ func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []p
 		params[i] = river.InsertManyParams{Args: p.args, InsertOpts: &river.InsertOpts{
 			Queue:       p.queue,
 			MaxAttempts: p.op.MaxAttempts,
-			Metadata:    []byte(`{}`),
 		}}
 	}
-	var rows []*rivertype.JobInsertResult
-	var err error
-	if len(params) == 1 {
-		var r *rivertype.JobInsertResult
-		r, err = s.river.InsertTx(ctx, tx, params[0].Args, params[0].InsertOpts)
-		rows = []*rivertype.JobInsertResult{r}
-	} else {
-		rows, err = s.river.InsertManyTx(ctx, tx, params)
-	}
+	rows, err := s.river.InsertManyTx(ctx, tx, params)
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("insert jobs: %w", err))
 	}
