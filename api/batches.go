@@ -81,8 +81,7 @@ func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submit
 	for i, it := range in.Body.Items {
 		items[i] = jobs.Item{Operation: it.Operation, Params: it.Params}
 	}
-	body, _ := json.Marshal(in.Body)
-	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, requestHash(http.MethodPost, "/v1/batches", body),
+	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/batches", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (response, error) {
 			b, sub, err := s.jobs.SubmitBatchTx(ctx, tx, p.UserID, in.Body.Priority, items)
 			if err != nil {

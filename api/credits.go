@@ -115,8 +115,7 @@ func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, e
 
 func (s *Server) grantCredits(ctx context.Context, in *grantInput) (*grantOutput, error) {
 	p := principalFrom(ctx)
-	body, _ := json.Marshal(in.Body)
-	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, requestHash(http.MethodPost, "/v1/admin/credits/grants", body),
+	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/admin/credits/grants", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (response, error) {
 			// The journal's own key makes the grant idempotent across
 			// admins and beyond the 24 hours of the API's record.

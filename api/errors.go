@@ -112,7 +112,7 @@ func (s *Server) toProblem(ctx context.Context, err error) error {
 	}
 }
 
-// problemErrors lists the errors every authenticated operation can return.
+// authErrors lists the errors every authenticated operation can return.
 var authErrors = []int{http.StatusUnauthorized, http.StatusServiceUnavailable}
 
 func (s *Server) dbProblem(ctx context.Context, err error) error {

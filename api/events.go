@@ -19,7 +19,7 @@ const EventState = "state"
 
 // heartbeat is how often an idle event stream sends a comment line, so
 // proxies keep it open and a gone client is noticed.
-var heartbeat = 15 * time.Second
+const heartbeat = 15 * time.Second
 
 func (s *Server) registerEvents() {
 	reg := s.api.OpenAPI().Components.Schemas

@@ -41,7 +41,8 @@ func newResponse(status int, location string, body any) (response, error) {
 // body in canonical form (parsed and encoded again: object keys sorted,
 // insignificant whitespace dropped, numbers kept as written), so a client
 // that re-encodes the same body is not refused.
-func requestHash(method, path string, body []byte) []byte {
+func requestHash(method, path string, req any) []byte {
+	body, _ := json.Marshal(req)
 	h := sha256.New()
 	h.Write([]byte(method + " " + path + "\n"))
 	var v any
@@ -64,7 +65,8 @@ func requestHash(method, path string, body []byte) []byte {
 // stored in the same transaction as what fn wrote, so the record exists
 // exactly when the jobs do. Only successful responses are stored: a
 // request that failed can be retried with the same key.
-func (s *Server) inTx(ctx context.Context, userID, key string, hash []byte, fn func(ctx context.Context, tx pgx.Tx) (response, error)) (response, error) {
+// The request (method, path, body) is hashed only when there is a key.
+func (s *Server) inTx(ctx context.Context, userID, key, method, path string, body any, fn func(ctx context.Context, tx pgx.Tx) (response, error)) (response, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.dbTimeout)
 	defer cancel()
 	tx, err := s.pool.Begin(ctx)
@@ -73,7 +75,9 @@ func (s *Server) inTx(ctx context.Context, userID, key string, hash []byte, fn f
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 
+	var hash []byte
 	if key != "" {
+		hash = requestHash(method, path, body)
 		if res, done, err := s.lookupKey(ctx, tx, userID, key, hash); done || err != nil {
 			return res, err
 		}

@@ -131,8 +131,7 @@ func submitExamples() map[string]*huma.Example {
 func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutput, error) {
 	p := principalFrom(ctx)
 	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
-	body, _ := json.Marshal(in.Body)
-	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, requestHash(http.MethodPost, "/v1/jobs", body),
+	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (response, error) {
 			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{})
 			if err != nil {

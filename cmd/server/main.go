@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -67,14 +66,11 @@ func serve(args []string) error {
 	stop() // a second signal kills the process at once
 	m.Logger.Info("shutting down: no new requests or jobs; running jobs may finish",
 		slog.Duration("shutdown_timeout", cfg.ShutdownTimeout))
-	closeErr := m.Close()
-	if closeErr == nil || errors.Is(closeErr, context.Canceled) {
-		m.Logger.Info("shut down")
+	if err := m.Close(); err != nil { // Close drops context.Canceled itself
+		return err
 	}
-	if errors.Is(closeErr, context.Canceled) {
-		return nil
-	}
-	return closeErr
+	m.Logger.Info("shut down")
+	return nil
 }
 
 // printDemo prints what a developer needs after make run.
@@ -83,8 +79,8 @@ func printDemo(w io.Writer, m *Main) {
 	ui := "off (set RIVER_BASIC_AUTH_USER and RIVER_BASIC_AUTH_PASS)"
 	if m.Config.RiverUser != "" {
 		ui = u + "/riverui/"
-		if m.Config.Demo {
-			ui += fmt.Sprintf("  (user %s, password in %s/dev-riverui-password)", m.Config.RiverUser, m.Config.DataDir)
+		if m.riverUIPasswordFile != "" {
+			ui += fmt.Sprintf("  (user %s, password in %s)", m.Config.RiverUser, m.riverUIPasswordFile)
 		}
 	}
 	fmt.Fprintf(w, `

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/api"
+	"github.com/aiqueue/aiqueue/internal/logging"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -61,7 +62,7 @@ func mustRunMain(t testing.TB, env map[string]string, logs io.Writer) *Main {
 	cfg, err := ConfigFromEnv(func(k string) string { return base[k] })
 	require.NoError(t, err)
 	m := NewMain(cfg)
-	m.Logger = newLogger(cfg.LogLevel, logs)
+	m.Logger = logging.New(cfg.LogLevel, logs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	require.NoError(t, m.Run(ctx))

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -69,6 +68,8 @@ type Main struct {
 
 	// DemoToken is a bearer token for the demo user (Config.Demo).
 	DemoToken string
+	// riverUIPasswordFile holds the River UI password make run generated.
+	riverUIPasswordFile string
 
 	closeOnce sync.Once
 	closeErr  error
@@ -76,13 +77,7 @@ type Main struct {
 
 // NewMain returns a Main for cfg with a JSON logger on stderr.
 func NewMain(cfg Config) *Main {
-	return &Main{Config: cfg, Logger: newLogger(cfg.LogLevel, os.Stderr)}
-}
-
-// newLogger is the JSON logger at LOG_LEVEL; records logged with a request's
-// context carry its request id and user id.
-func newLogger(level string, w io.Writer) *slog.Logger {
-	return logging.New(level, w)
+	return &Main{Config: cfg, Logger: logging.New(cfg.LogLevel, os.Stderr)}
 }
 
 // Run starts the database (when embedded), the fal backend, River and the
@@ -90,7 +85,7 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 func (m *Main) Run(ctx context.Context) (err error) {
 	cfg := &m.Config
 	if m.Logger == nil {
-		m.Logger = newLogger(cfg.LogLevel, os.Stderr)
+		m.Logger = logging.New(cfg.LogLevel, os.Stderr)
 	}
 	if m.Registry == nil {
 		m.Registry = prometheus.NewRegistry()
@@ -110,6 +105,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if cfg.RiverPass, err = devSecret(cfg.DataDir, "dev-riverui-password"); err != nil {
 			return err
 		}
+		m.riverUIPasswordFile = filepath.Join(cfg.DataDir, "dev-riverui-password")
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
