@@ -137,8 +137,8 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 			if err != nil {
 				return response{}, err
 			}
-			j, err := s.jobs.GetTx(ctx, tx, p.UserID, jobs.FormatID(sub.IDs[0]))
-			if err != nil {
+			j := sub.Jobs[0]
+			if err := s.jobs.SetQueuePosition(ctx, tx, j); err != nil {
 				return response{}, err
 			}
 			res, err := newResponse(http.StatusAccepted, "/v1/jobs/"+j.ID, j)

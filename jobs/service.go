@@ -157,6 +157,10 @@ func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts 
 type Submission struct {
 	// IDs are the River job ids, in item order.
 	IDs []int64
+	// Jobs are the inserted jobs as the API shows them (queued, credits
+	// reserved), in item order, built from what the insert returned; their
+	// QueuePosition is not set (SetQueuePosition).
+	Jobs []*Job
 
 	svc *Service
 	ps  []prepared
@@ -178,14 +182,26 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 	if err := s.admit(ctx, tx, userID, ps); err != nil {
 		return nil, err
 	}
-	ids, err := s.submitTx(ctx, tx, userID, ps)
+	rows, err := s.submitTx(ctx, tx, userID, ps)
 	if err != nil {
 		return nil, err
 	}
-	return &Submission{IDs: ids, svc: s, ps: ps}, nil
+	sub := &Submission{svc: s, ps: ps}
+	for i, r := range rows {
+		j := &Job{
+			ID: FormatID(r.ID), UserID: userID, Operation: ps[i].args.Operation, Priority: r.Queue,
+			State: StateQueued, RiverState: string(r.State), Attempt: r.Attempt, MaxAttempts: r.MaxAttempts,
+			BatchID: ps[i].args.BatchID, CreatedAt: r.CreatedAt,
+			Credits:    Credits{Amount: ps[i].args.Cost, State: ledger.HoldReserved},
+			riverJobID: r.ID, riverPriority: r.Priority, scheduledAt: r.ScheduledAt,
+		}
+		sub.IDs = append(sub.IDs, r.ID)
+		sub.Jobs = append(sub.Jobs, j)
+	}
+	return sub, nil
 }
 
-func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) ([]int64, error) {
+func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) ([]*rivertype.JobRow, error) {
 	params := make([]river.InsertManyParams, len(ps))
 	for i, p := range ps {
 		params[i] = river.InsertManyParams{Args: p.args, InsertOpts: &river.InsertOpts{
@@ -198,9 +214,9 @@ func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []p
 		return nil, unavailable(fmt.Errorf("insert jobs: %w", err))
 	}
 	holds := make([]ledger.Hold, len(rows))
-	ids := make([]int64, len(rows))
+	jobRows := make([]*rivertype.JobRow, len(rows))
 	for i, r := range rows {
-		ids[i] = r.Job.ID
+		jobRows[i] = r.Job
 		holds[i] = ledger.Hold{JobID: r.Job.ID, Amount: ps[i].args.Cost}
 	}
 	if err := ledger.Reserve(ctx, tx, userID, holds); err != nil {
@@ -210,7 +226,7 @@ func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []p
 		}
 		return nil, unavailable(err)
 	}
-	return ids, nil
+	return jobRows, nil
 }
 
 // unavailable marks database errors as EUNAVAILABLE unless the context
@@ -303,12 +319,6 @@ func (s *Service) Get(ctx context.Context, userID, id string) (*Job, error) {
 	return s.get(ctx, s.pool, userID, id)
 }
 
-// GetTx is Get through q (a transaction, so a job inserted in it can be
-// read before commit).
-func (s *Service) GetTx(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {
-	return s.get(ctx, q, userID, id)
-}
-
 func (s *Service) get(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {
 	n, ok := JobID(id)
 	if !ok {
@@ -321,18 +331,28 @@ func (s *Service) get(ctx context.Context, q ledger.Querier, userID, id string) 
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	if j.State == StateQueued && j.RiverState == string(rivertype.JobStateAvailable) {
-		var ahead int
-		err := q.QueryRow(ctx, `
+	if err := s.SetQueuePosition(ctx, q, j); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// SetQueuePosition sets the number of jobs ahead of j in its queue while j
+// waits to be fetched; q may be the transaction that inserted j.
+func (s *Service) SetQueuePosition(ctx context.Context, q ledger.Querier, j *Job) error {
+	if j.State != StateQueued || j.RiverState != string(rivertype.JobStateAvailable) {
+		return nil
+	}
+	var ahead int
+	err := q.QueryRow(ctx, `
 SELECT count(*) FROM river_job
  WHERE state = 'available' AND queue = $1
    AND (priority, scheduled_at, id) < ($2, $3, $4)`, j.Priority, j.riverPriority, j.scheduledAt, j.riverJobID).Scan(&ahead)
-		if err != nil {
-			return nil, unavailable(err)
-		}
-		j.QueuePosition = &ahead
+	if err != nil {
+		return unavailable(err)
 	}
-	return j, nil
+	j.QueuePosition = &ahead
+	return nil
 }
 
 // ListFilter narrows List.

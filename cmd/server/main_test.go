@@ -211,3 +211,21 @@ func TestSubmitWithoutCreditsWritesNothing(t *testing.T) {
 	require.Equal(t, 1, nEntries) // the grant only
 	requireInvariants(t, m)
 }
+
+// TestSubmitAnswerIsTheStoredJob checks the 202 body, built from what the
+// insert returned, is the job as GET /v1/jobs/{id} reads it back.
+func TestSubmitAnswerIsTheStoredJob(t *testing.T) {
+	t.Parallel()
+	m := MustRunMain(t, map[string]string{"ROLE": "api"}) // nothing works the jobs
+	c, _ := newUser(t, m, 20)
+	for _, body := range []map[string]any{
+		{"operation": "generate", "params": map[string]any{"prompt": "a ring", "num_images": 2}},
+		{"operation": "video", "params": map[string]any{"prompt": "spin", "image_url": "https://example.com/a.png"}, "priority": "background"},
+	} {
+		var submitted, read jobs.Job
+		require.Equal(t, http.StatusAccepted, c.do(http.MethodPost, "/v1/jobs", body, &submitted).StatusCode)
+		require.Equal(t, http.StatusOK, c.do(http.MethodGet, "/v1/jobs/"+submitted.ID, nil, &read).StatusCode)
+		require.NotNil(t, submitted.QueuePosition)
+		require.Equal(t, read, submitted)
+	}
+}
