@@ -130,6 +130,12 @@ func (c *Catalog) All() []Operation {
 // Names returns the operation names in catalog order.
 func (c *Catalog) Names() []string { return slices.Clone(c.names) }
 
+// defaultOperation is an image operation named name with the catalog's
+// defaults, before an operations file fills in the rest.
+func defaultOperation(name string) Operation {
+	return Operation{Name: name, MaxAttempts: 5, Timeout: 2 * time.Minute, Kind: KindImage, Priority: QueueUrgent}
+}
+
 // override is one entry of an operations file: any field left out keeps the
 // default; a name not in the default catalog adds an operation.
 type override struct {
@@ -171,7 +177,7 @@ func LoadCatalog(path string) (*Catalog, error) {
 	for _, o := range list {
 		op, ok := base.ops[o.Name]
 		if !ok {
-			op = Operation{Name: o.Name, MaxAttempts: 5, Timeout: 2 * time.Minute, Kind: KindImage, Priority: QueueUrgent}
+			op = defaultOperation(o.Name)
 			base.names = append(base.names, o.Name)
 		}
 		if o.Model != nil {

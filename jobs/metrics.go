@@ -304,9 +304,16 @@ SELECT queue, state::text, count(*),
 }
 
 // takeOutcomes deletes up to outcomeBatch ended jobs from the outbox and
-// adds them to the counters; it returns how many it took.
+// adds them to the counters; it returns how many it took. The delete
+// commits only after every row was read, and the counters move only after
+// it committed, so a row is counted exactly when it is gone.
 func (c *dbCollector) takeOutcomes(ctx context.Context) (int, error) {
-	rows, err := c.pool.Query(ctx, `
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	rows, err := tx.Query(ctx, `
 WITH taken AS (
     DELETE FROM metrics_job_outcomes
      WHERE id IN (SELECT id FROM metrics_job_outcomes ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -335,8 +342,9 @@ SELECT operation, queue, outcome, charged, count(*), sum(credits)::bigint
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
-	// The rows are deleted only now that the statement has succeeded; the
-	// counters move with them.
+	if err := tx.Commit(ctx); err != nil {
+		return 0, err
+	}
 	taken := 0
 	for _, a := range list {
 		taken += int(a.jobs)

@@ -165,9 +165,9 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 	if err := readOutput(job.JobRow, &out); err != nil {
 		return fmt.Errorf("read job output: %w", err)
 	}
-	op, _ := w.catalog.Get(job.Args.Operation)
-	if op.Name == "" {
-		op = Operation{Name: job.Args.Operation, Kind: KindImage, Timeout: 2 * time.Minute}
+	op, ok := w.catalog.Get(job.Args.Operation)
+	if !ok { // an operation taken out of the catalog after this job was submitted
+		op = defaultOperation(job.Args.Operation)
 	}
 
 	if out.Fal == nil {
