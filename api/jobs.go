@@ -138,9 +138,6 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 				return response{}, err
 			}
 			j := sub.Jobs[0]
-			if err := s.jobs.SetQueuePosition(ctx, tx, j); err != nil {
-				return response{}, err
-			}
 			res, err := newResponse(http.StatusAccepted, "/v1/jobs/"+j.ID, j)
 			res.committed = sub.Committed
 			return res, err

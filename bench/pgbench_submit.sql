@@ -1,11 +1,11 @@
 -- One submit as jobs.Service.Submit runs it, for pgbench (-M prepared):
--- River's job insert (InsertTx runs JobInsertFastMany, here for one job) and
--- ledger.Reserve, in one transaction; the deferred hold/job checks run at
--- COMMIT. Variables (-D): users=N spreads the clients over N users, client c
--- submitting as 00000000-0000-4000-8000-<c mod N, 12 digits> (who need
--- credits), and client_init=0 (it picks the user once per client). Used by
--- BenchmarkSubmitTx (jobs) and bench/pgbench_submit.sh; a ledger test keeps
--- the reserve statement identical to ledger.Reserve's. River's zero-time
+-- River's job insert (InsertManyTx runs JobInsertFastMany, here for one
+-- job), which reserves the job's cost in the same statement (the
+-- river_job_reserve_credits trigger, migrations/sql/00060). Variables (-D):
+-- users=N spreads the clients over N users, client c submitting as
+-- 00000000-0000-4000-8000-<c mod N, 12 digits> (who need credits), and
+-- client_init=0 (it picks the user once per client). Used by
+-- BenchmarkSubmitTx (jobs) and bench/pgbench_submit.sh. River's zero-time
 -- literal '0001-01-01 00:00:00 +0000' is written with make_timestamptz, as
 -- pgbench would read its ':00' as a variable.
 \if :client_init = 0
@@ -52,21 +52,5 @@ ON CONFLICT (unique_key)
         AND unique_states IS NOT NULL
         AND river_job_state_in_bitmask(unique_states, state)
     DO UPDATE SET kind = river_job.kind
-RETURNING river_job.id AS job_id, (xmax != 0) AS unique_skipped_as_duplicate
-\gset
-WITH acct AS (
-    UPDATE credit_accounts
-       SET reserved = reserved + :cost, updated_at = now()
-     WHERE user_id = :user_id AND balance - reserved >= :cost
-    RETURNING user_id
-), h AS (
-    INSERT INTO credit_holds (job_id, user_id, amount)
-    SELECT u.job_id, acct.user_id, u.amount
-      FROM acct, unnest(ARRAY[:job_id]::bigint[], ARRAY[:cost]::bigint[]) AS u (job_id, amount)
-    RETURNING job_id, user_id, amount
-), e AS (
-    INSERT INTO credit_entries (user_id, kind, amount, job_id)
-    SELECT user_id, 'reserve', amount, job_id FROM h
-)
-SELECT count(*) FROM acct;
+RETURNING river_job.id AS job_id, (xmax != 0) AS unique_skipped_as_duplicate;
 COMMIT;

@@ -11,8 +11,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Limits are the admission checks Submit makes inside its transaction,
-// before it inserts anything. A zero field turns its check off.
+// Limits are the admission checks Submit makes inside its transaction: the
+// queue cap before the jobs are inserted, the per-user checks right after
+// (admitSQL), all before commit; a refused submission rolls back and leaves
+// nothing. A zero field turns its check off.
 type Limits struct {
 	// RatePerMinute and Burst are the per-user submit rate limit (GCRA):
 	// Burst submissions at once, then one every minute/RatePerMinute. A
@@ -40,54 +42,95 @@ func (s *Service) WithLimits(l Limits) *Service {
 	return s
 }
 
-// admit runs the admission checks for ps in tx, cheapest first. The rate
-// limit's upsert locks the user's row until tx ends, which serializes one
-// user's submissions and makes the pending cap exact; the queue cap uses a
-// bounded count, cached per process (backlogCache). A refused submission
-// rolls back, so it uses no rate-limit token.
-func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) error {
-	l := s.limits
-	if l.RatePerMinute > 0 {
-		if err := rateLimit(ctx, tx, userID, l.RatePerMinute, max(l.Burst, 1)); err != nil {
-			return err
-		}
+// admitQueues checks the queue cap (QueueMaxPending) for ps, before the
+// jobs are inserted: a bounded count per queue, cached per process
+// (backlogCache), so most submissions make no query for it.
+func (s *Service) admitQueues(ctx context.Context, tx pgx.Tx, ps []prepared) error {
+	if s.limits.QueueMaxPending <= 0 {
+		return nil
 	}
-	if l.UserMaxPending > 0 {
-		if l.RatePerMinute <= 0 {
-			// Without the rate limit's row lock, serialize the user's
-			// submissions here so the count below stays exact.
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('aiqueue.pending:' || $1, 0))`, userID); err != nil {
-				return unavailable(fmt.Errorf("lock pending jobs: %w", err))
-			}
-		}
-		var pending int
-		err := tx.QueryRow(ctx, `
-SELECT count(*) FROM (
-    SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $2
-) open_holds`, userID, l.UserMaxPending+1).Scan(&pending)
+	perQueue := map[string]int{}
+	for _, p := range ps {
+		perQueue[p.queue]++
+	}
+	for _, q := range slices.Sorted(maps.Keys(perQueue)) {
+		queued, ok, err := s.backlog.admit(ctx, tx, q, perQueue[q], s.limits.QueueMaxPending)
 		if err != nil {
-			return unavailable(fmt.Errorf("count pending jobs: %w", err))
+			return unavailable(fmt.Errorf("count queue backlog: %w", err))
 		}
-		if pending+len(ps) > l.UserMaxPending {
-			return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
-				"too many unfinished jobs: %d queued or running, %d more would pass the limit of %d", pending, len(ps), l.UserMaxPending)}
+		if !ok {
+			return &Error{Code: EFULL, RetryAfter: queueFullRetryAfter, Message: fmt.Sprintf(
+				"the %s queue is full (%d jobs waiting); retry later", q, queued)}
 		}
 	}
-	if l.QueueMaxPending > 0 {
-		perQueue := map[string]int{}
-		for _, p := range ps {
-			perQueue[p.queue]++
-		}
-		for _, q := range slices.Sorted(maps.Keys(perQueue)) {
-			queued, ok, err := s.backlog.admit(ctx, tx, q, perQueue[q], l.QueueMaxPending)
-			if err != nil {
-				return unavailable(fmt.Errorf("count queue backlog: %w", err))
-			}
-			if !ok {
-				return &Error{Code: EFULL, RetryAfter: queueFullRetryAfter, Message: fmt.Sprintf(
-					"the %s queue is full (%d jobs waiting); retry later", q, queued)}
-			}
-		}
+	return nil
+}
+
+// admitSQL makes the per-user admission checks of a submission whose jobs
+// this transaction has just inserted (and so reserved), in one statement:
+//   - the rate limit ($2 > 0): one token of the user's GCRA bucket in one
+//     upsert. T ($2) is the emission interval, in microseconds; a request
+//     passes while max(tat, now) - now <= tolerance ($3, (burst-1)*T), and
+//     then tat moves to max(tat, now) + T. A refused submission rolls back,
+//     so it uses no token;
+//   - the user's open holds (credit_accounts.open_holds, which already
+//     counts the new jobs), for the pending cap. The reservation's row lock
+//     on the account serializes the user's submissions until commit, so the
+//     count is exact;
+//   - when $4, the queue position of the first job (the jobs ahead of it).
+const admitSQL = `
+WITH rl AS (
+    INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
+    SELECT $1, c.now + $2 * interval '1 microsecond', c.now, true
+      FROM (SELECT clock_timestamp() AS now) c
+     WHERE $2 > 0
+    ON CONFLICT (user_id) DO UPDATE SET
+        allowed    = greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond',
+        tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond'
+                          THEN greatest(r.tat, EXCLUDED.checked_at) + $2 * interval '1 microsecond'
+                          ELSE r.tat END,
+        checked_at = EXCLUDED.checked_at
+    RETURNING allowed, (extract(epoch FROM tat - checked_at) * 1000000)::bigint AS ahead_us
+)
+SELECT COALESCE((SELECT allowed FROM rl), true),
+       COALESCE((SELECT ahead_us FROM rl), 0),
+       (SELECT open_holds FROM credit_accounts WHERE user_id = $1),
+       (SELECT count(*) FROM river_job
+         WHERE $4 AND state = 'available' AND queue = $5
+           AND (priority, scheduled_at, id) < ($6, $7, $8))`
+
+// admit makes the per-user admission checks (admitSQL) after the jobs of
+// sub are inserted in tx, and sets the first job's queue position when
+// position is true.
+func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission, position bool) error {
+	l := s.limits
+	var t, tolerance time.Duration
+	if l.RatePerMinute > 0 {
+		t = time.Minute / time.Duration(l.RatePerMinute)
+		tolerance = t * time.Duration(max(l.Burst, 1)-1)
+	}
+	first := sub.Jobs[0]
+	var allowed bool
+	var aheadMicros, openHolds int64
+	var queuePosition int
+	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(),
+		position, first.Priority, first.riverPriority, first.scheduledAt, first.riverJobID,
+	).Scan(&allowed, &aheadMicros, &openHolds, &queuePosition)
+	if err != nil {
+		return unavailable(fmt.Errorf("admission checks: %w", err))
+	}
+	if !allowed {
+		wait := time.Duration(aheadMicros)*time.Microsecond - tolerance
+		return &Error{Code: ELIMIT, RetryAfter: wait, Message: fmt.Sprintf(
+			"rate limit: %d submissions per minute (burst %d); retry in %s", l.RatePerMinute, max(l.Burst, 1), (wait + time.Second - 1).Truncate(time.Second))}
+	}
+	if l.UserMaxPending > 0 && openHolds > int64(l.UserMaxPending) {
+		n := int64(len(sub.Jobs))
+		return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
+			"too many unfinished jobs: %d queued or running, %d more would pass the limit of %d", openHolds-n, n, l.UserMaxPending)}
+	}
+	if position {
+		first.QueuePosition = &queuePosition
 	}
 	return nil
 }
@@ -157,36 +200,4 @@ SELECT count(*) FROM (
 	c.queues[q] = e
 	c.mu.Unlock()
 	return queued, ok, nil
-}
-
-// rateLimit takes one token of the user's GCRA bucket in one upsert (no
-// table lock; the row lock is held until the transaction ends). T is the
-// emission interval; a request passes while max(tat, now) - now <=
-// (burst-1)*T, and then tat moves to max(tat, now) + T.
-func rateLimit(ctx context.Context, tx pgx.Tx, userID string, perMinute, burst int) error {
-	t := time.Minute / time.Duration(perMinute)
-	tolerance := t * time.Duration(burst-1)
-	var allowed bool
-	var aheadMicros int64
-	err := tx.QueryRow(ctx, `
-INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
-SELECT $1, c.now + $2 * interval '1 microsecond', c.now, true
-  FROM (SELECT clock_timestamp() AS now) c
-ON CONFLICT (user_id) DO UPDATE SET
-    allowed    = greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond',
-    tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond'
-                      THEN greatest(r.tat, EXCLUDED.checked_at) + $2 * interval '1 microsecond'
-                      ELSE r.tat END,
-    checked_at = EXCLUDED.checked_at
-RETURNING allowed, (extract(epoch FROM tat - checked_at) * 1000000)::bigint`,
-		userID, t.Microseconds(), tolerance.Microseconds()).Scan(&allowed, &aheadMicros)
-	if err != nil {
-		return unavailable(fmt.Errorf("rate limit: %w", err))
-	}
-	if allowed {
-		return nil
-	}
-	wait := time.Duration(aheadMicros)*time.Microsecond - tolerance
-	return &Error{Code: ELIMIT, RetryAfter: wait, Message: fmt.Sprintf(
-		"rate limit: %d submissions per minute (burst %d); retry in %s", perMinute, burst, (wait + time.Second - 1).Truncate(time.Second))}
 }

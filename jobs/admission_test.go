@@ -57,8 +57,8 @@ func TestAdmission(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		b.svc.WithLimits(jobs.Limits{RatePerMinute: 1, Burst: 1})
-		uid := grant(t, b.pool, 1)
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "upscale", Params: []byte(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		uid := grant(t, b.pool, 3)
+		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: []byte(`{"prompt":"orbit","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		var insufficient *ledger.InsufficientError
 		require.ErrorAs(t, err, &insufficient)
 		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})

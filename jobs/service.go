@@ -158,8 +158,8 @@ type Submission struct {
 	// IDs are the River job ids, in item order.
 	IDs []int64
 	// Jobs are the inserted jobs as the API shows them (queued, credits
-	// reserved), in item order, built from what the insert returned; their
-	// QueuePosition is not set (SetQueuePosition).
+	// reserved), in item order, built from what the insert returned. A
+	// single job's QueuePosition is set; a batch's are not.
 	Jobs []*Job
 
 	svc *Service
@@ -171,7 +171,8 @@ type Submission struct {
 func (sub *Submission) Committed() { sub.svc.metrics.observeSubmitted(sub.ps) }
 
 // SubmitTx is Submit inside the caller's transaction (which it does not
-// commit): validation, admission checks, inserts and reservation. The
+// commit): validation, the queue cap, the insert (which reserves the
+// credits), then the per-user admission checks. The
 // caller rolls back on any error, and calls Committed after its commit.
 // opts.InTx is not called.
 func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Submission, error) {
@@ -179,10 +180,10 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 	if err != nil {
 		return nil, err
 	}
-	if err := s.admit(ctx, tx, userID, ps); err != nil {
+	if err := s.admitQueues(ctx, tx, ps); err != nil {
 		return nil, err
 	}
-	rows, err := s.submitTx(ctx, tx, userID, ps)
+	rows, err := s.insert(ctx, tx, ps)
 	if err != nil {
 		return nil, err
 	}
@@ -198,10 +199,18 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 		sub.IDs = append(sub.IDs, r.ID)
 		sub.Jobs = append(sub.Jobs, j)
 	}
+	position := len(rows) == 1 && rows[0].State == rivertype.JobStateAvailable
+	if err := s.admit(ctx, tx, userID, sub, position); err != nil {
+		return nil, err
+	}
 	return sub, nil
 }
 
-func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []prepared) ([]*rivertype.JobRow, error) {
+// insert inserts the River jobs of ps with one InsertManyTx. The insert
+// reserves their cost (a trigger on river_job, see ledger.AsInsufficient):
+// it fails with *ledger.InsufficientError, having written nothing, when the
+// user cannot cover the total.
+func (s *Service) insert(ctx context.Context, tx pgx.Tx, ps []prepared) ([]*rivertype.JobRow, error) {
 	params := make([]river.InsertManyParams, len(ps))
 	for i, p := range ps {
 		params[i] = river.InsertManyParams{Args: p.args, InsertOpts: &river.InsertOpts{
@@ -211,20 +220,14 @@ func (s *Service) submitTx(ctx context.Context, tx pgx.Tx, userID string, ps []p
 	}
 	rows, err := s.river.InsertManyTx(ctx, tx, params)
 	if err != nil {
+		if insufficient, ok := ledger.AsInsufficient(err); ok {
+			return nil, insufficient
+		}
 		return nil, unavailable(fmt.Errorf("insert jobs: %w", err))
 	}
-	holds := make([]ledger.Hold, len(rows))
 	jobRows := make([]*rivertype.JobRow, len(rows))
 	for i, r := range rows {
 		jobRows[i] = r.Job
-		holds[i] = ledger.Hold{JobID: r.Job.ID, Amount: ps[i].args.Cost}
-	}
-	if err := ledger.Reserve(ctx, tx, userID, holds); err != nil {
-		var insufficient *ledger.InsufficientError
-		if errors.As(err, &insufficient) {
-			return nil, err
-		}
-		return nil, unavailable(err)
 	}
 	return jobRows, nil
 }

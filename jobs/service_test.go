@@ -79,17 +79,28 @@ func TestSubmit(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 
-	t.Run("JobWithoutHoldCannotCommit", func(t *testing.T) {
+	t.Run("EveryAIJobInsertReserves", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		tx, err := b.pool.Begin(ctx)
-		require.NoError(t, err)
-		defer tx.Rollback(ctx) //nolint:errcheck
-		_, err = b.river.InsertTx(ctx, tx, jobs.Args{UserID: "00000000-0000-4000-8000-000000000009", Operation: "generate", Model: "fal-ai/flux/dev", Params: json.RawMessage(`{}`), Cost: 1}, nil)
-		require.NoError(t, err)
-		err = tx.Commit(ctx)
-		require.ErrorContains(t, err, "without a credit hold")
+		// A River insert that bypasses the service still reserves: refused
+		// for a user without credits, a hold for one with them.
+		insert := func(uid string) error {
+			tx, err := b.pool.Begin(ctx)
+			require.NoError(t, err)
+			defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+			if _, err := b.river.InsertTx(ctx, tx, jobs.Args{UserID: uid, Operation: "generate", Model: "fal-ai/flux/dev", Params: json.RawMessage(`{}`), Cost: 1}, nil); err != nil {
+				return err
+			}
+			return tx.Commit(ctx)
+		}
+		insufficient, ok := ledger.AsInsufficient(insert("00000000-0000-4000-8000-000000000009"))
+		require.True(t, ok)
+		require.Equal(t, ledger.InsufficientError{Needed: 1, Available: 0}, *insufficient)
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		uid := grant(t, b.pool, 1)
+		require.NoError(t, insert(uid))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE user_id = $1 AND state = 'reserved'`, uid))
+		requireInvariants(t, b.pool)
 	})
 
 	t.Run("ValidationListsEveryError", func(t *testing.T) {

@@ -21,7 +21,7 @@ func (v Violation) String() string {
 // none:
 //   - available = balance - reserved >= 0;
 //   - granted - charged = balance (from the journal);
-//   - reserved = the sum of open holds;
+//   - reserved = the sum of open holds, open_holds = their number;
 //   - every hold has exactly one reserve entry, a settled hold exactly one
 //     charge or refund entry matching its state, an open hold none;
 //   - every journal entry about a job belongs to that job's hold.
@@ -36,7 +36,8 @@ WITH j AS (
            COALESCE(sum(amount) FILTER (WHERE kind = 'charge'), 0) AS charged
       FROM credit_entries GROUP BY user_id
 ), h AS (
-    SELECT user_id, COALESCE(sum(amount) FILTER (WHERE state = 'reserved'), 0) AS open
+    SELECT user_id, COALESCE(sum(amount) FILTER (WHERE state = 'reserved'), 0) AS open,
+           count(*) FILTER (WHERE state = 'reserved') AS open_count
       FROM credit_holds GROUP BY user_id
 ), per_job AS (
     SELECT job_id, user_id,
@@ -56,6 +57,10 @@ UNION ALL
 SELECT a.user_id::text, 'reserved = sum of open holds', format('reserved %s open holds %s', a.reserved, COALESCE(h.open, 0))
   FROM credit_accounts a LEFT JOIN h USING (user_id)
  WHERE a.reserved <> COALESCE(h.open, 0)
+UNION ALL
+SELECT a.user_id::text, 'open_holds = number of open holds', format('open_holds %s open holds %s', a.open_holds, COALESCE(h.open_count, 0))
+  FROM credit_accounts a LEFT JOIN h USING (user_id)
+ WHERE a.open_holds <> COALESCE(h.open_count, 0)
 UNION ALL
 SELECT ho.user_id::text, 'one reserve entry per hold',
        format('job %s has %s reserve entries', ho.job_id, COALESCE(e.reserves, 0))

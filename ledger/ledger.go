@@ -1,12 +1,14 @@
 // Package ledger keeps users' credits in Postgres: accounts, holds (one per
-// job) and an append-only journal. Every write takes the caller's pgx.Tx, so
-// a reservation commits together with the job it pays for; settlement runs in
-// SQL (credit_settle) so that it commits with the job reaching its final
-// state, whatever moves it there.
+// job) and an append-only journal. Reservation and settlement run in SQL,
+// in triggers on river_job: inserting an AI job reserves its cost in the
+// same statement (AsInsufficient), and a job reaching its final state
+// charges or refunds its hold (credit_settle) in the transaction that moves
+// it there, whatever moves it.
 package ledger
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -38,8 +40,8 @@ const (
 	KindRefund  = "refund"
 )
 
-// InsufficientError is returned by Reserve when the account cannot cover
-// the amount. Nothing has been written when it is returned.
+// InsufficientError is an AI job insert refused because the account cannot
+// cover the jobs' cost (see AsInsufficient). Nothing has been written.
 type InsufficientError struct {
 	Needed    int64
 	Available int64
@@ -53,66 +55,32 @@ func (e *InsufficientError) Error() string {
 // before for a different grant.
 var ErrGrantConflict = errors.New("idempotency key already used for a different grant")
 
-// Hold is one reservation: the amount held for one job.
-type Hold struct {
-	JobID  int64
-	Amount int64
-}
+// insufficientCode is the SQLSTATE the reservation trigger fails an AI job
+// insert with when the account cannot cover it (migrations/sql/00060).
+const insufficientCode = "AQ402"
 
-// reserveSQL is the whole reservation in one statement: it takes total
-// ($2) from the account's available credits only when they cover it (the row
-// lock makes concurrent reservations queue up and re-check), and records one
-// hold and one reserve entry per job. It returns 1 when it reserved and 0,
-// having written nothing, when the account cannot cover the total.
-const reserveSQL = `
-WITH acct AS (
-    UPDATE credit_accounts
-       SET reserved = reserved + $2, updated_at = now()
-     WHERE user_id = $1 AND balance - reserved >= $2
-    RETURNING user_id
-), h AS (
-    INSERT INTO credit_holds (job_id, user_id, amount)
-    SELECT u.job_id, acct.user_id, u.amount
-      FROM acct, unnest($3::bigint[], $4::bigint[]) AS u (job_id, amount)
-    RETURNING job_id, user_id, amount
-), e AS (
-    INSERT INTO credit_entries (user_id, kind, amount, job_id)
-    SELECT user_id, 'reserve', amount, job_id FROM h
-)
-SELECT count(*) FROM acct`
-
-// Reserve moves the sum of holds from the user's available credits to
-// reserved and records one hold and one journal entry per job, in one
-// statement. It returns *InsufficientError when the user cannot cover the
-// total; the caller then rolls back its transaction.
-func Reserve(ctx context.Context, tx pgx.Tx, userID string, holds []Hold) error {
-	if len(holds) == 0 {
-		return nil
+// AsInsufficient reports whether err is an AI job insert refused because the
+// user cannot cover the jobs' cost, and returns it as *InsufficientError.
+//
+// Credits are reserved by the insert itself: a trigger on river_job moves the
+// cost of every AI job a statement inserts (args.user_id, args.cost) from the
+// user's available credits to reserved and records one hold and one reserve
+// entry per job, or fails the whole statement, writing nothing, when the
+// account cannot cover the total. Inserting the job in the caller's
+// transaction is therefore the reservation.
+func AsInsufficient(err error) (*InsufficientError, bool) {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != insufficientCode {
+		return nil, false
 	}
-	var total int64
-	ids := make([]int64, len(holds))
-	amounts := make([]int64, len(holds))
-	for i, h := range holds {
-		if h.Amount <= 0 {
-			return fmt.Errorf("hold for job %d: amount must be positive, got %d", h.JobID, h.Amount)
-		}
-		ids[i], amounts[i] = h.JobID, h.Amount
-		total += h.Amount
+	var d struct {
+		Needed    int64 `json:"needed"`
+		Available int64 `json:"available"`
 	}
-	var reserved int
-	err := tx.QueryRow(ctx, reserveSQL, userID, total, ids, amounts).Scan(&reserved)
-	if err != nil {
-		return fmt.Errorf("reserve: %w", err)
+	if err := json.Unmarshal([]byte(pgErr.Detail), &d); err != nil {
+		return nil, false
 	}
-	if reserved == 1 {
-		return nil
-	}
-	var available int64
-	err = tx.QueryRow(ctx, `SELECT balance - reserved FROM credit_accounts WHERE user_id = $1`, userID).Scan(&available)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("reserve: %w", err)
-	}
-	return &InsufficientError{Needed: total, Available: available}
+	return &InsufficientError{Needed: d.Needed, Available: d.Available}, true
 }
 
 // Settle settles the open hold of a job: it charges it when charge is true

@@ -2,7 +2,6 @@ package ledger_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +21,8 @@ const (
 	sqlInsufficientPrivilge = "42501"
 )
 
+// TestReserve checks the reservation every AI job insert makes (the
+// river_job_reserve_credits trigger of migrations/sql/00060).
 func TestReserve(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -40,6 +41,7 @@ func TestReserve(t *testing.T) {
 			require.Equal(t, amount, got)
 			require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1 AND kind = 'reserve' AND amount = $2`, ids[i], amount))
 		}
+		require.Equal(t, 2, count(t, b.pool, `SELECT open_holds FROM credit_accounts WHERE user_id = $1`, uid))
 		requireCheck(t, b.pool)
 	})
 
@@ -48,18 +50,16 @@ func TestReserve(t *testing.T) {
 		b := setup(t)
 		uid := grant(t, b.pool, 2)
 		err := inTx(t, b.pool, func(tx pgx.Tx) error {
-			holds := []ledger.Hold{{JobID: insertJob(t, tx, uid, 2), Amount: 2}, {JobID: insertJob(t, tx, uid, 1), Amount: 1}}
-			err := ledger.Reserve(ctx, tx, uid, holds)
-			// Nothing was written, even inside the transaction.
-			require.Zero(t, count(t, tx, `SELECT count(*) FROM credit_holds`))
-			require.Zero(t, count(t, tx, `SELECT count(*) FROM credit_entries WHERE kind = 'reserve'`))
+			_, err := insertJobs(tx, uid, 2, 1)
 			return err
 		})
-		var insufficient *ledger.InsufficientError
-		require.ErrorAs(t, err, &insufficient)
+		insufficient, ok := ledger.AsInsufficient(err)
+		require.True(t, ok, "%v", err)
 		require.Equal(t, ledger.InsufficientError{Needed: 3, Available: 2}, *insufficient)
 		require.Equal(t, ledger.Balance{Balance: 2, Available: 2}, balance(t, b.pool, uid))
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_entries WHERE kind = 'reserve'`))
 		requireCheck(t, b.pool)
 	})
 
@@ -69,10 +69,11 @@ func TestReserve(t *testing.T) {
 		uid := grant(t, b.pool, 2)
 		reserveJobs(t, b.pool, uid, 2)
 		err := inTx(t, b.pool, func(tx pgx.Tx) error {
-			return ledger.Reserve(ctx, tx, uid, []ledger.Hold{{JobID: insertJob(t, tx, uid, 1), Amount: 1}})
+			_, err := insertJob(tx, uid, 1)
+			return err
 		})
-		var insufficient *ledger.InsufficientError
-		require.ErrorAs(t, err, &insufficient)
+		insufficient, ok := ledger.AsInsufficient(err)
+		require.True(t, ok, "%v", err)
 		require.Equal(t, ledger.InsufficientError{Needed: 1, Available: 0}, *insufficient)
 		require.Equal(t, ledger.Balance{Balance: 2, Reserved: 2, Available: 0}, balance(t, b.pool, uid))
 		requireCheck(t, b.pool)
@@ -83,34 +84,72 @@ func TestReserve(t *testing.T) {
 		b := setup(t)
 		uid := uuid.NewString()
 		err := inTx(t, b.pool, func(tx pgx.Tx) error {
-			return ledger.Reserve(ctx, tx, uid, []ledger.Hold{{JobID: insertJob(t, tx, uid, 1), Amount: 1}})
+			_, err := insertJob(tx, uid, 1)
+			return err
 		})
-		var insufficient *ledger.InsufficientError
-		require.ErrorAs(t, err, &insufficient)
+		insufficient, ok := ledger.AsInsufficient(err)
+		require.True(t, ok, "%v", err)
 		require.Equal(t, ledger.InsufficientError{Needed: 1, Available: 0}, *insufficient)
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_accounts`))
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
 	})
 
-	t.Run("RefusesNonPositiveAmount", func(t *testing.T) {
+	t.Run("RefusesJobsWithoutUserOrPositiveCost", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		uid := grant(t, b.pool, 5)
-		err := inTx(t, b.pool, func(tx pgx.Tx) error {
-			return ledger.Reserve(ctx, tx, uid, []ledger.Hold{{JobID: insertJob(t, tx, uid, 0), Amount: 0}})
-		})
-		require.ErrorContains(t, err, "amount must be positive")
+		for _, args := range []string{
+			`{"user_id": "` + uid + `", "cost": 0}`,
+			`{"user_id": "` + uid + `", "cost": -1}`,
+			`{"user_id": "` + uid + `"}`,
+			`{"cost": 1}`,
+		} {
+			_, err := b.pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue) VALUES ($1, 'ai', 5, 'urgent')`, args)
+			requireSQLState(t, err, sqlCheckViolation)
+			_, ok := ledger.AsInsufficient(err)
+			require.False(t, ok)
+		}
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
 		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, balance(t, b.pool, uid))
 	})
 
-	t.Run("HoldWithoutJobCannotCommit", func(t *testing.T) {
+	t.Run("OtherKindsReserveNothing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		uid := grant(t, b.pool, 5)
-		err := inTx(t, b.pool, func(tx pgx.Tx) error {
-			return ledger.Reserve(ctx, tx, uid, []ledger.Hold{{JobID: 424242, Amount: 1}})
-		})
-		requireSQLState(t, err, sqlIntegrityViolation)
-		require.ErrorContains(t, err, "has no AI job")
+		_, err := b.pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue) VALUES (jsonb_build_object('user_id', $1::text, 'cost', 1), 'ledger_reconcile', 5, 'urgent')`, uid)
+		require.NoError(t, err)
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
+		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, balance(t, b.pool, uid))
+	})
+
+	t.Run("SeveralUsersInOneStatement", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		rich, poor := grant(t, b.pool, 5), grant(t, b.pool, 1)
+		insert := func(users ...string) error {
+			_, err := b.pool.Exec(ctx, `
+INSERT INTO river_job (args, kind, max_attempts, queue)
+SELECT jsonb_build_object('user_id', u, 'cost', 2), 'ai', 5, 'urgent' FROM unnest($1::text[]) u`, users)
+			return err
+		}
+		insufficient, ok := ledger.AsInsufficient(insert(rich, poor))
+		require.True(t, ok)
+		require.Equal(t, ledger.InsufficientError{Needed: 2, Available: 1}, *insufficient)
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		require.NoError(t, insert(rich, rich))
+		require.Equal(t, ledger.Balance{Balance: 5, Reserved: 4, Available: 1}, balance(t, b.pool, rich))
+		require.Equal(t, ledger.Balance{Balance: 1, Available: 1}, balance(t, b.pool, poor))
+		requireCheck(t, b.pool)
+	})
+
+	t.Run("HoldsAreWrittenOnlyByInsertingTheJob", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+		_, err := b.pool.Exec(ctx, `INSERT INTO credit_holds (job_id, user_id, amount) VALUES (424242, $1, 1)`, uid)
+		requireSQLState(t, err, sqlInsufficientPrivilge)
+		require.ErrorContains(t, err, "written by inserting their AI job")
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
 		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, balance(t, b.pool, uid))
 		requireCheck(t, b.pool)
@@ -136,33 +175,21 @@ func TestReserve(t *testing.T) {
 		results := make(chan error, n)
 		for range n {
 			wg.Go(func() {
-				tx, err := b.pool.Begin(ctx)
-				if err != nil {
-					results <- err
-					return
-				}
-				defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-				var id int64
-				if err := tx.QueryRow(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue) VALUES (jsonb_build_object('user_id', $1::text, 'cost', 1), 'ai', 5, 'urgent') RETURNING id`, uid).Scan(&id); err != nil {
-					results <- err
-					return
-				}
-				if err := ledger.Reserve(ctx, tx, uid, []ledger.Hold{{JobID: id, Amount: 1}}); err != nil {
-					results <- err
-					return
-				}
-				results <- tx.Commit(ctx)
+				results <- inTxErr(ctx, b.pool, func(tx pgx.Tx) error {
+					_, err := insertJob(tx, uid, 1)
+					return err
+				})
 			})
 		}
 		wg.Wait()
 		close(results)
 		var ok, insufficient int
 		for err := range results {
-			var ie *ledger.InsufficientError
+			_, short := ledger.AsInsufficient(err)
 			switch {
 			case err == nil:
 				ok++
-			case errors.As(err, &ie):
+			case short:
 				insufficient++
 			default:
 				require.NoError(t, err)
@@ -176,25 +203,20 @@ func TestReserve(t *testing.T) {
 		requireCheck(t, b.pool)
 	})
 
-	t.Run("ConnectionKilledBetweenReserveAndInsert", func(t *testing.T) {
+	t.Run("ConnectionKilledBeforeCommit", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		uid := grant(t, b.pool, 5)
 		tx, err := b.pool.Begin(ctx)
 		require.NoError(t, err)
 		defer tx.Rollback(ctx) //nolint:errcheck // the connection is gone
-		// Reserve first for the id the job will get, as a caller that
-		// allocates ids itself would; the hold's job check waits for commit.
-		var jobID int64
-		require.NoError(t, tx.QueryRow(ctx, `SELECT nextval('river_job_id_seq')`).Scan(&jobID))
-		require.NoError(t, ledger.Reserve(ctx, tx, uid, []ledger.Hold{{JobID: jobID, Amount: 2}}))
+		_, err = insertJob(tx, uid, 2)
+		require.NoError(t, err)
 		var pid int
 		require.NoError(t, tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
 		var killed bool
 		require.NoError(t, b.pool.QueryRow(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid).Scan(&killed))
 		require.True(t, killed)
-		_, err = tx.Exec(ctx, `INSERT INTO river_job (id, args, kind, max_attempts, queue) VALUES ($1, jsonb_build_object('user_id', $2::text, 'cost', 2), 'ai', 5, 'urgent')`, jobID, uid)
-		require.Error(t, err)
 		require.Error(t, tx.Commit(ctx))
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))

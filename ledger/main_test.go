@@ -41,9 +41,16 @@ func setup(t *testing.T) *testBundle {
 // inTx runs fn in a transaction and commits it when fn succeeds.
 func inTx(t *testing.T, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
 	t.Helper()
-	ctx := context.Background()
+	return inTxErr(context.Background(), pool, fn)
+}
+
+// inTxErr is inTx for goroutines: it reports every error instead of failing
+// the test.
+func inTxErr(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
 	tx, err := pool.Begin(ctx)
-	require.NoError(t, err)
+	if err != nil {
+		return err
+	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 	if err := fn(tx); err != nil {
 		return err
@@ -62,29 +69,39 @@ func grant(t *testing.T, pool *pgxpool.Pool, amount int64) string {
 	return uid
 }
 
-// insertJob inserts a minimal AI job row in tx (what River's InsertTx
-// writes, for the columns that matter here) and returns its id.
-func insertJob(t *testing.T, tx pgx.Tx, userID string, cost int64) int64 {
-	t.Helper()
-	var id int64
-	require.NoError(t, tx.QueryRow(context.Background(), `
+// insertJobs inserts one minimal AI job row per cost in tx, in one statement
+// (what River's InsertManyTx writes, for the columns that matter here), and
+// returns their ids. The insert itself reserves the costs.
+func insertJobs(tx pgx.Tx, userID string, costs ...int64) ([]int64, error) {
+	rows, err := tx.Query(context.Background(), `
 INSERT INTO river_job (args, kind, max_attempts, queue)
-VALUES (jsonb_build_object('user_id', $1::text, 'cost', $2::bigint), 'ai', 5, 'urgent')
-RETURNING id`, userID, cost).Scan(&id))
-	return id
+SELECT jsonb_build_object('user_id', $1::text, 'cost', c), 'ai', 5, 'urgent'
+  FROM unnest($2::bigint[]) WITH ORDINALITY AS u (c, n)
+ ORDER BY n
+RETURNING id`, userID, costs)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
-// reserveJobs inserts one job per amount and reserves them, committed.
+// insertJob inserts one AI job in tx and returns its id.
+func insertJob(tx pgx.Tx, userID string, cost int64) (int64, error) {
+	ids, err := insertJobs(tx, userID, cost)
+	if err != nil {
+		return 0, err
+	}
+	return ids[0], nil
+}
+
+// reserveJobs inserts one job per amount in one statement, committed.
 func reserveJobs(t *testing.T, pool *pgxpool.Pool, userID string, amounts ...int64) []int64 {
 	t.Helper()
 	var ids []int64
 	require.NoError(t, inTx(t, pool, func(tx pgx.Tx) error {
-		holds := make([]ledger.Hold, len(amounts))
-		for i, a := range amounts {
-			holds[i] = ledger.Hold{JobID: insertJob(t, tx, userID, a), Amount: a}
-			ids = append(ids, holds[i].JobID)
-		}
-		return ledger.Reserve(context.Background(), tx, userID, holds)
+		var err error
+		ids, err = insertJobs(tx, userID, amounts...)
+		return err
 	}))
 	return ids
 }
