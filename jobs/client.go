@@ -68,12 +68,11 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		Middleware:           cfg.Middleware,
 		PollOnly:             cfg.PollOnly,
 	}
-	// River sends a job insert notification per queue at most once per
-	// client-level FetchCooldown (100ms by default); a job inserted in
-	// between waits for its queue's next poll. Keep it as short as the urgent
-	// queue's cooldown, so every click is fetched at once (make bench: urgent
-	// pickup p50 ~50ms with River's default, a few ms with this).
-	rc.FetchCooldown = urgentFetchCooldown
+	// River's own insert notifications are sent inside the inserting
+	// transaction, at most once per queue per client FetchCooldown; the
+	// service announces its jobs after commit instead (insertNotifier), so
+	// River's are spaced out to the poll interval.
+	rc.FetchCooldown = river.FetchPollIntervalDefault
 	if cfg.Work {
 		if err := cfg.Limits.Validate(); err != nil {
 			return nil, err

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -35,19 +36,31 @@ func (l QueueLimits) Validate() error {
 	return nil
 }
 
-// urgentFetchCooldown is the urgent queue's fetch cooldown, and the
-// client's insert notification cooldown (see NewClient).
-const urgentFetchCooldown = 5 * time.Millisecond
-
-// riverQueues is the River queue configuration. The urgent queue fetches
+// queueFetch are the fetch settings of each queue. The urgent queue fetches
 // with a short cooldown so a click is picked up within milliseconds of its
-// commit; background keeps River's default cooldown.
+// commit; background keeps River's default cooldown. The poll interval is
+// only the fallback: submissions announce their jobs (insertNotifier).
+var queueFetch = map[string]river.QueueConfig{
+	QueueUrgent:     {FetchCooldown: time.Millisecond, FetchPollInterval: 500 * time.Millisecond},
+	QueueNormal:     {FetchCooldown: 50 * time.Millisecond},
+	QueueBackground: {FetchCooldown: river.FetchCooldownDefault},
+}
+
+// fetchCooldown is the fetch cooldown of queue q.
+func fetchCooldown(q string) time.Duration {
+	return cmp.Or(queueFetch[q].FetchCooldown, river.FetchCooldownDefault)
+}
+
+// riverQueues is the River queue configuration: the limits with the fetch
+// settings of queueFetch.
 func (l QueueLimits) riverQueues() map[string]river.QueueConfig {
-	return map[string]river.QueueConfig{
-		QueueUrgent:     {MaxWorkers: l.Urgent, FetchCooldown: urgentFetchCooldown, FetchPollInterval: 500 * time.Millisecond},
-		QueueNormal:     {MaxWorkers: l.Normal, FetchCooldown: 50 * time.Millisecond},
-		QueueBackground: {MaxWorkers: l.Background, FetchCooldown: river.FetchCooldownDefault},
+	out := map[string]river.QueueConfig{}
+	for q, n := range map[string]int{QueueUrgent: l.Urgent, QueueNormal: l.Normal, QueueBackground: l.Background} {
+		c := queueFetch[q]
+		c.MaxWorkers = n
+		out[q] = c
 	}
+	return out
 }
 
 // QueueConfigs returns the River queue configuration of these limits: the

@@ -44,11 +44,13 @@ type Service struct {
 	metrics *Metrics
 	limits  Limits
 	backlog backlogCache
+	// notifier announces committed jobs to River's producers.
+	notifier *insertNotifier
 }
 
 // NewService returns a Service. client may be an insert-only River client.
 func NewService(pool *pgxpool.Pool, client *river.Client[pgx.Tx], catalog *Catalog) *Service {
-	return &Service{pool: pool, river: client, catalog: catalog}
+	return &Service{pool: pool, river: client, catalog: catalog, notifier: &insertNotifier{pool: pool}}
 }
 
 // SetMetrics makes Submit count committed submissions in m.
@@ -166,9 +168,19 @@ type Submission struct {
 	ps  []prepared
 }
 
-// Committed records the submission in the metrics; call it once the
-// caller's transaction has committed.
-func (sub *Submission) Committed() { sub.svc.metrics.observeSubmitted(sub.ps) }
+// Committed records the submission in the metrics and tells River's
+// producers about its jobs; call it once the caller's transaction has
+// committed.
+func (sub *Submission) Committed() {
+	sub.svc.metrics.observeSubmitted(sub.ps)
+	var queues []string
+	for _, j := range sub.Jobs {
+		if !slices.Contains(queues, j.Priority) {
+			queues = append(queues, j.Priority)
+		}
+	}
+	sub.svc.notifier.committed(queues)
+}
 
 // SubmitTx is Submit inside the caller's transaction (which it does not
 // commit): validation, the queue cap, the insert (which reserves the
