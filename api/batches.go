@@ -81,24 +81,18 @@ func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submit
 	for i, it := range in.Body.Items {
 		items[i] = jobs.Item{Operation: it.Operation, Params: it.Params}
 	}
-	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/batches", in.Body,
-		func(ctx context.Context, tx pgx.Tx) (response, error) {
+	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/batches", in.Body,
+		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Batch], error) {
 			b, sub, err := s.jobs.SubmitBatchTx(ctx, tx, p.UserID, in.Body.Priority, items)
 			if err != nil {
-				return response{}, err
+				return written[*jobs.Batch]{}, err
 			}
-			res, err := newResponse(http.StatusAccepted, "/v1/batches/"+b.ID, b)
-			res.committed = sub.Committed
-			return res, err
+			return written[*jobs.Batch]{Status: http.StatusAccepted, Location: "/v1/batches/" + b.ID, Body: b, committed: sub.Committed}, nil
 		})
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	var b jobs.Batch
-	if err := json.Unmarshal(res.Body, &b); err != nil {
-		return nil, s.toProblem(ctx, err)
-	}
-	return &submitBatchOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &b}, nil
+	return &submitBatchOutput{Location: w.Location, Replayed: w.replayedHeader(), Body: w.Body}, nil
 }
 
 func (s *Server) getBatch(ctx context.Context, in *batchIDInput) (*batchOutput, error) {

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -115,33 +114,29 @@ func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, e
 
 func (s *Server) grantCredits(ctx context.Context, in *grantInput) (*grantOutput, error) {
 	p := principalFrom(ctx)
-	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/admin/credits/grants", in.Body,
-		func(ctx context.Context, tx pgx.Tx) (response, error) {
+	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/admin/credits/grants", in.Body,
+		func(ctx context.Context, tx pgx.Tx) (written[GrantResult], error) {
 			// The journal's own key makes the grant idempotent across
 			// admins and beyond the 24 hours of the API's record.
 			entry, created, err := ledger.Grant(ctx, tx, in.Body.UserID, in.Body.Amount, in.Body.Reason, in.IdempotencyKey)
 			if errors.Is(err, ledger.ErrGrantConflict) {
-				return response{}, newProblem(http.StatusUnprocessableEntity, "Idempotency-Key "+strconv.Quote(in.IdempotencyKey)+" was used for a different grant")
+				return written[GrantResult]{}, newProblem(http.StatusUnprocessableEntity, "Idempotency-Key "+strconv.Quote(in.IdempotencyKey)+" was used for a different grant")
 			}
 			if err != nil {
-				return response{}, s.dbProblem(ctx, err)
+				return written[GrantResult]{}, s.dbProblem(ctx, err)
 			}
 			b, err := ledger.Get(ctx, tx, in.Body.UserID)
 			if err != nil {
-				return response{}, s.dbProblem(ctx, err)
+				return written[GrantResult]{}, s.dbProblem(ctx, err)
 			}
 			status := http.StatusCreated
 			if !created {
 				status = http.StatusOK
 			}
-			return newResponse(status, "", GrantResult{Entry: creditEntry(entry), Credits: b})
+			return written[GrantResult]{Status: status, Body: GrantResult{Entry: creditEntry(entry), Credits: b}}, nil
 		})
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	out := &grantOutput{Status: res.Status, Replayed: replayedHeader(res)}
-	if err := json.Unmarshal(res.Body, &out.Body); err != nil {
-		return nil, s.toProblem(ctx, err)
-	}
-	return out, nil
+	return &grantOutput{Status: w.Status, Replayed: w.replayedHeader(), Body: w.Body}, nil
 }

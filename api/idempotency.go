@@ -17,24 +17,24 @@ import (
 // kept and replayed. A periodic job deletes older records.
 const IdempotencyKeyTTL = 24 * time.Hour
 
-// response is what a write handler produced inside its transaction, and
-// what an idempotency record stores and replays.
-type response struct {
+// written is what a write handler produced inside its transaction, and
+// what an idempotency record stores (Body as JSON) and replays.
+type written[T any] struct {
 	Status   int
 	Location string
-	Body     []byte
+	Body     T
 	// Replayed is true when this is the stored first response to the key.
 	Replayed bool
-	// committed runs after the transaction commits (metrics).
+	// committed runs after the transaction commits (metrics, notifications).
 	committed func()
 }
 
-func newResponse(status int, location string, body any) (response, error) {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return response{}, err
+// replayedHeader is the Idempotent-Replayed header of w.
+func (w written[T]) replayedHeader() string {
+	if w.Replayed {
+		return "true"
 	}
-	return response{Status: status, Location: location, Body: b}, nil
+	return ""
 }
 
 // requestHash identifies a request for idempotency: method, path and the
@@ -64,29 +64,41 @@ func requestHash(method, path string, req any) []byte {
 // request) or refuses the key (422, other request). A new response is
 // stored in the same transaction as what fn wrote, so the record exists
 // exactly when the jobs do. Only successful responses are stored: a
-// request that failed can be retried with the same key.
-// The request (method, path, body) is hashed only when there is a key.
-func (s *Server) inTx(ctx context.Context, userID, key, method, path string, body any, fn func(ctx context.Context, tx pgx.Tx) (response, error)) (response, error) {
+// request that failed can be retried with the same key. Without a key
+// nothing is hashed or encoded here: fn's value is returned as it is.
+func inTx[T any](ctx context.Context, s *Server, userID, key, method, path string, req any, fn func(ctx context.Context, tx pgx.Tx) (written[T], error)) (written[T], error) {
 	ctx, cancel := context.WithTimeout(ctx, s.dbTimeout)
 	defer cancel()
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return response{}, s.dbProblem(ctx, err)
+		return written[T]{}, s.dbProblem(ctx, err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 
 	var hash []byte
 	if key != "" {
-		hash = requestHash(method, path, body)
-		if res, done, err := s.lookupKey(ctx, tx, userID, key, hash); done || err != nil {
-			return res, err
+		hash = requestHash(method, path, req)
+		stored, done, err := s.lookupKey(ctx, tx, userID, key, hash)
+		if err != nil {
+			return written[T]{}, err
+		}
+		if done {
+			w := written[T]{Status: stored.status, Location: stored.location, Replayed: true}
+			if err := json.Unmarshal(stored.body, &w.Body); err != nil {
+				return written[T]{}, err
+			}
+			return w, nil
 		}
 	}
-	res, err := fn(ctx, tx)
+	w, err := fn(ctx, tx)
 	if err != nil {
-		return response{}, err
+		return written[T]{}, err
 	}
 	if key != "" {
+		body, err := json.Marshal(w.Body)
+		if err != nil {
+			return written[T]{}, err
+		}
 		tag, err := tx.Exec(ctx, `
 INSERT INTO idempotency_keys (user_id, key, request_hash, status, location, body)
 VALUES ($1, $2, $3, $4, NULLIF($5, ''), $6)
@@ -94,68 +106,66 @@ ON CONFLICT (user_id, key) DO UPDATE
    SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status, location = EXCLUDED.location,
        body = EXCLUDED.body, created_at = now()
  WHERE idempotency_keys.created_at <= now() - $7 * interval '1 second'`,
-			userID, key, hash, res.Status, res.Location, res.Body, int64(IdempotencyKeyTTL/time.Second))
+			userID, key, hash, w.Status, w.Location, body, int64(IdempotencyKeyTTL/time.Second))
 		if err != nil {
-			return response{}, s.dbProblem(ctx, err)
+			return written[T]{}, s.dbProblem(ctx, err)
 		}
 		if tag.RowsAffected() != 1 {
 			// A live record appeared despite the lock: never write twice.
-			return response{}, inFlight(key)
+			return written[T]{}, inFlight(key)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return response{}, s.dbProblem(ctx, err)
+		return written[T]{}, s.dbProblem(ctx, err)
 	}
-	if res.committed != nil {
-		res.committed()
+	if w.committed != nil {
+		w.committed()
 	}
-	return res, nil
+	return w, nil
+}
+
+// storedResponse is an idempotency record's response.
+type storedResponse struct {
+	status   int
+	location string
+	body     []byte
 }
 
 // lookupKey locks (user, key) for the transaction and looks the key up.
 // done is true with the stored response to replay, or with an error (409
 // in flight, 422 other request).
-func (s *Server) lookupKey(ctx context.Context, tx pgx.Tx, userID, key string, hash []byte) (res response, done bool, err error) {
+func (s *Server) lookupKey(ctx context.Context, tx pgx.Tx, userID, key string, hash []byte) (res storedResponse, done bool, err error) {
 	var locked bool
 	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended('aiqueue.idempotency:' || $1 || ':' || $2, 0))`,
 		userID, key).Scan(&locked); err != nil {
-		return response{}, true, s.dbProblem(ctx, err)
+		return storedResponse{}, true, s.dbProblem(ctx, err)
 	}
 	if !locked {
-		return response{}, true, inFlight(key)
+		return storedResponse{}, true, inFlight(key)
 	}
 	var stored []byte
 	var location *string
 	err = tx.QueryRow(ctx, `
 SELECT request_hash, status, location, body FROM idempotency_keys
  WHERE user_id = $1 AND key = $2 AND created_at > now() - $3 * interval '1 second'`,
-		userID, key, int64(IdempotencyKeyTTL/time.Second)).Scan(&stored, &res.Status, &location, &res.Body)
+		userID, key, int64(IdempotencyKeyTTL/time.Second)).Scan(&stored, &res.status, &location, &res.body)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return response{}, false, nil
+		return storedResponse{}, false, nil
 	}
 	if err != nil {
-		return response{}, true, s.dbProblem(ctx, err)
+		return storedResponse{}, true, s.dbProblem(ctx, err)
 	}
 	if !bytes.Equal(stored, hash) {
-		return response{}, true, newProblem(http.StatusUnprocessableEntity,
+		return storedResponse{}, true, newProblem(http.StatusUnprocessableEntity,
 			"Idempotency-Key "+strconv.Quote(key)+" was already used for a different request; use a new key for a new request")
 	}
 	if location != nil {
-		res.Location = *location
+		res.location = *location
 	}
-	res.Replayed = true
 	return res, true, nil
 }
 
 func inFlight(key string) *Problem {
 	return newProblem(http.StatusConflict, "a request with Idempotency-Key "+strconv.Quote(key)+
 		" is still in progress; retry after it finished to get its response").retryAfter(time.Second)
-}
-
-// replayedHeader marks a replayed response.
-func replayedHeader(res response) string {
-	if res.Replayed {
-		return "true"
-	}
-	return ""
 }

@@ -131,25 +131,19 @@ func submitExamples() map[string]*huma.Example {
 func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutput, error) {
 	p := principalFrom(ctx)
 	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
-	res, err := s.inTx(ctx, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
-		func(ctx context.Context, tx pgx.Tx) (response, error) {
+	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
+		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Job], error) {
 			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{})
 			if err != nil {
-				return response{}, err
+				return written[*jobs.Job]{}, err
 			}
 			j := sub.Jobs[0]
-			res, err := newResponse(http.StatusAccepted, "/v1/jobs/"+j.ID, j)
-			res.committed = sub.Committed
-			return res, err
+			return written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j, committed: sub.Committed}, nil
 		})
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	var j jobs.Job
-	if err := json.Unmarshal(res.Body, &j); err != nil {
-		return nil, s.toProblem(ctx, err)
-	}
-	return &submitJobOutput{Location: res.Location, Replayed: replayedHeader(res), Body: &j}, nil
+	return &submitJobOutput{Location: w.Location, Replayed: w.replayedHeader(), Body: w.Body}, nil
 }
 
 // readJob reads the caller's job within the database timeout.

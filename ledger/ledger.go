@@ -77,8 +77,8 @@ func AsInsufficient(err error) (*InsufficientError, bool) {
 		Needed    int64 `json:"needed"`
 		Available int64 `json:"available"`
 	}
-	if err := json.Unmarshal([]byte(pgErr.Detail), &d); err != nil {
-		return nil, false
+	if json.Unmarshal([]byte(pgErr.Detail), &d) != nil {
+		return nil, false // not the trigger's detail: left as a database error
 	}
 	return &InsufficientError{Needed: d.Needed, Available: d.Available}, true
 }
