@@ -77,10 +77,9 @@ func AsInsufficient(err error) (*InsufficientError, bool) {
 		Needed    int64 `json:"needed"`
 		Available int64 `json:"available"`
 	}
-	if json.Unmarshal([]byte(pgErr.Detail), &d) != nil {
-		return nil, false // not the trigger's detail: left as a database error
-	}
-	return &InsufficientError{Needed: d.Needed, Available: d.Available}, true
+	// Anything but the trigger's detail is left as a database error.
+	ok := json.Unmarshal([]byte(pgErr.Detail), &d) == nil
+	return &InsufficientError{Needed: d.Needed, Available: d.Available}, ok
 }
 
 // Settle settles the open hold of a job: it charges it when charge is true
