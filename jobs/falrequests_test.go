@@ -229,3 +229,57 @@ func TestFalKeyClaim(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 }
+
+func TestFalRequestFinishedWithJob(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	// setup gives a job two open requests, the one its output names and
+	// another.
+	setup := func(t *testing.T) (*claimBundle, int64) {
+		t.Helper()
+		b := setupClaim(t)
+		id := b.jobIDs(t, 1)[0]
+		for i, rid := range []string{"req-named", "req-other"} {
+			_, err := b.pool.Exec(ctx, `INSERT INTO fal_requests (job_id, attempt, key_index, model, slot, request_id, state, submitted_at) VALUES ($1, 1, 1, $2, $3, $4, 'in_flight', now())`,
+				id, imageModel, i+1, rid)
+			require.NoError(t, err)
+		}
+		_, err := b.pool.Exec(ctx, `UPDATE river_job SET metadata = '{"output":{"fal":{"request_id":"req-named"}}}' WHERE id = $1`, id)
+		require.NoError(t, err)
+		return b, id
+	}
+	states := func(t *testing.T, b *claimBundle) map[string]string {
+		t.Helper()
+		rows, err := b.pool.Query(ctx, `SELECT request_id, state FROM fal_requests`)
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[string]string{}
+		for rows.Next() {
+			var rid, state string
+			require.NoError(t, rows.Scan(&rid, &state))
+			out[rid] = state
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+
+	t.Run("CompletedJobFinishesTheRequestItsOutputNames", func(t *testing.T) {
+		t.Parallel()
+		b, id := setup(t)
+		_, err := b.pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, id)
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"req-named": "completed", "req-other": "in_flight"}, states(t, b))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE state = 'completed' AND finished_at IS NOT NULL`))
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("OtherEndingsLeaveRequestsToTheWorker", func(t *testing.T) {
+		t.Parallel()
+		b, id := setup(t)
+		_, err := b.pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, id)
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"req-named": "in_flight", "req-other": "in_flight"}, states(t, b))
+		requireInvariants(t, b.pool)
+	})
+}
