@@ -228,10 +228,20 @@ UPDATE fal_requests SET request_id = $2, state = $3, submitted_at = now(), finis
 
 // finish marks an open request finished in state; a request already
 // finished is left as it is.
+//
+// It commits without waiting for its WAL flush. Whatever the job's worker
+// commits after it (the job's completion, its output, its cancel or
+// discard) waits for a flush that carries the finish with it, so a finish
+// is lost in a database crash only together with everything after it; the
+// request then stays open, still counting against its key (never less than
+// the truth), until the job's next attempt polls it again or the sweeper
+// cancels it, and either finishes it again.
 func (r *FalRequests) finish(ctx context.Context, requestID, state string, cause error) error {
-	_, err := r.pool.Exec(ctx, `UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE request_id = $1 AND finished_at IS NULL`,
+	b := &pgx.Batch{}
+	b.Queue(noFlush)
+	b.Queue(`UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE request_id = $1 AND finished_at IS NULL`,
 		requestID, state, errorText(cause))
-	return err
+	return r.pool.SendBatch(ctx, b).Close()
 }
 
 // abandonClaims finishes the job's claims that never got a request id: an

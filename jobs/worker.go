@@ -291,6 +291,9 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 			return w.pollError(ctx, log, job, out, substituteKeyError(key, ref, err))
 		}
 		if st.State == falclient.StateCompleted {
+			if err := w.reqs.finish(ctx, ref.RequestID, falStateCompleted, nil); err != nil {
+				return err
+			}
 			res, err := w.fal.Result(ctx, key, ref.Model, ref.RequestID)
 			err = substituteKeyError(key, ref, err)
 			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
@@ -298,8 +301,6 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 			}
 			switch {
 			case err == nil:
-				// The database finishes the request's fal_requests row when
-				// River completes the job, in the same commit (migration 00051).
 				out.Result = res
 				if err := river.RecordOutput(ctx, out); err != nil {
 					return err
@@ -307,10 +308,6 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 				log.InfoContext(ctx, "job succeeded", slog.String("fal_request_id", ref.RequestID))
 				return nil
 			case falclient.KindOf(err) != falclient.KindNotReady:
-				// fal is done with the request, whatever happens to the job.
-				if ferr := w.reqs.finish(ctx, ref.RequestID, falStateCompleted, nil); ferr != nil {
-					return ferr
-				}
 				return w.pollError(ctx, log, job, out, err)
 			}
 			// fal said COMPLETED but the result is not there yet: poll again.
