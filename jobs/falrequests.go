@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -26,12 +27,6 @@ const (
 	falStateLost       = "lost"
 	falStateAbandoned  = "abandoned"
 )
-
-// falKeyLock is the transaction-level advisory lock that serializes key
-// selection across every server process: counting the open requests per key
-// and claiming a slot happen under it, so two workers never both take a
-// key's last free slot.
-const falKeyLock = int64(0x6169_7175_6661_6c6b) // "aiqufalk"
 
 // falRetention is how long finished fal_requests rows are kept.
 const falRetention = 7 * 24 * time.Hour
@@ -103,62 +98,125 @@ func (r *FalRequests) PublishInFlight(ctx context.Context) error {
 	return nil
 }
 
-// claim picks a key for a new fal request of the job and records the claim,
-// both under falKeyLock, so the in-flight count it saw stays true until the
-// claim commits. It returns the claim's row id and the key, or the pool's
-// *falclient.Error of KindNoKey when every key is cooling down, revoked or
-// at the in-flight cap.
+// claimRaces is how many times one claim goes on after a concurrent claim
+// took the slot it had chosen, on top of one try per key.
+const claimRaces = 4
+
+// claimSQL takes a free in-flight slot of key $3 for a new request of job
+// $1, attempt $2, model $4, with at most $5 slots per key, and returns the
+// slot it chose (NULL when the key has none free) and the new row's id (NULL
+// when a concurrent claim took that slot first). The partial unique index
+// fal_requests_open_slot makes the cap exact without any lock: a claim of a
+// slot another open row holds inserts nothing (it waits only for a claim of
+// the same slot that has not committed yet).
+//
+// The slot chosen is the first free one from $6 on, wrapping to 1: a random
+// $6 spreads concurrent claims over the slots instead of having them all
+// race for the lowest. A free slot is $6, 1 or right after an open one, so
+// only those are candidates and the work is bounded by the open requests of
+// the key, not by the cap. Open rows without a slot (claimed before slots
+// existed) each take one slot off the top of the range.
+const claimSQL = `
+WITH open AS (
+    SELECT slot FROM fal_requests WHERE key_index = $3 AND finished_at IS NULL
+), free AS (
+    SELECT c.slot
+      FROM (SELECT $6::int AS slot UNION SELECT 1 UNION SELECT slot + 1 FROM open WHERE slot IS NOT NULL) c
+     WHERE c.slot <= $5::int - (SELECT count(*) FROM open WHERE slot IS NULL)
+       AND NOT EXISTS (SELECT FROM open o WHERE o.slot = c.slot)
+     ORDER BY c.slot < $6::int, c.slot
+     LIMIT 1
+), claimed AS (
+    INSERT INTO fal_requests (job_id, attempt, key_index, model, slot)
+    SELECT $1, $2, $3, $4, slot FROM free
+    ON CONFLICT (key_index, slot) WHERE finished_at IS NULL DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT slot FROM free), (SELECT id FROM claimed)`
+
+// noFlush, run first in a transaction, makes it commit without waiting for
+// its WAL flush.
+const noFlush = `SELECT set_config('synchronous_commit', 'off', true)`
+
+// claim picks a key for a new fal request of the job and records the claim:
+// PickKey chooses among the keys that are healthy and below the cap by the
+// open requests it just counted, and the claim takes a free slot of that
+// key, which the database lets one open request hold at a time. A key found
+// full is skipped and the next one picked. It returns the claim's row id and
+// the key, or a *falclient.Error of KindNoKey when every key is cooling
+// down, revoked or at the in-flight cap (or, under heavy contention, every
+// free slot it chose was taken first).
+//
+// Each claim is one statement in its own transaction (with the counts read
+// before it, two round trips), so claims of different slots run in parallel
+// across every server process.
 func (r *FalRequests) claim(ctx context.Context, jobID int64, attempt int, model string) (int64, int, error) {
-	tx, err := r.pool.Begin(ctx)
+	counts, err := inFlight(ctx, r.pool)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	// The claim commits without waiting for its WAL flush, so the lock is
-	// not held across a disk flush. A claim lost in a database crash is
-	// harmless: storing the request id then finds no claim and the worker
-	// cancels the request at fal.
-	if _, err := tx.Exec(ctx, `SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)`, falKeyLock); err != nil {
-		return 0, 0, err
+	maxInFlight := r.fal.MaxInFlight()
+	for range r.fal.NumKeys() + claimRaces {
+		key, err := r.fal.PickKey(counts)
+		if err != nil {
+			return 0, 0, err
+		}
+		var slot *int
+		var id *int64
+		// The claim commits without waiting for its WAL flush. A claim lost
+		// in a database crash is harmless: storing the request id then finds
+		// no claim of this job, and the worker cancels the request at fal. Until it does, that request runs beside the one
+		// that took the lost claim's slot, one over the cap for a moment.
+		b := &pgx.Batch{}
+		b.Queue(noFlush)
+		b.Queue(claimSQL, jobID, attempt, key, model, maxInFlight, 1+rand.IntN(maxInFlight)).QueryRow(func(row pgx.Row) error { //nolint:gosec // spreads claims, needs no crypto
+			return row.Scan(&slot, &id)
+		})
+		if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+			return 0, 0, err
+		}
+		switch {
+		case id != nil:
+			counts[key]++
+			r.fal.ReportInFlight(counts)
+			return *id, key, nil
+		case slot == nil:
+			// Full: open requests hold every slot up to the cap, even if the
+			// counts said otherwise a moment ago.
+			counts[key] = max(counts[key], maxInFlight)
+		}
+		// Otherwise a concurrent claim took the slot: try again, from the
+		// next key round-robin.
 	}
-	counts, err := inFlight(ctx, tx)
-	if err != nil {
-		return 0, 0, err
+	return 0, 0, &falclient.Error{
+		Kind:    falclient.KindNoKey,
+		Op:      "pick",
+		Message: fmt.Sprintf("concurrent claims took every free in-flight slot chosen in %d tries", r.fal.NumKeys()+claimRaces),
 	}
-	key, err := r.fal.PickKey(counts)
-	if err != nil {
-		return 0, 0, err
-	}
-	var id int64
-	err = tx.QueryRow(ctx, `INSERT INTO fal_requests (job_id, attempt, key_index, model) VALUES ($1, $2, $3, $4) RETURNING id`,
-		jobID, attempt, key, model).Scan(&id)
-	if err != nil {
-		return 0, 0, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, 0, err
-	}
-	counts[key]++
-	r.fal.ReportInFlight(counts)
-	return id, key, nil
 }
 
-// release frees a claim whose submit fal refused or did not answer.
-func (r *FalRequests) release(ctx context.Context, claim int64, cause error) {
+// release frees a claim of the job whose submit fal refused or did not
+// answer.
+func (r *FalRequests) release(ctx context.Context, claim, jobID int64, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
 	defer cancel()
-	_, err := r.pool.Exec(ctx, `UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE id = $1 AND state = $4`,
-		claim, falStateFailed, errorText(cause), falStateSubmitting)
+	_, err := r.pool.Exec(ctx, `UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE id = $1 AND state = $4 AND job_id = $5`,
+		claim, falStateFailed, errorText(cause), falStateSubmitting, jobID)
 	if err != nil {
 		r.log.WarnContext(ctx, "could not release a fal key claim; the sweeper will", slog.Int64("claim", claim), slog.Any("error", err))
 	}
 }
 
-// stored records, inside tx, that fal accepted the claim's request.
-func stored(ctx context.Context, tx pgx.Tx, claim int64, requestID string) error {
+// stored records, inside tx, that fal accepted the claim's request. The
+// claim must still be the job's: claims commit without a WAL flush, so a
+// database crash can lose one, and its id can then be given to another job's
+// claim. A claim the sweeper abandoned meanwhile is opened again if its slot
+// is still free; if another request holds the slot, the unique index refuses
+// and the worker cancels the request at fal.
+func stored(ctx context.Context, tx pgx.Tx, claim, jobID int64, requestID string) error {
 	tag, err := tx.Exec(ctx, `
 UPDATE fal_requests SET request_id = $2, state = $3, submitted_at = now(), finished_at = NULL, error = NULL
- WHERE id = $1`, claim, requestID, falStateInFlight)
+ WHERE id = $1 AND job_id = $4`, claim, requestID, falStateInFlight, jobID)
 	if err != nil {
 		return err
 	}
@@ -170,10 +228,20 @@ UPDATE fal_requests SET request_id = $2, state = $3, submitted_at = now(), finis
 
 // finish marks an open request finished in state; a request already
 // finished is left as it is.
+//
+// It commits without waiting for its WAL flush. Whatever the job's worker
+// commits after it (the job's completion, its output, its cancel or
+// discard) waits for a flush that carries the finish with it, so a finish
+// is lost in a database crash only together with everything after it; the
+// request then stays open, still counting against its key (never less than
+// the truth), until the job's next attempt polls it again or the sweeper
+// cancels it, and either finishes it again.
 func (r *FalRequests) finish(ctx context.Context, requestID, state string, cause error) error {
-	_, err := r.pool.Exec(ctx, `UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE request_id = $1 AND finished_at IS NULL`,
+	b := &pgx.Batch{}
+	b.Queue(noFlush)
+	b.Queue(`UPDATE fal_requests SET state = $2, error = $3, finished_at = now() WHERE request_id = $1 AND finished_at IS NULL`,
 		requestID, state, errorText(cause))
-	return err
+	return r.pool.SendBatch(ctx, b).Close()
 }
 
 // abandonClaims finishes the job's claims that never got a request id: an

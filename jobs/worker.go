@@ -27,6 +27,7 @@ type Fal interface {
 	Result(ctx context.Context, key int, model, requestID string) (json.RawMessage, error)
 	Cancel(ctx context.Context, key int, model, requestID string) error
 	NumKeys() int
+	MaxInFlight() int
 	ReportInFlight(inFlight map[int]int)
 	KeyHealth() []falclient.KeyState
 }
@@ -206,7 +207,7 @@ func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Ar
 		}
 		req, err := w.submitOnce(ctx, key, job)
 		if err != nil {
-			w.reqs.release(ctx, claim, err)
+			w.reqs.release(ctx, claim, job.ID, err)
 			lastErr = err
 			if k := falclient.KindOf(err); k == falclient.KindAuth || k == falclient.KindRateLimited {
 				log.WarnContext(ctx, "fal key refused the request; trying another key", slog.Any("error", err))
@@ -221,7 +222,7 @@ func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Ar
 			// rather than leave a paid request nobody waits for.
 			log.ErrorContext(ctx, "could not store fal request id; cancelling it at fal", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
 			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
-			w.reqs.release(ctx, claim, err)
+			w.reqs.release(ctx, claim, job.ID, err)
 			out.Fal = nil
 			return nil, err
 		}
@@ -256,7 +257,7 @@ func (w *Worker) store(ctx context.Context, job *river.Job[Args], claim int64, o
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if err := stored(ctx, tx, claim, out.Fal.RequestID); err != nil {
+	if err := stored(ctx, tx, claim, job.ID, out.Fal.RequestID); err != nil {
 		return err
 	}
 	client := river.ClientFromContext[pgx.Tx](ctx)
