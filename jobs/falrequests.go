@@ -165,8 +165,9 @@ func (r *FalRequests) claim(ctx context.Context, jobID int64, attempt int, model
 		var id *int64
 		// The claim commits without waiting for its WAL flush. A claim lost
 		// in a database crash is harmless: storing the request id then finds
-		// no claim of this job, and the worker cancels the request at fal. Until it does, that request runs beside the one
-		// that took the lost claim's slot, one over the cap for a moment.
+		// no claim of this job, and the worker cancels the request at fal.
+		// Until it does, that request runs beside the one that took the lost
+		// claim's slot, one over the cap for a moment.
 		b := &pgx.Batch{}
 		b.Queue(noFlush)
 		b.Queue(claimSQL, jobID, attempt, key, model, maxInFlight, 1+rand.IntN(maxInFlight)).QueryRow(func(row pgx.Row) error { //nolint:gosec // spreads claims, needs no crypto
