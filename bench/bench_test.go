@@ -90,7 +90,7 @@ func TestRunSmoke(t *testing.T) {
 	findRow(t, rep, ScenarioSubmit, "submit throughput", "pgbench, same reserve+insert SQL")
 
 	pickup := rep.Details["pickup"].(map[string]any)
-	for _, k := range []string{"empty", "backlog"} {
+	for _, k := range []string{"empty", "backlog", "raw_river_backlog"} {
 		res := pickup[k].(PickupResult)
 		require.Zero(t, res.Errors, k)
 		require.Equal(t, cfg.PickupJobs, res.Jobs+res.Retried, k)
@@ -98,6 +98,7 @@ func TestRunSmoke(t *testing.T) {
 	}
 	require.Positive(t, pickup["backlog"].(PickupResult).NormalWaitingBefore)
 	require.NotNil(t, findRow(t, rep, ScenarioPickup, "urgent pickup p50/p99, commit", "same, empty queue").Pass)
+	require.NotNil(t, findRow(t, rep, ScenarioPickup, "urgent pickup p50/p99, commit", "raw River, same backlog, urgent's fetch settings").RefValue)
 
 	settle := rep.Details["settle"].(map[string]any)
 	ai, raw := settle["ai"].(SettleResult), settle["raw_river"].(SettleResult)
