@@ -440,13 +440,9 @@ func (w *Worker) discard(ctx context.Context, log *slog.Logger, job *river.Job[A
 	if err != nil {
 		return err
 	}
-	tx, err := w.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	// One statement: the settling trigger refunds in its transaction.
 	p := riverdriver.JobSetStateDiscarded(job.ID, time.Now().UTC(), errData, nil)
-	_, err = client.Driver().UnwrapExecutor(tx).JobSetStateIfRunningMany(ctx, &riverdriver.JobSetStateIfRunningManyParams{
+	_, err = client.Driver().GetExecutor().JobSetStateIfRunningMany(ctx, &riverdriver.JobSetStateIfRunningManyParams{
 		ID:              []int64{p.ID},
 		Attempt:         []*int{p.Attempt},
 		ErrData:         [][]byte{p.ErrData},
@@ -457,9 +453,6 @@ func (w *Worker) discard(ctx context.Context, log *slog.Logger, job *river.Job[A
 		State:           []rivertype.JobState{p.State},
 	})
 	if err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
 	// River's completer finds the job no longer running and leaves it be.
