@@ -158,10 +158,19 @@ func (e *env) logf(format string, args ...any) {
 	}
 }
 
-// newDB clones the template into a fresh database for one scenario.
-func (e *env) newDB(ctx context.Context, name string) (string, error) {
+// newDB clones the template into a fresh database for one scenario and
+// opens a pool of maxConns to it; the caller closes the pool.
+func (e *env) newDB(ctx context.Context, name string, maxConns int32) (string, *pgxpool.Pool, error) {
 	e.dbCount++
-	return e.pg.CloneTemplate(ctx, templateDB, fmt.Sprintf("bench_%s_%d", name, e.dbCount))
+	url, err := e.pg.CloneTemplate(ctx, templateDB, fmt.Sprintf("bench_%s_%d", name, e.dbCount))
+	if err != nil {
+		return "", nil, err
+	}
+	pool, err := openPool(ctx, url, maxConns)
+	if err != nil {
+		return "", nil, err
+	}
+	return url, pool, nil
 }
 
 // benchKeys are the fal keys of the benchmark's simulator.

@@ -43,11 +43,7 @@ type PickupResult struct {
 // workers, so it stays there).
 func (e *env) runPickup(ctx context.Context) error {
 	cfg := e.cfg
-	dbURL, err := e.newDB(ctx, "pickup")
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, dbURL, 8)
+	dbURL, pool, err := e.newDB(ctx, "pickup", 8)
 	if err != nil {
 		return err
 	}
@@ -70,7 +66,7 @@ func (e *env) runPickup(ctx context.Context) error {
 
 	e.logf("pickup with an empty queue: %d urgent jobs at %.0f/s", cfg.PickupJobs, cfg.PickupRate)
 	e.resetStatements(ctx, pool)
-	empty, err := e.pickupRun(ctx, pool, client)
+	empty, err := e.pickupRun(ctx, pool, e.submitHTTP(client), httpCommits)
 	if err != nil {
 		return err
 	}
@@ -88,7 +84,7 @@ func (e *env) runPickup(ctx context.Context) error {
 	e.logf("pickup with the backlog: %d urgent jobs at %.0f/s", cfg.PickupJobs, cfg.PickupRate)
 	stopProfile := e.profile(ctx, srv, "pickup", time.Duration(float64(cfg.PickupJobs)/cfg.PickupRate*float64(time.Second)))
 	waits := e.sampleWaits(ctx, pool)
-	backlog, err := e.pickupRun(ctx, pool, client)
+	backlog, err := e.pickupRun(ctx, pool, e.submitHTTP(client), httpCommits)
 	e.recordWaits("pickup", waits.finish())
 	stopProfile()
 	if err != nil {
@@ -123,12 +119,36 @@ func (e *env) runPickup(ctx context.Context) error {
 	if err := e.checkInvariants(ctx, pool, ScenarioPickup); err != nil {
 		return err
 	}
-	return errIf(empty.Errors+backlog.Errors > 0, "%d urgent submits failed", empty.Errors+backlog.Errors)
+	failed := empty.Errors + backlog.Errors + raw.Errors
+	return errIf(failed > 0, "%d urgent submits failed", failed)
 }
 
-// pickupRun submits PickupJobs urgent jobs through HTTP with Poisson
-// arrivals, waits until every one was fetched and reads when.
-func (e *env) pickupRun(ctx context.Context, pool *pgxpool.Pool, client *apiClient) (PickupResult, error) {
+// sentJob is one job a pickup run submitted.
+type sentJob struct {
+	id  int64
+	xid int64     // the inserting transaction (raw River runs)
+	t0  time.Time // when its HTTP request was sent (HTTP runs)
+}
+
+// httpCommits reads, for jobs submitted through HTTP, when the submit
+// transaction committed: the commit timestamp of the job's reserve entry.
+const httpCommits = `
+SELECT j.id, j.attempt, j.attempted_at, pg_xact_commit_timestamp(e.xmin)
+  FROM unnest($1::bigint[], $2::bigint[]) AS t (id, xid)
+  JOIN river_job j ON j.id = t.id
+  JOIN credit_entries e ON e.job_id = j.id AND e.kind = 'reserve'`
+
+// rawCommits reads, for raw River jobs, when their inserting transaction
+// (t.xid) committed.
+const rawCommits = `
+SELECT j.id, j.attempt, j.attempted_at, pg_xact_commit_timestamp((t.xid % 4294967296)::text::xid)
+  FROM unnest($1::bigint[], $2::bigint[]) AS t (id, xid)
+  JOIN river_job j ON j.id = t.id`
+
+// pickupRun submits PickupJobs jobs with submit, at PickupRate with
+// Poisson arrivals, waits until River fetched every one, and reads commit
+// -> fetch with commits (httpCommits or rawCommits).
+func (e *env) pickupRun(ctx context.Context, pool *pgxpool.Pool, submit func(ctx context.Context) (sentJob, error), commits string) (PickupResult, error) {
 	cfg := e.cfg
 	var res PickupResult
 	waiting := func() int {
@@ -137,11 +157,7 @@ func (e *env) pickupRun(ctx context.Context, pool *pgxpool.Pool, client *apiClie
 	}
 	res.NormalWaitingBefore = waiting()
 
-	type sent struct {
-		id int64
-		t0 time.Time
-	}
-	out := make([]sent, cfg.PickupJobs)
+	out := make([]sentJob, cfg.PickupJobs)
 	var submitRec Recorder
 	var errs errorCounter
 	var wg sync.WaitGroup
@@ -150,36 +166,25 @@ func (e *env) pickupRun(ctx context.Context, pool *pgxpool.Pool, client *apiClie
 		next = next.Add(time.Duration(rand.ExpFloat64() / cfg.PickupRate * float64(time.Second)))
 		time.Sleep(time.Until(next))
 		wg.Go(func() {
-			u := e.users[rand.IntN(len(e.users))]
 			t0 := time.Now()
-			status, body, err := client.do(ctx, http.MethodPost, "/v1/jobs", u.Token, submitBody)
-			if err == nil && status != http.StatusAccepted {
-				err = &statusError{"POST /v1/jobs", status, string(body)}
-			}
-			var j struct{ ID string }
-			if err == nil {
-				err = json.Unmarshal(body, &j)
-			}
-			id, ok := jobs.JobID(j.ID)
-			if err == nil && !ok {
-				err = fmt.Errorf("bad job id %q", j.ID)
-			}
+			s, err := submit(ctx)
 			if err != nil {
 				errs.add(err)
 				return
 			}
 			submitRec.Add(time.Since(t0))
-			out[i] = sent{id: id, t0: t0}
+			out[i] = s
 		})
 	}
 	wg.Wait()
 	res.Errors, _ = errs.count()
 	res.Submit = submitRec.Summary()
-	ids := make([]int64, 0, len(out))
+	ids, xids := make([]int64, 0, len(out)), make([]int64, 0, len(out))
 	sentAt := map[int64]time.Time{}
 	for _, s := range out {
 		if s.id != 0 {
 			ids = append(ids, s.id)
+			xids = append(xids, s.xid)
 			sentAt[s.id] = s.t0
 		}
 	}
@@ -191,10 +196,7 @@ func (e *env) pickupRun(ctx context.Context, pool *pgxpool.Pool, client *apiClie
 	}
 	res.NormalWaitingAfter = waiting()
 
-	rows, err := pool.Query(ctx, `
-SELECT j.id, j.attempt, j.attempted_at, pg_xact_commit_timestamp(e.xmin)
-  FROM river_job j JOIN credit_entries e ON e.job_id = j.id AND e.kind = 'reserve'
- WHERE j.id = ANY($1)`, ids)
+	rows, err := pool.Query(ctx, commits, ids, xids)
 	if err != nil {
 		return res, err
 	}
@@ -212,7 +214,9 @@ SELECT j.id, j.attempt, j.attempted_at, pg_xact_commit_timestamp(e.xmin)
 			continue
 		}
 		commitToStart = append(commitToStart, max(attemptedAt.Sub(committedAt), 0))
-		requestToStart = append(requestToStart, max(attemptedAt.Sub(sentAt[id]), 0))
+		if t0 := sentAt[id]; !t0.IsZero() {
+			requestToStart = append(requestToStart, max(attemptedAt.Sub(t0), 0))
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -224,6 +228,30 @@ SELECT j.id, j.attempt, j.attempted_at, pg_xact_commit_timestamp(e.xmin)
 	return res, nil
 }
 
+// submitHTTP submits one urgent job through POST /v1/jobs as a random user.
+func (e *env) submitHTTP(client *apiClient) func(ctx context.Context) (sentJob, error) {
+	return func(ctx context.Context) (sentJob, error) {
+		u := e.users[rand.IntN(len(e.users))]
+		t0 := time.Now()
+		status, body, err := client.do(ctx, http.MethodPost, "/v1/jobs", u.Token, submitBody)
+		if err != nil {
+			return sentJob{}, err
+		}
+		if status != http.StatusAccepted {
+			return sentJob{}, &statusError{"POST /v1/jobs", status, string(body)}
+		}
+		var j struct{ ID string }
+		if err := json.Unmarshal(body, &j); err != nil {
+			return sentJob{}, err
+		}
+		id, ok := jobs.JobID(j.ID)
+		if !ok {
+			return sentJob{}, fmt.Errorf("bad job id %q", j.ID)
+		}
+		return sentJob{id: id, t0: t0}, nil
+	}
+}
+
 // rawPickupRun is the pickup reference: raw River in this process, with
 // the urgent queue's fetch settings (jobs.QueueLimits.QueueConfigs) and a
 // client FetchCooldown of as much (River's own insert notification, at
@@ -231,98 +259,37 @@ SELECT j.id, j.attempt, j.attempted_at, pg_xact_commit_timestamp(e.xmin)
 // with InsertTx at PickupRate (Poisson) into urgent, while the backlog
 // still waits in normal (which it does not work) and no server runs.
 func (e *env) rawPickupRun(ctx context.Context, pool *pgxpool.Pool) (PickupResult, error) {
-	cfg := e.cfg
-	var res PickupResult
-	urgent := cfg.Limits.QueueConfigs()[jobs.QueueUrgent]
+	urgent := e.cfg.Limits.QueueConfigs()[jobs.QueueUrgent]
 	rc, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
 		Workers:       noopWorkers(),
 		FetchCooldown: urgent.FetchCooldown,
 		Queues:        map[string]river.QueueConfig{jobs.QueueUrgent: urgent},
 	})
 	if err != nil {
-		return res, err
+		return PickupResult{}, err
 	}
 	if err := rc.Start(ctx); err != nil {
-		return res, err
+		return PickupResult{}, err
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = rc.Stop(sctx)
 	}()
-	res.NormalWaitingBefore, _ = queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE queue = 'normal' AND state = 'available'`)
-
-	type sent struct {
-		id  int64
-		xid int64
-	}
-	out := make([]sent, cfg.PickupJobs)
-	var errs errorCounter
-	var wg sync.WaitGroup
-	next := time.Now()
-	for i := range cfg.PickupJobs {
-		next = next.Add(time.Duration(rand.ExpFloat64() / cfg.PickupRate * float64(time.Second)))
-		time.Sleep(time.Until(next))
-		wg.Go(func() {
-			u := e.users[rand.IntN(len(e.users))]
-			err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-				r, err := rc.InsertTx(ctx, tx, sampleArgs(u.ID), &river.InsertOpts{Queue: jobs.QueueUrgent})
-				if err != nil {
-					return err
-				}
-				out[i].id = r.Job.ID
-				return tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&out[i].xid)
-			})
+	insert := func(ctx context.Context) (sentJob, error) {
+		u := e.users[rand.IntN(len(e.users))]
+		var s sentJob
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			r, err := rc.InsertTx(ctx, tx, sampleArgs(u.ID), &river.InsertOpts{Queue: jobs.QueueUrgent})
 			if err != nil {
-				errs.add(err)
-				out[i] = sent{}
+				return err
 			}
+			s.id = r.Job.ID
+			return tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&s.xid)
 		})
+		return s, err
 	}
-	wg.Wait()
-	res.Errors, _ = errs.count()
-	ids, xids := make([]int64, 0, len(out)), make([]int64, 0, len(out))
-	for _, s := range out {
-		if s.id != 0 {
-			ids = append(ids, s.id)
-			xids = append(xids, s.xid)
-		}
-	}
-	if err := waitFor(ctx, time.Minute, func() (bool, error) {
-		n, err := queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE id = ANY($1) AND attempted_at IS NULL`, ids)
-		return n == 0, err
-	}); err != nil {
-		return res, fmt.Errorf("raw urgent jobs not all fetched: %w", err)
-	}
-	res.NormalWaitingAfter, _ = queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE queue = 'normal' AND state = 'available'`)
-	rows, err := pool.Query(ctx, `
-SELECT j.attempt, j.attempted_at, pg_xact_commit_timestamp((t.xid % 4294967296)::text::xid)
-  FROM unnest($1::bigint[], $2::bigint[]) AS t (id, xid)
-  JOIN river_job j ON j.id = t.id`, ids, xids)
-	if err != nil {
-		return res, err
-	}
-	var commitToStart []time.Duration
-	for rows.Next() {
-		var attempt int
-		var attemptedAt, committedAt time.Time
-		if err := rows.Scan(&attempt, &attemptedAt, &committedAt); err != nil {
-			rows.Close()
-			return res, err
-		}
-		if attempt != 1 {
-			res.Retried++
-			continue
-		}
-		commitToStart = append(commitToStart, max(attemptedAt.Sub(committedAt), 0))
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return res, err
-	}
-	res.Jobs = len(commitToStart)
-	res.CommitToStart = Summarize(commitToStart)
-	return res, nil
+	return e.pickupRun(ctx, pool, insert, rawCommits)
 }
 
 // insertBacklog inserts n generate jobs into queue through jobs.Service (a

@@ -40,11 +40,7 @@ const rawSettleQueue = "bench_raw_settle"
 // with the same queue settings and pool size.
 func (e *env) runSettle(ctx context.Context) error {
 	cfg := e.cfg
-	dbURL, err := e.newDB(ctx, "settle")
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, dbURL, 8)
+	dbURL, pool, err := e.newDB(ctx, "settle", 8)
 	if err != nil {
 		return err
 	}

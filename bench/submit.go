@@ -70,11 +70,7 @@ const submitDrainEvery = 500
 // PickupBacklog jobs queued ahead in the same queue.
 func (e *env) runSubmit(ctx context.Context) error {
 	cfg := e.cfg
-	dbURL, err := e.newDB(ctx, "submit")
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, dbURL, int32(cfg.Concurrency)+4) //nolint:gosec // small
+	dbURL, pool, err := e.newDB(ctx, "submit", int32(cfg.Concurrency)+4) //nolint:gosec // small
 	if err != nil {
 		return err
 	}

@@ -81,11 +81,7 @@ type usersRun struct {
 // the default worker limits.
 func (e *env) runUsers(ctx context.Context) error {
 	cfg := e.cfg
-	dbURL, err := e.newDB(ctx, "users")
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, dbURL, 8)
+	dbURL, pool, err := e.newDB(ctx, "users", 8)
 	if err != nil {
 		return err
 	}
