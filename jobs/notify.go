@@ -3,7 +3,6 @@ package jobs
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -34,7 +33,6 @@ import (
 // queue's poll still finds the job.
 type insertNotifier struct {
 	pool *pgxpool.Pool
-	log  *slog.Logger
 
 	mu     sync.Mutex
 	queues map[string]*notifyState
@@ -79,11 +77,9 @@ func (n *insertNotifier) send(q string, st *notifyState) {
 	cooldown := fetchCooldown(q)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
-		_, err := n.pool.Exec(ctx, `SELECT pg_notify(current_schema() || '.river_insert', $1)`, fmt.Sprintf(`{"queue": %q}`, q))
+		// An error is left alone: the queue's poll finds the jobs.
+		_, _ = n.pool.Exec(ctx, `SELECT pg_notify(current_schema() || '.river_insert', $1)`, fmt.Sprintf(`{"queue": %q}`, q))
 		cancel()
-		if err != nil && n.log != nil {
-			n.log.Debug("insert notification not sent; the queue's poll will find the jobs", "queue", q, "error", err)
-		}
 		time.Sleep(cooldown)
 		n.mu.Lock()
 		if !st.pending {
