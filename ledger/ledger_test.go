@@ -568,6 +568,7 @@ func TestCheck(t *testing.T) {
 	}{
 		{name: "BalanceNotFromJournal", sql: `UPDATE credit_accounts SET balance = balance + 1`, rule: "granted - charged = balance"},
 		{name: "ReservedNotOpenHolds", sql: `UPDATE credit_accounts SET reserved = reserved + 1`, rule: "reserved = sum of open holds"},
+		{name: "OpenHoldsMiscounted", sql: `UPDATE credit_accounts SET open_holds = open_holds + 1`, rule: "open_holds = number of open holds"},
 		{
 			name: "EntryWithoutHold",
 			sql:  `INSERT INTO credit_entries (user_id, kind, amount, job_id) SELECT user_id, 'refund', 1, 4242 FROM credit_accounts`,
