@@ -77,7 +77,7 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		if err := cfg.Limits.Validate(); err != nil {
 			return nil, err
 		}
-		rc.Queues = cfg.Limits.riverQueues()
+		rc.Queues = cfg.Limits.QueueConfigs()
 	}
 	return river.NewClient(riverpgxv5.New(pool), rc)
 }

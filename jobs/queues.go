@@ -51,9 +51,11 @@ func fetchCooldown(q string) time.Duration {
 	return cmp.Or(queueFetch[q].FetchCooldown, river.FetchCooldownDefault)
 }
 
-// riverQueues is the River queue configuration: the limits with the fetch
-// settings of queueFetch.
-func (l QueueLimits) riverQueues() map[string]river.QueueConfig {
+// QueueConfigs returns the River queue configuration of these limits: the
+// worker limit and the fetch settings (queueFetch) of each queue, as
+// NewClient uses them. The benchmarks run raw River with these settings as
+// a reference.
+func (l QueueLimits) QueueConfigs() map[string]river.QueueConfig {
 	out := map[string]river.QueueConfig{}
 	for q, n := range map[string]int{QueueUrgent: l.Urgent, QueueNormal: l.Normal, QueueBackground: l.Background} {
 		c := queueFetch[q]
@@ -62,8 +64,3 @@ func (l QueueLimits) riverQueues() map[string]river.QueueConfig {
 	}
 	return out
 }
-
-// QueueConfigs returns the River queue configuration of these limits: the
-// worker limit and fetch settings of each queue, exactly as NewClient uses
-// them. The benchmarks run raw River with these settings as a reference.
-func (l QueueLimits) QueueConfigs() map[string]river.QueueConfig { return l.riverQueues() }
