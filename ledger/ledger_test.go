@@ -230,17 +230,6 @@ func TestSettle(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	settle := func(t *testing.T, b *testBundle, jobID int64, charge bool) string {
-		t.Helper()
-		var state string
-		require.NoError(t, inTx(t, b.pool, func(tx pgx.Tx) error {
-			var err error
-			state, err = ledger.Settle(ctx, tx, jobID, charge)
-			return err
-		}))
-		return state
-	}
-
 	t.Run("Charges", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
@@ -496,10 +485,7 @@ func TestHold(t *testing.T) {
 		b := setup(t)
 		uid := grant(t, b.pool, 5)
 		ids := reserveJobs(t, b.pool, uid, 2)
-		require.NoError(t, inTx(t, b.pool, func(tx pgx.Tx) error {
-			_, err := ledger.Settle(ctx, tx, ids[0], true)
-			return err
-		}))
+		settle(t, b, ids[0], true)
 		for _, sql := range []string{
 			`UPDATE credit_holds SET state = 'reserved', settled_at = NULL WHERE job_id = $1`,
 			`UPDATE credit_holds SET state = 'refunded' WHERE job_id = $1`,
@@ -549,13 +535,8 @@ func TestCheck(t *testing.T) {
 		b := setup(t)
 		uid := grant(t, b.pool, 10)
 		ids := reserveJobs(t, b.pool, uid, 1, 2, 3)
-		require.NoError(t, inTx(t, b.pool, func(tx pgx.Tx) error {
-			if _, err := ledger.Settle(ctx, tx, ids[0], true); err != nil {
-				return err
-			}
-			_, err := ledger.Settle(ctx, tx, ids[1], false)
-			return err
-		}))
+		settle(t, b, ids[0], true)
+		settle(t, b, ids[1], false)
 		requireCheck(t, b.pool)
 	})
 

@@ -106,6 +106,19 @@ func reserveJobs(t *testing.T, pool *pgxpool.Pool, userID string, amounts ...int
 	return ids
 }
 
+// settle charges (or refunds) the hold of jobID in its own transaction and
+// returns the hold's new state ("" when it was not open).
+func settle(t *testing.T, b *testBundle, jobID int64, charge bool) string {
+	t.Helper()
+	var state string
+	require.NoError(t, inTx(t, b.pool, func(tx pgx.Tx) error {
+		var err error
+		state, err = ledger.Settle(context.Background(), tx, jobID, charge)
+		return err
+	}))
+	return state
+}
+
 func balance(t *testing.T, pool *pgxpool.Pool, userID string) ledger.Balance {
 	t.Helper()
 	b, err := ledger.Get(context.Background(), pool, userID)
