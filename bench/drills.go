@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -763,15 +762,8 @@ func (r *DrillReport) Table(w io.Writer) {
 	}
 }
 
-// WriteJSON writes the report to dir/drills-<start time>.json.
+// WriteJSON writes the report to dir/drills-<start time>.json and returns
+// the path.
 func (r *DrillReport) WriteJSON(dir string) (string, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "drills-"+r.Started.Format("2006-01-02T15-04-05Z")+".json")
-	return path, os.WriteFile(path, append(b, '\n'), 0o644)
+	return writeJSON(dir, "drills-"+r.Started.Format("2006-01-02T15-04-05Z")+".json", r)
 }

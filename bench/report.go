@@ -144,14 +144,20 @@ func trimFloat(v float64) string {
 
 // WriteJSON writes the report to dir/<start time>.json and returns the path.
 func (r *Report) WriteJSON(dir string) (string, error) {
+	return writeJSON(dir, r.Started.Format("2006-01-02T15-04-05Z")+".json", r)
+}
+
+// writeJSON writes v, indented, to dir/name (through a temporary file, so a
+// reader never sees half a report) and returns the path.
+func writeJSON(dir, name string, v any) (string, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", err
 	}
-	b, err := json.MarshalIndent(r, "", "  ")
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(dir, r.Started.Format("2006-01-02T15-04-05Z")+".json")
+	path := filepath.Join(dir, name)
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
 		return "", err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"os"
 	"strings"
 
@@ -48,13 +47,5 @@ func drillsCmd(ctx context.Context, args []string) error {
 	if rep == nil {
 		return runErr
 	}
-	rep.Table(os.Stdout)
-	if *results != "" {
-		path, err := rep.WriteJSON(*results)
-		if err != nil {
-			return errors.Join(runErr, err)
-		}
-		fmt.Printf("\nJSON: %s\n", path)
-	}
-	return runErr
+	return errors.Join(runErr, report(rep, *results))
 }

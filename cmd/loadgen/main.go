@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -122,13 +123,23 @@ func benchCmd(ctx context.Context, args []string) error {
 	if rep == nil {
 		return runErr
 	}
+	return errors.Join(runErr, report(rep, *results))
+}
+
+// report prints a report's table and writes its JSON into the results
+// directory (none when empty).
+func report(rep interface {
+	Table(w io.Writer)
+	WriteJSON(dir string) (string, error)
+}, results string) error {
 	rep.Table(os.Stdout)
-	if *results != "" {
-		path, err := rep.WriteJSON(*results)
-		if err != nil {
-			return errors.Join(runErr, err)
-		}
-		fmt.Printf("\nJSON: %s\n", path)
+	if results == "" {
+		return nil
 	}
-	return runErr
+	path, err := rep.WriteJSON(results)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nJSON: %s\n", path)
+	return nil
 }
