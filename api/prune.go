@@ -12,8 +12,8 @@ import (
 )
 
 // PruneArgs is the periodic River job that deletes idempotency records
-// older than IdempotencyKeyTTL and rate-limit rows that no longer limit
-// anyone.
+// older than IdempotencyKeyTTL, rate-limit rows that no longer limit
+// anyone, and ended jobs no /metrics scrape took (jobs.PruneOutcomes).
 type PruneArgs struct{}
 
 // Kind is the River job kind.
@@ -41,7 +41,11 @@ func (w *PruneWorker) Work(ctx context.Context, job *river.Job[PruneArgs]) error
 	if err != nil {
 		return err
 	}
-	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits})
+	outcomes, err := jobs.PruneOutcomes(ctx, w.DB)
+	if err != nil {
+		return fmt.Errorf("prune metrics outcomes: %w", err)
+	}
+	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits, "metrics_job_outcomes": outcomes})
 }
 
 // PrunePeriodicJob runs PruneArgs every hour, and at start.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
@@ -33,7 +34,7 @@ var waitingStates = []string{"available", "scheduled", "retryable", "pending", "
 const MetricsRefreshInterval = time.Second
 
 // outcomeRetention is how long an ended job waits in metrics_job_outcomes
-// for a scrape before Prune drops it.
+// for a scrape before PruneOutcomes drops it.
 const outcomeRetention = time.Hour
 
 // Metrics are the job metrics served at /metrics. Where each one is counted
@@ -207,11 +208,15 @@ func attemptResult(err error) string {
 	}
 }
 
-// Prune deletes ended jobs that no process took for its metrics within an
-// hour (nothing scrapes /metrics), so the outbox stays small.
-func (m *Metrics) Prune(ctx context.Context) error {
-	_, err := m.pool.Exec(ctx, `DELETE FROM metrics_job_outcomes WHERE created_at < now() - $1::interval`, outcomeRetention.String())
-	return err
+// PruneOutcomes deletes ended jobs that no process took for its metrics
+// within outcomeRetention (nothing scrapes /metrics), so the outbox stays
+// small; the hourly prune job (api.PruneWorker) calls it. It returns how
+// many rows it deleted.
+func PruneOutcomes(ctx context.Context, db interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}) (int64, error) {
+	tag, err := db.Exec(ctx, `DELETE FROM metrics_job_outcomes WHERE created_at < now() - $1::interval`, outcomeRetention.String())
+	return tag.RowsAffected(), err
 }
 
 // dbCollector is the part of Metrics read from Postgres: the queue depth

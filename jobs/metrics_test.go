@@ -162,7 +162,6 @@ func TestMetrics(t *testing.T) {
 	t.Run("PrunesEndingsNobodyScraped", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		m, _ := newMetrics(t, b)
 		uid := grant(t, b.pool, 100)
 		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
@@ -172,7 +171,9 @@ func TestMetrics(t *testing.T) {
 		}
 		_, err = b.pool.Exec(ctx, `UPDATE metrics_job_outcomes SET created_at = now() - interval '2 hours' WHERE id = (SELECT min(id) FROM metrics_job_outcomes)`)
 		require.NoError(t, err)
-		require.NoError(t, m.Prune(ctx))
+		pruned, err := jobs.PruneOutcomes(ctx, b.pool)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), pruned)
 		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM metrics_job_outcomes`))
 	})
 }

@@ -209,7 +209,8 @@ func TestIdempotency(t *testing.T) {
 }
 
 // TestPrunePeriodicJob checks the prune job is scheduled and works in a
-// process that works jobs.
+// process that works jobs: old idempotency records and ended jobs no scrape
+// took are gone.
 func TestPrunePeriodicJob(t *testing.T) {
 	t.Parallel()
 	m := MustRunMain(t, nil)
@@ -217,10 +218,15 @@ func TestPrunePeriodicJob(t *testing.T) {
 INSERT INTO idempotency_keys (user_id, key, request_hash, status, body, created_at)
 VALUES (gen_random_uuid(), 'old', '\x00', 202, '{}', now() - interval '25 hours')`)
 	require.NoError(t, err)
+	_, err = m.Pool().Exec(context.Background(), `
+INSERT INTO metrics_job_outcomes (operation, queue, outcome, credits, charged, created_at)
+VALUES ('generate', 'urgent', 'succeeded', 1, true, now() - interval '2 hours')`)
+	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		return count(t, m, `SELECT count(*) FROM river_job WHERE kind = $1 AND state = 'completed'`, api.PruneArgs{}.Kind()) > 0
 	}, 30*time.Second, 100*time.Millisecond)
 	require.Zero(t, count(t, m, `SELECT count(*) FROM idempotency_keys`))
+	require.Zero(t, count(t, m, `SELECT count(*) FROM metrics_job_outcomes`))
 	requireInvariants(t, m)
 }
 

@@ -138,7 +138,6 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := metrics.Register(m.Registry); err != nil {
 		return err
 	}
-	go pruneMetrics(runCtx, metrics, m.Logger)
 	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
 	m.falReqs = worker.Requests()
 	reconciler, err := jobs.NewReconciler(m.pool, jobs.ReconcilerConfig{
@@ -480,22 +479,6 @@ func (m *Main) Close() error {
 		}
 	})
 	return m.closeErr
-}
-
-// pruneMetrics drops ended jobs no scrape took, every few minutes.
-func pruneMetrics(ctx context.Context, metrics *jobs.Metrics, logger *slog.Logger) {
-	t := time.NewTicker(5 * time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := metrics.Prune(ctx); err != nil && ctx.Err() == nil {
-				logger.WarnContext(ctx, "metrics: could not prune metrics_job_outcomes", slog.Any("error", err))
-			}
-		}
-	}
 }
 
 // redactDSN hides the password of a connection string.
