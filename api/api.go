@@ -34,7 +34,7 @@ type Config struct {
 	Version string
 	// Watcher wakes long polls and event streams when a job's state
 	// changes. Without one they only end at their timeout.
-	Watcher *jobs.Watcher
+	Watcher *Watcher
 	// DBTimeout bounds the database work of one request (acquiring a
 	// connection included), so an unreachable database answers 503
 	// quickly instead of hanging. Default 5 seconds.
@@ -51,7 +51,7 @@ type Server struct {
 	auth      *authenticator
 	logger    *slog.Logger
 	api       huma.API
-	watcher   *jobs.Watcher
+	watcher   *Watcher
 	dbTimeout time.Duration
 
 	// stopping is closed by Shutdown: long polls answer at once and

@@ -77,7 +77,7 @@ func (s *Server) jobEvents(ctx context.Context, in *jobIDInput) (*huma.StreamRes
 
 // stream writes job j, then every state change, until the job is final,
 // the client leaves or the server shuts down.
-func (s *Server) stream(ctx context.Context, w io.Writer, sub *jobs.Subscription, userID string, j *jobs.Job) {
+func (s *Server) stream(ctx context.Context, w io.Writer, sub *Subscription, userID string, j *jobs.Job) {
 	rw, _ := w.(http.ResponseWriter) // humago's body writer is the ResponseWriter
 	rc := http.NewResponseController(rw)
 	seq := 0

@@ -155,7 +155,7 @@ func (s *Server) readJob(ctx context.Context, userID, id string) (*jobs.Job, err
 
 // subscribe watches job id when there is a watcher; the subscription is
 // nil otherwise (its channel then never fires).
-func (s *Server) subscribe(id string) *jobs.Subscription {
+func (s *Server) subscribe(id string) *Subscription {
 	n, ok := jobs.JobID(id)
 	if !ok || s.watcher == nil {
 		return nil
@@ -163,14 +163,14 @@ func (s *Server) subscribe(id string) *jobs.Subscription {
 	return s.watcher.Subscribe(n)
 }
 
-func wakeups(sub *jobs.Subscription) <-chan struct{} {
+func wakeups(sub *Subscription) <-chan struct{} {
 	if sub == nil {
 		return nil
 	}
 	return sub.C
 }
 
-func closeSub(sub *jobs.Subscription) {
+func closeSub(sub *Subscription) {
 	if sub != nil {
 		sub.Close()
 	}
@@ -178,7 +178,7 @@ func closeSub(sub *jobs.Subscription) {
 
 func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error) {
 	uid := principalFrom(ctx).UserID
-	var sub *jobs.Subscription
+	var sub *Subscription
 	if in.Wait > 0 {
 		// Subscribe before the first read, so a change in between wakes us.
 		sub = s.subscribe(in.ID)
@@ -200,7 +200,7 @@ func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error
 // waitForChange waits until job j's state differs from what it was, or
 // timeout passes, and returns the latest job. It reads the job only when
 // the watcher says it may have changed.
-func (s *Server) waitForChange(ctx context.Context, sub *jobs.Subscription, userID string, j *jobs.Job, timeout time.Duration) (*jobs.Job, error) {
+func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID string, j *jobs.Job, timeout time.Duration) (*jobs.Job, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {

@@ -16,7 +16,7 @@ import (
 
 func document(t *testing.T) *huma.OpenAPI {
 	t.Helper()
-	svc := jobs.NewService(nil, nil, jobs.DefaultCatalog())
+	svc := jobs.NewService(jobs.Config{Pool: nil, River: nil, Catalog: jobs.DefaultCatalog()})
 	s, err := api.New(http.NewServeMux(), nil, svc, api.Config{Auth: api.AuthConfig{HS256Secret: []byte("x")}, Version: "test"})
 	require.NoError(t, err)
 	return s.API().OpenAPI()

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -57,7 +58,7 @@ type Config struct {
 	BatchShare    float64       `json:"batch_share"`
 
 	// Limits are the server's worker limits (QUEUE_*_WORKERS).
-	Limits jobs.QueueLimits `json:"limits"`
+	Limits dispatch.QueueLimits `json:"limits"`
 
 	// ServerBin is the server binary; built from ./cmd/server when empty.
 	ServerBin string `json:"-"`
@@ -88,7 +89,7 @@ func FullConfig() Config {
 		ThinkMin:            2 * time.Second,
 		ThinkMax:            6 * time.Second,
 		BatchShare:          0.1,
-		Limits:              jobs.QueueLimits{Urgent: 20, Normal: 10, Background: 5},
+		Limits:              dispatch.QueueLimits{Urgent: 20, Normal: 10, Background: 5},
 	}
 }
 

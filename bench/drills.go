@@ -23,6 +23,7 @@ import (
 
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // Drills, in the order RunDrills runs them.
@@ -709,7 +710,7 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 		dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("%d jobs (%d credits) are still marked running since the last fault: River's rescuer hands them back after %s, longer than this drill waited (%s)",
 			dr.res.AwaitingRescue, dr.res.CreditsAwaitingRescue, dr.rescueWait, dr.settle))
 	}
-	vs, err := jobs.CheckInvariants(ctx, dr.pool)
+	vs, err := ledger.CheckInvariants(ctx, dr.pool)
 	if err != nil {
 		return err
 	}

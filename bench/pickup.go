@@ -253,7 +253,7 @@ func (e *env) submitHTTP(client *apiClient) func(ctx context.Context) (sentJob, 
 }
 
 // rawPickupRun is the pickup reference: raw River in this process, with
-// the urgent queue's fetch settings (jobs.QueueLimits.QueueConfigs) and a
+// the urgent queue's fetch settings (dispatch.QueueLimits.QueueConfigs) and a
 // client FetchCooldown of as much (River's own insert notification, at
 // most one per cooldown), works no-op jobs inserted one per transaction
 // with InsertTx at PickupRate (Poisson) into urgent, while the backlog
@@ -300,7 +300,7 @@ func (e *env) insertBacklog(ctx context.Context, pool *pgxpool.Pool, n int, queu
 	if err != nil {
 		return err
 	}
-	svc := jobs.NewService(pool, rc, jobs.DefaultCatalog())
+	svc := jobs.NewService(jobs.Config{Pool: pool, River: rc, Catalog: jobs.DefaultCatalog()})
 	const perTx = 100
 	batches := (n + perTx - 1) / perTx
 	res := closedLoop(ctx, 4, batches, func(ctx context.Context, b int) error {

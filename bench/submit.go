@@ -22,6 +22,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // noopArgs are raw River's reference jobs: the same JSON as an AI job's
@@ -388,13 +389,13 @@ func findPgbench(binDir string) (string, error) {
 // invariantsTimeout bounds the ledger invariant check of a scenario.
 const invariantsTimeout = 10 * time.Minute
 
-// checkInvariants runs jobs.CheckInvariants and records the count; any
+// checkInvariants runs ledger.CheckInvariants and records the count; any
 // violation is an error.
 func (e *env) checkInvariants(ctx context.Context, pool *pgxpool.Pool, scenario string) error {
 	ctx, cancel := context.WithTimeout(ctx, invariantsTimeout)
 	defer cancel()
 	begin := time.Now()
-	vs, err := jobs.CheckInvariants(ctx, pool)
+	vs, err := ledger.CheckInvariants(ctx, pool)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("ledger invariant check did not finish within %s: %w", invariantsTimeout, err)

@@ -35,13 +35,6 @@ const (
 	queueFullRetryAfter = 10 * time.Second
 )
 
-// WithLimits sets the admission limits and returns s. Call it before the
-// service is used.
-func (s *Service) WithLimits(l Limits) *Service {
-	s.limits = l
-	return s
-}
-
 // admitQueues checks the queue cap (QueueMaxPending) for ps, before the
 // jobs are inserted: a bounded count per queue, cached per process
 // (backlogCache), so most submissions make no query for it.

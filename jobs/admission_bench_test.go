@@ -2,10 +2,11 @@ package jobs_test
 
 import (
 	"context"
-	"runtime"
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/internal/pgtest"
@@ -31,9 +32,9 @@ func BenchmarkSubmit(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			pool := pgtest.NewDB(b)
 			catalog := jobs.DefaultCatalog()
-			client, err := jobs.NewClient(pool, jobs.ClientConfig{Worker: jobs.NewWorker(pool, nil, catalog, nil, jobs.WorkerConfig{})})
+			client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
 			require.NoError(b, err)
-			svc := jobs.NewService(pool, client, catalog).WithLimits(bc.limits)
+			svc := jobs.NewService(jobs.Config{Pool: pool, River: client, Catalog: catalog, Limits: bc.limits})
 			ctx := context.Background()
 			// A near-full urgent queue, where counting its backlog costs most.
 			_, err = pool.Exec(ctx, `INSERT INTO river_job (kind, args, queue, state, max_attempts, priority, metadata)
@@ -55,40 +56,5 @@ SELECT 'bench', '{}', 'urgent', 'available', 5, 1, '{}' FROM generate_series(1, 
 				}
 			})
 		})
-	}
-}
-
-// BenchmarkWatcherWake is the time from the commit of a job's state change
-// to its subscriber being woken through LISTEN/NOTIFY.
-func BenchmarkWatcherWake(b *testing.B) {
-	pool := pgtest.NewDB(b)
-	catalog := jobs.DefaultCatalog()
-	client, err := jobs.NewClient(pool, jobs.ClientConfig{Worker: jobs.NewWorker(pool, nil, catalog, nil, jobs.WorkerConfig{})})
-	require.NoError(b, err)
-	svc := jobs.NewService(pool, client, catalog)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := jobs.NewWatcher(pool.Config().ConnConfig, nil)
-	go w.Run(ctx)
-	for !w.Connected() {
-		runtime.Gosched()
-	}
-	uid := uuid.NewString()
-	tx, err := pool.Begin(ctx)
-	require.NoError(b, err)
-	_, _, err = ledger.Grant(ctx, tx, uid, 1<<40, "bench", "")
-	require.NoError(b, err)
-	require.NoError(b, tx.Commit(ctx))
-	ids, err := svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
-	require.NoError(b, err)
-	sub := w.Subscribe(ids[0])
-	defer sub.Close()
-	states := []string{"running", "available"}
-	b.ResetTimer()
-	for i := 0; b.Loop(); i++ {
-		if _, err := pool.Exec(ctx, `UPDATE river_job SET state = $2::river_job_state WHERE id = $1`, ids[0], states[i%2]); err != nil {
-			b.Fatal(err)
-		}
-		<-sub.C
 	}
 }

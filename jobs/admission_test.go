@@ -31,7 +31,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("RateLimitBurstThenOnePerInterval", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.svc.WithLimits(jobs.Limits{RatePerMinute: 60, Burst: 3}) // one per second
+		b.limit(jobs.Limits{RatePerMinute: 60, Burst: 3}) // one per second
 		uid := grant(t, b.pool, 50)
 		for range 3 {
 			_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
@@ -56,7 +56,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("RefusedSubmissionTakesNoToken", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.svc.WithLimits(jobs.Limits{RatePerMinute: 1, Burst: 1})
+		b.limit(jobs.Limits{RatePerMinute: 1, Burst: 1})
 		uid := grant(t, b.pool, 3)
 		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: []byte(`{"prompt":"orbit","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		var insufficient *ledger.InsufficientError
@@ -71,7 +71,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("ConcurrentSubmitsTakeExactlyTheBurst", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.svc.WithLimits(jobs.Limits{RatePerMinute: 1, Burst: 4, UserMaxPending: 100})
+		b.limit(jobs.Limits{RatePerMinute: 1, Burst: 4, UserMaxPending: 100})
 		uid := grant(t, b.pool, 100)
 		var wg sync.WaitGroup
 		errs := make([]error, 12)
@@ -98,7 +98,7 @@ func TestAdmission(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			b.svc.WithLimits(limits)
+			b.limit(limits)
 			uid := grant(t, b.pool, 100)
 			var wg sync.WaitGroup
 			errs := make([]error, 12)
@@ -124,7 +124,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("QueueCapCountsEveryQueueOfABatch", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.svc.WithLimits(jobs.Limits{QueueMaxPending: 2})
+		b.limit(jobs.Limits{QueueMaxPending: 2})
 		uid := grant(t, b.pool, 100)
 		video := jobs.Item{Operation: "video", Params: []byte(`{"prompt":"orbit","image_url":"https://x.test/a.png"}`)}
 		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), video}, jobs.SubmitOpts{})
@@ -143,7 +143,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("QueueCapRecountsBeforeRefusing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.svc.WithLimits(jobs.Limits{QueueMaxPending: 2})
+		b.limit(jobs.Limits{QueueMaxPending: 2})
 		uid := grant(t, b.pool, 100)
 		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)

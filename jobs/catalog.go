@@ -130,9 +130,10 @@ func (c *Catalog) All() []Operation {
 // Names returns the operation names in catalog order.
 func (c *Catalog) Names() []string { return slices.Clone(c.names) }
 
-// defaultOperation is an image operation named name with the catalog's
-// defaults, before an operations file fills in the rest.
-func defaultOperation(name string) Operation {
+// DefaultOperation is an image operation named name with the catalog's
+// defaults, before an operations file fills in the rest; the worker runs a
+// job whose operation left the catalog with it.
+func DefaultOperation(name string) Operation {
 	return Operation{Name: name, MaxAttempts: 5, Timeout: 2 * time.Minute, Kind: KindImage, Priority: QueueUrgent}
 }
 
@@ -177,7 +178,7 @@ func LoadCatalog(path string) (*Catalog, error) {
 	for _, o := range list {
 		op, ok := base.ops[o.Name]
 		if !ok {
-			op = defaultOperation(o.Name)
+			op = DefaultOperation(o.Name)
 			base.names = append(base.names, o.Name)
 		}
 		if o.Model != nil {

@@ -3,6 +3,7 @@ package jobs
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -46,4 +47,34 @@ func ErrorCode(err error) string {
 
 func errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Job error codes, as the API shows them in a failed or cancelled job.
+const (
+	CodeInvalidParams = "invalid_params"
+	CodeUpstream      = "upstream_error"
+	CodeTimeout       = "timeout"
+	CodeCancelled     = "cancelled"
+	CodeInternal      = "internal"
+)
+
+// JobError says why a job failed or was cancelled. The worker returns it
+// as an error; River stores its text ("code: message"), and ParseJobError
+// reads it back for the API.
+type JobError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *JobError) Error() string { return e.Code + ": " + e.Message }
+
+var jobErrorRE = regexp.MustCompile(`^(?:JobCancelError: )?([a-z_]+): (.*)$`)
+
+// ParseJobError reads a job's recorded error text back into its code and
+// message; text without a code is CodeInternal.
+func ParseJobError(s string) JobError {
+	if m := jobErrorRE.FindStringSubmatch(s); m != nil {
+		return JobError{Code: m[1], Message: m[2]}
+	}
+	return JobError{Code: CodeInternal, Message: s}
 }

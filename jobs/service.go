@@ -38,23 +38,44 @@ type Service struct {
 	pool    *pgxpool.Pool
 	river   *river.Client[pgx.Tx]
 	catalog *Catalog
-	// falReqs, when set, cancels at fal the request of a job cancelled while
-	// no worker ran it (see SetFalRequests).
-	falReqs *FalRequests
-	metrics *Metrics
 	limits  Limits
 	backlog backlogCache
-	// notifier announces committed jobs to River's producers.
-	notifier *insertNotifier
+	hooks   Hooks
 }
 
-// NewService returns a Service. client may be an insert-only River client.
-func NewService(pool *pgxpool.Pool, client *river.Client[pgx.Tx], catalog *Catalog) *Service {
-	return &Service{pool: pool, river: client, catalog: catalog, notifier: &insertNotifier{pool: pool}}
+// Hooks are what the service tells the rest of the process. Every field is
+// optional.
+type Hooks struct {
+	// Submitted is called once per job after its submission committed
+	// (the metrics count it).
+	Submitted func(operation, queue string, cost int64)
+	// Committed is called once per submission after it committed, with
+	// the queues it added jobs to (the dispatcher hands them fal slots).
+	Committed func(queues []string)
+	// Cancelled is called after Cancel ended a job that no worker was
+	// running, so its fal request, if any, is cancelled at fal at once
+	// (otherwise the sweeper does it).
+	Cancelled func(ctx context.Context, jobID int64)
 }
 
-// SetMetrics makes Submit count committed submissions in m.
-func (s *Service) SetMetrics(m *Metrics) { s.metrics = m }
+// Config configures a Service.
+type Config struct {
+	// Pool is the database.
+	Pool *pgxpool.Pool
+	// River inserts and cancels the jobs; it may be an insert-only client.
+	River *river.Client[pgx.Tx]
+	// Catalog is the operations catalog.
+	Catalog *Catalog
+	// Limits are the admission limits (zero: none).
+	Limits Limits
+	// Hooks are called after submissions and cancels.
+	Hooks Hooks
+}
+
+// NewService returns a Service.
+func NewService(cfg Config) *Service {
+	return &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, hooks: cfg.Hooks}
+}
 
 // Catalog returns the operations catalog.
 func (s *Service) Catalog() *Catalog { return s.catalog }
@@ -168,18 +189,24 @@ type Submission struct {
 	ps  []prepared
 }
 
-// Committed records the submission in the metrics and tells River's
-// producers about its jobs; call it once the caller's transaction has
-// committed.
+// Committed tells the process about the submission (Hooks); call it once
+// the caller's transaction has committed.
 func (sub *Submission) Committed() {
-	sub.svc.metrics.observeSubmitted(sub.ps)
-	var queues []string
-	for _, j := range sub.Jobs {
-		if !slices.Contains(queues, j.Priority) {
-			queues = append(queues, j.Priority)
+	h := sub.svc.hooks
+	if h.Submitted != nil {
+		for _, p := range sub.ps {
+			h.Submitted(p.args.Operation, p.queue, p.args.Cost)
 		}
 	}
-	sub.svc.notifier.committed(queues)
+	if h.Committed != nil {
+		var queues []string
+		for _, j := range sub.Jobs {
+			if !slices.Contains(queues, j.Priority) {
+				queues = append(queues, j.Priority)
+			}
+		}
+		h.Committed(queues)
+	}
 }
 
 // SubmitTx is Submit inside the caller's transaction (which it does not
@@ -278,12 +305,6 @@ type Job struct {
 	scheduledAt   time.Time
 }
 
-// JobError says why a job failed or was cancelled.
-type JobError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
 // Credits are a job's hold.
 type Credits struct {
 	Amount int64  `json:"amount"`
@@ -311,12 +332,12 @@ func scanJob(row pgx.Row) (*Job, error) {
 	case j.State == StateCancelled:
 		j.Error = &JobError{Code: "cancelled", Message: "the job was cancelled"}
 		if lastError != nil {
-			if e := parseJobError(*lastError); e.Code != "cancelled" && e.Code != "internal" {
+			if e := ParseJobError(*lastError); e.Code != "cancelled" && e.Code != "internal" {
 				j.Error.Message = e.Message
 			}
 		}
 	case lastError != nil && j.State != StateSucceeded:
-		e := parseJobError(*lastError)
+		e := ParseJobError(*lastError)
 		j.Error = &e
 	}
 	return &j, nil
@@ -438,7 +459,9 @@ func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
 		}
 		return nil, unavailable(err)
 	}
-	s.cancelFal(ctx, row)
+	if s.hooks.Cancelled != nil && row != nil && row.State == rivertype.JobStateCancelled {
+		s.hooks.Cancelled(ctx, row.ID)
+	}
 	j, err = s.get(ctx, s.pool, userID, id)
 	if err != nil {
 		return nil, err

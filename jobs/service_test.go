@@ -13,10 +13,6 @@ import (
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
-func generate(prompt string) jobs.Item {
-	return jobs.Item{Operation: "generate", Params: json.RawMessage(`{"prompt":"` + prompt + `"}`)}
-}
-
 func TestSubmit(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -113,7 +113,7 @@ func openapiCmd(args []string) error {
 
 func openAPIDocument() (*huma.OpenAPI, error) {
 	mux := http.NewServeMux()
-	svc := jobs.NewService(nil, nil, jobs.DefaultCatalog())
+	svc := jobs.NewService(jobs.Config{Pool: nil, River: nil, Catalog: jobs.DefaultCatalog()})
 	s, err := api.New(mux, nil, svc, api.Config{Auth: api.AuthConfig{HS256Secret: []byte("x")}, Version: Version})
 	if err != nil {
 		return nil, err

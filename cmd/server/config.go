@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient"
-	"github.com/aiqueue/aiqueue/jobs"
 )
 
 // Roles a process can take.
@@ -44,7 +44,7 @@ type Config struct {
 	JobAttemptTimeout time.Duration
 	RescueAfter       time.Duration
 
-	Limits jobs.QueueLimits
+	Limits dispatch.QueueLimits
 
 	QueueMaxPending    int
 	UserMaxPending     int
@@ -125,9 +125,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		FalMaxInFlight:    num("FAL_KEY_MAX_IN_FLIGHT", 2),
 		FalSweepInterval:  dur("FAL_SWEEP_INTERVAL", 15*time.Second),
 		FalSimScale:       1,
-		JobAttemptTimeout: dur("JOB_ATTEMPT_TIMEOUT", jobs.DefaultAttemptTimeout),
-		RescueAfter:       dur("RIVER_RESCUE_AFTER", jobs.DefaultRescueAfter),
-		Limits: jobs.QueueLimits{
+		JobAttemptTimeout: dur("JOB_ATTEMPT_TIMEOUT", dispatch.DefaultAttemptTimeout),
+		RescueAfter:       dur("RIVER_RESCUE_AFTER", dispatch.DefaultRescueAfter),
+		Limits: dispatch.QueueLimits{
 			Urgent:     num("QUEUE_URGENT_WORKERS", 20),
 			Normal:     num("QUEUE_NORMAL_WORKERS", 10),
 			Background: num("QUEUE_BACKGROUND_WORKERS", 5),

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	"github.com/google/uuid"
@@ -56,9 +57,9 @@ func TestCrashResumesTheSameFalRequest(t *testing.T) {
 
 	// The job, inserted with its reservation the way the API does.
 	catalog := jobs.DefaultCatalog()
-	inserter, err := jobs.NewClient(pool, jobs.ClientConfig{Worker: jobs.NewWorker(pool, nil, catalog, nil, jobs.WorkerConfig{})})
+	inserter, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
 	require.NoError(t, err)
-	svc := jobs.NewService(pool, inserter, catalog)
+	svc := jobs.NewService(jobs.Config{Pool: pool, River: inserter, Catalog: catalog})
 	uid := uuid.NewString()
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)

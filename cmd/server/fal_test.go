@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	"github.com/stretchr/testify/require"
@@ -351,8 +352,8 @@ func TestFalConfig(t *testing.T) {
 		t.Parallel()
 		cfg, err := parse(t, nil)
 		require.NoError(t, err)
-		require.Equal(t, jobs.DefaultAttemptTimeout, cfg.JobAttemptTimeout)
-		require.Equal(t, jobs.DefaultRescueAfter, cfg.RescueAfter)
+		require.Equal(t, dispatch.DefaultAttemptTimeout, cfg.JobAttemptTimeout)
+		require.Equal(t, dispatch.DefaultRescueAfter, cfg.RescueAfter)
 		require.Equal(t, 15*time.Second, cfg.FalSweepInterval)
 		require.InDelta(t, 1.0, cfg.FalSimScale, 0)
 	})

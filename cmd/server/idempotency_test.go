@@ -13,6 +13,7 @@ import (
 
 	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/ledger"
+	"github.com/aiqueue/aiqueue/maintenance"
 )
 
 func TestIdempotency(t *testing.T) {
@@ -199,7 +200,7 @@ func TestIdempotency(t *testing.T) {
 		require.Equal(t, http.StatusAccepted, c.post("/v1/jobs", generateJob("ring"), map[string]string{"Idempotency-Key": old}).Status)
 		_, err = m.Pool().Exec(ctx, `UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE user_id = $1 AND key = $2`, uid, old)
 		require.NoError(t, err)
-		keys, _, err := api.Prune(ctx, m.Pool())
+		keys, _, err := maintenance.Prune(ctx, m.Pool(), api.IdempotencyKeyTTL)
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, keys, int64(1))
 		require.Zero(t, count(t, m, `SELECT count(*) FROM idempotency_keys WHERE user_id = $1 AND key = $2`, uid, old))
@@ -223,7 +224,7 @@ INSERT INTO metrics_job_outcomes (operation, queue, outcome, credits, charged, c
 VALUES ('generate', 'urgent', 'succeeded', 1, true, now() - interval '2 hours')`)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
-		return count(t, m, `SELECT count(*) FROM river_job WHERE kind = $1 AND state = 'completed'`, api.PruneArgs{}.Kind()) > 0
+		return count(t, m, `SELECT count(*) FROM river_job WHERE kind = $1 AND state = 'completed'`, maintenance.PruneArgs{}.Kind()) > 0
 	}, 30*time.Second, 100*time.Millisecond)
 	require.Zero(t, count(t, m, `SELECT count(*) FROM idempotency_keys`))
 	require.Zero(t, count(t, m, `SELECT count(*) FROM metrics_job_outcomes`))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
@@ -115,7 +116,7 @@ func TestLongPoll(t *testing.T) {
 		}
 		waitForSubscribers(t, m, 5)
 		require.Equal(t, 1, count(t, m, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
-			jobs.WatcherApplicationName))
+			api.WatcherApplicationName))
 		for _, id := range ids {
 			require.Equal(t, http.StatusOK, c.post("/v1/jobs/"+id+"/cancel", nil, nil).Status)
 		}

@@ -122,7 +122,7 @@ func (c *client) do(method, path string, body any, out any) *http.Response {
 
 func requireInvariants(t testing.TB, m *Main) {
 	t.Helper()
-	vs, err := jobs.CheckInvariants(context.Background(), m.Pool())
+	vs, err := ledger.CheckInvariants(context.Background(), m.Pool())
 	require.NoError(t, err)
 	require.Empty(t, vs)
 }

@@ -26,12 +26,15 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/api"
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/logging"
 	"github.com/aiqueue/aiqueue/internal/pglocal"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
+	"github.com/aiqueue/aiqueue/maintenance"
+	"github.com/aiqueue/aiqueue/metrics"
 	"github.com/aiqueue/aiqueue/migrations"
 	"github.com/aiqueue/aiqueue/riverui"
 )
@@ -53,10 +56,10 @@ type Main struct {
 	cluster  *pglocal.Cluster
 	pool     *pgxpool.Pool
 	river    *river.Client[pgx.Tx]
-	watcher  *jobs.Watcher
+	watcher  *api.Watcher
 	api      *api.Server
 	fal      *falclient.Client
-	falReqs  *jobs.FalRequests
+	falReqs  *dispatch.FalRequests
 	sim      *falsim.Server
 	simSrv   *http.Server
 	pprof    *http.Server
@@ -134,30 +137,32 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.startFal(ctx); err != nil {
 		return err
 	}
-	metrics := jobs.NewMetrics(m.pool, m.Logger.With(slog.String("component", "metrics")))
-	if err := metrics.Register(m.Registry); err != nil {
+	jobMetrics := metrics.NewMetrics(m.pool, m.Logger.With(slog.String("component", "metrics")))
+	if err := jobMetrics.Register(m.Registry); err != nil {
 		return err
 	}
-	worker := jobs.NewWorker(m.pool, m.fal, catalog, m.Logger, jobs.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
+	worker := dispatch.NewWorker(m.pool, m.fal, catalog, m.Logger, dispatch.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
 	m.falReqs = worker.Requests()
-	reconciler, err := jobs.NewReconciler(m.pool, jobs.ReconcilerConfig{
+	reconciler, err := maintenance.NewReconciler(m.pool, maintenance.ReconcilerConfig{
 		Logger:     m.Logger.With(slog.String("component", "reconciler")),
 		Registerer: m.Registry,
 	})
 	if err != nil {
 		return err
 	}
-	m.river, err = jobs.NewClient(m.pool, jobs.ClientConfig{
+	m.river, err = dispatch.NewClient(m.pool, dispatch.ClientConfig{
 		Limits:      cfg.Limits,
 		Work:        cfg.Role != RoleAPI,
 		Worker:      worker,
 		Logger:      m.Logger.With(slog.String("component", "river")),
 		RescueAfter: cfg.RescueAfter,
-		Middleware:  []rivertype.Middleware{metrics.Middleware()},
+		Middleware:  []rivertype.Middleware{jobMetrics.Middleware()},
 		PollOnly:    cfg.RiverPollOnly,
-		Periodic:    []*river.PeriodicJob{reconciler.PeriodicJob(jobs.ReconcileInterval), api.PrunePeriodicJob()},
+		Periodic: []*river.PeriodicJob{reconciler.PeriodicJob(maintenance.ReconcileInterval), maintenance.PrunePeriodicJob(),
+			maintenance.SweepPeriodicJob(cfg.FalSweepInterval)},
 		Workers: []func(*river.Workers){reconciler.AddWorker, func(w *river.Workers) {
-			river.AddWorker(w, &api.PruneWorker{DB: m.pool})
+			river.AddWorker(w, &maintenance.PruneWorker{DB: m.pool, IdempotencyTTL: api.IdempotencyKeyTTL})
+			river.AddWorker(w, &maintenance.SweepWorker{Requests: m.falReqs, Logger: m.Logger.With(slog.String("component", "sweep"))})
 		}},
 	})
 	if err != nil {
@@ -167,7 +172,6 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if err := m.river.Start(runCtx); err != nil {
 			return fmt.Errorf("start river: %w", err)
 		}
-		go m.falReqs.RunSweeper(runCtx, cfg.FalSweepInterval)
 	}
 
 	mux := http.NewServeMux()
@@ -179,16 +183,21 @@ func (m *Main) Run(ctx context.Context) (err error) {
 				return err
 			}
 		}
-		m.watcher = jobs.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
+		m.watcher = api.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
 		go m.watcher.Run(runCtx)
-		svc := jobs.NewService(m.pool, m.river, catalog).WithLimits(jobs.Limits{
-			RatePerMinute:   cfg.RateLimitPerMinute,
-			Burst:           cfg.RateLimitBurst,
-			UserMaxPending:  cfg.UserMaxPending,
-			QueueMaxPending: cfg.QueueMaxPending,
+		notifier := dispatch.NewInsertNotifier(m.pool)
+		svc := jobs.NewService(jobs.Config{
+			Pool:    m.pool,
+			River:   m.river,
+			Catalog: catalog,
+			Limits: jobs.Limits{
+				RatePerMinute:   cfg.RateLimitPerMinute,
+				Burst:           cfg.RateLimitBurst,
+				UserMaxPending:  cfg.UserMaxPending,
+				QueueMaxPending: cfg.QueueMaxPending,
+			},
+			Hooks: jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: notifier.Committed, Cancelled: m.falReqs.Cancelled},
 		})
-		svc.SetFalRequests(m.falReqs)
-		svc.SetMetrics(metrics)
 		if m.api, err = api.New(mux, m.pool, svc, api.Config{
 			Auth:    auth,
 			Logger:  m.Logger,
@@ -244,7 +253,7 @@ func (m *Main) Pool() *pgxpool.Pool { return m.pool }
 func (m *Main) River() *river.Client[pgx.Tx] { return m.river }
 
 // Watcher returns the job state watcher (nil with ROLE=worker).
-func (m *Main) Watcher() *jobs.Watcher { return m.watcher }
+func (m *Main) Watcher() *api.Watcher { return m.watcher }
 
 // Sim returns the built-in fal simulator, or nil when real fal is used.
 func (m *Main) Sim() *falsim.Server { return m.sim }

@@ -26,7 +26,6 @@ import (
 	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
-	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
@@ -246,7 +245,7 @@ func TestGracefulShutdown(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM ai_jobs WHERE id = ANY($1) AND fal_request_id IS NOT NULL`, ids[:2]).Scan(&storedLong))
 	require.Equal(t, 2, storedLong)
 	require.Equal(t, 3, sim.Stats().Submits)
-	vs, err := jobs.CheckInvariants(ctx, pool)
+	vs, err := ledger.CheckInvariants(ctx, pool)
 	require.NoError(t, err)
 	require.Empty(t, vs)
 
@@ -283,7 +282,7 @@ func TestGracefulShutdown(t *testing.T) {
 	bal, err := ledger.Get(ctx, pool, uid)
 	require.NoError(t, err)
 	require.Equal(t, ledger.Balance{Balance: 100 - 2*2 - 4*1, Available: 100 - 2*2 - 4*1}, bal)
-	vs, err = jobs.CheckInvariants(ctx, pool)
+	vs, err = ledger.CheckInvariants(ctx, pool)
 	require.NoError(t, err)
 	require.Empty(t, vs)
 

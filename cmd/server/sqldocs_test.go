@@ -15,9 +15,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // docQuery is one ```sql block of docs/sql.md.
@@ -135,9 +137,9 @@ func TestSQLDocs(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	catalog := jobs.DefaultCatalog()
-	rc, err := jobs.NewClient(pool, jobs.ClientConfig{Worker: jobs.NewWorker(pool, nil, catalog, nil, jobs.WorkerConfig{})})
+	rc, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
 	require.NoError(t, err)
-	svc := jobs.NewService(pool, rc, catalog)
+	svc := jobs.NewService(jobs.Config{Pool: pool, River: rc, Catalog: catalog})
 	ids, err := svc.Submit(ctx, userA, []jobs.Item{{Operation: "remove-bg", Params: json.RawMessage(`{"image_url":"https://example.com/a.png"}`)}}, jobs.SubmitOpts{})
 	require.NoError(t, err)
 	oldID := ids[0]
@@ -243,7 +245,7 @@ UPDATE river_job
 
 func requireInvariantsPool(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	vs, err := jobs.CheckInvariants(context.Background(), pool)
+	vs, err := ledger.CheckInvariants(context.Background(), pool)
 	require.NoError(t, err)
 	require.Empty(t, vs)
 }

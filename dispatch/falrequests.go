@@ -1,4 +1,4 @@
-package jobs
+package dispatch
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -413,31 +412,6 @@ func collectOpen(rows pgx.Rows) ([]openRequest, error) {
 	})
 }
 
-// RunSweeper calls Sweep every interval until ctx ends, and refreshes the
-// in-flight gauge.
-func (r *FalRequests) RunSweeper(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		res, err := r.Sweep(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			r.log.WarnContext(ctx, "fal request sweep failed", slog.Any("error", err))
-		case res.Cancelled+res.Abandoned+res.Pending+res.Deleted > 0:
-			r.log.InfoContext(ctx, "fal request sweep", slog.Int("cancelled", res.Cancelled), slog.Int("abandoned", res.Abandoned),
-				slog.Int("pending", res.Pending), slog.Int("deleted", res.Deleted))
-		}
-		if err := r.PublishInFlight(ctx); err != nil && ctx.Err() == nil {
-			r.log.WarnContext(ctx, "could not read fal in-flight counts", slog.Any("error", err))
-		}
-	}
-}
-
 func errorText(err error) *string {
 	if err == nil {
 		return nil
@@ -446,22 +420,15 @@ func errorText(err error) *string {
 	return &s
 }
 
-// SetFalRequests makes Cancel cancel at fal the request of a job that was
-// cancelled while queued or snoozed (a long job between polls), freeing its
-// in-flight slot at once. Without it such requests are left to the sweeper.
-func (s *Service) SetFalRequests(r *FalRequests) { s.falReqs = r }
-
-// cancelFal cancels the fal requests of a job JobCancel has just ended. A
-// job still running is left to its worker, which cancels its own request
-// (cancelling it here too would race the worker's poll into reading a
-// cancelled result). Failures are logged; the sweeper retries them.
-func (s *Service) cancelFal(ctx context.Context, row *rivertype.JobRow) {
-	if s.falReqs == nil || row == nil || row.State != rivertype.JobStateCancelled {
-		return
-	}
+// Cancelled cancels at fal the requests of a job the API has just cancelled
+// while no worker ran it (queued, or a long job snoozed between polls),
+// freeing its in-flight slot at once (jobs.Hooks.Cancelled). A job still
+// running is left to its worker, which cancels its own request. Failures are
+// logged; the sweeper retries them.
+func (r *FalRequests) Cancelled(ctx context.Context, jobID int64) {
 	ctx, cancel := context.WithTimeout(ctx, falCallTimeout)
 	defer cancel()
-	if err := s.falReqs.CancelJob(ctx, row.ID); err != nil {
-		s.falReqs.log.WarnContext(ctx, "could not cancel the fal request of a cancelled job; the sweeper will", slog.Int64("job_id", row.ID), slog.Any("error", err))
+	if err := r.CancelJob(ctx, jobID); err != nil {
+		r.log.WarnContext(ctx, "could not cancel the fal request of a cancelled job; the sweeper will", slog.Int64("job_id", jobID), slog.Any("error", err))
 	}
 }

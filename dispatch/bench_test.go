@@ -1,4 +1,4 @@
-package jobs_test
+package dispatch_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -67,9 +68,9 @@ func benchmarkSubmitTx(b *testing.B, users int) {
 	require.NoError(b, tx.Commit(ctx))
 
 	catalog := jobs.DefaultCatalog()
-	client, err := jobs.NewClient(pool, jobs.ClientConfig{Worker: jobs.NewWorker(pool, nil, catalog, nil, jobs.WorkerConfig{})})
+	client, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
 	require.NoError(b, err)
-	svc := jobs.NewService(pool, client, catalog)
+	svc := jobs.NewService(jobs.Config{Pool: pool, River: client, Catalog: catalog})
 	item := []jobs.Item{generate("a gold ring on marble")}
 
 	b.Run("Go", func(b *testing.B) {
@@ -106,7 +107,7 @@ func benchmarkSubmitTx(b *testing.B, users int) {
 	})
 
 	// Both wrote what they should: one hold per job, and the money adds up.
-	vs, err := jobs.CheckInvariants(ctx, pool)
+	vs, err := ledger.CheckInvariants(ctx, pool)
 	require.NoError(b, err)
 	require.Empty(b, vs)
 }

@@ -1,4 +1,4 @@
-package jobs
+package metrics
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
@@ -33,15 +33,11 @@ var waitingStates = []string{"available", "scheduled", "retryable", "pending", "
 // the metrics collector, however often /metrics is scraped.
 const MetricsRefreshInterval = time.Second
 
-// outcomeRetention is how long an ended job waits in metrics_job_outcomes
-// for a scrape before PruneOutcomes drops it.
-const outcomeRetention = time.Hour
-
 // Metrics are the job metrics served at /metrics. Where each one is counted
 // decides whether it adds up across server processes:
 //
 //   - submitted and credits reserved: by the process that committed the
-//     submission (Service.Submit), after the commit;
+//     submission (Submitted, the service's hook), after the commit;
 //   - queue wait, run time and attempts: by the worker process that ran the
 //     attempt (a River worker middleware);
 //   - finished by outcome, credits charged and refunded: from the database.
@@ -146,15 +142,10 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 	return nil
 }
 
-// observeSubmitted counts committed submissions.
-func (m *Metrics) observeSubmitted(ps []prepared) {
-	if m == nil {
-		return
-	}
-	for _, p := range ps {
-		m.submitted.WithLabelValues(p.args.Operation, p.queue).Inc()
-		m.reserved.WithLabelValues(p.args.Operation).Add(float64(p.args.Cost))
-	}
+// Submitted counts one committed job (jobs.Hooks.Submitted).
+func (m *Metrics) Submitted(operation, queue string, cost int64) {
+	m.submitted.WithLabelValues(operation, queue).Inc()
+	m.reserved.WithLabelValues(operation).Add(float64(cost))
 }
 
 // Middleware returns the River worker middleware that times each attempt.
@@ -181,7 +172,7 @@ func (w *workMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 }
 
 func operationOf(job *rivertype.JobRow) string {
-	if job.Kind != (Args{}).Kind() {
+	if job.Kind != (jobs.Args{}).Kind() {
 		return job.Kind
 	}
 	var a struct {
@@ -206,17 +197,6 @@ func attemptResult(err error) string {
 	default:
 		return AttemptError
 	}
-}
-
-// PruneOutcomes deletes ended jobs that no process took for its metrics
-// within outcomeRetention (nothing scrapes /metrics), so the outbox stays
-// small; the hourly prune job (api.PruneWorker) calls it. It returns how
-// many rows it deleted.
-func PruneOutcomes(ctx context.Context, db interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}) (int64, error) {
-	tag, err := db.Exec(ctx, `DELETE FROM metrics_job_outcomes WHERE created_at < now() - $1::interval`, outcomeRetention.String())
-	return tag.RowsAffected(), err
 }
 
 // dbCollector is the part of Metrics read from Postgres: the queue depth
@@ -244,14 +224,14 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		cancel()
 		c.refreshed = time.Now()
 	}
-	for _, q := range Queues {
+	for _, q := range jobs.Queues {
 		for _, s := range waitingStates {
 			ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, c.depth[[2]string{q, s}], q, s)
 		}
 		ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, c.oldest[q], q)
 	}
 	for k, n := range c.depth {
-		if !slices.Contains(Queues, k[0]) {
+		if !slices.Contains(jobs.Queues, k[0]) {
 			ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, n, k[0], k[1])
 		}
 	}

@@ -1,4 +1,4 @@
-package jobs_test
+package dispatch_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
@@ -23,7 +24,7 @@ import (
 type claimProcess struct {
 	pool *pgxpool.Pool
 	fal  *falclient.Client
-	reqs *jobs.FalRequests
+	reqs *dispatch.FalRequests
 }
 
 type claimBundle struct {
@@ -38,9 +39,9 @@ func setupClaim(t *testing.T) *claimBundle {
 	b := &claimBundle{dbURL: pgtest.NewDBURL(t)}
 	b.pool = connect(t, b.dbURL)
 	catalog := jobs.DefaultCatalog()
-	client, err := jobs.NewClient(b.pool, jobs.ClientConfig{Worker: jobs.NewWorker(b.pool, nil, catalog, nil, jobs.WorkerConfig{})})
+	client, err := dispatch.NewClient(b.pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(b.pool, nil, catalog, nil, dispatch.WorkerConfig{})})
 	require.NoError(t, err)
-	b.svc = jobs.NewService(b.pool, client, catalog)
+	b.svc = jobs.NewService(jobs.Config{Pool: b.pool, River: client, Catalog: catalog})
 	srv := httptest.NewServer(falsim.New(falsim.Options{Keys: testKeys, Fast: true}))
 	t.Cleanup(srv.Close)
 	b.simURL = srv.URL
@@ -65,7 +66,7 @@ func (b *claimBundle) process(t *testing.T, keys, maxInFlight int) *claimProcess
 	fal, err := falclient.New(falclient.Config{BaseURL: b.simURL, Keys: testKeys[:keys], MaxInFlight: maxInFlight})
 	require.NoError(t, err)
 	pool := connect(t, b.dbURL)
-	return &claimProcess{pool: pool, fal: fal, reqs: jobs.NewWorker(pool, fal, jobs.DefaultCatalog(), nil, jobs.WorkerConfig{}).Requests()}
+	return &claimProcess{pool: pool, fal: fal, reqs: dispatch.NewWorker(pool, fal, jobs.DefaultCatalog(), nil, dispatch.WorkerConfig{}).Requests()}
 }
 
 // jobIDs submits n generate jobs for a new user and returns their ids.

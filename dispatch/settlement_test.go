@@ -1,4 +1,4 @@
-package jobs_test
+package dispatch_test
 
 import (
 	"context"
@@ -59,7 +59,7 @@ UPDATE river_job
 		bal, err := ledger.Get(ctx, b.pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
-		require.Zero(t, w.sim.Stats().Submits) // never run again
+		require.Zero(t, w.Sim.Stats().Submits) // never run again
 		requireInvariants(t, b.pool)
 	})
 
@@ -76,7 +76,7 @@ UPDATE river_job
 		bal, err := ledger.Get(ctx, b.pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
-		require.Equal(t, 1, w.sim.Stats().Submits)
+		require.Equal(t, 1, w.Sim.Stats().Submits)
 		requireInvariants(t, b.pool)
 	})
 
@@ -89,7 +89,7 @@ UPDATE river_job
 		done := submit(t, b, uid)
 		w := startWorkers(t, b.pool, nil)
 		requireJobState(t, b.pool, done, "completed")
-		w.stop(t)
+		w.Stop(t)
 		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, done))
 		var settledAt time.Time
 		require.NoError(t, b.pool.QueryRow(ctx, `SELECT settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&settledAt))
@@ -102,7 +102,7 @@ UPDATE river_job
 		})
 		require.Equal(t, "cancelled", riverState(t, b.pool, open))
 		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, open))
-		vs, err := jobs.CheckInvariants(ctx, b.pool)
+		vs, err := ledger.CheckInvariants(ctx, b.pool)
 		require.NoError(t, err)
 		require.NotEmpty(t, vs)
 

@@ -1,4 +1,4 @@
-package jobs
+package dispatch
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,6 +16,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/jobs"
 )
 
 // Fal is what the worker needs from the fal client.
@@ -30,33 +30,6 @@ type Fal interface {
 	MaxInFlight() int
 	ReportInFlight(inFlight map[int]int)
 	KeyHealth() []falclient.KeyState
-}
-
-// Job error codes, as the API shows them.
-const (
-	CodeInvalidParams = "invalid_params"
-	CodeUpstream      = "upstream_error"
-	CodeTimeout       = "timeout"
-	CodeCancelled     = "cancelled"
-	CodeInternal      = "internal"
-)
-
-// jobError is an error the worker returns; River stores its text as
-// "code: message", and the API reads the code back.
-type jobError struct {
-	code string
-	msg  string
-}
-
-func (e *jobError) Error() string { return e.code + ": " + e.msg }
-
-var jobErrorRE = regexp.MustCompile(`^([a-z_]+): (.*)$`)
-
-func parseJobError(s string) JobError {
-	if m := jobErrorRE.FindStringSubmatch(s); m != nil {
-		return JobError{Code: m[1], Message: m[2]}
-	}
-	return JobError{Code: CodeInternal, Message: s}
 }
 
 // WorkerConfig tunes the worker. Zero values take the documented defaults.
@@ -86,17 +59,17 @@ const DefaultAttemptTimeout = 60 * time.Second
 // while fal works) and records the result. The job's hold is settled by the
 // database when River marks the job completed, discarded or cancelled.
 type Worker struct {
-	river.WorkerDefaults[Args]
+	river.WorkerDefaults[jobs.Args]
 	pool    *pgxpool.Pool
 	fal     Fal
 	reqs    *FalRequests
-	catalog *Catalog
+	catalog *jobs.Catalog
 	logger  *slog.Logger
 	cfg     WorkerConfig
 }
 
 // NewWorker returns a worker.
-func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *Catalog, logger *slog.Logger, cfg WorkerConfig) *Worker {
+func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, logger *slog.Logger, cfg WorkerConfig) *Worker {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = DefaultAttemptTimeout
 	}
@@ -125,11 +98,11 @@ func (w *Worker) Requests() *FalRequests { return w.reqs }
 func (w *Worker) AttemptTimeout() time.Duration { return w.cfg.AttemptTimeout }
 
 // Timeout bounds one attempt.
-func (w *Worker) Timeout(*river.Job[Args]) time.Duration { return w.cfg.AttemptTimeout }
+func (w *Worker) Timeout(*river.Job[jobs.Args]) time.Duration { return w.cfg.AttemptTimeout }
 
 // NextRetry fits the retry to the queue: a person waits on urgent jobs, so
 // they retry within seconds; normal and background back off to minutes.
-func (w *Worker) NextRetry(job *river.Job[Args]) time.Time {
+func (w *Worker) NextRetry(job *river.Job[jobs.Args]) time.Time {
 	return time.Now().Add(retryDelay(job.Queue, job.Attempt))
 }
 
@@ -138,7 +111,7 @@ func (w *Worker) NextRetry(job *river.Job[Args]) time.Time {
 // 2m ... up to 10m.
 func retryDelay(queue string, n int) time.Duration {
 	base, limit := 30*time.Second, 10*time.Minute
-	if queue == QueueUrgent {
+	if queue == jobs.QueueUrgent {
 		base, limit = 500*time.Millisecond, 10*time.Second
 	}
 	d := base << min(max(n-1, 0), 16)
@@ -155,7 +128,7 @@ func noKeySnooze(retryAfter time.Duration) time.Duration {
 }
 
 // Work runs one attempt of an AI job.
-func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
+func (w *Worker) Work(ctx context.Context, job *river.Job[jobs.Args]) error {
 	log := w.logger.With(slog.Int64("job_id", job.ID), slog.String("operation", job.Args.Operation),
 		slog.String("queue", job.Queue), slog.Int("attempt", job.Attempt))
 
@@ -168,7 +141,7 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 	}
 	op, ok := w.catalog.Get(job.Args.Operation)
 	if !ok { // an operation taken out of the catalog after this job was submitted
-		op = defaultOperation(job.Args.Operation)
+		op = jobs.DefaultOperation(job.Args.Operation)
 	}
 
 	if out.Fal == nil {
@@ -198,7 +171,7 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 // key tried within the same attempt; when no key is left the pool's
 // KindNoKey error makes the job snooze. fal's request id is stored in the
 // job's output and in fal_requests in one transaction before submit returns.
-func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Args], out *output) (*falRef, error) {
+func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], out *output) (*falRef, error) {
 	var lastErr error
 	for range w.fal.NumKeys() + 1 {
 		claim, key, err := w.reqs.claim(ctx, job.ID, job.Attempt, job.Args.Model)
@@ -236,7 +209,7 @@ func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[Ar
 // cancellation: a job cancelled while its submit is on the wire would
 // otherwise lose the id of a request fal may still accept. The request id is
 // stored, and the poll that follows sees the cancel and cancels it at fal.
-func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[Args]) (falclient.Request, error) {
+func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[jobs.Args]) (falclient.Request, error) {
 	subCtx := context.WithoutCancel(ctx)
 	if d, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
@@ -249,7 +222,7 @@ func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[Args]) 
 // store records fal's request id in the job's output (the ai_jobs view's
 // fal_request_id) and in fal_requests, in one transaction. It runs even when
 // the job was cancelled meanwhile, so the request can be cancelled at fal.
-func (w *Worker) store(ctx context.Context, job *river.Job[Args], claim int64, out *output) error {
+func (w *Worker) store(ctx context.Context, job *river.Job[jobs.Args], claim int64, out *output) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
 	defer cancel()
 	tx, err := w.pool.Begin(ctx)
@@ -273,14 +246,14 @@ func (w *Worker) store(ctx context.Context, job *river.Job[Args], claim int64, o
 // ImagePollBudget before the job snoozes. Transient errors while polling
 // snooze with back-off without using an attempt: the request is paid for and
 // still running at fal, and the operation's timeout bounds the wait.
-func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args], op Operation, out *output) error {
+func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], op jobs.Operation, out *output) error {
 	ref := out.Fal
 	deadline := time.Now().Add(w.cfg.ImagePollBudget)
 	wait := w.cfg.PollInterval
 	for {
 		if time.Since(ref.SubmittedAt) > op.Timeout {
 			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
-			return w.fail(ctx, log, job, ref, &jobError{CodeTimeout, fmt.Sprintf("fal did not finish within %s", op.Timeout)})
+			return w.fail(ctx, log, job, ref, &jobs.JobError{Code: jobs.CodeTimeout, Message: fmt.Sprintf("fal did not finish within %s", op.Timeout)})
 		}
 		key := w.readKey(ref)
 		st, err := w.fal.Status(ctx, key, ref.Model, ref.RequestID)
@@ -312,9 +285,9 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[Args
 			}
 			// fal said COMPLETED but the result is not there yet: poll again.
 		}
-		if op.Kind == KindVideo || time.Now().After(deadline) {
+		if op.Kind == jobs.KindVideo || time.Now().After(deadline) {
 			interval := w.cfg.VideoPollInterval
-			if op.Kind != KindVideo {
+			if op.Kind != jobs.KindVideo {
 				interval = time.Second
 			}
 			return river.JobSnooze(interval)
@@ -363,7 +336,7 @@ func substituteKeyError(key int, ref *falRef, err error) error {
 // retries with a new request; cancels and permanent errors go to fail; any
 // other error snoozes the job with the queue's back-off, keeping the
 // request.
-func (w *Worker) pollError(ctx context.Context, log *slog.Logger, job *river.Job[Args], out *output, err error) error {
+func (w *Worker) pollError(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], out *output, err error) error {
 	ref := out.Fal
 	switch {
 	case ctx.Err() != nil || falclient.IsPermanent(err):
@@ -380,7 +353,7 @@ func (w *Worker) pollError(ctx context.Context, log *slog.Logger, job *river.Job
 		if _, uerr := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); uerr != nil {
 			return uerr
 		}
-		return &jobError{CodeUpstream, err.Error()}
+		return &jobs.JobError{Code: jobs.CodeUpstream, Message: err.Error()}
 	}
 	out.PollErrors++
 	d := retryDelay(job.Queue, out.PollErrors)
@@ -397,12 +370,12 @@ func (w *Worker) pollError(ctx context.Context, log *slog.Logger, job *river.Job
 // fal request; a permanent fal error discards the job at once (refund, no
 // retry); no free key snoozes (no attempt used); anything else is retried by
 // River with the queue's back-off. ref is the job's fal request, if any.
-func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args], ref *falRef, err error) error {
+func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], ref *falRef, err error) error {
 	if ctx.Err() != nil && errors.Is(context.Cause(ctx), rivertype.ErrJobCancelledRemotely) {
 		if ref != nil {
 			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
 		}
-		return river.JobCancel(&jobError{CodeCancelled, "the job was cancelled"})
+		return river.JobCancel(&jobs.JobError{Code: jobs.CodeCancelled, Message: "the job was cancelled"})
 	}
 	var fe *falclient.Error
 	if errors.As(err, &fe) {
@@ -415,16 +388,16 @@ func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args
 			if ref != nil {
 				w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
 			}
-			code := CodeUpstream
+			code := jobs.CodeUpstream
 			if fe.Kind == falclient.KindInvalidParams {
-				code = CodeInvalidParams
+				code = jobs.CodeInvalidParams
 			}
-			return w.discard(ctx, log, job, &jobError{code, fe.Error()})
+			return w.discard(ctx, log, job, &jobs.JobError{Code: code, Message: fe.Error()})
 		}
-		return &jobError{CodeUpstream, fe.Error()}
+		return &jobs.JobError{Code: jobs.CodeUpstream, Message: fe.Error()}
 	}
-	var je *jobError
-	if errors.As(err, &je) && je.code == CodeTimeout {
+	var je *jobs.JobError
+	if errors.As(err, &je) && je.Code == jobs.CodeTimeout {
 		return w.discard(ctx, log, job, je)
 	}
 	return err
@@ -433,8 +406,8 @@ func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[Args
 // discard ends the job now as failed, without retries, in River's own way
 // (the same state change River makes when attempts run out), so the
 // database refunds the hold in the same transaction.
-func (w *Worker) discard(ctx context.Context, log *slog.Logger, job *river.Job[Args], jerr *jobError) error {
-	log.WarnContext(ctx, "job failed permanently", slog.String("code", jerr.code), slog.String("error", jerr.msg))
+func (w *Worker) discard(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], jerr *jobs.JobError) error {
+	log.WarnContext(ctx, "job failed permanently", slog.String("code", jerr.Code), slog.String("error", jerr.Message))
 	client := river.ClientFromContext[pgx.Tx](ctx)
 	errData, err := json.Marshal(rivertype.AttemptError{At: time.Now().UTC(), Attempt: job.Attempt, Error: jerr.Error()})
 	if err != nil {

@@ -1,4 +1,4 @@
-package jobs_test
+package maintenance_test
 
 import (
 	"context"
@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/internal/logtest"
+	"github.com/aiqueue/aiqueue/maintenance"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -24,7 +26,7 @@ func TestReconciler(t *testing.T) {
 
 	type reconcileBundle struct {
 		*testBundle
-		reconciler *jobs.Reconciler
+		reconciler *maintenance.Reconciler
 		logs       *logtest.Buffer
 		registry   *prometheus.Registry
 	}
@@ -33,11 +35,11 @@ func TestReconciler(t *testing.T) {
 		b := setup(t)
 		logs := &logtest.Buffer{}
 		reg := prometheus.NewRegistry()
-		r, err := jobs.NewReconciler(b.pool, jobs.ReconcilerConfig{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Registerer: reg})
+		r, err := maintenance.NewReconciler(b.pool, maintenance.ReconcilerConfig{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Registerer: reg})
 		require.NoError(t, err)
 		return &reconcileBundle{testBundle: b, reconciler: r, logs: logs, registry: reg}
 	}
-	fixed := func(r *jobs.Reconciler, action string) float64 {
+	fixed := func(r *maintenance.Reconciler, action string) float64 {
 		var m dto.Metric
 		require.NoError(t, r.Fixed().WithLabelValues(action).Write(&m))
 		return m.GetCounter().GetValue()
@@ -48,14 +50,14 @@ func TestReconciler(t *testing.T) {
 		b := setupReconciler(t)
 		uid := grant(t, b.pool, 20)
 		w := startWorkers(t, b.pool, nil)
-		w.sim.FailModel("fal-ai/birefnet", falsim.Failure{Status: 422, Ops: []string{falsim.OpSubmit}})
+		w.Sim.FailModel("fal-ai/birefnet", falsim.Failure{Status: 422, Ops: []string{falsim.OpSubmit}})
 
 		completed := submit(t, b.testBundle, uid)
 		discarded, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "remove-bg", Params: []byte(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		requireJobState(t, b.pool, completed, "completed")
 		requireJobState(t, b.pool, discarded[0], "discarded")
-		w.stop(t)
+		w.Stop(t)
 		cancelled := submit(t, b.testBundle, uid)
 		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(cancelled))
 		require.NoError(t, err)
@@ -67,8 +69,8 @@ func TestReconciler(t *testing.T) {
 		fixes, err := b.reconciler.Reconcile(ctx)
 		require.NoError(t, err)
 		require.Empty(t, fixes)
-		require.Zero(t, fixed(b.reconciler, jobs.ReconcileCharge))
-		require.Zero(t, fixed(b.reconciler, jobs.ReconcileRefund))
+		require.Zero(t, fixed(b.reconciler, maintenance.ReconcileCharge))
+		require.Zero(t, fixed(b.reconciler, maintenance.ReconcileRefund))
 		require.Empty(t, b.logs.Level(t, "WARN"))
 		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, queued))
 		requireInvariants(t, b.pool)
@@ -101,20 +103,20 @@ func TestReconciler(t *testing.T) {
 			_, err = b.river.JobDelete(ctx, deleted)
 			require.NoError(t, err)
 		})
-		vs, err := jobs.CheckInvariants(ctx, b.pool)
+		vs, err := ledger.CheckInvariants(ctx, b.pool)
 		require.NoError(t, err)
 		require.NotEmpty(t, vs) // broken on purpose
 
 		fixes, err := b.reconciler.Reconcile(ctx)
 		require.NoError(t, err)
-		require.Equal(t, []jobs.Fix{
-			{JobID: completed, UserID: uid, Amount: 1, JobState: "completed", Action: jobs.ReconcileCharge},
-			{JobID: discarded, UserID: uid, Amount: 1, JobState: "discarded", Action: jobs.ReconcileRefund},
-			{JobID: cancelled, UserID: uid, Amount: 1, JobState: "cancelled", Action: jobs.ReconcileRefund},
-			{JobID: deleted, UserID: uid, Amount: 1, JobState: "gone", Action: jobs.ReconcileRefund},
+		require.Equal(t, []maintenance.Fix{
+			{JobID: completed, UserID: uid, Amount: 1, JobState: "completed", Action: maintenance.ReconcileCharge},
+			{JobID: discarded, UserID: uid, Amount: 1, JobState: "discarded", Action: maintenance.ReconcileRefund},
+			{JobID: cancelled, UserID: uid, Amount: 1, JobState: "cancelled", Action: maintenance.ReconcileRefund},
+			{JobID: deleted, UserID: uid, Amount: 1, JobState: "gone", Action: maintenance.ReconcileRefund},
 		}, fixes)
-		require.InDelta(t, 1, fixed(b.reconciler, jobs.ReconcileCharge), 0)
-		require.InDelta(t, 3, fixed(b.reconciler, jobs.ReconcileRefund), 0)
+		require.InDelta(t, 1, fixed(b.reconciler, maintenance.ReconcileCharge), 0)
+		require.InDelta(t, 3, fixed(b.reconciler, maintenance.ReconcileRefund), 0)
 		warnings := b.logs.Level(t, "WARN")
 		require.Len(t, warnings, 4)
 		for i, w := range warnings {
@@ -137,7 +139,7 @@ func TestReconciler(t *testing.T) {
 		fixes, err = b.reconciler.Reconcile(ctx)
 		require.NoError(t, err)
 		require.Empty(t, fixes)
-		require.InDelta(t, 3, fixed(b.reconciler, jobs.ReconcileRefund), 0)
+		require.InDelta(t, 3, fixed(b.reconciler, maintenance.ReconcileRefund), 0)
 	})
 
 	t.Run("RunsAsRiverPeriodicJob", func(t *testing.T) {
@@ -151,13 +153,13 @@ func TestReconciler(t *testing.T) {
 		})
 		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
 
-		// The server's wiring: jobs.NewClient with the reconciler's
+		// The server's wiring: dispatch.NewClient with the reconciler's
 		// periodic job and worker; it runs once at start.
-		client, err := jobs.NewClient(b.pool, jobs.ClientConfig{
-			Limits:   jobs.QueueLimits{Urgent: 1, Normal: 1, Background: 1},
+		client, err := dispatch.NewClient(b.pool, dispatch.ClientConfig{
+			Limits:   dispatch.QueueLimits{Urgent: 1, Normal: 1, Background: 1},
 			Work:     true,
-			Worker:   jobs.NewWorker(b.pool, nil, jobs.DefaultCatalog(), nil, jobs.WorkerConfig{}),
-			Periodic: []*river.PeriodicJob{b.reconciler.PeriodicJob(jobs.ReconcileInterval)},
+			Worker:   dispatch.NewWorker(b.pool, nil, jobs.DefaultCatalog(), nil, dispatch.WorkerConfig{}),
+			Periodic: []*river.PeriodicJob{b.reconciler.PeriodicJob(maintenance.ReconcileInterval)},
 			Workers:  []func(*river.Workers){b.reconciler.AddWorker},
 		})
 		require.NoError(t, err)
@@ -172,7 +174,7 @@ func TestReconciler(t *testing.T) {
 		require.Eventually(t, func() bool {
 			return count(t, b.pool, `SELECT count(*) FROM river_job WHERE kind = 'ledger_reconcile' AND state = 'completed' AND queue = $1`, jobs.QueueBackground) == 1
 		}, 10*time.Second, 20*time.Millisecond)
-		require.InDelta(t, 1, fixed(b.reconciler, jobs.ReconcileRefund), 0)
+		require.InDelta(t, 1, fixed(b.reconciler, maintenance.ReconcileRefund), 0)
 		requireInvariants(t, b.pool)
 	})
 }

@@ -1,23 +1,27 @@
-package jobs_test
+package api_test
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
 )
 
 func TestWatcher(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	setupWatcher := func(t *testing.T) (*testBundle, *jobs.Watcher) {
+	setupWatcher := func(t *testing.T) (*testBundle, *api.Watcher) {
 		t.Helper()
 		b := setup(t)
-		w := jobs.NewWatcher(b.pool.Config().ConnConfig, nil)
+		w := api.NewWatcher(b.pool.Config().ConnConfig, nil)
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { w.Run(runCtx); close(done) }()
@@ -25,7 +29,7 @@ func TestWatcher(t *testing.T) {
 		require.Eventually(t, w.Connected, 10*time.Second, 5*time.Millisecond)
 		return b, w
 	}
-	woken := func(t *testing.T, sub *jobs.Subscription) {
+	woken := func(t *testing.T, sub *api.Subscription) {
 		t.Helper()
 		select {
 		case <-sub.C:
@@ -75,7 +79,7 @@ func TestWatcher(t *testing.T) {
 		}
 		var pid int
 		require.NoError(t, b.pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
-			jobs.WatcherApplicationName).Scan(&pid))
+			api.WatcherApplicationName).Scan(&pid))
 		_, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid)
 		require.NoError(t, err)
 		// Whatever happened while it was away, subscribers re-read.
@@ -83,7 +87,7 @@ func TestWatcher(t *testing.T) {
 		require.Eventually(t, func() bool {
 			var n int
 			err := b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> $2`,
-				jobs.WatcherApplicationName, pid).Scan(&n)
+				api.WatcherApplicationName, pid).Scan(&n)
 			return err == nil && n == 1 && w.Connected()
 		}, 10*time.Second, 10*time.Millisecond)
 	})
@@ -98,4 +102,36 @@ func TestWatcher(t *testing.T) {
 		b.Close()
 		require.Zero(t, w.Subscribers())
 	})
+}
+
+// BenchmarkWatcherWake is the time from the commit of a job's state change
+// to its subscriber being woken through LISTEN/NOTIFY.
+func BenchmarkWatcherWake(b *testing.B) {
+	tb := setup(b)
+	pool, svc := tb.pool, tb.svc
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := api.NewWatcher(pool.Config().ConnConfig, nil)
+	go w.Run(ctx)
+	for !w.Connected() {
+		runtime.Gosched()
+	}
+	uid := uuid.NewString()
+	tx, err := pool.Begin(ctx)
+	require.NoError(b, err)
+	_, _, err = ledger.Grant(ctx, tx, uid, 1<<40, "bench", "")
+	require.NoError(b, err)
+	require.NoError(b, tx.Commit(ctx))
+	ids, err := svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	require.NoError(b, err)
+	sub := w.Subscribe(ids[0])
+	defer sub.Close()
+	states := []string{"running", "available"}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := pool.Exec(ctx, `UPDATE river_job SET state = $2::river_job_state WHERE id = $1`, ids[0], states[i%2]); err != nil {
+			b.Fatal(err)
+		}
+		<-sub.C
+	}
 }

@@ -1,19 +1,19 @@
-package api
+package maintenance
 
 import (
 	"context"
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
 // PruneArgs is the periodic River job that deletes idempotency records
-// older than IdempotencyKeyTTL, rate-limit rows that no longer limit
-// anyone, and ended jobs no /metrics scrape took (jobs.PruneOutcomes).
+// past their time to live, rate-limit rows that no longer limit anyone, and
+// ended jobs no /metrics scrape took (PruneOutcomes).
 type PruneArgs struct{}
 
 // Kind is the River job kind.
@@ -24,24 +24,22 @@ func (PruneArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{Queue: jobs.QueueBackground, MaxAttempts: 3}
 }
 
-// Execer runs a statement: a pool, a connection or a transaction.
-type Execer interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
-
 // PruneWorker works PruneArgs.
 type PruneWorker struct {
 	river.WorkerDefaults[PruneArgs]
-	DB Execer
+	DB *pgxpool.Pool
+	// IdempotencyTTL is how long the API replays an idempotent response
+	// (api.IdempotencyKeyTTL); older records are deleted.
+	IdempotencyTTL time.Duration
 }
 
 // Work prunes and records how many rows it deleted as the job's output.
 func (w *PruneWorker) Work(ctx context.Context, job *river.Job[PruneArgs]) error {
-	keys, limits, err := Prune(ctx, w.DB)
+	keys, limits, err := Prune(ctx, w.DB, w.IdempotencyTTL)
 	if err != nil {
 		return err
 	}
-	outcomes, err := jobs.PruneOutcomes(ctx, w.DB)
+	outcomes, err := PruneOutcomes(ctx, w.DB)
 	if err != nil {
 		return fmt.Errorf("prune metrics outcomes: %w", err)
 	}
@@ -58,15 +56,15 @@ func PrunePeriodicJob() *river.PeriodicJob {
 // pruneBatch bounds one delete statement.
 const pruneBatch = 5000
 
-// Prune deletes idempotency records older than IdempotencyKeyTTL and
+// Prune deletes idempotency records older than ttl and
 // rate-limit rows whose theoretical arrival time has passed (such a row
 // limits exactly as much as no row), in batches of pruneBatch rows.
-func Prune(ctx context.Context, db Execer) (keys, limits int64, err error) {
+func Prune(ctx context.Context, db *pgxpool.Pool, ttl time.Duration) (keys, limits int64, err error) {
 	for {
 		tag, err := db.Exec(ctx, `
 DELETE FROM idempotency_keys WHERE (user_id, key) IN (
     SELECT user_id, key FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second' LIMIT $2)`,
-			int64(IdempotencyKeyTTL/time.Second), pruneBatch)
+			int64(ttl/time.Second), pruneBatch)
 		if err != nil {
 			return keys, limits, fmt.Errorf("prune idempotency keys: %w", err)
 		}
@@ -88,4 +86,16 @@ DELETE FROM submit_rate_limits WHERE tat < now() AND user_id IN (
 		}
 	}
 	return keys, limits, nil
+}
+
+// outcomeRetention is how long an ended job waits in metrics_job_outcomes
+// for a /metrics scrape before PruneOutcomes drops it.
+const outcomeRetention = time.Hour
+
+// PruneOutcomes deletes ended jobs that no process took for its metrics
+// within outcomeRetention (nothing scrapes /metrics), so the outbox stays
+// small. It returns how many rows it deleted.
+func PruneOutcomes(ctx context.Context, db *pgxpool.Pool) (int64, error) {
+	tag, err := db.Exec(ctx, `DELETE FROM metrics_job_outcomes WHERE created_at < now() - $1::interval`, outcomeRetention.String())
+	return tag.RowsAffected(), err
 }

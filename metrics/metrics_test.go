@@ -1,4 +1,4 @@
-package jobs_test
+package metrics_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/metrics"
 )
 
 // gathered is one scrape of a registry.
@@ -74,9 +75,9 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	newMetrics := func(t *testing.T, b *testBundle) (*jobs.Metrics, *prometheus.Registry) {
+	newMetrics := func(t *testing.T, b *testBundle) (*metrics.Metrics, *prometheus.Registry) {
 		t.Helper()
-		m := jobs.NewMetrics(b.pool, nil)
+		m := metrics.NewMetrics(b.pool, nil)
 		reg := prometheus.NewRegistry()
 		require.NoError(t, m.Register(reg))
 		return m, reg
@@ -89,7 +90,7 @@ func TestMetrics(t *testing.T) {
 		_, reg1 := newMetrics(t, b)
 		_, reg2 := newMetrics(t, b)
 		m3, reg3 := newMetrics(t, b)
-		b.svc.SetMetrics(m3)
+		b.svc = jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: jobs.DefaultCatalog(), Hooks: jobs.Hooks{Submitted: m3.Submitted}})
 
 		uid := grant(t, b.pool, 100)
 		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b"), generate("c"),
@@ -157,23 +158,5 @@ func TestMetrics(t *testing.T) {
 			}
 			require.GreaterOrEqual(t, g.value("aiqueue_queue_oldest_available_seconds", map[string]string{"queue": q}), 0.0)
 		}
-	})
-
-	t.Run("PrunesEndingsNobodyScraped", func(t *testing.T) {
-		t.Parallel()
-		b := setup(t)
-		uid := grant(t, b.pool, 100)
-		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
-		require.NoError(t, err)
-		for _, id := range ids {
-			_, err = b.river.JobCancel(ctx, id)
-			require.NoError(t, err)
-		}
-		_, err = b.pool.Exec(ctx, `UPDATE metrics_job_outcomes SET created_at = now() - interval '2 hours' WHERE id = (SELECT min(id) FROM metrics_job_outcomes)`)
-		require.NoError(t, err)
-		pruned, err := jobs.PruneOutcomes(ctx, b.pool)
-		require.NoError(t, err)
-		require.Equal(t, int64(1), pruned)
-		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM metrics_job_outcomes`))
 	})
 }

@@ -1,4 +1,4 @@
-package jobs_test
+package dispatch_test
 
 import (
 	"cmp"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	"github.com/jackc/pgx/v5"
@@ -41,7 +42,7 @@ type workerBundle struct {
 	pool    *pgxpool.Pool
 	river   *river.Client[pgx.Tx]
 	svc     *jobs.Service
-	worker  *jobs.Worker
+	worker  *dispatch.Worker
 	fal     *falclient.Client
 	sim     *falsim.Server
 	simURL  string
@@ -56,9 +57,9 @@ type workerOpts struct {
 	// MaxInFlight is the per-key cap; default 100 (no limit in practice).
 	MaxInFlight int
 	// Limits are the queue worker limits; default 10 each.
-	Limits jobs.QueueLimits
+	Limits dispatch.QueueLimits
 	// Worker tunes the worker.
-	Worker jobs.WorkerConfig
+	Worker dispatch.WorkerConfig
 	// Catalog replaces the default catalog.
 	Catalog *jobs.Catalog
 	// Shared, when set, joins another bundle's database and simulator: a
@@ -103,14 +104,14 @@ func setupWorker(t *testing.T, opts *workerOpts) *workerBundle {
 	})
 	require.NoError(t, err)
 	limits := opts.Limits
-	if limits == (jobs.QueueLimits{}) {
-		limits = jobs.QueueLimits{Urgent: 10, Normal: 10, Background: 10}
+	if limits == (dispatch.QueueLimits{}) {
+		limits = dispatch.QueueLimits{Urgent: 10, Normal: 10, Background: 10}
 	}
-	b.worker = jobs.NewWorker(b.pool, b.fal, b.catalog, logger, opts.Worker)
-	b.river, err = jobs.NewClient(b.pool, jobs.ClientConfig{Limits: limits, Work: true, Worker: b.worker, Logger: logger})
+	b.worker = dispatch.NewWorker(b.pool, b.fal, b.catalog, logger, opts.Worker)
+	b.river, err = dispatch.NewClient(b.pool, dispatch.ClientConfig{Limits: limits, Work: true, Worker: b.worker, Logger: logger})
 	require.NoError(t, err)
-	b.svc = jobs.NewService(b.pool, b.river, b.catalog)
-	b.svc.SetFalRequests(b.worker.Requests())
+	b.svc = jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: b.catalog,
+		Hooks: jobs.Hooks{Cancelled: b.worker.Requests().Cancelled}})
 	require.NoError(t, b.river.Start(context.Background()))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

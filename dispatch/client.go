@@ -1,4 +1,4 @@
-package jobs
+package dispatch
 
 import (
 	"cmp"
@@ -70,7 +70,7 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 	}
 	// River's own insert notifications are sent inside the inserting
 	// transaction, at most once per queue per client FetchCooldown; the
-	// service announces its jobs after commit instead (insertNotifier), so
+	// service announces its jobs after commit instead (InsertNotifier), so
 	// River's are spaced out to the poll interval.
 	rc.FetchCooldown = river.FetchPollIntervalDefault
 	if cfg.Work {

@@ -1,9 +1,10 @@
-package jobs
+package dispatch
 
 import (
 	"testing"
 	"time"
 
+	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/stretchr/testify/require"
 )
 
@@ -13,16 +14,16 @@ func TestRetryDelay(t *testing.T) {
 	t.Run("UrgentRetriesWithinSeconds", func(t *testing.T) {
 		t.Parallel()
 		for n := 1; n <= 25; n++ {
-			d := retryDelay(QueueUrgent, n)
+			d := retryDelay(jobs.QueueUrgent, n)
 			require.GreaterOrEqual(t, d, 375*time.Millisecond, "retry %d", n)
 			require.LessOrEqual(t, d, 12500*time.Millisecond, "retry %d", n)
 		}
-		require.LessOrEqual(t, retryDelay(QueueUrgent, 1), 625*time.Millisecond)
+		require.LessOrEqual(t, retryDelay(jobs.QueueUrgent, 1), 625*time.Millisecond)
 	})
 
 	t.Run("NormalAndBackgroundBackOffToMinutes", func(t *testing.T) {
 		t.Parallel()
-		for _, q := range []string{QueueNormal, QueueBackground} {
+		for _, q := range []string{jobs.QueueNormal, jobs.QueueBackground} {
 			first := retryDelay(q, 1)
 			require.GreaterOrEqual(t, first, 22500*time.Millisecond)
 			require.LessOrEqual(t, first, 37500*time.Millisecond)
@@ -37,7 +38,7 @@ func TestRetryDelay(t *testing.T) {
 		t.Parallel()
 		seen := map[time.Duration]bool{}
 		for range 20 {
-			seen[retryDelay(QueueNormal, 2)] = true
+			seen[retryDelay(jobs.QueueNormal, 2)] = true
 		}
 		require.Greater(t, len(seen), 1)
 	})

@@ -1,4 +1,4 @@
-package jobs
+package maintenance
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 
+	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
@@ -28,7 +29,7 @@ func (ReconcileArgs) Kind() string { return "ledger_reconcile" }
 // queue is not worked here), once per interval at most.
 func (ReconcileArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{
-		Queue:       QueueBackground,
+		Queue:       jobs.QueueBackground,
 		MaxAttempts: 3,
 		UniqueOpts:  river.UniqueOpts{ByPeriod: ReconcileInterval},
 	}

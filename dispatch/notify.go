@@ -1,4 +1,4 @@
-package jobs
+package dispatch
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// insertNotifier tells River's producers, in every process, that a
+// InsertNotifier tells River's producers, in every process, that a
 // submission committed jobs in a queue, so they fetch at once instead of at
 // their next poll.
 //
@@ -31,7 +31,7 @@ import (
 // committed job is thus announced after its commit, within one cooldown.
 // A lost notification (database unreachable) costs only latency: the
 // queue's poll still finds the job.
-type insertNotifier struct {
+type InsertNotifier struct {
 	pool *pgxpool.Pool
 
 	mu     sync.Mutex
@@ -43,11 +43,15 @@ type notifyState struct {
 	pending bool // a commit came after the last send
 }
 
+// NewInsertNotifier returns a notifier on pool; its Committed is the
+// service's jobs.Hooks.Committed.
+func NewInsertNotifier(pool *pgxpool.Pool) *InsertNotifier { return &InsertNotifier{pool: pool} }
+
 // notifyTimeout bounds one notification.
 const notifyTimeout = 5 * time.Second
 
-// committed announces that jobs committed in queues.
-func (n *insertNotifier) committed(queues []string) {
+// Committed announces that jobs committed in queues.
+func (n *InsertNotifier) Committed(queues []string) {
 	if n == nil || n.pool == nil {
 		return
 	}
@@ -73,7 +77,7 @@ func (n *insertNotifier) committed(queues []string) {
 
 // send notifies q, waits out the queue's cooldown and notifies again while
 // commits came in meanwhile.
-func (n *insertNotifier) send(q string, st *notifyState) {
+func (n *InsertNotifier) send(q string, st *notifyState) {
 	cooldown := fetchCooldown(q)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)

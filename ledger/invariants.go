@@ -1,10 +1,8 @@
-package jobs
+package ledger
 
 import (
 	"context"
 	"fmt"
-
-	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // CheckInvariants checks SPEC section 7 across the ledger and River: the
@@ -15,8 +13,8 @@ import (
 // cleaner deletes the row: it is the job's receipt.
 // It returns one line per violation; a correct system returns none. Tests
 // call it after every concurrent and fault scenario.
-func CheckInvariants(ctx context.Context, q ledger.Querier) ([]string, error) {
-	vs, err := ledger.Check(ctx, q)
+func CheckInvariants(ctx context.Context, q Querier) ([]string, error) {
+	vs, err := Check(ctx, q)
 	if err != nil {
 		return nil, err
 	}

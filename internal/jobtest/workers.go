@@ -1,4 +1,4 @@
-package jobs_test
+package jobtest
 
 import (
 	"context"
@@ -13,21 +13,22 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
-// riverWorkers is a running River client working AI jobs against the fal
+// Workers is a running River client working AI jobs against the fal
 // simulator (fast mode).
-type riverWorkers struct {
-	client  *river.Client[pgx.Tx]
-	sim     *falsim.Server
+type Workers struct {
+	Client  *river.Client[pgx.Tx]
+	Sim     *falsim.Server
 	stopped bool
 }
 
-// stop stops the client now, bounded in time.
-func (w *riverWorkers) stop(t *testing.T) {
+// Stop stops the client now, bounded in time.
+func (w *Workers) Stop(t testing.TB) {
 	t.Helper()
 	if w.stopped {
 		return
@@ -35,14 +36,14 @@ func (w *riverWorkers) stop(t *testing.T) {
 	w.stopped = true
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, w.client.Stop(ctx))
+	require.NoError(t, w.Client.Stop(ctx))
 }
 
-// startWorkers starts a River client that works AI jobs on pool like the
+// StartWorkers starts a River client that works AI jobs on pool like the
 // server does (same worker, queues, timeouts), with configure applied to its
 // River config last (shorter maintenance periods, extra workers). It is
 // stopped at cleanup.
-func startWorkers(t *testing.T, pool *pgxpool.Pool, configure func(*river.Config)) *riverWorkers {
+func StartWorkers(t testing.TB, pool *pgxpool.Pool, configure func(*river.Config)) *Workers {
 	t.Helper()
 	sim := falsim.New(falsim.Options{Keys: []string{"sim-key-1"}, Fast: true})
 	srv := httptest.NewServer(sim)
@@ -50,7 +51,7 @@ func startWorkers(t *testing.T, pool *pgxpool.Pool, configure func(*river.Config
 	fal, err := falclient.New(falclient.Config{BaseURL: srv.URL, Keys: []string{"sim-key-1"}, MaxInFlight: 100})
 	require.NoError(t, err)
 	workers := river.NewWorkers()
-	river.AddWorker(workers, jobs.NewWorker(pool, fal, jobs.DefaultCatalog(), nil, jobs.WorkerConfig{}))
+	river.AddWorker(workers, dispatch.NewWorker(pool, fal, jobs.DefaultCatalog(), nil, dispatch.WorkerConfig{}))
 	cfg := &river.Config{
 		Workers: workers,
 		Queues: map[string]river.QueueConfig{
@@ -58,8 +59,8 @@ func startWorkers(t *testing.T, pool *pgxpool.Pool, configure func(*river.Config
 			jobs.QueueNormal:     {MaxWorkers: 2, FetchCooldown: 5 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
 			jobs.QueueBackground: {MaxWorkers: 2, FetchCooldown: 5 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
 		},
-		JobTimeout:           jobs.DefaultAttemptTimeout,
-		RescueStuckJobsAfter: jobs.DefaultRescueAfter,
+		JobTimeout:           dispatch.DefaultAttemptTimeout,
+		RescueStuckJobsAfter: dispatch.DefaultRescueAfter,
 		TestOnly:             true,
 	}
 	if configure != nil {
@@ -69,16 +70,16 @@ func startWorkers(t *testing.T, pool *pgxpool.Pool, configure func(*river.Config
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	require.NoError(t, client.Start(ctx))
-	w := &riverWorkers{client: client, sim: sim}
+	w := &Workers{Client: client, Sim: sim}
 	t.Cleanup(func() {
-		w.stop(t)
+		w.Stop(t)
 		cancel()
 	})
 	return w
 }
 
-// riverState returns the River state of a job, or "gone".
-func riverState(t *testing.T, pool *pgxpool.Pool, id int64) string {
+// RiverState returns the River state of a job, or "gone".
+func RiverState(t testing.TB, pool *pgxpool.Pool, id int64) string {
 	t.Helper()
 	var state string
 	err := pool.QueryRow(context.Background(), `SELECT state::text FROM river_job WHERE id = $1`, id).Scan(&state)
@@ -89,32 +90,32 @@ func riverState(t *testing.T, pool *pgxpool.Pool, id int64) string {
 	return state
 }
 
-// holdState returns the state of a job's hold.
-func holdState(t *testing.T, pool *pgxpool.Pool, id int64) string {
+// HoldState returns the state of a job's hold.
+func HoldState(t testing.TB, pool *pgxpool.Pool, id int64) string {
 	t.Helper()
 	var state string
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT state FROM credit_holds WHERE job_id = $1`, id).Scan(&state))
 	return state
 }
 
-// requireEventually waits (bounded) until the job reaches riverState.
-func requireJobState(t *testing.T, pool *pgxpool.Pool, id int64, want string) {
+// RequireJobState waits (bounded) until the job reaches River state want.
+func RequireJobState(t testing.TB, pool *pgxpool.Pool, id int64, want string) {
 	t.Helper()
-	require.Eventually(t, func() bool { return riverState(t, pool, id) == want },
-		20*time.Second, 20*time.Millisecond, "job %d never became %s (is %s)", id, want, riverState(t, pool, id))
+	require.Eventually(t, func() bool { return RiverState(t, pool, id) == want },
+		20*time.Second, 20*time.Millisecond, "job %d never became %s (is %s)", id, want, RiverState(t, pool, id))
 }
 
-// submit submits one generate job for uid and returns its id.
-func submit(t *testing.T, b *testBundle, uid string) int64 {
+// Submit submits one generate job for uid and returns its id.
+func Submit(t testing.TB, svc *jobs.Service, uid string) int64 {
 	t.Helper()
-	ids, err := b.svc.Submit(context.Background(), uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	ids, err := svc.Submit(context.Background(), uid, []jobs.Item{Generate("ring")}, jobs.SubmitOpts{})
 	require.NoError(t, err)
 	return ids[0]
 }
 
-// breakSettlement runs fn with the settlement triggers on river_job
+// BreakSettlement runs fn with the settlement triggers on river_job
 // disabled, as if a path bypassed them, and enables them again.
-func breakSettlement(t *testing.T, pool *pgxpool.Pool, fn func()) {
+func BreakSettlement(t testing.TB, pool *pgxpool.Pool, fn func()) {
 	t.Helper()
 	ctx := context.Background()
 	_, err := pool.Exec(ctx, `ALTER TABLE river_job DISABLE TRIGGER river_job_settle_credits, DISABLE TRIGGER river_job_refund_deleted`)

@@ -1,4 +1,4 @@
-package jobs_test
+package dispatch_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -100,7 +101,7 @@ func TestWorker(t *testing.T) {
 	t.Run("KeyRevokedWhileFalWorksReadsWithAnotherKey", func(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: 2 * time.Second}}
-		b := setupWorker(t, &workerOpts{Sim: sim, Worker: jobs.WorkerConfig{VideoPollInterval: 200 * time.Millisecond}})
+		b := setupWorker(t, &workerOpts{Sim: sim, Worker: dispatch.WorkerConfig{VideoPollInterval: 200 * time.Millisecond}})
 		uid, ids := b.submit(t, 1, "video", videoParams, "")
 		b.waitStored(t, uid, ids[0])
 		submitKey := falRows(t, b.pool, ids[0])[0].Key
@@ -258,7 +259,7 @@ func TestWorker(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{imageModel: 300 * time.Millisecond}}
 		// Two slots per process, so neither process can take every job.
-		limits := jobs.QueueLimits{Urgent: 2, Normal: 2, Background: 2}
+		limits := dispatch.QueueLimits{Urgent: 2, Normal: 2, Background: 2}
 		b1 := setupWorker(t, &workerOpts{Sim: sim, MaxInFlight: 1, Limits: limits})
 		b2 := setupWorker(t, &workerOpts{Shared: b1, MaxInFlight: 1, Limits: limits})
 		uid, ids := b1.submit(t, 15, "generate", generateParams, "")
@@ -304,7 +305,7 @@ func TestWorker(t *testing.T) {
 	t.Run("CancelSnoozedVideoCancelsAtFal", func(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: time.Minute}}
-		b := setupWorker(t, &workerOpts{Sim: sim, Worker: jobs.WorkerConfig{VideoPollInterval: 30 * time.Second}})
+		b := setupWorker(t, &workerOpts{Sim: sim, Worker: dispatch.WorkerConfig{VideoPollInterval: 30 * time.Second}})
 		other := setupWorker(t, &workerOpts{Shared: b})
 		uid, ids := b.submit(t, 1, "video", videoParams, "")
 		rid := b.waitStored(t, uid, ids[0])
@@ -334,7 +335,7 @@ func TestWorker(t *testing.T) {
 	t.Run("SweeperCancelsRequestsNoJobWaitsFor", func(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: time.Minute}}
-		b := setupWorker(t, &workerOpts{Sim: sim, Worker: jobs.WorkerConfig{VideoPollInterval: 30 * time.Second}})
+		b := setupWorker(t, &workerOpts{Sim: sim, Worker: dispatch.WorkerConfig{VideoPollInterval: 30 * time.Second}})
 		uid, ids := b.submit(t, 1, "video", videoParams, "")
 		rid := b.waitStored(t, uid, ids[0])
 		b.waitRiverState(t, uid, ids[0], rivertype.JobStateScheduled)
@@ -353,7 +354,7 @@ func TestWorker(t *testing.T) {
 
 		res, err := b.worker.Requests().Sweep(ctx)
 		require.NoError(t, err)
-		require.Equal(t, jobs.SweepResult{Cancelled: 1, Abandoned: 1}, res)
+		require.Equal(t, dispatch.SweepResult{Cancelled: 1, Abandoned: 1}, res)
 		require.True(t, b.sim.Requests()[0].Cancelled)
 		require.Equal(t, rid, b.sim.Requests()[0].ID)
 		require.Equal(t, "cancelled", falRows(t, b.pool, ids[0])[0].State)
@@ -361,7 +362,7 @@ func TestWorker(t *testing.T) {
 		// A second sweep finds nothing.
 		res, err = b.worker.Requests().Sweep(ctx)
 		require.NoError(t, err)
-		require.Equal(t, jobs.SweepResult{}, res)
+		require.Equal(t, dispatch.SweepResult{}, res)
 		requireInvariants(t, b.pool)
 	})
 
