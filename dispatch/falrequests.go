@@ -278,7 +278,7 @@ func (r *FalRequests) cancel(ctx context.Context, log *slog.Logger, key int, mod
 	if !r.isOpen(ctx, requestID) {
 		return true
 	}
-	err := r.fal.Cancel(ctx, key, model, requestID)
+	err := r.fal.Cancel(ctx, key, falclient.Request{ID: requestID, Key: key, Model: model})
 	state := falStateCancelled
 	switch {
 	case err == nil:

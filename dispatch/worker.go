@@ -22,10 +22,10 @@ import (
 // Fal is what the worker needs from the fal client.
 type Fal interface {
 	PickKey(inFlight map[int]int) (int, error)
-	Submit(ctx context.Context, key int, model string, input json.RawMessage) (falclient.Request, error)
-	Status(ctx context.Context, key int, model, requestID string) (falclient.Status, error)
-	Result(ctx context.Context, key int, model, requestID string) (json.RawMessage, error)
-	Cancel(ctx context.Context, key int, model, requestID string) error
+	Submit(ctx context.Context, key int, model string, input json.RawMessage, opts *falclient.SubmitOptions) (falclient.Request, error)
+	Status(ctx context.Context, key int, req falclient.Request, logs bool) (falclient.Status, error)
+	Result(ctx context.Context, key int, req falclient.Request) (falclient.Result, error)
+	Cancel(ctx context.Context, key int, req falclient.Request) error
 	NumKeys() int
 	MaxInFlight() int
 	ReportInFlight(inFlight map[int]int)
@@ -216,7 +216,7 @@ func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[jobs.Ar
 		subCtx, cancel = context.WithDeadline(subCtx, d)
 		defer cancel()
 	}
-	return w.fal.Submit(subCtx, key, job.Args.Model, job.Args.Params)
+	return w.fal.Submit(subCtx, key, job.Args.Model, job.Args.Params, nil)
 }
 
 // store records fal's request id in the job's output (the ai_jobs view's
@@ -256,7 +256,7 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[jobs
 			return w.fail(ctx, log, job, ref, &jobs.JobError{Code: jobs.CodeTimeout, Message: fmt.Sprintf("fal did not finish within %s", op.Timeout)})
 		}
 		key := w.readKey(ref)
-		st, err := w.fal.Status(ctx, key, ref.Model, ref.RequestID)
+		st, err := w.fal.Status(ctx, key, falclient.Request{ID: ref.RequestID, Key: ref.Key, Model: ref.Model}, false)
 		if err != nil {
 			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
 				continue // the key was just revoked: read with another one at once
@@ -267,14 +267,14 @@ func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[jobs
 			if err := w.reqs.finish(ctx, ref.RequestID, falStateCompleted, nil); err != nil {
 				return err
 			}
-			res, err := w.fal.Result(ctx, key, ref.Model, ref.RequestID)
+			res, err := w.fal.Result(ctx, key, falclient.Request{ID: ref.RequestID, Key: ref.Key, Model: ref.Model})
 			err = substituteKeyError(key, ref, err)
 			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
 				continue // the key was just revoked: read with another one at once
 			}
 			switch {
 			case err == nil:
-				out.Result = res
+				out.Result = res.Output
 				if err := river.RecordOutput(ctx, out); err != nil {
 					return err
 				}

@@ -386,7 +386,7 @@ func TestWorker(t *testing.T) {
 		t.Parallel()
 		b := setupWorker(t, &workerOpts{Sim: &falsim.Options{Latency: map[string]time.Duration{imageModel: 500 * time.Millisecond}}})
 		// A previous attempt submitted to fal and stored the id, then died.
-		req, err := b.fal.Submit(ctx, 2, imageModel, json.RawMessage(generateParams))
+		req, err := b.fal.Submit(ctx, 2, imageModel, json.RawMessage(generateParams), nil)
 		require.NoError(t, err)
 		uid := grant(t, b.pool, 5)
 		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "generate", Params: json.RawMessage(generateParams)}}, jobs.SubmitOpts{

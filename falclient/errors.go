@@ -44,8 +44,11 @@ const (
 	// RetryAfter says when to ask again.
 	KindNoKey Kind = "no_key"
 	// KindNotFound is a 404 on status, result or cancel: fal does not know the
-	// request id (it expired or was never created). The right reaction is
-	// usually to submit again, so IsPermanent reports false for it.
+	// request id (it was never created, or fal no longer keeps it: results
+	// are kept 1 hour, 6 minutes when 10 KB or more). A caller that saw the
+	// request COMPLETED knows its result expired and must not submit again;
+	// otherwise submitting again is usually right, so IsPermanent reports
+	// false for it.
 	KindNotFound Kind = "not_found"
 	// KindAlreadyCompleted is Cancel's answer when fal says the request has
 	// already completed (400 ALREADY_COMPLETED): there is nothing left to
@@ -54,6 +57,15 @@ const (
 	// KindNotReady is Result's answer when fal says the request is still in
 	// progress (400 "Request is still in progress"): poll Status again.
 	KindNotReady Kind = "not_ready"
+	// KindDeadline is fal's 504 with X-Fal-Request-Timeout-Type: user: the
+	// request did not start within SubmitOptions.StartTimeout. It is
+	// permanent: retrying the same request cannot make it start earlier.
+	KindDeadline Kind = "deadline"
+	// KindModelError is a 5xx result that carries X-Fal-Error-Type: the
+	// model or its runner failed while running the request, fal already
+	// retried what it could and does not bill it. It is permanent unless fal
+	// sent X-Fal-Retryable: true (Error.Retryable).
+	KindModelError Kind = "model_error"
 )
 
 // Sentinel errors matched by errors.Is against an *Error of the same kind,
@@ -65,6 +77,11 @@ var (
 	ErrAlreadyCompleted = errors.New("falclient: request already completed")
 	// ErrNoKey matches an *Error of KindNoKey.
 	ErrNoKey = errors.New("falclient: no fal key available")
+	// ErrStream matches an *Error from WatchStatus when the status stream
+	// could not be opened, went silent or ended before COMPLETED: the caller
+	// should poll Status instead. It does not match when the caller's
+	// context ended.
+	ErrStream = errors.New("falclient: status stream unavailable")
 )
 
 // Error is the one error type the client returns. It names the key by its
@@ -76,7 +93,8 @@ type Error struct {
 	StatusCode int
 	// Key is the 1-based index of the key used, or 0 when none was.
 	Key int
-	// Op is the operation: "submit", "status", "result", "cancel" or "pick".
+	// Op is the operation: "submit", "status", "stream" (WatchStatus),
+	// "result", "cancel" or "pick".
 	Op string
 	// Message is a short human-readable description (fal's detail, or the
 	// transport error).
@@ -91,10 +109,15 @@ type Error struct {
 	// Body is fal's error body as received (for example the 422 detail list),
 	// truncated to 64 KiB; nil for transport errors.
 	Body json.RawMessage
+	// Retryable is true when fal sent X-Fal-Retryable: true.
+	Retryable bool
 	// Err is the underlying error for transport, timeout and cancellation
 	// failures (so errors.Is(err, context.DeadlineExceeded) works); nil for
 	// HTTP errors.
 	Err error
+
+	// stream marks a WatchStatus failure to fall back from (ErrStream).
+	stream bool
 }
 
 // Error returns a one-line description such as
@@ -128,9 +151,12 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Is makes errors.Is(err, ErrNotFound), ErrAlreadyCompleted and ErrNoKey
-// match an *Error of the corresponding kind.
+// match an *Error of the corresponding kind, and ErrStream a WatchStatus
+// failure to fall back from.
 func (e *Error) Is(target error) bool {
 	switch target {
+	case ErrStream:
+		return e.stream
 	case ErrNotFound:
 		return e.Kind == KindNotFound
 	case ErrAlreadyCompleted:
@@ -151,13 +177,21 @@ func KindOf(err error) Kind {
 }
 
 // IsPermanent reports whether err must not be retried: a 422
-// (KindInvalidParams), anything fal marked with X-Fal-Retryable: false, or a
-// 4xx no retry can fix (KindPermanent). Auth, rate-limit, upstream, network,
-// timeout, no-key and not-found errors are not permanent.
+// (KindInvalidParams), anything fal marked with X-Fal-Retryable: false, a
+// 4xx no retry can fix (KindPermanent), a start deadline (KindDeadline), or
+// a model error fal did not mark retryable (KindModelError). Auth,
+// rate-limit, upstream, network, timeout, no-key and not-found errors are
+// not permanent.
 func IsPermanent(err error) bool {
-	switch KindOf(err) {
-	case KindInvalidParams, KindPermanent:
+	var fe *Error
+	if !errors.As(err, &fe) {
+		return false
+	}
+	switch fe.Kind {
+	case KindInvalidParams, KindPermanent, KindDeadline:
 		return true
+	case KindModelError:
+		return !fe.Retryable
 	}
 	return false
 }
@@ -198,10 +232,15 @@ func classify(op string, key int, resp *http.Response, body []byte) *Error {
 	}
 
 	retryable, hasRetryable := parseBoolHeader(resp.Header.Get("X-Fal-Retryable"))
+	e.Retryable = hasRetryable && retryable
 	code := resp.StatusCode
 	switch {
 	case code == http.StatusUnprocessableEntity:
 		e.Kind = KindInvalidParams
+	case code == http.StatusGatewayTimeout && strings.EqualFold(resp.Header.Get("X-Fal-Request-Timeout-Type"), "user"):
+		e.Kind = KindDeadline
+	case code >= 500 && op == opResult && resp.Header.Get("X-Fal-Error-Type") != "":
+		e.Kind = KindModelError
 	case hasRetryable && !retryable:
 		e.Kind = KindPermanent
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:

@@ -34,17 +34,18 @@ func Example() {
 	}
 	fmt.Println("picked", client.KeyName(key))
 
-	req, err := client.Submit(ctx, key, "fal-ai/flux/dev", json.RawMessage(`{"prompt":"a gold ring"}`))
+	req, err := client.Submit(ctx, key, "fal-ai/flux/dev", json.RawMessage(`{"prompt":"a gold ring"}`), nil)
 	if err != nil {
 		panic(err)
 	}
-	st, err := client.Status(ctx, req.Key, "fal-ai/flux/dev", req.ID)
+	// The Request is what a caller stores (as JSON) before waiting.
+	st, err := client.Status(ctx, req.Key, req, false)
 	if err != nil {
 		panic(err)
 	}
 	fmt.Println("state", st.State)
 
-	out, err := client.Result(ctx, req.Key, "fal-ai/flux/dev", req.ID)
+	res, err := client.Result(ctx, req.Key, req)
 	if err != nil {
 		panic(err)
 	}
@@ -53,12 +54,14 @@ func Example() {
 			URL string `json:"url"`
 		} `json:"images"`
 	}
-	if err := json.Unmarshal(out, &result); err != nil {
+	if err := json.Unmarshal(res.Output, &result); err != nil {
 		panic(err)
 	}
 	fmt.Println("images", len(result.Images), strings.HasPrefix(result.Images[0].URL, "https://fal.media/files/sim/"))
+	fmt.Println("billable units", *res.BillableUnits)
 	// Output:
 	// picked key-2
 	// state COMPLETED
 	// images 1 true
+	// billable units 1
 }

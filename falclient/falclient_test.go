@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,7 +32,7 @@ func TestClientCycle(t *testing.T) {
 		b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
 		ctx := context.Background()
 
-		req, err := b.client.Submit(ctx, 2, videoModel, json.RawMessage(`{"prompt":"ring turning","image_url":"https://x/y.png"}`))
+		req, err := b.client.Submit(ctx, 2, videoModel, json.RawMessage(`{"prompt":"ring turning","image_url":"https://x/y.png"}`), nil)
 		require.NoError(t, err)
 		require.NotEmpty(t, req.ID)
 		require.Equal(t, 2, req.Key)
@@ -38,38 +41,40 @@ func TestClientCycle(t *testing.T) {
 		require.Equal(t, req.ResponseURL+"/cancel", req.CancelURL)
 
 		// Any key of the account can poll.
-		st, err := b.client.Status(ctx, 3, videoModel, req.ID)
+		st, err := b.client.Status(ctx, 3, req, false)
 		require.NoError(t, err)
 		require.Equal(t, falclient.StateCompleted, st.State)
 		require.Equal(t, b.srv.URL+"/fal-ai/kling-video/requests/"+req.ID, st.ResponseURL)
 
-		out, err := b.client.Result(ctx, 1, videoModel, req.ID)
+		res, err := b.client.Result(ctx, 1, req)
 		require.NoError(t, err)
+		require.Equal(t, req.ID, res.RequestID)
+		require.Equal(t, ptr(1.0), res.BillableUnits) // one 5-second video
 		var v struct {
 			Video struct {
 				URL         string `json:"url"`
 				ContentType string `json:"content_type"`
 			} `json:"video"`
 		}
-		require.NoError(t, json.Unmarshal(out, &v))
+		require.NoError(t, json.Unmarshal(res.Output, &v))
 		require.True(t, strings.HasPrefix(v.Video.URL, "https://fal.media/files/sim/"), v.Video.URL)
 		require.True(t, strings.HasSuffix(v.Video.URL, ".mp4"))
 		require.Equal(t, "video/mp4", v.Video.ContentType)
 
-		err = b.client.Cancel(ctx, 2, videoModel, req.ID)
+		err = b.client.Cancel(ctx, 2, req)
 		requireKind(t, err, falclient.KindAlreadyCompleted)
 		require.ErrorIs(t, err, falclient.ErrAlreadyCompleted)
 		require.False(t, falclient.IsPermanent(err))
 
 		// A request not yet polled can be cancelled; it then reads COMPLETED
 		// and has no result.
-		req2, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"a ring"}`))
+		req2, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"a ring"}`), nil)
 		require.NoError(t, err)
-		require.NoError(t, b.client.Cancel(ctx, 1, imageModel, req2.ID))
-		st, err = b.client.Status(ctx, 1, imageModel, req2.ID)
+		require.NoError(t, b.client.Cancel(ctx, 1, req2))
+		st, err = b.client.Status(ctx, 1, req2, false)
 		require.NoError(t, err)
 		require.Equal(t, falclient.StateCompleted, st.State)
-		_, err = b.client.Result(ctx, 1, imageModel, req2.ID)
+		_, err = b.client.Result(ctx, 1, req2)
 		requireKind(t, err, falclient.KindPermanent)
 
 		stats := b.sim.Stats()
@@ -89,70 +94,75 @@ func TestClientCycle(t *testing.T) {
 		b := setup(t, &setupOpts{Sim: falsim.Options{Latency: map[string]time.Duration{"fal-ai/kling-video": 10 * time.Second}}})
 		ctx := context.Background()
 
-		req, err := b.client.Submit(ctx, 1, videoModel, json.RawMessage(`{"prompt":"a"}`))
+		req, err := b.client.Submit(ctx, 1, videoModel, json.RawMessage(`{"prompt":"a"}`), nil)
 		require.NoError(t, err)
-		req2, err := b.client.Submit(ctx, 2, videoModel, json.RawMessage(`{"prompt":"b"}`))
+		req2, err := b.client.Submit(ctx, 2, videoModel, json.RawMessage(`{"prompt":"b"}`), nil)
 		require.NoError(t, err)
 		require.Equal(t, 1, req2.QueuePosition)
 
-		st, err := b.client.Status(ctx, 1, videoModel, req.ID)
+		st, err := b.client.Status(ctx, 1, req, false)
 		require.NoError(t, err)
 		require.Equal(t, falclient.StateInQueue, st.State)
 		require.Equal(t, 0, st.QueuePosition)
-		st, err = b.client.Status(ctx, 1, videoModel, req2.ID)
+		st, err = b.client.Status(ctx, 1, req2, false)
 		require.NoError(t, err)
 		require.Equal(t, 1, st.QueuePosition)
 
-		_, err = b.client.Result(ctx, 1, videoModel, req.ID)
+		_, err = b.client.Result(ctx, 1, req)
 		requireKind(t, err, falclient.KindNotReady)
 		require.False(t, falclient.IsPermanent(err))
 
 		b.clock.Advance(3 * time.Second)
-		st, err = b.client.Status(ctx, 1, videoModel, req.ID)
+		st, err = b.client.Status(ctx, 1, req, false)
 		require.NoError(t, err)
 		require.Equal(t, falclient.StateInProgress, st.State)
-		require.Equal(t, "null", string(st.Logs))
+		require.Nil(t, st.Logs)
+		st, err = b.client.Status(ctx, 1, req, true)
+		require.NoError(t, err)
+		require.Equal(t, []falclient.LogEntry{{Message: "falsim: running " + videoModel, Level: "INFO", Source: "USER", Timestamp: "2026-11-28T12:00:02Z"}}, st.Logs)
 
-		require.NoError(t, b.client.Cancel(ctx, 1, videoModel, req2.ID))
+		require.NoError(t, b.client.Cancel(ctx, 1, req2))
 
 		b.clock.Advance(7 * time.Second)
-		st, err = b.client.Status(ctx, 1, videoModel, req.ID)
+		st, err = b.client.Status(ctx, 1, req, false)
 		require.NoError(t, err)
 		require.Equal(t, falclient.StateCompleted, st.State)
-		out, err := b.client.Result(ctx, 1, videoModel, req.ID)
+		res, err := b.client.Result(ctx, 1, req)
 		require.NoError(t, err)
-		require.Contains(t, string(out), `"video"`)
+		require.Contains(t, string(res.Output), `"video"`)
 
 		// Image models default to 2s.
-		img, err := b.client.Submit(ctx, 3, imageModel, json.RawMessage(`{"prompt":"c","num_images":2}`))
+		img, err := b.client.Submit(ctx, 3, imageModel, json.RawMessage(`{"prompt":"c","num_images":2}`), nil)
 		require.NoError(t, err)
-		st, err = b.client.Status(ctx, 3, imageModel, img.ID)
+		st, err = b.client.Status(ctx, 3, img, false)
 		require.NoError(t, err)
 		require.NotEqual(t, falclient.StateCompleted, st.State)
 		b.clock.Advance(2 * time.Second)
-		st, err = b.client.Status(ctx, 3, imageModel, img.ID)
+		st, err = b.client.Status(ctx, 3, img, false)
 		require.NoError(t, err)
 		require.Equal(t, falclient.StateCompleted, st.State)
-		out, err = b.client.Result(ctx, 3, imageModel, img.ID)
+		res, err = b.client.Result(ctx, 3, img)
 		require.NoError(t, err)
 		var o struct {
 			Images []struct{ URL string } `json:"images"`
 		}
-		require.NoError(t, json.Unmarshal(out, &o))
+		require.NoError(t, json.Unmarshal(res.Output, &o))
 		require.Len(t, o.Images, 2)
+		require.Equal(t, ptr(2.0), res.BillableUnits)
 	})
 
 	t.Run("UnknownRequestIsNotFound", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
 		ctx := context.Background()
-		_, err := b.client.Status(ctx, 1, videoModel, "no-such-id")
+		missing := falclient.Request{ID: "no-such-id", Key: 1, Model: videoModel}
+		_, err := b.client.Status(ctx, 1, missing, false)
 		requireKind(t, err, falclient.KindNotFound)
 		require.ErrorIs(t, err, falclient.ErrNotFound)
 		require.False(t, falclient.IsPermanent(err))
-		_, err = b.client.Result(ctx, 1, videoModel, "no-such-id")
+		_, err = b.client.Result(ctx, 1, missing)
 		requireKind(t, err, falclient.KindNotFound)
-		err = b.client.Cancel(ctx, 1, videoModel, "no-such-id")
+		err = b.client.Cancel(ctx, 1, missing)
 		requireKind(t, err, falclient.KindNotFound)
 		require.ErrorIs(t, err, falclient.ErrNotFound)
 		// Not-found says nothing bad about the key.
@@ -160,25 +170,30 @@ func TestClientCycle(t *testing.T) {
 	})
 }
 
-// TestClientURLs checks the exact paths, methods and headers the client sends.
-func TestClientURLs(t *testing.T) {
-	t.Parallel()
+// recorded is one call a recording server received.
+type recorded struct{ method, uri, auth, contentType, body string }
 
-	type call struct{ method, path, auth, contentType, body string }
+// recordingServer answers like fal with the status, response and cancel URLs
+// that urls returns for a request id, and records every call.
+func recordingServer(t *testing.T, urls func(base, id string) (status, response, cancel string)) (*httptest.Server, func() []recorded) {
+	t.Helper()
 	var (
 		mu    sync.Mutex
-		calls []call
+		calls []recorded
 	)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		mu.Lock()
-		calls = append(calls, call{r.Method, r.URL.Path, r.Header.Get("Authorization"), r.Header.Get("Content-Type"), string(body)})
+		calls = append(calls, recorded{r.Method, r.URL.RequestURI(), r.Header.Get("Authorization"), r.Header.Get("Content-Type"), string(body)})
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		switch {
 		case r.Method == http.MethodPost:
-			_, _ = io.WriteString(w, `{"request_id":"req-1","status_url":"s","response_url":"r","cancel_url":"c"}`)
-		case strings.HasSuffix(r.URL.Path, "/status"):
+			st, res, cancel := urls(srv.URL, "req-1")
+			b, _ := json.Marshal(map[string]any{"request_id": "req-1", "status_url": st, "response_url": res, "cancel_url": cancel, "queue_position": 3})
+			_, _ = w.Write(b)
+		case strings.Contains(r.URL.Path, "status"):
 			w.WriteHeader(http.StatusAccepted)
 			_, _ = io.WriteString(w, `{"status":"IN_PROGRESS","logs":null}`)
 		case r.Method == http.MethodPut:
@@ -189,43 +204,172 @@ func TestClientURLs(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
+	return srv, func() []recorded {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(calls)
+	}
+}
 
-	c, err := falclient.New(falclient.Config{BaseURL: srv.URL + "/", Keys: []string{"k-a", "k-b"}, HTTPClient: srv.Client()})
-	require.NoError(t, err)
+// TestClientURLs checks the exact paths, methods and headers the client
+// sends, and which URLs it trusts.
+func TestClientURLs(t *testing.T) {
+	t.Parallel()
+
+	// cycle submits, checks the status, fetches the result and cancels.
+	cycle := func(t *testing.T, c *falclient.Client, model string) falclient.Request {
+		t.Helper()
+		ctx := context.Background()
+		req, err := c.Submit(ctx, 2, model, nil, nil)
+		require.NoError(t, err)
+		st, err := c.Status(ctx, 1, req, false)
+		require.NoError(t, err)
+		require.Equal(t, falclient.StateInProgress, st.State)
+		res, err := c.Result(ctx, 1, req)
+		require.NoError(t, err)
+		require.JSONEq(t, `{"ok":true}`, string(res.Output))
+		require.NoError(t, c.Cancel(ctx, 2, req))
+		return req
+	}
+
+	t.Run("UsesReturnedURLs", func(t *testing.T) {
+		t.Parallel()
+		// fal's URLs need not follow the model id: the client must use them.
+		srv, calls := recordingServer(t, func(base, id string) (string, string, string) {
+			return base + "/elsewhere/" + id + "/status", base + "/elsewhere/" + id, base + "/elsewhere/" + id + "/cancel"
+		})
+		c, err := falclient.New(falclient.Config{BaseURL: srv.URL + "/", Keys: []string{"k-a", "k-b"}, HTTPClient: srv.Client()})
+		require.NoError(t, err)
+		req := cycle(t, c, videoModel)
+		require.Equal(t, falclient.Request{
+			ID: "req-1", Key: 2, Model: videoModel, QueuePosition: 3,
+			StatusURL: srv.URL + "/elsewhere/req-1/status", ResponseURL: srv.URL + "/elsewhere/req-1", CancelURL: srv.URL + "/elsewhere/req-1/cancel",
+		}, req)
+		require.Equal(t, []recorded{
+			{"POST", "/fal-ai/kling-video/v2.1/standard/image-to-video", "Key k-b", "application/json", "{}"},
+			{"GET", "/elsewhere/req-1/status", "Key k-a", "", ""},
+			{"GET", "/elsewhere/req-1", "Key k-a", "", ""},
+			{"PUT", "/elsewhere/req-1/cancel", "Key k-b", "", ""},
+		}, calls())
+
+		// Logs are asked for with logs=1; the stream is the status URL +
+		// "/stream".
+		_, err = c.Status(context.Background(), 1, req, true)
+		require.NoError(t, err)
+		require.Equal(t, "/elsewhere/req-1/status?logs=1", calls()[4].uri)
+		_, err = c.WatchStatus(context.Background(), 1, req, true, nil)
+		require.ErrorIs(t, err, falclient.ErrStream) // not an event stream
+		require.Equal(t, "/elsewhere/req-1/status/stream?logs=1", calls()[5].uri)
+	})
+
+	t.Run("RefusesURLsOnOtherHosts", func(t *testing.T) {
+		t.Parallel()
+		// A key must never go to another host: the built URLs are used.
+		var stray atomic.Int64
+		other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { stray.Add(1) }))
+		t.Cleanup(other.Close)
+		srv, calls := recordingServer(t, func(base, id string) (string, string, string) {
+			return other.URL + "/x/" + id + "/status", strings.Replace(base, "http://", "http://user:pw@", 1) + "/x/" + id, "relative/" + id + "/cancel"
+		})
+		logs := &lockedBuffer{}
+		c, err := falclient.New(falclient.Config{BaseURL: srv.URL, Keys: []string{"k-a", "k-b"}, HTTPClient: srv.Client(),
+			Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+		require.NoError(t, err)
+		req := cycle(t, c, videoModel)
+		require.Empty(t, req.StatusURL+req.ResponseURL+req.CancelURL)
+		require.Equal(t, []recorded{
+			{"POST", "/fal-ai/kling-video/v2.1/standard/image-to-video", "Key k-b", "application/json", "{}"},
+			{"GET", "/fal-ai/kling-video/requests/req-1/status", "Key k-a", "", ""},
+			{"GET", "/fal-ai/kling-video/requests/req-1", "Key k-a", "", ""},
+			{"PUT", "/fal-ai/kling-video/requests/req-1/cancel", "Key k-b", "", ""},
+		}, calls())
+		require.Contains(t, logs.String(), "not on FAL_QUEUE_URL")
+
+		// A stored value carrying such URLs is not trusted either.
+		req.StatusURL = other.URL + "/x/req-1/status"
+		_, err = c.Status(context.Background(), 1, req, false)
+		require.NoError(t, err)
+		require.Equal(t, "/fal-ai/kling-video/requests/req-1/status", calls()[4].uri)
+		require.Zero(t, stray.Load())
+	})
+
+	t.Run("BuildsNamespacedApps", func(t *testing.T) {
+		t.Parallel()
+		// Without URLs from fal (as in rows stored before they were kept),
+		// workflows/ and comfy/ ids keep three segments, like @fal-ai/client.
+		srv, calls := recordingServer(t, func(string, string) (string, string, string) { return "", "", "" })
+		c, err := falclient.New(falclient.Config{BaseURL: srv.URL, Keys: []string{"k-a", "k-b"}, HTTPClient: srv.Client()})
+		require.NoError(t, err)
+		cycle(t, c, "workflows/acme/ring-shots/v2")
+		cycle(t, c, "comfy/acme/relight")
+		got := calls()
+		require.Equal(t, []string{
+			"/workflows/acme/ring-shots/v2", "/workflows/acme/ring-shots/requests/req-1/status",
+			"/workflows/acme/ring-shots/requests/req-1", "/workflows/acme/ring-shots/requests/req-1/cancel",
+			"/comfy/acme/relight", "/comfy/acme/relight/requests/req-1/status",
+			"/comfy/acme/relight/requests/req-1", "/comfy/acme/relight/requests/req-1/cancel",
+		}, []string{got[0].uri, got[1].uri, got[2].uri, got[3].uri, got[4].uri, got[5].uri, got[6].uri, got[7].uri})
+
+		require.Equal(t, "fal-ai/kling-video", falclient.ModelApp(videoModel))
+		require.Equal(t, "fal-ai/flux", falclient.ModelApp(imageModel))
+		require.Equal(t, "workflows/acme/ring-shots", falclient.ModelApp("workflows/acme/ring-shots/v2"))
+		require.Empty(t, falclient.ModelApp("flux"))
+		require.Empty(t, falclient.ModelApp("workflows/acme"))
+	})
+
+	t.Run("RejectsBadInputsBeforeAnyCall", func(t *testing.T) {
+		t.Parallel()
+		srv, calls := recordingServer(t, func(string, string) (string, string, string) { return "", "", "" })
+		c, err := falclient.New(falclient.Config{BaseURL: srv.URL, Keys: []string{"k-a", "k-b"}, HTTPClient: srv.Client()})
+		require.NoError(t, err)
+		ctx := context.Background()
+		_, err = c.Submit(ctx, 1, "flux", nil, nil)
+		requireKind(t, err, falclient.KindPermanent)
+		_, err = c.Submit(ctx, 1, "workflows/acme", nil, nil)
+		requireKind(t, err, falclient.KindPermanent)
+		_, err = c.Status(ctx, 1, falclient.Request{ID: "req-1", Model: "fal-ai/../x"}, false)
+		requireKind(t, err, falclient.KindPermanent)
+		_, err = c.Status(ctx, 1, falclient.Request{Model: imageModel}, false)
+		requireKind(t, err, falclient.KindPermanent)
+		_, err = c.Submit(ctx, 3, imageModel, nil, nil)
+		requireKind(t, err, falclient.KindPermanent)
+		_, err = c.Submit(ctx, 0, imageModel, nil, nil)
+		requireKind(t, err, falclient.KindPermanent)
+		_, err = c.WatchStatus(ctx, 3, falclient.Request{ID: "req-1", Model: imageModel}, false, nil)
+		requireKind(t, err, falclient.KindPermanent)
+		require.NotErrorIs(t, err, falclient.ErrStream)
+		require.Empty(t, calls())
+	})
+}
+
+// TestRequestJSON checks the stored form of a Request, and that a value
+// stored before the URLs were kept still works.
+func TestRequestJSON(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
 	ctx := context.Background()
-
-	req, err := c.Submit(ctx, 2, videoModel, nil)
+	req, err := b.client.Submit(ctx, 1, videoModel, json.RawMessage(`{"prompt":"p"}`), nil)
 	require.NoError(t, err)
-	require.Equal(t, falclient.Request{ID: "req-1", Key: 2, StatusURL: "s", ResponseURL: "r", CancelURL: "c"}, req)
-	st, err := c.Status(ctx, 1, videoModel, "req-1")
+	require.Positive(t, len(req.StatusURL))
+
+	stored, err := json.Marshal(req)
 	require.NoError(t, err)
-	require.Equal(t, falclient.StateInProgress, st.State)
-	out, err := c.Result(ctx, 1, videoModel, "req-1")
+	base := b.srv.URL + "/fal-ai/kling-video/requests/" + req.ID
+	require.JSONEq(t, fmt.Sprintf(`{"request_id":%q,"key":1,"model":%q,"status_url":%q,"response_url":%q,"cancel_url":%q}`,
+		req.ID, videoModel, base+"/status", base, base+"/cancel"), string(stored))
+
+	var back falclient.Request
+	require.NoError(t, json.Unmarshal(stored, &back))
+	st, err := b.client.Status(ctx, 2, back, false)
 	require.NoError(t, err)
-	require.JSONEq(t, `{"ok":true}`, string(out))
-	require.NoError(t, c.Cancel(ctx, 2, videoModel, "req-1"))
+	require.Equal(t, falclient.StateCompleted, st.State)
 
-	require.Equal(t, []call{
-		{"POST", "/fal-ai/kling-video/v2.1/standard/image-to-video", "Key k-b", "application/json", "{}"},
-		{"GET", "/fal-ai/kling-video/requests/req-1/status", "Key k-a", "", ""},
-		{"GET", "/fal-ai/kling-video/requests/req-1", "Key k-a", "", ""},
-		{"PUT", "/fal-ai/kling-video/requests/req-1/cancel", "Key k-b", "", ""},
-	}, calls)
-
-	require.Equal(t, "fal-ai/kling-video", falclient.ModelApp(videoModel))
-	require.Equal(t, "fal-ai/flux", falclient.ModelApp(imageModel))
-	require.Empty(t, falclient.ModelApp("flux"))
-
-	// Bad model ids and key indexes fail before any call.
-	_, err = c.Submit(ctx, 1, "flux", nil)
-	requireKind(t, err, falclient.KindPermanent)
-	_, err = c.Status(ctx, 1, "fal-ai/../x", "req-1")
-	requireKind(t, err, falclient.KindPermanent)
-	_, err = c.Submit(ctx, 3, imageModel, nil)
-	requireKind(t, err, falclient.KindPermanent)
-	_, err = c.Submit(ctx, 0, imageModel, nil)
-	requireKind(t, err, falclient.KindPermanent)
-	require.Len(t, calls, 4)
+	// The jobs package stored {request_id, key, model, submitted_at}.
+	var legacy falclient.Request
+	require.NoError(t, json.Unmarshal([]byte(fmt.Sprintf(`{"request_id":%q,"key":1,"model":%q,"submitted_at":"2026-11-28T12:00:00Z"}`, req.ID, videoModel)), &legacy))
+	res, err := b.client.Result(ctx, 3, legacy)
+	require.NoError(t, err)
+	require.Contains(t, string(res.Output), `"video"`)
 }
 
 func TestClientErrorKinds(t *testing.T) {
@@ -264,19 +408,19 @@ func TestClientErrorKinds(t *testing.T) {
 			var err error
 			switch tt.op {
 			case "", "submit":
-				_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`))
+				_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 			default:
 				b.sim.ClearFailures()
-				req, serr := b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`))
+				req, serr := b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 				require.NoError(t, serr)
 				b.sim.FailModel(imageModel, tt.failure)
 				if tt.op == "status" {
-					_, err = b.client.Status(ctx, 2, imageModel, req.ID)
+					_, err = b.client.Status(ctx, 2, req, false)
 				} else {
-					st, serr := b.client.Status(ctx, 2, imageModel, req.ID)
+					st, serr := b.client.Status(ctx, 2, req, false)
 					require.NoError(t, serr)
 					require.Equal(t, falclient.StateCompleted, st.State)
-					_, err = b.client.Result(ctx, 2, imageModel, req.ID)
+					_, err = b.client.Result(ctx, 2, req)
 				}
 			}
 			fe := falErr(t, err, tt.kind)
@@ -303,7 +447,7 @@ func TestClientErrorKinds(t *testing.T) {
 	t.Run("InputNotAnObject", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
-		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`["not","an","object"]`))
+		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`["not","an","object"]`), nil)
 		fe := falErr(t, err, falclient.KindInvalidParams)
 		require.Equal(t, 422, fe.StatusCode)
 		require.True(t, falclient.IsPermanent(err))
@@ -329,7 +473,7 @@ func TestClientTimeouts(t *testing.T) {
 		})
 		b.sim.FailKey("key-1", falsim.Failure{Delay: time.Minute})
 		start := time.Now()
-		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		fe := falErr(t, err, falclient.KindTimeout)
 		require.Less(t, time.Since(start), 5*time.Second)
 		require.Zero(t, fe.StatusCode)
@@ -346,7 +490,7 @@ func TestClientTimeouts(t *testing.T) {
 		b.sim.FailKey("key-1", falsim.Failure{Delay: time.Minute})
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(50*time.Millisecond, cancel)
-		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		requireKind(t, err, falclient.KindCanceled)
 		require.ErrorIs(t, err, context.Canceled)
 	})
@@ -357,7 +501,7 @@ func TestClientTimeouts(t *testing.T) {
 		b.sim.FailKey("key-1", falsim.Failure{Delay: time.Minute})
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		requireKind(t, err, falclient.KindTimeout)
 	})
 
@@ -368,7 +512,7 @@ func TestClientTimeouts(t *testing.T) {
 		srv.Close()
 		c, err := falclient.New(falclient.Config{BaseURL: url, Keys: []string{"sk-net-secret"}})
 		require.NoError(t, err)
-		_, err = c.Submit(context.Background(), 1, imageModel, nil)
+		_, err = c.Submit(context.Background(), 1, imageModel, nil, nil)
 		fe := falErr(t, err, falclient.KindNetwork)
 		require.Zero(t, fe.StatusCode)
 		require.NotContains(t, err.Error(), "sk-net-secret")
@@ -381,14 +525,14 @@ func TestClientMetrics(t *testing.T) {
 	b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
 	ctx := context.Background()
 
-	req, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+	req, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 	require.NoError(t, err)
-	_, err = b.client.Status(ctx, 1, imageModel, req.ID)
+	_, err = b.client.Status(ctx, 1, req, false)
 	require.NoError(t, err)
-	_, err = b.client.Result(ctx, 1, imageModel, req.ID)
+	_, err = b.client.Result(ctx, 1, req)
 	require.NoError(t, err)
 	b.sim.FailKey("key-2", falsim.Failure{Status: 429, Count: 1})
-	_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`))
+	_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 	requireKind(t, err, falclient.KindRateLimited)
 	_, err = b.client.PickKey(map[int]int{3: 2})
 	require.NoError(t, err)
@@ -442,34 +586,47 @@ func TestNoSecretLeaks(t *testing.T) {
 		}
 	}
 
+	b.sim.FailModel(videoModel, falsim.Failure{Status: 500, Ops: []string{falsim.OpRun}}) // model errors
+	opts := &falclient.SubmitOptions{Priority: falclient.PriorityLow, StartTimeout: time.Minute, WebhookURL: "http://127.0.0.1:1/hook"}
 	for i := range 30 {
 		key := i%3 + 1
-		req, err := b.client.Submit(ctx, key, imageModel, json.RawMessage(fmt.Sprintf(`{"prompt":"p%d"}`, i)))
+		model := []string{imageModel, videoModel}[i%2]
+		req, err := b.client.Submit(ctx, key, model, json.RawMessage(fmt.Sprintf(`{"prompt":"p%d"}`, i)), opts)
 		collect(err)
 		if err == nil {
-			_, err = b.client.Status(ctx, key, imageModel, req.ID)
+			_, err = b.client.WatchStatus(ctx, key, req, true, nil)
 			collect(err)
-			_, err = b.client.Result(ctx, key, imageModel, req.ID)
+			_, err = b.client.Status(ctx, key, req, true)
 			collect(err)
-			collect(b.client.Cancel(ctx, key, imageModel, req.ID))
+			_, err = b.client.Result(ctx, key, req)
+			collect(err)
+			collect(b.client.Cancel(ctx, key, req))
 		}
+		_, err = b.client.WatchStatus(ctx, key, falclient.Request{ID: "missing", Model: imageModel}, false, nil)
+		collect(err)
 		_, err = b.client.PickKey(nil)
 		collect(err)
 	}
+	_, err := falclient.ParseMaxInFlight(secrets[0], 3)
+	collect(err)
+	_, err = falclient.ParseMaxInFlight("2,"+secrets[1], 2)
+	collect(err)
 	for _, f := range []falsim.Failure{
 		{Status: 429}, {Status: 500}, {Status: 503, Retryable: ptr(false)}, {Status: 422}, {Status: 403},
 		{Status: 401}, {Delay: time.Minute},
 	} {
 		b.sim.ClearFailures()
 		b.sim.FailKey(secrets[0], f)
-		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"x"}`))
+		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"x"}`), nil)
 		require.Error(t, err)
 		collect(err)
-		_, err = b.client.Status(ctx, 1, imageModel, "missing")
+		_, err = b.client.Status(ctx, 1, falclient.Request{ID: "missing", Model: imageModel}, false)
+		collect(err)
+		_, err = b.client.WatchStatus(ctx, 1, falclient.Request{ID: "missing", Model: imageModel}, false, nil)
 		collect(err)
 	}
 	b.sim.ClearFailures()
-	_, err := b.client.PickKey(map[int]int{1: 9, 2: 9, 3: 9})
+	_, err = b.client.PickKey(map[int]int{1: 9, 2: 9, 3: 9})
 	collect(err)
 	_, err = falclient.New(falclient.Config{Keys: []string{secrets[0], secrets[0]}})
 	collect(err)

@@ -104,6 +104,7 @@ func setup(t *testing.T, opts *setupOpts) *testBundle {
 	sim := falsim.New(simOpts)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
+	t.Cleanup(sim.Close) // before srv.Close: it ends open status streams
 
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()

@@ -78,6 +78,10 @@ var (
 		"aiqueue_fal_key_unusable_seconds",
 		"Seconds until the fal key's cool-down or revocation ends; 0 when healthy.",
 		[]string{"key"}, nil)
+	keyCapacityDesc = prometheus.NewDesc(
+		"aiqueue_fal_key_capacity",
+		"fal requests in progress allowed on the key (FAL_KEY_MAX_IN_FLIGHT).",
+		[]string{"key"}, nil)
 )
 
 // healthCollector computes the key-health gauges at scrape time.
@@ -87,6 +91,7 @@ type healthCollector struct{ c *Client }
 func (h *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- keyHealthyDesc
 	ch <- keyUnusableDesc
+	ch <- keyCapacityDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -105,5 +110,6 @@ func (h *healthCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(keyHealthyDesc, prometheus.GaugeValue, healthy, s.Name)
 		ch <- prometheus.MustNewConstMetric(keyUnusableDesc, prometheus.GaugeValue, unusable, s.Name)
+		ch <- prometheus.MustNewConstMetric(keyCapacityDesc, prometheus.GaugeValue, float64(h.c.Capacity(s.Index)), s.Name)
 	}
 }

@@ -53,7 +53,7 @@ func (h *keyHealth) wait(now time.Time) time.Duration {
 
 // PickKey chooses the next key, round-robin, among the keys that are healthy
 // (not cooling down after a 429, not revoked after a 401/403) and whose
-// in-flight count is below Config.MaxInFlight. inFlight maps a 1-based key
+// in-flight count is below their Capacity. inFlight maps a 1-based key
 // index to the number of fal requests in progress on it, as the caller derives
 // it from the stored requests (so that it holds across processes); a missing
 // entry counts as 0. PickKey also publishes these counts as the
@@ -77,7 +77,7 @@ func (c *Client) PickKey(inFlight map[int]int) (int, error) {
 		key := idx + 1
 		h := &c.health[idx]
 		wait := h.wait(now)
-		atCap := inFlight[key] >= c.maxInFlight
+		atCap := inFlight[key] >= c.capacity[idx]
 		if wait == 0 && !atCap {
 			c.next = (idx + 1) % n
 			return key, nil
@@ -99,7 +99,7 @@ func (c *Client) PickKey(inFlight map[int]int) (int, error) {
 	return 0, &Error{
 		Kind:       KindNoKey,
 		Op:         opPick,
-		Message:    fmt.Sprintf("no usable key of %d: %d cooling down, %d revoked, %d at the in-flight cap of %d", n, cooling, revoked, capped, c.maxInFlight),
+		Message:    fmt.Sprintf("no usable key of %d: %d cooling down, %d revoked, %d at their in-flight cap", n, cooling, revoked, capped),
 		RetryAfter: retry,
 	}
 }

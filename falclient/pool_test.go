@@ -82,7 +82,7 @@ func TestPickKey(t *testing.T) {
 				b.clock.Advance(fe.RetryAfter)
 				continue
 			}
-			_, err = b.client.Submit(ctx, key, imageModel, json.RawMessage(fmt.Sprintf(`{"prompt":"p%d"}`, step)))
+			_, err = b.client.Submit(ctx, key, imageModel, json.RawMessage(fmt.Sprintf(`{"prompt":"p%d"}`, step)), nil)
 			require.NoError(t, err)
 			submitted++
 		}
@@ -100,7 +100,7 @@ func TestPickKey(t *testing.T) {
 		ctx := context.Background()
 		b.sim.FailKey("key-1", falsim.Failure{Status: 429, Count: 2})
 
-		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err := b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		fe := falErr(t, err, falclient.KindRateLimited)
 		require.GreaterOrEqual(t, fe.RetryAfter, time.Second) // 2s with equal jitter
 		require.LessOrEqual(t, fe.RetryAfter, 2*time.Second)
@@ -121,7 +121,7 @@ func TestPickKey(t *testing.T) {
 		b.clock.Advance(fe.RetryAfter)
 		require.True(t, b.client.KeyHealth()[0].Healthy)
 		require.Contains(t, pickN(t, b.client, 3), 1)
-		_, err = b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err = b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		fe = falErr(t, err, falclient.KindRateLimited)
 		require.GreaterOrEqual(t, fe.RetryAfter, 2*time.Second)
 		require.LessOrEqual(t, fe.RetryAfter, 4*time.Second)
@@ -129,7 +129,7 @@ func TestPickKey(t *testing.T) {
 
 		// A success resets the key.
 		b.clock.Advance(fe.RetryAfter)
-		_, err = b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err = b.client.Submit(ctx, 1, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		require.NoError(t, err)
 		h = b.client.KeyHealth()[0]
 		require.True(t, h.Healthy)
@@ -143,7 +143,7 @@ func TestPickKey(t *testing.T) {
 		b.sim.FailKey("key-1", falsim.Failure{Status: 429})
 		var last time.Duration
 		for range 10 {
-			_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`))
+			_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`), nil)
 			fe := falErr(t, err, falclient.KindRateLimited)
 			last = fe.RetryAfter
 			b.clock.Advance(fe.RetryAfter)
@@ -158,7 +158,7 @@ func TestPickKey(t *testing.T) {
 		ctx := context.Background()
 		b.sim.FailKey("sk-test-two", falsim.Failure{Status: 401, Count: 1})
 
-		_, err := b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err := b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		requireKind(t, err, falclient.KindAuth)
 		require.False(t, falclient.IsPermanent(err))
 		h := b.client.KeyHealth()[1]
@@ -178,7 +178,7 @@ func TestPickKey(t *testing.T) {
 		require.False(t, h.Revoked)
 		require.True(t, h.Healthy)
 		require.Contains(t, pickN(t, b.client, 3), 2)
-		_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`))
+		_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 		require.NoError(t, err)
 	})
 
@@ -189,7 +189,7 @@ func TestPickKey(t *testing.T) {
 			Config: func(c *falclient.Config) { c.RevokeFor = time.Minute },
 		})
 		b.sim.FailKey("key-3", falsim.Failure{Status: 403})
-		_, err := b.client.Submit(context.Background(), 3, imageModel, json.RawMessage(`{}`))
+		_, err := b.client.Submit(context.Background(), 3, imageModel, json.RawMessage(`{}`), nil)
 		requireKind(t, err, falclient.KindAuth)
 		require.Equal(t, b.clock.Now().Add(time.Minute), b.client.KeyHealth()[2].RevokedUntil)
 	})
@@ -198,7 +198,7 @@ func TestPickKey(t *testing.T) {
 		t.Parallel()
 		b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
 		b.sim.FailKey("key-1", falsim.Failure{Status: 503})
-		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`))
+		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`), nil)
 		requireKind(t, err, falclient.KindUpstream)
 		require.True(t, b.client.KeyHealth()[0].Healthy)
 	})
@@ -210,7 +210,7 @@ func TestPickKey(t *testing.T) {
 		b.sim.FailModel(imageModel, falsim.Failure{Status: 429})
 		var soonest time.Duration
 		for key := 1; key <= 3; key++ {
-			_, err := b.client.Submit(ctx, key, imageModel, json.RawMessage(`{}`))
+			_, err := b.client.Submit(ctx, key, imageModel, json.RawMessage(`{}`), nil)
 			fe := falErr(t, err, falclient.KindRateLimited)
 			if soonest == 0 || fe.RetryAfter < soonest {
 				soonest = fe.RetryAfter
@@ -232,7 +232,7 @@ func TestPickKey(t *testing.T) {
 		t.Parallel()
 		b := setup(t, &setupOpts{Sim: falsim.Options{Fast: true}})
 		b.sim.FailKey("key-1", falsim.Failure{Status: 401})
-		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`))
+		_, err := b.client.Submit(context.Background(), 1, imageModel, json.RawMessage(`{}`), nil)
 		requireKind(t, err, falclient.KindAuth)
 		// key-1 revoked (5m), key-2 and key-3 at the cap: retry in 1s.
 		_, err = b.client.PickKey(map[int]int{2: 2, 3: 2})
@@ -281,6 +281,108 @@ func TestKeysFromEnv(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			require.Equal(t, tt.want, falclient.KeysFromEnv(env(tt.env)))
+		})
+	}
+}
+
+func TestCapacity(t *testing.T) {
+	t.Parallel()
+
+	t.Run("PerKey", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, &setupOpts{Config: func(c *falclient.Config) { c.Capacity = []int{3, 1, 2} }})
+		require.Equal(t, 3, b.client.Capacity(1))
+		require.Equal(t, 1, b.client.Capacity(2))
+		require.Equal(t, 2, b.client.Capacity(3))
+		require.Zero(t, b.client.Capacity(0))
+		require.Zero(t, b.client.Capacity(4))
+		require.Equal(t, 3, b.client.MaxInFlight(), "the largest")
+
+		// key-2 is full at 1, key-3 at 2, key-1 still has room at 2.
+		for range 5 {
+			k, err := b.client.PickKey(map[int]int{1: 2, 2: 1, 3: 2})
+			require.NoError(t, err)
+			require.Equal(t, 1, k)
+		}
+		_, err := b.client.PickKey(map[int]int{1: 3, 2: 1, 3: 2})
+		fe := falErr(t, err, falclient.KindNoKey)
+		require.Contains(t, fe.Message, "3 at their in-flight cap")
+		k, err := b.client.PickKey(map[int]int{1: 3, 2: 0, 3: 2})
+		require.NoError(t, err)
+		require.Equal(t, 2, k)
+
+		text := b.metricsText(t)
+		for _, line := range []string{
+			`aiqueue_fal_key_capacity{key="key-1"} 3`,
+			`aiqueue_fal_key_capacity{key="key-2"} 1`,
+			`aiqueue_fal_key_capacity{key="key-3"} 2`,
+		} {
+			require.Contains(t, text, line)
+		}
+	})
+
+	t.Run("OneNumberForEveryKey", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, &setupOpts{Config: func(c *falclient.Config) { c.MaxInFlight = 4 }})
+		for key := 1; key <= 3; key++ {
+			require.Equal(t, 4, b.client.Capacity(key))
+		}
+		require.Equal(t, 4, b.client.MaxInFlight())
+	})
+
+	t.Run("Invalid", func(t *testing.T) {
+		t.Parallel()
+		for _, caps := range [][]int{{1, 2}, {1, 2, 3, 4}, {1, 0, 2}, {1, -1, 2}} {
+			_, err := falclient.New(falclient.Config{Keys: []string{"a", "b", "c"}, Capacity: caps})
+			require.Error(t, err, "%v", caps)
+		}
+	})
+}
+
+func TestParseMaxInFlight(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		name  string
+		s     string
+		nkeys int
+		want  []int
+		err   string
+	}{
+		{name: "Empty", s: "", nkeys: 3, want: []int{2, 2, 2}},
+		{name: "OneForAll", s: " 4 ", nkeys: 3, want: []int{4, 4, 4}},
+		{name: "PerKey", s: "10, 4,1", nkeys: 3, want: []int{10, 4, 1}},
+		{name: "OneKey", s: "7", nkeys: 1, want: []int{7}},
+		{name: "TooFew", s: "10,4", nkeys: 3, err: "2 values for 3 fal keys"},
+		{name: "TooMany", s: "1,2,3,4", nkeys: 3, err: "4 values for 3 fal keys"},
+		{name: "Zero", s: "0", nkeys: 2, err: "value 1 is not a number from 1 to 1000"},
+		{name: "TooLarge", s: "5,1001", nkeys: 2, err: "value 2 is not"},
+		{name: "NotANumber", s: "5,x", nkeys: 2, err: "value 2 is not"},
+		{name: "EmptyEntry", s: "5,,5", nkeys: 3, err: "value 2 is not"},
+		{name: "NoKeys", s: "5", nkeys: 0, err: "no fal keys"},
+		// Someone pastes a key into the wrong variable: it is not echoed.
+		{name: "SecretNotEchoed", s: "sk-secret-abc123:7f3e9a0b", nkeys: 1, err: "value 1 is not"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := falclient.ParseMaxInFlight(tt.s, tt.nkeys)
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				require.NotContains(t, err.Error(), "sk-secret")
+				require.NotContains(t, err.Error(), "7f3e9a0b")
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.want, got)
+			// The result fits Config.Capacity.
+			keys := make([]string, tt.nkeys)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("k%d", i)
+			}
+			c, err := falclient.New(falclient.Config{Keys: keys, Capacity: got})
+			require.NoError(t, err)
+			require.Equal(t, got[len(got)-1], c.Capacity(tt.nkeys))
 		})
 	}
 }

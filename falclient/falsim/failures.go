@@ -19,8 +19,15 @@ import (
 //	5xx  {"detail": "...", "error_type": "internal_server_error"} and X-Fal-Error-Type
 //
 // A failure with Status 0 and a Delay only slows the call down. A 422
-// limited to Ops ["result"] is a model that fails while running: the request
-// completes, and fetching its result answers 422.
+// limited to Ops ["result"] is a model that rejects the input while
+// running: the request completes, and fetching its result answers 422.
+//
+// A failure whose Ops list OpRun is a model error: it is matched once per
+// request, at its submit, and that request runs its latency, then completes
+// with error and error_type in its status; its result answers Status (500
+// when 0) with X-Fal-Error-Type (ErrorType, or fal's usual type for the
+// status) and X-Fal-Retryable when Retryable is set; its webhook is an
+// ERROR; it is not billed.
 type Failure struct {
 	// Status is the HTTP status to answer (401, 403, 422, 429, 500, 503 ...),
 	// or 0 to serve the call normally after Delay.
@@ -33,10 +40,13 @@ type Failure struct {
 	// Delay is how long to wait before answering.
 	Delay time.Duration
 	// Ops limits the failure to these operations (OpSubmit, OpStatus,
-	// OpResult, OpCancel); empty means all.
+	// OpStream, OpResult, OpCancel, OpRun); empty means every call, but not
+	// OpRun.
 	Ops []string
 	// Detail, when set, replaces the body's detail message.
 	Detail string
+	// ErrorType, when set, is the error_type of a model error (OpRun).
+	ErrorType string
 }
 
 // rule is an injected failure and what it matches.
@@ -91,7 +101,7 @@ func isKeyName(k string) bool {
 // Count. model is the call's full model id when known, app its owner/app.
 func (s *Server) matchLocked(op, model, app, keyName string) (Failure, bool) {
 	for i, r := range s.rules {
-		if len(r.f.Ops) > 0 && !slices.Contains(r.f.Ops, op) {
+		if (len(r.f.Ops) > 0 || op == OpRun) && !slices.Contains(r.f.Ops, op) {
 			continue
 		}
 		if r.keyName != "" && r.keyName != keyName {

@@ -48,7 +48,7 @@ type testBundle struct {
 }
 
 // setup starts a simulator accepting keyA and keyB (unless opts.Keys says
-// otherwise) on a fake clock.
+// otherwise) on a fake clock (unless opts.Now says otherwise).
 func setup(t *testing.T, opts *falsim.Options) *testBundle {
 	t.Helper()
 	if opts == nil {
@@ -59,10 +59,13 @@ func setup(t *testing.T, opts *falsim.Options) *testBundle {
 		o.Keys = []string{keyA, keyB}
 	}
 	clock := &fakeClock{t: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
-	o.Now = clock.Now
+	if o.Now == nil {
+		o.Now = clock.Now
+	}
 	sim := falsim.New(o)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
+	t.Cleanup(sim.Close) // before srv.Close: it ends open streams
 	return &testBundle{sim: sim, srv: srv, clock: clock}
 }
 
@@ -76,12 +79,21 @@ type answer struct {
 // call makes one HTTP call with key (none when empty) and decodes the answer.
 func (b *testBundle) call(t *testing.T, method, path, key, body string) answer {
 	t.Helper()
+	return b.callWith(t, method, path, key, body, nil)
+}
+
+// callWith is call with extra request headers.
+func (b *testBundle) callWith(t *testing.T, method, path, key, body string, header http.Header) answer {
+	t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
 	req, err := http.NewRequest(method, b.srv.URL+path, rd)
 	require.NoError(t, err)
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if key != "" {
 		req.Header.Set("Authorization", "Key "+key)
 	}
@@ -169,7 +181,8 @@ func TestLifecycleWithClock(t *testing.T) {
 	b.clock.Advance(time.Nanosecond)
 	a = b.call(t, "GET", statusPath, keyA, "")
 	require.Equal(t, http.StatusOK, a.code)
-	require.Equal(t, map[string]any{"status": "COMPLETED", "logs": nil, "response_url": b.srv.URL + resultPath}, a.body)
+	require.Equal(t, map[string]any{"status": "COMPLETED", "logs": nil, "response_url": b.srv.URL + resultPath,
+		"metrics": map[string]any{"inference_time": float64(16)}}, a.body)
 
 	a = b.call(t, "GET", resultPath, keyA, "")
 	require.Equal(t, http.StatusOK, a.code)
@@ -239,10 +252,13 @@ func TestCancel(t *testing.T) {
 	require.Equal(t, map[string]any{"status": "CANCELLATION_REQUESTED"}, a.body)
 	a = b.call(t, "GET", path+"/status", keyA, "")
 	require.Equal(t, http.StatusOK, a.code)
-	require.Equal(t, "COMPLETED", a.body["status"])
+	require.Equal(t, map[string]any{"status": "COMPLETED", "logs": nil, "response_url": b.srv.URL + path,
+		"error": "Request was cancelled", "error_type": "client_cancelled"}, a.body)
 	a = b.call(t, "GET", path, keyA, "")
-	require.Equal(t, http.StatusBadRequest, a.code)
-	require.Equal(t, "Request was cancelled", a.body["detail"])
+	require.Equal(t, 499, a.code)
+	require.Equal(t, map[string]any{"detail": "Request was cancelled", "error_type": "client_cancelled"}, a.body)
+	require.Equal(t, "client_cancelled", a.header.Get("X-Fal-Error-Type"))
+	require.Equal(t, id, a.header.Get("X-Fal-Request-Id"))
 	a = b.call(t, "PUT", path+"/cancel", keyA, "")
 	require.Equal(t, http.StatusBadRequest, a.code)
 	require.Equal(t, map[string]any{"status": "ALREADY_COMPLETED"}, a.body)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -105,4 +106,32 @@ func modelOutput(model string, input map[string]any) json.RawMessage {
 	}
 	b, _ := json.Marshal(out)
 	return b
+}
+
+// billableUnits is what a successful request of model for input is billed,
+// in x-fal-billable-units: one unit per started 5 seconds of video
+// (duration "5" or "10", default 5), one per image otherwise.
+func billableUnits(model string, input map[string]any) float64 {
+	switch {
+	case isVideo(model):
+		secs := 5.0
+		switch v := input["duration"].(type) {
+		case string:
+			if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
+				secs = n
+			}
+		case float64:
+			if v > 0 {
+				secs = v
+			}
+		}
+		return math.Ceil(secs / 5)
+	case isSingleImage(model):
+		return 1
+	}
+	n := 1.0
+	if v, ok := input["num_images"].(float64); ok && v >= 1 {
+		n = math.Min(math.Floor(v), 8)
+	}
+	return n
 }

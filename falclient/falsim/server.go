@@ -1,32 +1,59 @@
 // Package falsim is a fake of the fal.ai queue API, faithful in paths, status
-// codes and bodies, for tests and demos.
+// codes, headers and bodies, for tests and demos.
 //
 // A Server is an http.Handler serving:
 //
-//	POST /{model...}                          submit  -> 200 {request_id, status_url, response_url, cancel_url, queue_position}
-//	GET  /{owner}/{app}/requests/{id}/status  status  -> 202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED, 404
-//	GET  /{owner}/{app}/requests/{id}         result  -> 200 model output, 400 still in progress, 404
-//	PUT  /{owner}/{app}/requests/{id}/cancel  cancel  -> 202 CANCELLATION_REQUESTED, 400 ALREADY_COMPLETED, 404 NOT_FOUND
-//	GET  /healthz                             200 {"status":"ok"}, no key needed
+//	POST /{model...}[?fal_webhook=URL]            submit  -> 200 {request_id, status_url, response_url, cancel_url, queue_position}
+//	GET  /{app}/requests/{id}/status[?logs=1]     status  -> 202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED, 404
+//	GET  /{app}/requests/{id}/status/stream       stream  -> 200 text/event-stream of statuses, ending after COMPLETED; 404
+//	GET  /{app}/requests/{id}                     result  -> 200 model output, 400 still in progress, 5xx model error, 404
+//	PUT  /{app}/requests/{id}/cancel              cancel  -> 202 CANCELLATION_REQUESTED, 400 ALREADY_COMPLETED, 404 NOT_FOUND
+//	GET  /.well-known/jwks.json                   the webhook signing key, no key needed
+//	GET  /healthz                                 200 {"status":"ok"}, no key needed
 //
-// Every call except /healthz needs "Authorization: Key <key>"; a missing or
-// unknown key gets 401 {"detail": "No user found for Key ID and Secret"}. All
-// accepted keys are one account: a request submitted with one key can be
-// polled, fetched and cancelled with another.
+// {app} is the model id's {owner}/{app}, or its first three segments for ids
+// starting with "workflows/" or "comfy/", as fal builds it; submit answers
+// those URLs. Every call except /healthz and the JWKS needs
+// "Authorization: Key <key>"; a missing or unknown key gets 401 {"detail":
+// "No user found for Key ID and Secret"}. All accepted keys are one
+// account: a request submitted with one key can be polled, fetched and
+// cancelled with another.
 //
-// Time is read from Options.Now and never slept on: a request's state is
-// computed from the time elapsed since its submit, so tests drive it with a
-// fake clock. In Fast mode a request completes at its first status poll.
+// # The queue
+//
+// A request waits IN_QUEUE until it gets one of the account's
+// Options.Concurrency slots (at once when there is no limit), first come
+// first served, normal priority before "low" (X-Fal-Queue-Priority). From
+// then on its latency counts: it stays IN_QUEUE for the first fifth
+// (starting up), is IN_PROGRESS for the rest, and then COMPLETED, freeing
+// its slot. A request submitted with X-Fal-Request-Timeout (seconds) that
+// is still IN_QUEUE that long after its submit ends with fal's 504 of type
+// "user". After COMPLETED, status and result answer 404 once fal's
+// retention has passed (Options.Retention).
+//
+// Time is read from Options.Now and never slept on: states are computed
+// from the clock whenever the Server is called, so tests drive it with a
+// fake clock. Status streams and webhook deliveries need the Server to
+// notice time passing on its own: while any is pending, a goroutine looks
+// at the clock every 20 ms (real time), so a fake clock's Advance reaches
+// them within that. Call Close to stop it and every delivery.
+//
+// In Fast mode latencies are ignored: a request holding a slot completes
+// at its first status poll or stream read (or at once, when it has a
+// webhook and so nobody polls).
+//
 // Outputs are deterministic: the same model and input always give the same
-// fake URLs (https://fal.media/files/sim/<hash>...).
+// fake URLs (https://fal.media/files/sim/<hash>...) and billable units.
 //
-// Failures (429, 5xx, 401/403, 422, slow answers) are injected at run time
-// with FailKey and FailModel. Nothing the Server returns or logs contains a
-// key's secret: keys are named "key-1", "key-2" ... in Options.Keys order.
+// Failures (429, 5xx, 401/403, 422, slow answers, model errors) are
+// injected at run time with FailKey and FailModel. Nothing the Server
+// returns or logs contains a key's secret: keys are named "key-1", "key-2"
+// ... in Options.Keys order.
 package falsim
 
 import (
 	"cmp"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -36,6 +63,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,33 +81,63 @@ const (
 const (
 	OpSubmit = "submit"
 	OpStatus = "status"
+	OpStream = "stream"
 	OpResult = "result"
 	OpCancel = "cancel"
+	// OpRun is the model's run of a request, matched once per request at
+	// its submit, and only by failures that list it: see Failure.
+	OpRun = "run"
 )
 
-// Default latencies, from submit to COMPLETED, when not in Fast mode.
+// Default latencies, from getting a slot to COMPLETED, when not in Fast
+// mode.
 const (
 	DefaultImageLatency = 2 * time.Second
 	DefaultVideoLatency = 30 * time.Second
 )
 
-// queueShare is the share of a request's latency spent IN_QUEUE; the rest
-// is IN_PROGRESS.
+// Retention defaults, as fal keeps results.
+const (
+	// DefaultRetention is how long a result is kept after COMPLETED.
+	DefaultRetention = time.Hour
+	// LargeResultRetention is how long a result of LargeResult bytes or
+	// more is kept.
+	LargeResultRetention = 6 * time.Minute
+	// LargeResult is the output size from which LargeResultRetention
+	// applies.
+	LargeResult = 10 << 10
+)
+
+// Webhook delivery defaults.
+const (
+	DefaultWebhookAttempts = 10
+	DefaultWebhookBackoff  = time.Second
+	// maxWebhookBackoff caps the doubling back-off between attempts.
+	maxWebhookBackoff = time.Minute
+)
+
+// queueShare is the share of a request's latency spent IN_QUEUE once it has
+// a slot; the rest is IN_PROGRESS.
 const queueShare = 5 // 1/5
+
+// tick is how often the Server looks at its clock while a status stream or
+// a webhook waits for a request to change.
+const tick = 20 * time.Millisecond
 
 // maxInput is the largest submit body accepted (413 above).
 const maxInput = 10 << 20
 
 // Options configures a Server. The zero value is a usable simulator that
-// accepts any non-empty key and uses the default latencies.
+// accepts any non-empty key, runs every request at once and uses the
+// default latencies.
 type Options struct {
 	// Keys, when non-empty, are the only keys accepted; key i is named
 	// "key-<i+1>" in Stats, Requests and logs. When empty any non-empty key
 	// is accepted and named "key-" + the first 8 hex digits of its SHA-256.
 	Keys []string
 	// Latency maps a model id, or an id prefix such as an owner/app
-	// ("fal-ai/kling-video"), to the time from submit to COMPLETED; the
-	// longest match wins. A zero entry completes the model at submit.
+	// ("fal-ai/kling-video"), to the time from getting a slot to COMPLETED;
+	// the longest match wins. A zero entry completes the model at once.
 	Latency map[string]time.Duration
 	// DefaultLatency is the latency of models not in Latency; default
 	// DefaultImageLatency.
@@ -89,11 +147,41 @@ type Options struct {
 	DefaultVideoLatency time.Duration
 	// LatencyScale multiplies every latency; <= 0 means 1.
 	LatencyScale float64
-	// Fast ignores latencies: a request stays IN_QUEUE until its first status
-	// poll, which finds it COMPLETED (200). Nothing ever waits, so the peak
-	// per-key concurrency is still meaningful: a request counts from its
-	// submit until it was polled or cancelled.
+	// Concurrency is the account's concurrency: at most this many requests
+	// hold a slot (starting up or IN_PROGRESS) at once, and the others wait
+	// IN_QUEUE with their queue_position, as fal does with an account over
+	// its limit. 0 means no limit.
+	Concurrency int
+	// Fast ignores latencies: a request holding a slot stays IN_QUEUE until
+	// its first status poll or stream read, which finds it COMPLETED (200).
+	// Nothing waits on the clock, so the peak per-key concurrency is still
+	// meaningful: a request counts from its submit until it was polled or
+	// cancelled.
 	Fast bool
+	// Retention is how long a result is kept after COMPLETED, after which
+	// status, result and cancel answer 404; default DefaultRetention.
+	// Results of LargeResult bytes or more are kept at most
+	// LargeResultRetention.
+	Retention time.Duration
+	// CompleteCancelledRuns makes a cancel of an IN_PROGRESS request only a
+	// signal that the app ignores: the request runs to its end, completes
+	// with its output and is billed, as fal allows. By default a running
+	// request stops at the cancel (COMPLETED with error_type
+	// "client_cancelled", not billed). A request still IN_QUEUE is always
+	// removed.
+	CompleteCancelledRuns bool
+	// WebhookKey signs webhooks; default a key generated by New. Its public
+	// key is served at /.well-known/jwks.json.
+	WebhookKey ed25519.PrivateKey
+	// WebhookUserID is sent as X-Fal-Webhook-User-Id; default "falsim".
+	WebhookUserID string
+	// WebhookAttempts is how many times a webhook is POSTed before giving up
+	// when the receiver does not answer 2xx; default DefaultWebhookAttempts.
+	WebhookAttempts int
+	// WebhookBackoff is the wait after the first failed delivery, doubled
+	// after each further one up to a minute (real time); default
+	// DefaultWebhookBackoff. fal spreads its attempts over 2 hours.
+	WebhookBackoff time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// BaseURL, when set, is the base of the status, response and cancel URLs
@@ -111,30 +199,61 @@ type Server struct {
 	now      func() time.Time
 	log      *slog.Logger
 	keyNames map[string]string // secret -> name, for Options.Keys
+	hookc    *http.Client
+	done     chan struct{} // closed by Close
+	wg       sync.WaitGroup
 
-	mu    sync.Mutex
-	reqs  map[string]*request
-	order []*request
-	rules []*rule
-	stats Stats
-	peak  map[string]int // peak not-completed requests per key name
+	mu       sync.Mutex
+	reqs     map[string]*request
+	order    []*request // every request, oldest first
+	active   []*request // requests not yet COMPLETED, oldest first
+	running  int        // active requests holding a slot
+	rules    []*rule
+	stats    Stats
+	peak     map[string]int // peak not-completed requests per key name
+	changed  chan struct{}  // closed and replaced when a request changes
+	watchers int            // open status streams
+	hooksDue int            // active requests with a webhook
+	ticking  bool
+	closed   bool
 }
+
+// outcome is how a request ended.
+type outcome int
+
+const (
+	outcomeNone      outcome = iota // not ended
+	outcomeOK                       // output, billed
+	outcomeFailed                   // model error (Failure with OpRun)
+	outcomeCancelled                // cancelled while queued or running
+	outcomeDeadline                 // did not start within its start timeout
+)
 
 // request is one simulated fal request.
 type request struct {
-	id          string
-	model       string
-	app         string
-	keyName     string
-	input       json.RawMessage
-	output      json.RawMessage
-	submittedAt time.Time
-	latency     time.Duration
-	// completedAt is set when the request is cancelled or, in Fast mode,
-	// polled; otherwise completion is submittedAt+latency.
-	completedAt time.Time
-	cancelled   bool
+	id           string
+	model        string
+	app          string
+	keyName      string
+	input        json.RawMessage
+	output       json.RawMessage
+	units        float64 // billable units when it succeeds
+	priority     string
+	webhook      string
+	startTimeout time.Duration
+	run          *Failure // the model error it ends with, if any
+	submittedAt  time.Time
+	latency      time.Duration
+	// startedAt is when it got a slot; zero while it waits.
+	startedAt time.Time
+	// completedAt is when it ended; zero while active.
+	completedAt     time.Time
+	outcome         outcome
+	cancelRequested bool
 }
+
+// runFrom is when a request holding a slot turns IN_PROGRESS.
+func (r *request) runFrom() time.Time { return r.startedAt.Add(r.latency / queueShare) }
 
 // New returns a Server for opts.
 func New(opts Options) *Server {
@@ -143,8 +262,11 @@ func New(opts Options) *Server {
 		now:      opts.Now,
 		log:      opts.Logger,
 		keyNames: make(map[string]string, len(opts.Keys)),
+		hookc:    &http.Client{Timeout: 10 * time.Second},
+		done:     make(chan struct{}),
 		reqs:     make(map[string]*request),
 		peak:     make(map[string]int),
+		changed:  make(chan struct{}),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -162,20 +284,46 @@ func New(opts Options) *Server {
 	if s.opts.LatencyScale <= 0 {
 		s.opts.LatencyScale = 1
 	}
+	s.opts.Concurrency = max(opts.Concurrency, 0)
+	s.opts.Retention = cmp.Or(opts.Retention, DefaultRetention)
+	s.opts.WebhookUserID = cmp.Or(opts.WebhookUserID, "falsim")
+	s.opts.WebhookAttempts = cmp.Or(max(opts.WebhookAttempts, 0), DefaultWebhookAttempts)
+	s.opts.WebhookBackoff = cmp.Or(max(opts.WebhookBackoff, 0), DefaultWebhookBackoff)
+	if len(s.opts.WebhookKey) != ed25519.PrivateKeySize {
+		_, s.opts.WebhookKey, _ = ed25519.GenerateKey(rand.Reader)
+	}
 	return s
+}
+
+// Close stops the Server's background work: it ends open status streams,
+// stops webhook deliveries (a delivery in flight is abandoned) and waits
+// for them. The Server keeps answering calls. Close is safe to call more
+// than once.
+func (s *Server) Close() {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 // route is a parsed request path.
 type route struct {
 	op    string
-	model string // submit: the full model id; others: owner/app
+	model string // submit: the full model id; others: the app
 	id    string
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodGet && r.URL.Path == "/healthz" {
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/healthz":
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		return
+	case r.Method == http.MethodGet && r.URL.Path == "/.well-known/jwks.json":
+		writeJSON(w, http.StatusOK, s.jwks())
 		return
 	}
 	rt, code := parseRoute(r.Method, r.URL.Path)
@@ -230,6 +378,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status = s.submit(w, r, rt, keyName, body)
 	case OpStatus:
 		status = s.status(w, r, rt)
+	case OpStream:
+		status = s.stream(w, r, rt)
 	case OpResult:
 		status = s.result(w, rt)
 	case OpCancel:
@@ -239,6 +389,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.countError()
 	}
 	s.log.Debug("falsim call", "op", rt.op, "model", rt.model, "key", keyName, "request_id", rt.id, "code", status)
+}
+
+// appSegments returns how many leading segments of a model id make its
+// app: 3 for "workflows/" and "comfy/" ids, else 2.
+func appSegments(segs []string) int {
+	if segs[0] == "workflows" || segs[0] == "comfy" {
+		return 3
+	}
+	return 2
+}
+
+// appOf returns the app part of a model id (see appSegments).
+func appOf(model string) string {
+	segs := strings.Split(model, "/")
+	return strings.Join(segs[:min(appSegments(segs), len(segs))], "/")
 }
 
 // parseRoute maps a method and path to an operation, or returns the HTTP
@@ -251,11 +416,16 @@ func parseRoute(method, path string) (route, int) {
 			return route{}, http.StatusNotFound
 		}
 	}
-	if len(segs) < 2 {
+	n := appSegments(segs)
+	if len(segs) < n {
 		return route{}, http.StatusNotFound
 	}
-	isReq := len(segs) >= 4 && segs[2] == "requests"
-	app := segs[0] + "/" + segs[1]
+	app := strings.Join(segs[:n], "/")
+	isReq := len(segs) >= n+2 && segs[n] == "requests"
+	var rest []string
+	if isReq {
+		rest = segs[n+1:]
+	}
 	switch method {
 	case http.MethodPost:
 		if isReq {
@@ -264,15 +434,17 @@ func parseRoute(method, path string) (route, int) {
 		return route{op: OpSubmit, model: p}, 0
 	case http.MethodGet:
 		switch {
-		case isReq && len(segs) == 5 && segs[4] == "status":
-			return route{op: OpStatus, model: app, id: segs[3]}, 0
-		case isReq && len(segs) == 4:
-			return route{op: OpResult, model: app, id: segs[3]}, 0
+		case isReq && len(rest) == 1:
+			return route{op: OpResult, model: app, id: rest[0]}, 0
+		case isReq && len(rest) == 2 && rest[1] == "status":
+			return route{op: OpStatus, model: app, id: rest[0]}, 0
+		case isReq && len(rest) == 3 && rest[1] == "status" && rest[2] == "stream":
+			return route{op: OpStream, model: app, id: rest[0]}, 0
 		}
 		return route{}, http.StatusNotFound
 	case http.MethodPut:
-		if isReq && len(segs) == 5 && segs[4] == "cancel" {
-			return route{op: OpCancel, model: app, id: segs[3]}, 0
+		if isReq && len(rest) == 2 && rest[1] == "cancel" {
+			return route{op: OpCancel, model: app, id: rest[0]}, 0
 		}
 		return route{}, http.StatusNotFound
 	}
@@ -307,6 +479,8 @@ func (s *Server) count(rt route, keyName string) (Failure, bool) {
 	switch rt.op {
 	case OpStatus:
 		s.stats.StatusCalls++
+	case OpStream:
+		s.stats.StreamCalls++
 	case OpResult:
 		s.stats.ResultCalls++
 	case OpCancel:
@@ -333,35 +507,66 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, rt route, keyNam
 	if err := json.Unmarshal(body, &input); err != nil || input == nil {
 		return writeJSON(w, http.StatusUnprocessableEntity, validationDetail([]any{"body"}, "value is not a valid dict", "type_error.dict"))
 	}
+	var startTimeout time.Duration
+	if v := r.Header.Get("X-Fal-Request-Timeout"); v != "" {
+		secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || secs <= 0 || secs > 86400 {
+			w.Header().Set("X-Fal-Error-Type", "bad_request")
+			return writeJSON(w, http.StatusBadRequest, map[string]any{"detail": "Invalid X-Fal-Request-Timeout header", "error_type": "bad_request"})
+		}
+		startTimeout = time.Duration(secs * float64(time.Second))
+	}
+	webhook := r.URL.Query().Get("fal_webhook")
+	priority := "normal"
+	if strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Fal-Queue-Priority")), "low") {
+		priority = "low"
+	}
 
 	now := s.now()
+	output := modelOutput(rt.model, input)
 	req := &request{
-		id:          newID(),
-		model:       rt.model,
-		app:         appOf(rt.model),
-		keyName:     keyName,
-		input:       json.RawMessage(body),
-		output:      modelOutput(rt.model, input),
-		submittedAt: now,
-		latency:     s.latency(rt.model),
+		id:           newID(),
+		model:        rt.model,
+		app:          appOf(rt.model),
+		keyName:      keyName,
+		input:        json.RawMessage(body),
+		output:       output,
+		units:        billableUnits(rt.model, input),
+		priority:     priority,
+		webhook:      webhook,
+		startTimeout: startTimeout,
+		submittedAt:  now,
+		latency:      s.latency(rt.model),
 	}
 
 	s.mu.Lock()
+	s.advanceLocked(now)
+	if f, ok := s.matchLocked(OpRun, req.model, req.app, keyName); ok {
+		req.run = &f
+	}
 	s.reqs[req.id] = req
 	s.order = append(s.order, req)
+	s.active = append(s.active, req)
+	if webhook != "" {
+		s.hooksDue++
+	}
 	s.stats.Submits++
 	if s.stats.SubmitsByKey == nil {
 		s.stats.SubmitsByKey = make(map[string]int)
 	}
 	s.stats.SubmitsByKey[keyName]++
+	s.startWaitersLocked(now)
+	s.advanceLocked(now)
 	open := 0
-	for _, q := range s.order {
-		if q.keyName == keyName && s.stateLocked(q, now) != StateCompleted {
+	for _, q := range s.active {
+		if q.keyName == keyName {
 			open++
 		}
 	}
 	s.peak[keyName] = max(s.peak[keyName], open)
 	pos := s.queuePositionLocked(req, now)
+	s.notifyLocked()
+	s.ensureTickerLocked()
 	s.mu.Unlock()
 
 	base := s.baseURL(r) + "/" + req.app + "/requests/" + req.id
@@ -376,136 +581,315 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, rt route, keyNam
 
 // status handles GET .../requests/{id}/status.
 func (s *Server) status(w http.ResponseWriter, r *http.Request, rt route) int {
+	logs := r.URL.Query().Get("logs") == "1"
 	now := s.now()
 	s.mu.Lock()
-	req, ok := s.lookupLocked(rt)
+	s.advanceLocked(now)
+	req, ok := s.lookupLocked(rt, now)
 	if !ok {
 		s.mu.Unlock()
 		return writeJSON(w, http.StatusNotFound, detail("Request not found"))
 	}
-	if s.opts.Fast && req.completedAt.IsZero() {
-		req.completedAt = now
-	}
-	state := s.stateLocked(req, now)
-	pos := s.queuePositionLocked(req, now)
+	s.readLocked(req, now)
+	snap := s.snapshotLocked(req, now)
 	s.mu.Unlock()
 
-	responseURL := s.baseURL(r) + "/" + req.app + "/requests/" + req.id
-	var logs any // null unless ?logs=1
-	if r.URL.Query().Get("logs") == "1" && state != StateInQueue {
-		logs = []map[string]string{{
-			"message":   "falsim: running " + req.model,
-			"level":     "INFO",
-			"source":    "USER",
-			"timestamp": req.submittedAt.UTC().Format(time.RFC3339Nano),
-		}}
+	code := http.StatusAccepted
+	if snap.state == StateCompleted {
+		code = http.StatusOK
 	}
-	switch state {
-	case StateInQueue:
-		return writeJSON(w, http.StatusAccepted, map[string]any{
-			"status": StateInQueue, "queue_position": pos, "response_url": responseURL,
-		})
-	case StateInProgress:
-		return writeJSON(w, http.StatusAccepted, map[string]any{
-			"status": StateInProgress, "logs": logs, "response_url": responseURL,
-		})
-	}
-	return writeJSON(w, http.StatusOK, map[string]any{
-		"status": StateCompleted, "logs": logs, "response_url": responseURL,
-	})
+	return writeJSON(w, code, snap.body(s.baseURL(r)+"/"+req.app+"/requests/"+req.id, logs, snap.logs))
 }
 
 // result handles GET .../requests/{id}.
 func (s *Server) result(w http.ResponseWriter, rt route) int {
 	now := s.now()
 	s.mu.Lock()
-	req, ok := s.lookupLocked(rt)
-	var state string
+	s.advanceLocked(now)
+	req, ok := s.lookupLocked(rt, now)
+	var (
+		done bool
+		how  outcome
+	)
 	if ok {
-		state = s.stateLocked(req, now)
+		done, how = !req.completedAt.IsZero(), req.outcome
 	}
 	s.mu.Unlock()
-	switch {
-	case !ok:
+	if !ok {
 		return writeJSON(w, http.StatusNotFound, detail("Request not found"))
-	case state != StateCompleted:
+	}
+	w.Header().Set("X-Fal-Request-Id", req.id)
+	switch {
+	case !done:
 		return writeJSON(w, http.StatusBadRequest, detail("Request is still in progress"))
-	case req.cancelled:
-		return writeJSON(w, http.StatusBadRequest, detail("Request was cancelled"))
+	case how != outcomeOK:
+		code, header, body := req.errorAnswer()
+		for k, v := range header {
+			w.Header()[k] = v
+		}
+		return writeJSON(w, code, body.raw)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Fal-Billable-Units", strconv.FormatFloat(req.units, 'f', -1, 64))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(req.output)
 	return http.StatusOK
 }
 
-// cancel handles PUT .../requests/{id}/cancel. A queued or running request is
-// cancelled at once: its status becomes COMPLETED and its result a 400.
+// cancel handles PUT .../requests/{id}/cancel. A request IN_QUEUE is
+// removed at once: its status becomes COMPLETED with error_type
+// "client_cancelled". One IN_PROGRESS is stopped the same way, unless
+// Options.CompleteCancelledRuns lets it run to its end.
 func (s *Server) cancel(w http.ResponseWriter, rt route) int {
 	now := s.now()
 	s.mu.Lock()
-	req, ok := s.lookupLocked(rt)
-	if !ok {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	s.advanceLocked(now)
+	req, ok := s.lookupLocked(rt, now)
+	switch {
+	case !ok:
 		return writeJSON(w, http.StatusNotFound, map[string]string{"status": "NOT_FOUND"})
-	}
-	if s.stateLocked(req, now) == StateCompleted {
-		s.mu.Unlock()
+	case !req.completedAt.IsZero():
 		return writeJSON(w, http.StatusBadRequest, map[string]string{"status": "ALREADY_COMPLETED"})
 	}
-	req.cancelled = true
-	req.completedAt = now
-	s.mu.Unlock()
+	req.cancelRequested = true
+	if !s.opts.CompleteCancelledRuns || s.stateLocked(req, now) != StateInProgress {
+		s.finishLocked(req, now, outcomeCancelled)
+	}
+	s.notifyLocked()
 	return writeJSON(w, http.StatusAccepted, map[string]string{"status": "CANCELLATION_REQUESTED"})
 }
 
-// lookupLocked finds the request of a status/result/cancel route; the path's
-// owner/app must be the request's.
-func (s *Server) lookupLocked(rt route) (*request, bool) {
+// lookupLocked finds the request of a status/result/cancel route: the
+// path's app must be the request's, and its result must not have expired.
+func (s *Server) lookupLocked(rt route, now time.Time) (*request, bool) {
 	req, ok := s.reqs[rt.id]
-	if !ok || req.app != rt.model {
+	if !ok || req.app != rt.model || s.expiredLocked(req, now) {
 		return nil, false
 	}
 	return req, true
 }
 
-// stateLocked computes a request's state at now.
-func (s *Server) stateLocked(req *request, now time.Time) string {
-	if !req.completedAt.IsZero() {
-		return StateCompleted
+// expiredLocked reports whether fal no longer keeps the request.
+func (s *Server) expiredLocked(req *request, now time.Time) bool {
+	if req.completedAt.IsZero() {
+		return false
 	}
-	if s.opts.Fast {
-		return StateInQueue
+	keep := s.opts.Retention
+	if req.outcome == outcomeOK && len(req.output) >= LargeResult {
+		keep = min(keep, LargeResultRetention)
 	}
-	elapsed := now.Sub(req.submittedAt)
+	return !now.Before(req.completedAt.Add(keep))
+}
+
+// advanceLocked brings every request to its state at now: in time order, it
+// ends the requests whose run or start deadline is over, giving each freed
+// slot to the next waiting request at the time it was freed.
+func (s *Server) advanceLocked(now time.Time) {
+	for {
+		var (
+			next *request
+			at   time.Time
+			how  outcome
+		)
+		for _, r := range s.active {
+			t, o, ok := s.dueLocked(r)
+			if ok && !t.After(now) && (next == nil || t.Before(at)) {
+				next, at, how = r, t, o
+			}
+		}
+		if next == nil {
+			return
+		}
+		s.finishLocked(next, at, how)
+	}
+}
+
+// dueLocked returns when an active request ends on its own, and how; false
+// when it does not (it waits for a slot without a deadline, or it waits
+// for a poll in Fast mode).
+func (s *Server) dueLocked(r *request) (time.Time, outcome, bool) {
+	var deadline time.Time
+	if r.startTimeout > 0 {
+		deadline = r.submittedAt.Add(r.startTimeout)
+	}
 	switch {
-	case elapsed >= req.latency:
+	case r.startedAt.IsZero():
+		return deadline, outcomeDeadline, !deadline.IsZero()
+	case !deadline.IsZero() && deadline.Before(r.runFrom()):
+		return deadline, outcomeDeadline, true
+	case s.opts.Fast && r.webhook == "":
+		return time.Time{}, outcomeNone, false
+	case s.opts.Fast:
+		return r.startedAt, r.runOutcome(), true
+	}
+	return r.startedAt.Add(r.latency), r.runOutcome(), true
+}
+
+// runOutcome is how a request ends when its run is over.
+func (r *request) runOutcome() outcome {
+	if r.run != nil {
+		return outcomeFailed
+	}
+	return outcomeOK
+}
+
+// readLocked is a status poll or stream read of req: in Fast mode, it
+// completes a request holding a slot.
+func (s *Server) readLocked(req *request, now time.Time) {
+	if s.opts.Fast && req.completedAt.IsZero() && !req.startedAt.IsZero() {
+		s.finishLocked(req, now, req.runOutcome())
+	}
+}
+
+// finishLocked ends an active request at at: it frees its slot for the
+// next waiting request, wakes status streams and starts its webhook.
+func (s *Server) finishLocked(r *request, at time.Time, how outcome) {
+	r.completedAt, r.outcome = at, how
+	if !r.startedAt.IsZero() {
+		s.running--
+	}
+	if i := slices.Index(s.active, r); i >= 0 {
+		s.active = slices.Delete(s.active, i, i+1)
+	}
+	if r.webhook != "" {
+		s.hooksDue--
+		s.deliverLocked(r)
+	}
+	s.startWaitersLocked(at)
+	s.notifyLocked()
+}
+
+// startWaitersLocked gives free slots to waiting requests at at: normal
+// priority first, then low, each first come first served.
+func (s *Server) startWaitersLocked(at time.Time) {
+	for s.opts.Concurrency == 0 || s.running < s.opts.Concurrency {
+		w := s.nextWaiterLocked()
+		if w == nil {
+			return
+		}
+		w.startedAt = at
+		if w.submittedAt.After(at) {
+			w.startedAt = w.submittedAt
+		}
+		s.running++
+	}
+}
+
+// nextWaiterLocked returns the waiting request that gets the next slot.
+func (s *Server) nextWaiterLocked() *request {
+	var low *request
+	for _, r := range s.active {
+		if !r.startedAt.IsZero() {
+			continue
+		}
+		if r.priority != "low" {
+			return r
+		}
+		if low == nil {
+			low = r
+		}
+	}
+	return low
+}
+
+// stateLocked returns an active request's state at now (COMPLETED for an
+// ended one).
+func (s *Server) stateLocked(r *request, now time.Time) string {
+	switch {
+	case !r.completedAt.IsZero():
 		return StateCompleted
-	case elapsed < req.latency/queueShare:
+	case r.startedAt.IsZero(), s.opts.Fast, now.Before(r.runFrom()):
 		return StateInQueue
 	}
 	return StateInProgress
 }
 
-// queuePositionLocked is the number of requests of the same app submitted
-// before req and still IN_QUEUE; 0 in Fast mode.
+// queuePositionLocked is the number of requests that will get going before
+// req: without a concurrency limit, the requests of the same app submitted
+// before it and still IN_QUEUE; with one, the waiting requests that get a
+// slot before it (0 once it has one).
 func (s *Server) queuePositionLocked(req *request, now time.Time) int {
-	if s.opts.Fast || s.stateLocked(req, now) != StateInQueue {
+	if s.stateLocked(req, now) != StateInQueue {
 		return 0
 	}
 	n := 0
-	for _, q := range s.order {
-		if q == req {
-			break
+	if s.opts.Concurrency == 0 {
+		if s.opts.Fast {
+			return 0
 		}
-		if q.app == req.app && s.stateLocked(q, now) == StateInQueue {
-			n++
+		for _, q := range s.active {
+			if q == req {
+				break
+			}
+			if q.app == req.app && s.stateLocked(q, now) == StateInQueue {
+				n++
+			}
+		}
+		return n
+	}
+	if !req.startedAt.IsZero() {
+		return 0
+	}
+	var normal, low []*request
+	for _, q := range s.active {
+		switch {
+		case !q.startedAt.IsZero():
+		case q.priority == "low":
+			low = append(low, q)
+		default:
+			normal = append(normal, q)
 		}
 	}
-	return n
+	return slices.Index(append(normal, low...), req)
 }
 
-// latency returns the time from submit to COMPLETED for model.
+// notifyLocked wakes every status stream.
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// ensureTickerLocked starts the goroutine that looks at the clock while a
+// status stream or a webhook waits on a request; it stops by itself when
+// none does.
+func (s *Server) ensureTickerLocked() {
+	if s.ticking || s.closed || (s.watchers == 0 && s.hooksDue == 0) {
+		return
+	}
+	s.ticking = true
+	s.wg.Add(1)
+	go s.tickLoop()
+}
+
+func (s *Server) tickLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		s.mu.Lock()
+		s.advanceLocked(now)
+		if s.watchers > 0 {
+			// States also change with time alone (IN_QUEUE to
+			// IN_PROGRESS, new log lines): let streams look.
+			s.notifyLocked()
+		}
+		if s.watchers == 0 && s.hooksDue == 0 {
+			s.ticking = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// latency returns the time from getting a slot to COMPLETED for model.
 func (s *Server) latency(model string) time.Duration {
 	if s.opts.Fast {
 		return 0
@@ -536,11 +920,6 @@ func (s *Server) baseURL(r *http.Request) string {
 		scheme = "https"
 	}
 	return scheme + "://" + r.Host
-}
-
-func appOf(model string) string {
-	segs := strings.SplitN(model, "/", 3)
-	return segs[0] + "/" + segs[1]
 }
 
 // newID returns a random UUID v4, like fal's request ids.

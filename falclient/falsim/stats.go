@@ -13,14 +13,27 @@ type Stats struct {
 	Submits int
 	// SubmitsByKey is Submits per key name.
 	SubmitsByKey map[string]int
-	// StatusCalls, ResultCalls and Cancels count the authenticated calls of
-	// each kind, whatever their answer.
-	StatusCalls, ResultCalls, Cancels int
+	// StatusCalls, StreamCalls, ResultCalls and Cancels count the
+	// authenticated calls of each kind, whatever their answer.
+	StatusCalls, StreamCalls, ResultCalls, Cancels int
 	// InProgress is the number of requests not yet COMPLETED now.
 	InProgress int
+	// Waiting is the number of requests waiting for a slot now (see
+	// Options.Concurrency).
+	Waiting int
 	// Errors is the number of calls answered with a 4xx or 5xx, injected or
 	// not.
 	Errors int
+	// Billed is what fal would bill so far, in billable units, per key name
+	// (of the submit) and model id: every request that completed with its
+	// output counts, whether or not its result was fetched. Model errors,
+	// cancelled and timed-out requests are not billed.
+	Billed map[string]map[string]float64
+	// BilledRequests is the number of requests counted in Billed.
+	BilledRequests int
+	// WebhookAttempts counts webhook POSTs; WebhooksDelivered the webhooks
+	// answered 2xx; WebhooksFailed those given up after every attempt.
+	WebhookAttempts, WebhooksDelivered, WebhooksFailed int
 }
 
 // RequestInfo describes one simulated request.
@@ -34,10 +47,26 @@ type RequestInfo struct {
 	// State is its state now: StateInQueue, StateInProgress or
 	// StateCompleted.
 	State string
-	// Cancelled is true when it was cancelled.
+	// Cancelled is true when a cancel was requested (see
+	// Options.CompleteCancelledRuns for whether it stopped the request).
 	Cancelled bool
 	// SubmittedAt is when it was submitted, by Options.Now.
 	SubmittedAt time.Time
+	// StartedAt is when it got a slot; zero while it waits.
+	StartedAt time.Time
+	// CompletedAt is when it ended; zero while it has not.
+	CompletedAt time.Time
+	// ErrorType is its error_type once it ended without its output.
+	ErrorType string
+	// BillableUnits is what it is billed: non-zero once it completed with
+	// its output.
+	BillableUnits float64
+	// Priority is its queue priority: "normal" or "low".
+	Priority string
+	// WebhookURL is the fal_webhook it was submitted with.
+	WebhookURL string
+	// StartTimeout is the X-Fal-Request-Timeout it was submitted with.
+	StartTimeout time.Duration
 	// Input is the submitted body.
 	Input json.RawMessage
 }
@@ -47,15 +76,28 @@ func (s *Server) Stats() Stats {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.advanceLocked(now)
 	st := s.stats
 	st.SubmitsByKey = maps.Clone(s.stats.SubmitsByKey)
 	if st.SubmitsByKey == nil {
 		st.SubmitsByKey = map[string]int{}
 	}
-	for _, r := range s.order {
-		if s.stateLocked(r, now) != StateCompleted {
-			st.InProgress++
+	st.InProgress = len(s.active)
+	for _, r := range s.active {
+		if r.startedAt.IsZero() {
+			st.Waiting++
 		}
+	}
+	st.Billed = map[string]map[string]float64{}
+	for _, r := range s.order {
+		if r.outcome != outcomeOK {
+			continue
+		}
+		if st.Billed[r.keyName] == nil {
+			st.Billed[r.keyName] = map[string]float64{}
+		}
+		st.Billed[r.keyName][r.model] += r.units
+		st.BilledRequests++
 	}
 	return st
 }
@@ -65,17 +107,29 @@ func (s *Server) Requests() []RequestInfo {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.advanceLocked(now)
 	out := make([]RequestInfo, len(s.order))
 	for i, r := range s.order {
-		out[i] = RequestInfo{
-			ID:          r.id,
-			Model:       r.model,
-			KeyName:     r.keyName,
-			State:       s.stateLocked(r, now),
-			Cancelled:   r.cancelled,
-			SubmittedAt: r.submittedAt,
-			Input:       r.input,
+		info := RequestInfo{
+			ID:           r.id,
+			Model:        r.model,
+			KeyName:      r.keyName,
+			State:        s.stateLocked(r, now),
+			Cancelled:    r.cancelRequested,
+			SubmittedAt:  r.submittedAt,
+			StartedAt:    r.startedAt,
+			CompletedAt:  r.completedAt,
+			Priority:     r.priority,
+			WebhookURL:   r.webhook,
+			StartTimeout: r.startTimeout,
+			Input:        r.input,
 		}
+		if r.outcome == outcomeOK {
+			info.BillableUnits = r.units
+		} else if _, _, eb := r.errorAnswer(); eb != nil {
+			info.ErrorType = eb.errorType
+		}
+		out[i] = info
 	}
 	return out
 }
