@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -96,10 +97,14 @@ func (c *Client) PickKey(inFlight map[int]int) (int, error) {
 			retry = wait
 		}
 	}
+	capText := "" // "of 2" when every key has the same capacity
+	if slices.Min(c.capacity) == slices.Max(c.capacity) {
+		capText = fmt.Sprintf(" of %d", c.capacity[0])
+	}
 	return 0, &Error{
 		Kind:       KindNoKey,
 		Op:         opPick,
-		Message:    fmt.Sprintf("no usable key of %d: %d cooling down, %d revoked, %d at their in-flight cap", n, cooling, revoked, capped),
+		Message:    fmt.Sprintf("no usable key of %d: %d cooling down, %d revoked, %d at the in-flight cap%s", n, cooling, revoked, capped, capText),
 		RetryAfter: retry,
 	}
 }

@@ -306,7 +306,8 @@ func TestCapacity(t *testing.T) {
 		}
 		_, err := b.client.PickKey(map[int]int{1: 3, 2: 1, 3: 2})
 		fe := falErr(t, err, falclient.KindNoKey)
-		require.Contains(t, fe.Message, "3 at their in-flight cap")
+		require.Contains(t, fe.Message, "3 at the in-flight cap")
+		require.NotContains(t, fe.Message, "cap of", "the keys' capacities differ")
 		k, err := b.client.PickKey(map[int]int{1: 3, 2: 0, 3: 2})
 		require.NoError(t, err)
 		require.Equal(t, 2, k)
@@ -328,6 +329,8 @@ func TestCapacity(t *testing.T) {
 			require.Equal(t, 4, b.client.Capacity(key))
 		}
 		require.Equal(t, 4, b.client.MaxInFlight())
+		_, err := b.client.PickKey(map[int]int{1: 4, 2: 4, 3: 4})
+		require.ErrorContains(t, err, "3 at the in-flight cap of 4")
 	})
 
 	t.Run("Invalid", func(t *testing.T) {

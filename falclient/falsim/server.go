@@ -608,32 +608,39 @@ func (s *Server) result(w http.ResponseWriter, rt route) int {
 	s.advanceLocked(now)
 	req, ok := s.lookupLocked(rt, now)
 	var (
-		done bool
-		how  outcome
+		code   int
+		header http.Header
+		body   any
+		output json.RawMessage
 	)
-	if ok {
-		done, how = !req.completedAt.IsZero(), req.outcome
+	switch {
+	case !ok:
+		code, body = http.StatusNotFound, detail("Request not found")
+	case req.completedAt.IsZero():
+		code, body = http.StatusBadRequest, detail("Request is still in progress")
+	case req.outcome != outcomeOK:
+		var eb *errorBody
+		code, header, eb = req.errorAnswer()
+		body = eb.raw
+	default:
+		code, output = http.StatusOK, req.output
+		header = http.Header{"X-Fal-Billable-Units": {strconv.FormatFloat(req.units, 'f', -1, 64)}}
 	}
 	s.mu.Unlock()
-	if !ok {
-		return writeJSON(w, http.StatusNotFound, detail("Request not found"))
+
+	if ok {
+		w.Header().Set("X-Fal-Request-Id", req.id)
 	}
-	w.Header().Set("X-Fal-Request-Id", req.id)
-	switch {
-	case !done:
-		return writeJSON(w, http.StatusBadRequest, detail("Request is still in progress"))
-	case how != outcomeOK:
-		code, header, body := req.errorAnswer()
-		for k, v := range header {
-			w.Header()[k] = v
-		}
-		return writeJSON(w, code, body.raw)
+	for k, v := range header {
+		w.Header()[k] = v
+	}
+	if output == nil {
+		return writeJSON(w, code, body)
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Fal-Billable-Units", strconv.FormatFloat(req.units, 'f', -1, 64))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(req.output)
-	return http.StatusOK
+	w.WriteHeader(code)
+	_, _ = w.Write(output)
+	return code
 }
 
 // cancel handles PUT .../requests/{id}/cancel. A request IN_QUEUE is
@@ -643,21 +650,22 @@ func (s *Server) result(w http.ResponseWriter, rt route) int {
 func (s *Server) cancel(w http.ResponseWriter, rt route) int {
 	now := s.now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.advanceLocked(now)
 	req, ok := s.lookupLocked(rt, now)
+	code, status := http.StatusAccepted, "CANCELLATION_REQUESTED"
 	switch {
 	case !ok:
-		return writeJSON(w, http.StatusNotFound, map[string]string{"status": "NOT_FOUND"})
+		code, status = http.StatusNotFound, "NOT_FOUND"
 	case !req.completedAt.IsZero():
-		return writeJSON(w, http.StatusBadRequest, map[string]string{"status": "ALREADY_COMPLETED"})
+		code, status = http.StatusBadRequest, "ALREADY_COMPLETED"
+	default:
+		req.cancelRequested = true
+		if !s.opts.CompleteCancelledRuns || s.stateLocked(req, now) != StateInProgress {
+			s.finishLocked(req, now, outcomeCancelled)
+		}
 	}
-	req.cancelRequested = true
-	if !s.opts.CompleteCancelledRuns || s.stateLocked(req, now) != StateInProgress {
-		s.finishLocked(req, now, outcomeCancelled)
-	}
-	s.notifyLocked()
-	return writeJSON(w, http.StatusAccepted, map[string]string{"status": "CANCELLATION_REQUESTED"})
+	s.mu.Unlock()
+	return writeJSON(w, code, map[string]string{"status": status})
 }
 
 // lookupLocked finds the request of a status/result/cancel route: the

@@ -131,6 +131,8 @@ func TestWebhooks(t *testing.T) {
 		require.Nil(t, body["error"])
 		require.Contains(t, body, "error")
 		require.Equal(t, "ring", body["payload"].(map[string]any)["prompt"])
+		// The receiver answers before the simulator counts the attempt.
+		require.Eventually(t, func() bool { return b.sim.Stats().WebhooksDelivered == 1 }, 5*time.Second, 2*time.Millisecond)
 		st := b.sim.Stats()
 		require.Equal(t, 3, st.WebhookAttempts)
 		require.Equal(t, 1, st.WebhooksDelivered)
