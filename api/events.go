@@ -60,7 +60,7 @@ func (s *Server) registerEvents() {
 func (s *Server) jobEvents(ctx context.Context, in *jobIDInput) (*huma.StreamResponse, error) {
 	uid := principalFrom(ctx).UserID
 	sub := s.subscribe(in.ID)
-	j, err := s.readJob(ctx, uid, in.ID)
+	j, err := s.readJob(ctx, uid, in.ID, false)
 	if err != nil {
 		closeSub(sub)
 		return nil, s.toProblem(ctx, err)
@@ -108,14 +108,14 @@ func (s *Server) stream(ctx context.Context, w io.Writer, sub *Subscription, use
 				return
 			}
 		case <-wakeups(sub):
-			latest, err := s.readJob(ctx, userID, j.ID)
+			latest, err := s.readJob(ctx, userID, j.ID, false)
 			if err != nil {
 				// The database is away: the watcher wakes us again when it
 				// reconnects.
 				s.logger.WarnContext(ctx, "event stream: cannot read job", "job_id", j.ID, "error", err.Error())
 				continue
 			}
-			if latest.State == j.State {
+			if !j.Moved(latest) {
 				continue
 			}
 			j = latest

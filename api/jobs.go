@@ -41,6 +41,7 @@ type jobIDInput struct {
 
 type getJobInput struct {
 	ID   string `path:"id" doc:"Job id." maxLength:"40" example:"101"`
+	Logs bool   `query:"logs" doc:"Include fal's latest log lines of the request in progress.logs."`
 	Wait int    `query:"wait" minimum:"0" maximum:"30" doc:"Long poll: hold the request up to this many seconds until the job's state changes (a job already in a final state returns at once)." example:"25"`
 }
 
@@ -147,10 +148,10 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 }
 
 // readJob reads the caller's job within the database timeout.
-func (s *Server) readJob(ctx context.Context, userID, id string) (*jobs.Job, error) {
+func (s *Server) readJob(ctx context.Context, userID, id string, logs bool) (*jobs.Job, error) {
 	ctx, cancel := s.db(ctx)
 	defer cancel()
-	return s.jobs.Get(ctx, userID, id)
+	return s.jobs.Get(ctx, userID, id, logs)
 }
 
 // subscribe watches job id when there is a watcher; the subscription is
@@ -184,12 +185,12 @@ func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error
 		sub = s.subscribe(in.ID)
 		defer closeSub(sub)
 	}
-	j, err := s.readJob(ctx, uid, in.ID)
+	j, err := s.readJob(ctx, uid, in.ID, in.Logs)
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
 	if in.Wait > 0 && !jobs.Final(j.State) {
-		j, err = s.waitForChange(ctx, sub, uid, j, min(time.Duration(in.Wait)*time.Second, MaxWait))
+		j, err = s.waitForChange(ctx, sub, uid, j, in.Logs, min(time.Duration(in.Wait)*time.Second, MaxWait))
 		if err != nil {
 			return nil, s.toProblem(ctx, err)
 		}
@@ -197,12 +198,19 @@ func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error
 	return &jobOutput{Body: j}, nil
 }
 
-// waitForChange waits until job j's state differs from what it was, or
-// timeout passes, and returns the latest job. It reads the job only when
-// the watcher says it may have changed.
-func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID string, j *jobs.Job, timeout time.Duration) (*jobs.Job, error) {
+// lineRead is how often a waiting job is read again while it waits in the
+// line: its place changes as other jobs get slots, which no notification
+// announces.
+const lineRead = 2 * time.Second
+
+// waitForChange waits until job j shows something new (jobs.Job.Moved),
+// or timeout passes, and returns the latest job. It reads the job when the
+// watcher says it changed, and every lineRead while it is queued.
+func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID string, j *jobs.Job, logs bool, timeout time.Duration) (*jobs.Job, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
+	line := time.NewTicker(lineRead)
+	defer line.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -211,14 +219,18 @@ func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID st
 			return j, nil
 		case <-s.stopping:
 			return j, nil
+		case <-line.C:
+			if j.State != jobs.StateQueued {
+				continue
+			}
 		case <-wakeups(sub):
-			latest, err := s.readJob(ctx, userID, j.ID)
-			if err != nil {
-				return nil, err
-			}
-			if latest.State != j.State {
-				return latest, nil
-			}
+		}
+		latest, err := s.readJob(ctx, userID, j.ID, logs)
+		if err != nil {
+			return nil, err
+		}
+		if j.Moved(latest) {
+			return latest, nil
 		}
 	}
 }

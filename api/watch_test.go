@@ -38,7 +38,7 @@ func TestWatcher(t *testing.T) {
 		}
 	}
 
-	t.Run("WakesOnAPIStateChangeOnly", func(t *testing.T) {
+	t.Run("WakesOnVisibleChangesOnly", func(t *testing.T) {
 		t.Parallel()
 		b, w := setupWatcher(t)
 		uid := grant(t, b.pool, 5)
@@ -50,10 +50,18 @@ func TestWatcher(t *testing.T) {
 		defer other.Close()
 		require.Equal(t, 2, w.Subscribers())
 
-		// available -> scheduled is queued -> queued for the API: no notification.
-		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'scheduled', scheduled_at = now() + interval '1 hour' WHERE id = $1`, ids[0])
+		// River moving the job (pending -> available -> running) and the
+		// line giving it a slot show the studio nothing: no notification.
+		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'available' WHERE id = $1`, ids[0])
 		require.NoError(t, err)
 		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'running', attempt = 1, attempted_at = now() WHERE id = $1`, ids[0])
+		require.NoError(t, err)
+		_, err = b.pool.Exec(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model)
+VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
+		require.NoError(t, err)
+		// fal accepting its request makes it running.
+		_, err = b.pool.Exec(ctx, `UPDATE fal_requests SET request_id = 'r-1', state = 'in_flight', submitted_at = now() WHERE job_id = $1`, ids[0])
 		require.NoError(t, err)
 		woken(t, sub)
 		// Notifications arrive in commit order, so the first update's

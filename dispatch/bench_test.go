@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/aiqueue/aiqueue/dispatch"
+	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -68,8 +68,7 @@ func benchmarkSubmitTx(b *testing.B, users int) {
 	require.NoError(b, tx.Commit(ctx))
 
 	catalog := jobs.DefaultCatalog()
-	client, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
-	require.NoError(b, err)
+	client := jobtest.InsertOnly(b, pool)
 	svc := jobs.NewService(jobs.Config{Pool: pool, River: client, Catalog: catalog})
 	item := []jobs.Item{generate("a gold ring on marble")}
 

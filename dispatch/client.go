@@ -37,7 +37,14 @@ type ClientConfig struct {
 	// PollOnly makes River poll for jobs instead of holding a LISTEN
 	// connection (behind PgBouncer in transaction pooling mode).
 	PollOnly bool
+	// JobRetention is how long River's cleaner keeps finished jobs
+	// (JOB_RETENTION, default DefaultJobRetention): they stay readable
+	// through the API and ai_jobs until then.
+	JobRetention time.Duration
 }
+
+// DefaultJobRetention is the default ClientConfig.JobRetention.
+const DefaultJobRetention = 30 * 24 * time.Hour
 
 // DefaultRescueAfter is the default ClientConfig.RescueAfter: no attempt
 // runs long (a submit, or one round of polling), so a crashed worker's job
@@ -68,11 +75,10 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		Middleware:           cfg.Middleware,
 		PollOnly:             cfg.PollOnly,
 	}
-	// River's own insert notifications are sent inside the inserting
-	// transaction, at most once per queue per client FetchCooldown; the
-	// service announces its jobs after commit instead (InsertNotifier), so
-	// River's are spaced out to the poll interval.
-	rc.FetchCooldown = river.FetchPollIntervalDefault
+	retention := cmp.Or(cfg.JobRetention, DefaultJobRetention)
+	rc.CompletedJobRetentionPeriod = retention
+	rc.CancelledJobRetentionPeriod = retention
+	rc.DiscardedJobRetentionPeriod = retention
 	if cfg.Work {
 		if err := cfg.Limits.Validate(); err != nil {
 			return nil, err

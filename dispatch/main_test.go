@@ -6,9 +6,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/stretchr/testify/require"
 
-	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
@@ -31,12 +29,8 @@ type testBundle struct {
 func setup(t testing.TB) *testBundle {
 	t.Helper()
 	pool := pgtest.NewDB(t)
-	catalog := jobs.DefaultCatalog()
-	client, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
-	require.NoError(t, err)
-	svc := jobs.NewService(jobs.Config{Pool: pool, River: client, Catalog: catalog,
-		Hooks: jobs.Hooks{Committed: dispatch.NewInsertNotifier(pool).Committed}})
-	return &testBundle{pool: pool, river: client, svc: svc}
+	client := jobtest.InsertOnly(t, pool)
+	return &testBundle{pool: pool, river: client, svc: jobtest.Service(pool, client)}
 }
 
 var (

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
@@ -166,21 +165,18 @@ func TestSubmitKilledMidTransaction(t *testing.T) {
 	ctx := context.Background()
 	b := setup(t)
 	uid := grant(t, b.pool, 5)
+	tx, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	sub, err := b.svc.SubmitTx(ctx, tx, uid, []jobs.Item{generate("ring"), generate("band")}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	require.Len(t, sub.IDs, 2)
+	require.Equal(t, 2, count(t, tx, `SELECT count(*) FROM credit_holds`))
+	var pid int
+	require.NoError(t, tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
 	var killed bool
-	_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring"), generate("band")}, jobs.SubmitOpts{
-		InTx: func(ctx context.Context, tx pgx.Tx, ids []int64) error {
-			require.Len(t, ids, 2)
-			require.Equal(t, 2, count(t, tx, `SELECT count(*) FROM credit_holds`))
-			var pid int
-			if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-				return err
-			}
-			return b.pool.QueryRow(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid).Scan(&killed)
-		},
-	})
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid).Scan(&killed))
 	require.True(t, killed)
-	require.Error(t, err)
-	require.Equal(t, jobs.EUNAVAILABLE, jobs.ErrorCode(err))
+	require.Error(t, tx.Commit(ctx), "the killed transaction cannot commit")
 	require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
 	require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
 	require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries`)) // the grant

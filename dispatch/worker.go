@@ -9,10 +9,9 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/falclient"
@@ -21,78 +20,77 @@ import (
 
 // Fal is what the worker needs from the fal client.
 type Fal interface {
-	PickKey(inFlight map[int]int) (int, error)
 	Submit(ctx context.Context, key int, model string, input json.RawMessage, opts *falclient.SubmitOptions) (falclient.Request, error)
 	Status(ctx context.Context, key int, req falclient.Request, logs bool) (falclient.Status, error)
+	WatchStatus(ctx context.Context, key int, req falclient.Request, logs bool, fn func(falclient.Status)) (falclient.Status, error)
 	Result(ctx context.Context, key int, req falclient.Request) (falclient.Result, error)
 	Cancel(ctx context.Context, key int, req falclient.Request) error
-	NumKeys() int
-	MaxInFlight() int
-	ReportInFlight(inFlight map[int]int)
 	KeyHealth() []falclient.KeyState
 }
 
 // WorkerConfig tunes the worker. Zero values take the documented defaults.
 type WorkerConfig struct {
-	// AttemptTimeout bounds one attempt: a submit, or one round of polling
-	// (default DefaultAttemptTimeout). River's rescuer must wait at least
-	// this long before it hands a job back (ClientConfig.RescueAfter).
+	// AttemptTimeout bounds one attempt: a submit, or one round of
+	// following a request (default DefaultAttemptTimeout). River's rescuer
+	// must wait at least this long before it hands a job back
+	// (ClientConfig.RescueAfter).
 	AttemptTimeout time.Duration
-	// ImagePollBudget is how long one attempt polls an image request before
-	// snoozing (default 45s, at most three quarters of AttemptTimeout);
-	// video requests are polled once per attempt.
-	ImagePollBudget time.Duration
-	// VideoPollInterval is the snooze between polls of a video request
-	// (default 5s).
+	// VideoPollInterval is the snooze between status reads of a video
+	// request (default 5s): a video holds no worker while fal works.
 	VideoPollInterval time.Duration
-	// PollInterval is the first wait between status polls of an image
-	// request (default 100ms, doubling to 1s).
-	PollInterval time.Duration
+	// WebhookURL, when set (FAL_WEBHOOK_URL), is sent with every submit as
+	// fal's webhook: fal calls it when the request ends.
+	WebhookURL string
+	// RescueAfter is River's rescue time (ClientConfig.RescueAfter, filled
+	// in by New): an attempt that holds a request id it could not store
+	// keeps trying to store it until shortly before another worker could
+	// take the job.
+	RescueAfter time.Duration
 }
 
 // DefaultAttemptTimeout is the default WorkerConfig.AttemptTimeout.
 const DefaultAttemptTimeout = 60 * time.Second
 
-// Worker works AI jobs: it claims a fal key under the per-key in-flight cap,
-// submits the request to fal, stores the fal request id durably, polls until
-// fal is done (long jobs snooze between polls, so they hold no worker slot
-// while fal works) and records the result. The job's hold is settled by the
-// database when River marks the job completed, discarded or cancelled.
+// Worker works AI jobs. A job reaches it holding a fal slot (the line gave
+// it one); the worker submits the job's request to fal with that slot's
+// key, stores fal's answer before waiting (so a retry after a crash resumes
+// the request instead of paying for a second one), follows the request
+// until fal finishes it and completes the job in the transaction that frees
+// the slot. The job's credits are settled by the database when River marks
+// it completed or cancelled, whoever does.
 type Worker struct {
 	river.WorkerDefaults[jobs.Args]
 	pool    *pgxpool.Pool
 	fal     Fal
-	reqs    *FalRequests
+	reqs    *Requests
+	line    *Line
 	catalog *jobs.Catalog
 	logger  *slog.Logger
 	cfg     WorkerConfig
 }
 
-// NewWorker returns a worker.
-func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, logger *slog.Logger, cfg WorkerConfig) *Worker {
+// NewWorker returns a worker taking fal slots from line.
+func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, line *Line, logger *slog.Logger, cfg WorkerConfig) *Worker {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = DefaultAttemptTimeout
 	}
-	if cfg.ImagePollBudget <= 0 {
-		cfg.ImagePollBudget = 45 * time.Second
-	}
-	cfg.ImagePollBudget = min(cfg.ImagePollBudget, cfg.AttemptTimeout*3/4)
 	if cfg.VideoPollInterval <= 0 {
 		cfg.VideoPollInterval = 5 * time.Second
 	}
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 100 * time.Millisecond
+	if cfg.RescueAfter < cfg.AttemptTimeout {
+		cfg.RescueAfter = max(DefaultRescueAfter, cfg.AttemptTimeout)
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	reqs := &FalRequests{pool: pool, fal: fal, log: logger, staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout)}
-	return &Worker{pool: pool, fal: fal, reqs: reqs, catalog: catalog, logger: logger, cfg: cfg}
+	reqs := &Requests{pool: pool, fal: fal, log: logger, line: line,
+		staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout), metrics: newRequestMetrics()}
+	return &Worker{pool: pool, fal: fal, reqs: reqs, line: line, catalog: catalog, logger: logger, cfg: cfg}
 }
 
 // Requests returns the worker's record of fal requests, for the API's
-// cancel, the sweeper and the in-flight metrics.
-func (w *Worker) Requests() *FalRequests { return w.reqs }
+// cancel, the sweeper and the metrics.
+func (w *Worker) Requests() *Requests { return w.reqs }
 
 // AttemptTimeout returns the bound of one attempt.
 func (w *Worker) AttemptTimeout() time.Duration { return w.cfg.AttemptTimeout }
@@ -120,196 +118,388 @@ func retryDelay(queue string, n int) time.Duration {
 	return time.Duration(float64(d) * (0.75 + rand.Float64()/2)) //nolint:gosec // jitter needs no crypto
 }
 
-// noKeySnooze is how long a job waits when no key is free: at least what
-// the pool says, plus up to half a second of jitter so waiting jobs do not
-// all come back at once.
-func noKeySnooze(retryAfter time.Duration) time.Duration {
-	return max(retryAfter, 250*time.Millisecond) + rand.N(500*time.Millisecond) //nolint:gosec // jitter needs no crypto
+// attempt is one attempt of one job.
+type attempt struct {
+	job *river.Job[jobs.Args]
+	op  jobs.Operation
+	log *slog.Logger
+	s   *slot
+	// progress is the last progress written, so only changes are.
+	progress struct {
+		stage    string
+		position *int
+		logs     int
+		at       time.Time
+	}
 }
 
 // Work runs one attempt of an AI job.
 func (w *Worker) Work(ctx context.Context, job *river.Job[jobs.Args]) error {
-	log := w.logger.With(slog.Int64("job_id", job.ID), slog.String("operation", job.Args.Operation),
-		slog.String("queue", job.Queue), slog.Int("attempt", job.Attempt))
-
-	// Every AI job has an open hold while it can run: the database refuses a
-	// job without one and refuses to requeue a job whose hold is settled
-	// (migrations 00003, 00010), so there is nothing to check here.
-	var out output
-	if err := readOutput(job.JobRow, &out); err != nil {
-		return fmt.Errorf("read job output: %w", err)
+	a := &attempt{job: job, log: w.logger.With(slog.Int64("job_id", job.ID), slog.String("operation", job.Args.Operation),
+		slog.String("queue", job.Queue), slog.Int("attempt", job.Attempt))}
+	var ok bool
+	if a.op, ok = w.catalog.Get(job.Args.Operation); !ok { // an operation taken out of the catalog after this job was submitted
+		a.op = jobs.DefaultOperation(job.Args.Operation)
 	}
-	op, ok := w.catalog.Get(job.Args.Operation)
-	if !ok { // an operation taken out of the catalog after this job was submitted
-		op = jobs.DefaultOperation(job.Args.Operation)
+	s, err := w.reqs.current(ctx, job.ID)
+	if err != nil {
+		return err
 	}
-
-	if out.Fal == nil {
-		// No request id is stored, so no earlier attempt has a request fal
-		// accepted that we know of. A claim left without a request id means
-		// an earlier attempt died between claiming a key and storing fal's
-		// answer: fal may have accepted that request, but its id is gone.
-		if n, err := w.reqs.abandonClaims(ctx, w.pool, job.ID); err != nil {
-			return err
-		} else if n > 0 {
-			log.WarnContext(ctx, "an earlier attempt stopped between submitting to fal and storing the request id; submitting again",
-				slog.Int("claims", n))
+	switch {
+	case s != nil && s.open() && s.req.ID != "":
+		a.s = s
+		a.log = a.log.With(slog.String("fal_request_id", s.req.ID))
+		a.log.InfoContext(ctx, "resuming fal request", slog.Int("key", s.req.Key))
+		return w.follow(ctx, a)
+	case s != nil && s.open():
+		if s.attempt != job.Attempt {
+			// An earlier attempt held this slot and stopped between
+			// submitting and storing fal's answer (a crash): fal may have
+			// that request, but its id is gone.
+			w.reqs.abandoned(ctx, a.log, s, "an earlier attempt stopped between submitting and storing the request id; submitting again")
 		}
-		ref, err := w.submit(ctx, log, job, &out)
-		if err != nil {
-			return w.fail(ctx, log, job, nil, err)
-		}
-		out.Fal = ref
-	} else {
-		log.InfoContext(ctx, "resuming fal request", slog.String("fal_request_id", out.Fal.RequestID), slog.Int("key", out.Fal.Key))
+		a.s = s
+		return w.submit(ctx, a)
 	}
-	return w.poll(ctx, log, job, op, &out)
+	// No slot: a retry after a failed submit, or a job River's rescuer or
+	// an admin handed back. Take a free slot if nobody waits, or join the
+	// line.
+	if a.s, err = w.line.claim(ctx, job.ID, job.Attempt, job.Args, job.Queue); err != nil {
+		return err
+	}
+	if a.s == nil {
+		return w.park(ctx, a)
+	}
+	return w.submit(ctx, a)
 }
 
-// submit claims a key and submits the job's request to fal. A key that
-// answers 401/403 (taken out) or 429 (cooling down) is skipped and the next
-// key tried within the same attempt; when no key is left the pool's
-// KindNoKey error makes the job snooze. fal's request id is stored in the
-// job's output and in fal_requests in one transaction before submit returns.
-func (w *Worker) submit(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], out *output) (*falRef, error) {
-	var lastErr error
-	for range w.fal.NumKeys() + 1 {
-		claim, key, err := w.reqs.claim(ctx, job.ID, job.Attempt, job.Args.Model)
-		if err != nil {
-			return nil, err
-		}
-		req, err := w.submitOnce(ctx, key, job)
-		if err != nil {
-			w.reqs.release(ctx, claim, job.ID, err)
-			lastErr = err
-			if k := falclient.KindOf(err); k == falclient.KindAuth || k == falclient.KindRateLimited {
-				log.WarnContext(ctx, "fal key refused the request; trying another key", slog.Any("error", err))
-				continue // this key is now cooling down or out; the pool skips it
-			}
-			return nil, err
-		}
-		ref := &falRef{RequestID: req.ID, Key: key, Model: job.Args.Model, SubmittedAt: time.Now().UTC()}
-		out.Fal = ref
-		if err := w.store(ctx, job, claim, out); err != nil {
-			// fal has the request but its id is not stored: cancel it at fal
-			// rather than leave a paid request nobody waits for.
-			log.ErrorContext(ctx, "could not store fal request id; cancelling it at fal", slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
-			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
-			w.reqs.release(ctx, claim, job.ID, err)
-			out.Fal = nil
-			return nil, err
-		}
-		log.InfoContext(ctx, "fal request submitted", slog.String("fal_request_id", ref.RequestID), slog.Int("key", key))
-		return ref, nil
+// park puts the job back in the line and snoozes it until the line wakes
+// it.
+func (w *Worker) park(ctx context.Context, a *attempt) error {
+	if err := w.line.park(ctx, a.job.ID, a.job.Queue, a.job.Args.UserID); err != nil {
+		return err
 	}
-	return nil, lastErr
+	a.log.DebugContext(ctx, "no fal slot free; waiting in the line")
+	return river.JobSnooze(parkFor)
+}
+
+// submitOptions are the fal submit options of a job: background work waits
+// behind normal work in fal's own queue, and fal calls the webhook, if any.
+func (w *Worker) submitOptions(a *attempt) *falclient.SubmitOptions {
+	opts := &falclient.SubmitOptions{WebhookURL: w.cfg.WebhookURL}
+	if a.job.Queue == jobs.QueueBackground {
+		opts.Priority = falclient.PriorityLow
+	}
+	return opts
+}
+
+// submit submits the job's request to fal with its slot's key. A key that
+// answers 401/403 (taken out) or 429 (cooling down) is marked so for every
+// process and the slot moves to another usable key, or the job goes back
+// in the line. fal's answer is stored before submit returns.
+func (w *Worker) submit(ctx context.Context, a *attempt) error {
+	for {
+		req, err := w.submitOnce(ctx, a)
+		if err == nil {
+			a.s.req = req
+			a.log = a.log.With(slog.String("fal_request_id", req.ID))
+			if err := w.store(ctx, a); err != nil {
+				return err
+			}
+			a.log.InfoContext(ctx, "fal request submitted", slog.Int("key", req.Key))
+			return w.follow(ctx, a)
+		}
+		switch k := falclient.KindOf(err); {
+		case k == falclient.KindAuth || k == falclient.KindRateLimited:
+			a.log.WarnContext(ctx, "fal key refused the request; trying another key", slog.Any("error", err))
+			w.keyRefused(ctx, a.s.req.Key, k)
+			moved, merr := w.line.move(ctx, a.s)
+			if merr != nil {
+				w.reqs.release(ctx, a.s, err)
+				return merr
+			}
+			if !moved {
+				w.reqs.release(ctx, a.s, err)
+				return w.park(ctx, a)
+			}
+		default:
+			w.reqs.release(ctx, a.s, err)
+			return w.fail(ctx, a, err)
+		}
+	}
+}
+
+// keyRefused records, for every process, until when key is unusable after
+// fal refused it, as the fal client's own health tracking has computed it.
+func (w *Worker) keyRefused(ctx context.Context, key int, kind falclient.Kind) {
+	for _, h := range w.fal.KeyHealth() {
+		if h.Index != key {
+			continue
+		}
+		until, reason := h.CoolingUntil, "rate_limited"
+		if kind == falclient.KindAuth {
+			until, reason = h.RevokedUntil, "revoked"
+		}
+		if !until.After(time.Now()) {
+			return
+		}
+		if err := w.reqs.markUnusable(context.WithoutCancel(ctx), key, until, reason); err != nil {
+			w.logger.WarnContext(ctx, "could not record a fal key's health", slog.String("key", h.Name), slog.Any("error", err))
+		}
+		time.AfterFunc(time.Until(until), w.line.Kick)
+		return
+	}
 }
 
 // submitOnce sends the submit with the attempt's deadline but not its
 // cancellation: a job cancelled while its submit is on the wire would
-// otherwise lose the id of a request fal may still accept. The request id is
-// stored, and the poll that follows sees the cancel and cancels it at fal.
-func (w *Worker) submitOnce(ctx context.Context, key int, job *river.Job[jobs.Args]) (falclient.Request, error) {
+// otherwise lose the id of a request fal may still accept. The request id
+// is stored, and the follow that comes next sees the cancel and cancels it
+// at fal.
+func (w *Worker) submitOnce(ctx context.Context, a *attempt) (falclient.Request, error) {
 	subCtx := context.WithoutCancel(ctx)
 	if d, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
 		subCtx, cancel = context.WithDeadline(subCtx, d)
 		defer cancel()
 	}
-	return w.fal.Submit(subCtx, key, job.Args.Model, job.Args.Params, nil)
+	return w.fal.Submit(subCtx, a.s.req.Key, a.job.Args.Model, a.job.Args.Params, w.submitOptions(a))
 }
 
-// store records fal's request id in the job's output (the ai_jobs view's
-// fal_request_id) and in fal_requests, in one transaction. It runs even when
-// the job was cancelled meanwhile, so the request can be cancelled at fal.
-func (w *Worker) store(ctx context.Context, job *river.Job[jobs.Args], claim int64, out *output) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
-	defer cancel()
-	tx, err := w.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if err := stored(ctx, tx, claim, job.ID, out.Fal.RequestID); err != nil {
-		return err
-	}
-	client := river.ClientFromContext[pgx.Tx](ctx)
-	if _, err := client.JobUpdateTx(ctx, tx, job.ID, &river.JobUpdateParams{Output: out}); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
-}
+// storeMargin is kept between giving up storing a request id and the time
+// River's rescuer could hand the job to another worker.
+const storeMargin = 5 * time.Second
 
-// poll checks the request's status until fal completes it, then fetches and
-// records the result. Video requests are checked once per attempt and the
-// job snoozes between checks; image requests are checked for up to
-// ImagePollBudget before the job snoozes. Transient errors while polling
-// snooze with back-off without using an attempt: the request is paid for and
-// still running at fal, and the operation's timeout bounds the wait.
-func (w *Worker) poll(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], op jobs.Operation, out *output) error {
-	ref := out.Fal
-	deadline := time.Now().Add(w.cfg.ImagePollBudget)
-	wait := w.cfg.PollInterval
+// store stores fal's answer durably. A database that does not answer (a
+// crash, a restart) does not make the worker drop a request fal accepted:
+// it stores again with back-off for as long as the job is surely its own
+// (until shortly before River's rescuer could hand it to another worker,
+// past the attempt's own deadline if need be), and only then cancels the
+// request at fal: the next attempt could not know it and would pay for a
+// second one.
+func (w *Worker) store(ctx context.Context, a *attempt) error {
+	start := time.Now()
+	if a.job.AttemptedAt != nil {
+		start = *a.job.AttemptedAt
+	}
+	deadline := start.Add(w.cfg.RescueAfter - storeMargin)
+	wait := 100 * time.Millisecond
 	for {
-		if time.Since(ref.SubmittedAt) > op.Timeout {
-			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
-			return w.fail(ctx, log, job, ref, &jobs.JobError{Code: jobs.CodeTimeout, Message: fmt.Sprintf("fal did not finish within %s", op.Timeout)})
+		storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err := w.reqs.store(storeCtx, a.s, a.job.Attempt)
+		cancel()
+		if err == nil {
+			return nil
 		}
-		key := w.readKey(ref)
-		st, err := w.fal.Status(ctx, key, falclient.Request{ID: ref.RequestID, Key: ref.Key, Model: ref.Model}, false)
+		if time.Now().Add(wait).After(deadline) || errors.Is(err, errSlotGone) {
+			a.log.ErrorContext(ctx, "could not store the fal request id; cancelling it at fal", slog.Any("error", err))
+			w.reqs.cancel(ctx, a.log, a.s.req)
+			return err
+		}
+		a.log.WarnContext(ctx, "could not store the fal request id; trying again", slog.Duration("retry_in", wait), slog.Any("error", err))
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// imagePollBudget is how long one attempt follows an image request before
+// it snoozes (a second) and the next attempt follows on; at most three
+// quarters of the attempt.
+func (w *Worker) imagePollBudget() time.Duration { return min(45*time.Second, w.cfg.AttemptTimeout*3/4) }
+
+// errStreamEnded is a status stream that ended before fal finished.
+var errStreamEnded = errors.New("status stream ended")
+
+// follow follows the job's request until fal finishes it. An image request
+// is followed on fal's status stream (falling back to polling when the
+// stream cannot be opened or drops) for up to imagePollBudget before the
+// job snoozes; a video request is read once per attempt and the job
+// snoozes in between, holding no worker while fal works. A request is
+// asked before it is judged: the operation's timeout applies only to a
+// request fal says is unfinished.
+func (w *Worker) follow(ctx context.Context, a *attempt) error {
+	deadline := time.Now().Add(w.imagePollBudget())
+	stream := a.op.Kind != jobs.KindVideo
+	wait := 100 * time.Millisecond
+	for {
+		key := w.readKey(a.s.req)
+		var st falclient.Status
+		var err error
+		if stream {
+			watchCtx, cancel := context.WithDeadline(ctx, deadline)
+			st, err = w.fal.WatchStatus(watchCtx, key, a.s.req, true, func(st falclient.Status) { w.onProgress(ctx, a, st) })
+			cancel()
+			if err == nil && st.State != falclient.StateCompleted {
+				err = errStreamEnded
+			}
+			if err != nil && ctx.Err() == nil && falclient.KindOf(err) != falclient.KindNotFound && falclient.KindOf(err) != falclient.KindAuth {
+				// Poll the rest of this attempt.
+				a.log.DebugContext(ctx, "fal status stream unavailable; polling", slog.Any("error", err))
+				stream = false
+				continue
+			}
+		} else {
+			st, err = w.fal.Status(ctx, key, a.s.req, true)
+		}
 		if err != nil {
-			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
+			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(a.s.req) != key {
 				continue // the key was just revoked: read with another one at once
 			}
-			return w.pollError(ctx, log, job, out, substituteKeyError(key, ref, err))
+			return w.pollError(ctx, a, substituteKeyError(key, a.s.req, err))
 		}
+		w.onProgress(ctx, a, st)
 		if st.State == falclient.StateCompleted {
-			if err := w.reqs.finish(ctx, ref.RequestID, falStateCompleted, nil); err != nil {
-				return err
-			}
-			res, err := w.fal.Result(ctx, key, falclient.Request{ID: ref.RequestID, Key: ref.Key, Model: ref.Model})
-			err = substituteKeyError(key, ref, err)
-			if falclient.KindOf(err) == falclient.KindAuth && w.readKey(ref) != key {
-				continue // the key was just revoked: read with another one at once
-			}
-			switch {
-			case err == nil:
-				out.Result = res.Output
-				if err := river.RecordOutput(ctx, out); err != nil {
-					return err
-				}
-				log.InfoContext(ctx, "job succeeded", slog.String("fal_request_id", ref.RequestID))
-				return nil
-			case falclient.KindOf(err) != falclient.KindNotReady:
-				return w.pollError(ctx, log, job, out, err)
-			}
-			// fal said COMPLETED but the result is not there yet: poll again.
+			return w.complete(ctx, a, key, st)
 		}
-		if op.Kind == jobs.KindVideo || time.Now().After(deadline) {
-			interval := w.cfg.VideoPollInterval
-			if op.Kind != jobs.KindVideo {
-				interval = time.Second
-			}
-			return river.JobSnooze(interval)
+		if time.Since(a.s.submittedAt) > a.op.Timeout {
+			w.reqs.cancel(ctx, a.log, a.s.req)
+			return w.fail(ctx, a, &jobs.JobError{Code: jobs.CodeTimeout, Message: fmt.Sprintf("fal did not finish within %s", a.op.Timeout)})
+		}
+		if a.op.Kind == jobs.KindVideo {
+			return river.JobSnooze(w.cfg.VideoPollInterval)
+		}
+		if time.Now().After(deadline) {
+			return river.JobSnooze(time.Second)
 		}
 		select {
 		case <-ctx.Done():
-			return w.fail(ctx, log, job, ref, ctx.Err())
+			return w.fail(ctx, a, ctx.Err())
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, time.Second)
 	}
 }
 
+// maxLogs is how many of fal's latest log lines a job's progress keeps.
+const maxLogs = 20
+
+// progressEvery bounds how often new log lines alone are written.
+const progressEvery = 500 * time.Millisecond
+
+// onProgress records fal's progress of the request when it changed: its
+// stage and queue position at once, new log lines at most every
+// progressEvery.
+func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status) {
+	stage := stageInQueue
+	switch st.State {
+	case falclient.StateInProgress:
+		stage = stageInProgress
+	case falclient.StateCompleted:
+		stage = stageFinishing
+	}
+	var position *int
+	if st.State == falclient.StateInQueue {
+		position = &st.QueuePosition
+	}
+	p := &a.progress
+	samePosition := (position == nil) == (p.position == nil) && (position == nil || *position == *p.position)
+	newLogs := len(st.Logs) != p.logs
+	if stage == p.stage && samePosition && (!newLogs || time.Since(p.at) < progressEvery) {
+		return
+	}
+	var logs json.RawMessage
+	if newLogs {
+		lines := st.Logs[max(0, len(st.Logs)-maxLogs):]
+		logs, _ = json.Marshal(lines)
+	}
+	if err := w.reqs.progress(ctx, a.s.id, stage, position, logs); err != nil {
+		a.log.DebugContext(ctx, "could not record fal progress", slog.Any("error", err))
+		return
+	}
+	p.stage, p.position, p.logs, p.at = stage, position, len(st.Logs), time.Now()
+}
+
+// complete handles a request fal says is COMPLETED: it fetches the result
+// at once and completes the job in the transaction that frees the slot. A
+// request fal completed with the model's error ends the job at once (fal
+// already retried it and does not bill it), or is submitted once more when
+// fal marks it retryable; a result fal no longer keeps fails the job: it is
+// never submitted again, which would be paid twice.
+func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient.Status) error {
+	if st.Error != "" {
+		return w.modelError(ctx, a, &falclient.Error{Kind: falclient.KindModelError, Op: "status", Key: key,
+			Message: st.Error, ErrorType: st.ErrorType})
+	}
+	res, err := w.fal.Result(ctx, key, a.s.req)
+	switch k := falclient.KindOf(err); {
+	case err == nil:
+	case k == falclient.KindNotFound:
+		w.finishSlot(ctx, a, falStateExpired, err)
+		return w.fail(ctx, a, &jobs.JobError{Code: jobs.CodeResultExpired, Message: "fal no longer keeps the result of this request: " + err.Error()})
+	case k == falclient.KindModelError:
+		return w.modelError(ctx, a, err)
+	case k == falclient.KindInvalidParams || falclient.IsPermanent(err):
+		w.finishSlot(ctx, a, falStateCompleted, err)
+		return w.fail(ctx, a, err)
+	case k == falclient.KindNotReady:
+		return river.JobSnooze(100 * time.Millisecond)
+	default:
+		return w.pollError(ctx, a, err)
+	}
+	if err := river.RecordOutput(ctx, output{Result: res.Output}); err != nil {
+		return err
+	}
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if err := finish(ctx, tx, a.s.id, falStateCompleted, nil, res.BillableUnits); err != nil {
+		return err
+	}
+	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, a.job); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	w.line.Kick()
+	a.log.InfoContext(ctx, "job succeeded")
+	return nil
+}
+
+// modelError ends a request fal completed with the model's own error: the
+// job fails with fal's message, unless fal says a retry can help and this
+// run has not been submitted again for it yet.
+func (w *Worker) modelError(ctx context.Context, a *attempt, err error) error {
+	var fe *falclient.Error
+	je := &jobs.JobError{Code: jobs.CodeModelError, Message: err.Error()}
+	if errors.As(err, &fe) && fe.Retryable {
+		again, rerr := w.reqs.renew(ctx, a.s, je)
+		if rerr != nil {
+			return rerr
+		}
+		if again != nil {
+			a.log.WarnContext(ctx, "the model failed and fal says a retry can help; submitting once more", slog.Any("error", err))
+			a.s = again
+			return w.submit(ctx, a)
+		}
+	}
+	w.finishSlot(ctx, a, falStateCompleted, je)
+	return w.fail(ctx, a, je)
+}
+
+// finishSlot ends the attempt's slot in state, freeing it for the line.
+func (w *Worker) finishSlot(ctx context.Context, a *attempt, state string, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
+	defer cancel()
+	if err := finish(ctx, w.pool, a.s.id, state, cause, nil); err != nil {
+		a.log.WarnContext(ctx, "could not free the fal slot; the sweeper will", slog.Any("error", err))
+		return
+	}
+	a.s.state = state
+	w.line.Kick()
+}
+
 // readKey is the key to check and fetch a request with: the key that
 // submitted it, unless that key has since been revoked (401/403). fal scopes
 // requests by account and a studio's keys share one, so another usable key
 // reads the request, and the job does not wait out its timeout on a dead key.
-func (w *Worker) readKey(ref *falRef) int {
+func (w *Worker) readKey(req falclient.Request) int {
 	states := w.fal.KeyHealth()
 	for _, s := range states {
-		if s.Index == ref.Key && !s.Revoked {
-			return ref.Key
+		if s.Index == req.Key && !s.Revoked {
+			return req.Key
 		}
 	}
 	for _, s := range states {
@@ -317,133 +507,84 @@ func (w *Worker) readKey(ref *falRef) int {
 			return s.Index
 		}
 	}
-	return ref.Key
+	return req.Key
 }
 
 // substituteKeyError keeps a 404 from a substitute key from being taken for
 // a lost request: keys of another fal account cannot see it, and treating it
 // as lost would pay for a second request. It becomes a plain retryable
 // error (the job snoozes and checks again).
-func substituteKeyError(key int, ref *falRef, err error) error {
-	if err != nil && key != ref.Key && falclient.KindOf(err) == falclient.KindNotFound {
-		return fmt.Errorf("key-%d cannot see request %s submitted with key-%d (another fal account?): %s", key, ref.RequestID, ref.Key, err.Error())
+func substituteKeyError(key int, req falclient.Request, err error) error {
+	if err != nil && key != req.Key && falclient.KindOf(err) == falclient.KindNotFound {
+		return fmt.Errorf("key-%d cannot see request %s submitted with key-%d (another fal account?): %s", key, req.ID, req.Key, err.Error())
 	}
 	return err
 }
 
-// pollError handles an error from checking or fetching a submitted request.
-// A request fal no longer knows (404) is recorded as lost and the job
-// retries with a new request; cancels and permanent errors go to fail; any
-// other error snoozes the job with the queue's back-off, keeping the
-// request.
-func (w *Worker) pollError(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], out *output, err error) error {
-	ref := out.Fal
+// pollError handles an error from reading a submitted request. A request
+// fal no longer knows (404) is recorded as lost and the job retries with a
+// new request; cancels and permanent errors go to fail; any other error
+// snoozes the job with the queue's back-off, keeping the request and its
+// slot: it is paid for and still running at fal.
+func (w *Worker) pollError(ctx context.Context, a *attempt, err error) error {
 	switch {
 	case ctx.Err() != nil || falclient.IsPermanent(err):
-		return w.fail(ctx, log, job, ref, err)
+		return w.fail(ctx, a, err)
 	case falclient.KindOf(err) == falclient.KindNotFound:
-		log.WarnContext(ctx, "fal does not know the request any more; the next attempt submits a new one",
-			slog.String("fal_request_id", ref.RequestID), slog.Any("error", err))
-		if ferr := w.reqs.finish(ctx, ref.RequestID, falStateLost, err); ferr != nil {
-			return ferr
-		}
-		out.Lost = append(out.Lost, ref.RequestID)
-		out.Fal = nil
-		client := river.ClientFromContext[pgx.Tx](ctx)
-		if _, uerr := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); uerr != nil {
-			return uerr
-		}
+		a.log.WarnContext(ctx, "fal does not know the request any more; the next attempt submits a new one", slog.Any("error", err))
+		w.finishSlot(ctx, a, falStateLost, err)
 		return &jobs.JobError{Code: jobs.CodeUpstream, Message: err.Error()}
 	}
-	out.PollErrors++
-	d := retryDelay(job.Queue, out.PollErrors)
-	log.WarnContext(ctx, "checking the fal request failed; checking again later", slog.String("fal_request_id", ref.RequestID),
-		slog.Int("poll_errors", out.PollErrors), slog.Duration("retry_in", d), slog.Any("error", err))
-	client := river.ClientFromContext[pgx.Tx](ctx)
-	if _, uerr := client.JobUpdate(ctx, job.ID, &river.JobUpdateParams{Output: out}); uerr != nil {
-		return uerr
-	}
+	d := retryDelay(a.job.Queue, a.job.Attempt)
+	a.log.WarnContext(ctx, "reading the fal request failed; reading again later", slog.Duration("retry_in", d), slog.Any("error", err))
 	return river.JobSnooze(d)
 }
 
 // fail decides what an error means for the job: a cancelled job cancels its
-// fal request; a permanent fal error discards the job at once (refund, no
-// retry); no free key snoozes (no attempt used); anything else is retried by
-// River with the queue's back-off. ref is the job's fal request, if any.
-func (w *Worker) fail(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], ref *falRef, err error) error {
+// fal request; a permanent fal error ends the job at once as failed (River's
+// JobCancel with the error's code: refunded, no retry); anything else is
+// retried by River with the queue's back-off.
+func (w *Worker) fail(ctx context.Context, a *attempt, err error) error {
 	if ctx.Err() != nil && errors.Is(context.Cause(ctx), rivertype.ErrJobCancelledRemotely) {
-		if ref != nil {
-			w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
-		}
+		w.endSlot(ctx, a)
 		return river.JobCancel(&jobs.JobError{Code: jobs.CodeCancelled, Message: "the job was cancelled"})
 	}
-	var fe *falclient.Error
-	if errors.As(err, &fe) {
-		switch {
-		case fe.Kind == falclient.KindNoKey:
-			d := noKeySnooze(fe.RetryAfter)
-			log.DebugContext(ctx, "no fal key free; snoozing", slog.Duration("retry_in", d), slog.String("reason", fe.Message))
-			return river.JobSnooze(d)
-		case falclient.IsPermanent(err):
-			if ref != nil {
-				w.reqs.cancel(ctx, log, ref.Key, ref.Model, ref.RequestID)
-			}
-			code := jobs.CodeUpstream
-			if fe.Kind == falclient.KindInvalidParams {
-				code = jobs.CodeInvalidParams
-			}
-			return w.discard(ctx, log, job, &jobs.JobError{Code: code, Message: fe.Error()})
-		}
-		return &jobs.JobError{Code: jobs.CodeUpstream, Message: fe.Error()}
-	}
 	var je *jobs.JobError
-	if errors.As(err, &je) && je.Code == jobs.CodeTimeout {
-		return w.discard(ctx, log, job, je)
+	var fe *falclient.Error
+	switch {
+	case errors.As(err, &je):
+		if je.Code == jobs.CodeUpstream {
+			return je // retried
+		}
+	case errors.As(err, &fe) && falclient.IsPermanent(err):
+		code := jobs.CodeUpstream
+		switch fe.Kind {
+		case falclient.KindInvalidParams:
+			code = jobs.CodeInvalidParams
+		case falclient.KindModelError:
+			code = jobs.CodeModelError
+		case falclient.KindDeadline:
+			code = jobs.CodeDeadlineExceeded
+		}
+		je = &jobs.JobError{Code: code, Message: fe.Error()}
+	case errors.As(err, &fe):
+		return &jobs.JobError{Code: jobs.CodeUpstream, Message: fe.Error()} // retried
+	default:
+		return err // retried
 	}
-	return err
+	w.endSlot(ctx, a)
+	a.log.WarnContext(ctx, "job failed permanently", slog.String("code", je.Code), slog.String("error", je.Message))
+	return river.JobCancel(je)
 }
 
-// discard ends the job now as failed, without retries, in River's own way
-// (the same state change River makes when attempts run out), so the
-// database refunds the hold in the same transaction.
-func (w *Worker) discard(ctx context.Context, log *slog.Logger, job *river.Job[jobs.Args], jerr *jobs.JobError) error {
-	log.WarnContext(ctx, "job failed permanently", slog.String("code", jerr.Code), slog.String("error", jerr.Message))
-	client := river.ClientFromContext[pgx.Tx](ctx)
-	errData, err := json.Marshal(rivertype.AttemptError{At: time.Now().UTC(), Attempt: job.Attempt, Error: jerr.Error()})
-	if err != nil {
-		return err
+// endSlot frees the attempt's slot when the job ends: a request fal has is
+// cancelled there, a claim without one released.
+func (w *Worker) endSlot(ctx context.Context, a *attempt) {
+	switch {
+	case a.s == nil || !a.s.open():
+	case a.s.req.ID != "":
+		w.reqs.cancel(ctx, a.log, a.s.req)
+	default:
+		w.reqs.release(ctx, a.s, errors.New("the job ended before its request was submitted"))
 	}
-	// One statement: the settling trigger refunds in its transaction.
-	p := riverdriver.JobSetStateDiscarded(job.ID, time.Now().UTC(), errData, nil)
-	_, err = client.Driver().GetExecutor().JobSetStateIfRunningMany(ctx, &riverdriver.JobSetStateIfRunningManyParams{
-		ID:              []int64{p.ID},
-		Attempt:         []*int{p.Attempt},
-		ErrData:         [][]byte{p.ErrData},
-		FinalizedAt:     []*time.Time{p.FinalizedAt},
-		MetadataDoMerge: []bool{false},
-		MetadataUpdates: [][]byte{nil},
-		ScheduledAt:     []*time.Time{p.ScheduledAt},
-		State:           []rivertype.JobState{p.State},
-	})
-	if err != nil {
-		return err
-	}
-	// River's completer finds the job no longer running and leaves it be.
-	return nil
-}
-
-func readOutput(row *rivertype.JobRow, out *output) error {
-	if len(row.Metadata) == 0 {
-		return nil
-	}
-	var md struct {
-		Output json.RawMessage `json:"output"`
-	}
-	if err := json.Unmarshal(row.Metadata, &md); err != nil {
-		return err
-	}
-	if len(md.Output) == 0 || string(md.Output) == "null" {
-		return nil
-	}
-	return json.Unmarshal(md.Output, out)
 }

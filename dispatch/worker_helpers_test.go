@@ -39,23 +39,27 @@ var testKeys = []string{"fk-worker-aaaa:1111", "fk-worker-bbbb:2222", "fk-worker
 // workerBundle is a real River client working the queues against a fresh
 // database, with a falclient talking to a falsim server.
 type workerBundle struct {
-	pool    *pgxpool.Pool
-	river   *river.Client[pgx.Tx]
-	svc     *jobs.Service
-	worker  *dispatch.Worker
-	fal     *falclient.Client
-	sim     *falsim.Server
-	simURL  string
-	reg     *prometheus.Registry
-	logs    *logtest.Buffer
-	catalog *jobs.Catalog
+	pool     *pgxpool.Pool
+	river    *river.Client[pgx.Tx]
+	svc      *jobs.Service
+	worker   *dispatch.Worker
+	dispatch *dispatch.Dispatch
+	fal      *falclient.Client
+	sim      *falsim.Server
+	simURL   string
+	reg      *prometheus.Registry
+	logs     *logtest.Buffer
+	catalog  *jobs.Catalog
 }
 
 type workerOpts struct {
 	// Sim configures the simulator (Keys is filled in); default Fast.
 	Sim *falsim.Options
-	// MaxInFlight is the per-key cap; default 100 (no limit in practice).
+	// MaxInFlight is the slots of each key; default 100 (no limit in
+	// practice).
 	MaxInFlight int
+	// Caps are the lower queues' caps; default dispatch.DefaultCaps.
+	Caps dispatch.Caps
 	// Limits are the queue worker limits; default 10 each.
 	Limits dispatch.QueueLimits
 	// Worker tunes the worker.
@@ -95,7 +99,6 @@ func setupWorker(t *testing.T, opts *workerOpts) *workerBundle {
 	b.fal, err = falclient.New(falclient.Config{
 		BaseURL:      b.simURL,
 		Keys:         testKeys,
-		MaxInFlight:  cmp.Or(opts.MaxInFlight, 100),
 		Timeout:      5 * time.Second,
 		Logger:       logger,
 		Registerer:   b.reg,
@@ -107,16 +110,26 @@ func setupWorker(t *testing.T, opts *workerOpts) *workerBundle {
 	if limits == (dispatch.QueueLimits{}) {
 		limits = dispatch.QueueLimits{Urgent: 10, Normal: 10, Background: 10}
 	}
-	b.worker = dispatch.NewWorker(b.pool, b.fal, b.catalog, logger, opts.Worker)
-	b.river, err = dispatch.NewClient(b.pool, dispatch.ClientConfig{Limits: limits, Work: true, Worker: b.worker, Logger: logger})
+	capacities := make([]int, len(testKeys))
+	for i := range capacities {
+		capacities[i] = cmp.Or(opts.MaxInFlight, 100)
+	}
+	b.dispatch, err = dispatch.New(dispatch.Config{
+		Pool: b.pool, Fal: b.fal, Capacities: capacities, Catalog: b.catalog, Logger: logger, Caps: opts.Caps,
+		Worker: opts.Worker, Client: dispatch.ClientConfig{Limits: limits, Work: true, Logger: logger},
+	})
 	require.NoError(t, err)
+	b.worker, b.river = b.dispatch.Worker, b.dispatch.River
+	b.reg.MustRegister(dispatch.NewCollector(b.pool, b.dispatch.Line, b.dispatch.Requests(), logger))
 	b.svc = jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: b.catalog,
-		Hooks: jobs.Hooks{Cancelled: b.worker.Requests().Cancelled}})
-	require.NoError(t, b.river.Start(context.Background()))
+		Hooks: jobs.Hooks{Committed: b.dispatch.Line.Committed, Cancelled: b.dispatch.Requests().Cancelled}})
+	ctx, cancel := context.WithCancel(context.Background())
+	require.NoError(t, b.dispatch.Start(ctx))
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		require.NoError(t, b.river.StopAndCancel(ctx))
+		stopCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+		defer stop()
+		require.NoError(t, b.river.StopAndCancel(stopCtx))
+		cancel()
 	})
 	return b
 }
@@ -149,7 +162,7 @@ func (b *workerBundle) waitFinal(t *testing.T, uid string, ids []string, within 
 			if out[i] != nil && jobs.Final(out[i].State) {
 				continue
 			}
-			j, err := b.svc.Get(context.Background(), uid, id)
+			j, err := b.svc.Get(context.Background(), uid, id, false)
 			require.NoError(t, err)
 			out[i] = j
 			if !jobs.Final(j.State) {
@@ -166,7 +179,7 @@ func (b *workerBundle) waitStored(t *testing.T, uid, id string) string {
 	t.Helper()
 	var rid string
 	require.Eventually(t, func() bool {
-		j, err := b.svc.Get(context.Background(), uid, id)
+		j, err := b.svc.Get(context.Background(), uid, id, false)
 		require.NoError(t, err)
 		rid = j.FalRequestID
 		return rid != ""
@@ -178,7 +191,7 @@ func (b *workerBundle) waitStored(t *testing.T, uid, id string) string {
 func (b *workerBundle) waitRiverState(t *testing.T, uid, id string, state rivertype.JobState) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		j, err := b.svc.Get(context.Background(), uid, id)
+		j, err := b.svc.Get(context.Background(), uid, id, false)
 		require.NoError(t, err)
 		return j.RiverState == string(state)
 	}, 10*time.Second, 10*time.Millisecond, "job %s never reached %s", id, state)
@@ -222,4 +235,25 @@ func requireAll(t *testing.T, list []*jobs.Job, state, creditState string) {
 		require.Equal(t, state, j.State, "job %s: %+v", j.ID, j.Error)
 		require.Equal(t, creditState, j.Credits.State, "job %s", j.ID)
 	}
+}
+
+// crashed submits a generate job for uid as a crashed attempt leaves it:
+// attempt 1, back in the queue (as River's rescuer makes it), with what
+// setup wrote in the same transaction. It returns the job's id.
+func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, id int64)) string {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	sub, err := b.svc.SubmitTx(ctx, tx, uid, []jobs.Item{{Operation: "generate", Params: json.RawMessage(generateParams)}}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	id := sub.IDs[0]
+	setup(tx, id)
+	_, err = tx.Exec(ctx, `UPDATE river_job SET attempt = 1, attempted_at = now() WHERE id = $1`, id)
+	require.NoError(t, err)
+	_, err = b.river.JobRetryTx(ctx, tx, id)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	return jobs.FormatID(id)
 }

@@ -43,13 +43,4 @@ func TestRetryDelay(t *testing.T) {
 		require.Greater(t, len(seen), 1)
 	})
 
-	t.Run("NoKeySnoozeIsJitteredAndBounded", func(t *testing.T) {
-		t.Parallel()
-		for range 50 {
-			d := noKeySnooze(time.Second)
-			require.GreaterOrEqual(t, d, time.Second)
-			require.Less(t, d, 1500*time.Millisecond)
-			require.GreaterOrEqual(t, noKeySnooze(0), 250*time.Millisecond)
-		}
-	})
 }

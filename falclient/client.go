@@ -5,9 +5,8 @@
 // ever written into the Authorization header, and only sent to
 // Config.BaseURL's host. The Client keeps each key's health in memory (429 ->
 // cool-down with exponential back-off, 401/403 -> taken out for
-// Config.RevokeFor, success -> healthy) and PickKey chooses keys round-robin
-// among the healthy ones below their capacity (Config.Capacity; fal's
-// concurrency is per account).
+// Config.RevokeFor, success -> healthy) for KeyHealth; which key a request
+// uses is the caller's choice (package dispatch hands out each key's slots).
 //
 // Submit returns a Request: the value to store before waiting. Status,
 // WatchStatus (fal's server-sent status stream), Result and Cancel take it
@@ -32,7 +31,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,14 +69,6 @@ type Config struct {
 	// Key i is named "key-<i+1>" everywhere; the secret never appears in a
 	// log, error or metric.
 	Keys []string
-	// MaxInFlight is the number of fal requests in progress allowed on every
-	// key, enforced by PickKey, when Capacity is empty; default 2.
-	MaxInFlight int
-	// Capacity, when set, is the number of fal requests in progress allowed
-	// on each key, in Keys order, one entry per key: fal's concurrency is
-	// per account and accounts differ. It overrides MaxInFlight.
-	// ParseMaxInFlight reads it from FAL_KEY_MAX_IN_FLIGHT.
-	Capacity []int
 	// Timeout bounds every HTTP call (on top of the caller's context);
 	// default 30s. For WatchStatus it bounds getting the stream and the
 	// silence between two of its events.
@@ -92,8 +82,7 @@ type Config struct {
 	// Registerer, when set, receives the client's metrics:
 	// aiqueue_fal_requests_total{key,op,code},
 	// aiqueue_fal_request_duration_seconds{op}, aiqueue_fal_key_healthy{key},
-	// aiqueue_fal_key_unusable_seconds{key}, aiqueue_fal_key_capacity{key}
-	// and aiqueue_fal_key_in_flight{key}.
+	// and aiqueue_fal_key_unusable_seconds{key}.
 	Registerer prometheus.Registerer
 	// Now is the clock for key health; default time.Now.
 	Now func() time.Time
@@ -112,7 +101,6 @@ type Client struct {
 	base      string   // without a trailing slash
 	baseURL   *url.URL // base, parsed
 	keys      []string
-	capacity  []int // per key, in key order
 	timeout   time.Duration
 	httpc     *http.Client
 	log       *slog.Logger
@@ -124,7 +112,6 @@ type Client struct {
 
 	mu     sync.Mutex
 	health []keyHealth
-	next   int // index of the key PickKey tries first
 }
 
 // New returns a Client for cfg. It fails when there are no keys or more than
@@ -153,26 +140,6 @@ func New(cfg Config) (*Client, error) {
 		}
 		seen[k] = i
 	}
-	if cfg.MaxInFlight < 0 {
-		return nil, fmt.Errorf("falclient: MaxInFlight %d is negative", cfg.MaxInFlight)
-	}
-	capacity := cfg.Capacity
-	switch {
-	case len(capacity) == 0:
-		capacity = make([]int, len(cfg.Keys))
-		for i := range capacity {
-			capacity[i] = cmp.Or(cfg.MaxInFlight, 2)
-		}
-	case len(capacity) != len(cfg.Keys):
-		return nil, fmt.Errorf("falclient: Capacity has %d entries for %d keys", len(capacity), len(cfg.Keys))
-	default:
-		capacity = slices.Clone(capacity)
-		for i, n := range capacity {
-			if n < 1 {
-				return nil, fmt.Errorf("falclient: Capacity of key-%d is %d, it must be at least 1", i+1, n)
-			}
-		}
-	}
 	if cfg.Timeout < 0 {
 		return nil, fmt.Errorf("falclient: Timeout %s is negative", cfg.Timeout)
 	}
@@ -189,7 +156,6 @@ func New(cfg Config) (*Client, error) {
 		base:      u.String(),
 		baseURL:   u,
 		keys:      append([]string(nil), cfg.Keys...),
-		capacity:  capacity,
 		timeout:   cmp.Or(cfg.Timeout, 30*time.Second),
 		httpc:     cfg.HTTPClient,
 		log:       cfg.Logger,
@@ -227,18 +193,6 @@ func (c *Client) NumKeys() int { return len(c.keys) }
 
 // KeyName returns the name of the 1-based key index: "key-1" for 1.
 func (c *Client) KeyName(key int) string { return "key-" + strconv.Itoa(key) }
-
-// Capacity returns the number of fal requests in progress PickKey allows on
-// the 1-based key, or 0 for an index out of range.
-func (c *Client) Capacity(key int) int {
-	if key < 1 || key > len(c.capacity) {
-		return 0
-	}
-	return c.capacity[key-1]
-}
-
-// MaxInFlight returns the largest per-key capacity (see Capacity).
-func (c *Client) MaxInFlight() int { return slices.Max(c.capacity) }
 
 // call is one HTTP call to fal.
 type call struct {

@@ -40,9 +40,6 @@ const (
 	// KindCanceled is a call abandoned because the caller's context was
 	// canceled. It says nothing about fal or the key.
 	KindCanceled Kind = "canceled"
-	// KindNoKey is returned by PickKey when no key can take a request now;
-	// RetryAfter says when to ask again.
-	KindNoKey Kind = "no_key"
 	// KindNotFound is a 404 on status, result or cancel: fal does not know the
 	// request id (it was never created, or fal no longer keeps it: results
 	// are kept 1 hour, 6 minutes when 10 KB or more). A caller that saw the
@@ -75,8 +72,6 @@ var (
 	ErrNotFound = errors.New("falclient: request not found")
 	// ErrAlreadyCompleted matches an *Error of KindAlreadyCompleted.
 	ErrAlreadyCompleted = errors.New("falclient: request already completed")
-	// ErrNoKey matches an *Error of KindNoKey.
-	ErrNoKey = errors.New("falclient: no fal key available")
 	// ErrStream matches an *Error from WatchStatus when the status stream
 	// could not be opened, went silent or ended before COMPLETED: the caller
 	// should poll Status instead. It does not match when the caller's
@@ -103,8 +98,7 @@ type Error struct {
 	// when it sent one.
 	ErrorType string
 	// RetryAfter is how long to wait before trying again: the key's cool-down
-	// for a 429, the soonest usable key for KindNoKey, a Retry-After header
-	// when fal sent one; 0 when unknown.
+	// for a 429, a Retry-After header when fal sent one; 0 when unknown.
 	RetryAfter time.Duration
 	// Body is fal's error body as received (for example the 422 detail list),
 	// truncated to 64 KiB; nil for transport errors.
@@ -150,9 +144,9 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying transport or context error, if any.
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is makes errors.Is(err, ErrNotFound), ErrAlreadyCompleted and ErrNoKey
-// match an *Error of the corresponding kind, and ErrStream a WatchStatus
-// failure to fall back from.
+// Is makes errors.Is(err, ErrNotFound) and ErrAlreadyCompleted match an
+// *Error of the corresponding kind, and ErrStream a WatchStatus failure to
+// fall back from.
 func (e *Error) Is(target error) bool {
 	switch target {
 	case ErrStream:
@@ -161,8 +155,6 @@ func (e *Error) Is(target error) bool {
 		return e.Kind == KindNotFound
 	case ErrAlreadyCompleted:
 		return e.Kind == KindAlreadyCompleted
-	case ErrNoKey:
-		return e.Kind == KindNoKey
 	}
 	return false
 }

@@ -27,13 +27,9 @@ func Example() {
 	}
 	ctx := context.Background()
 
-	// The in-flight counts come from the stored fal requests.
-	key, err := client.PickKey(map[int]int{1: 2})
-	if err != nil {
-		panic(err)
-	}
-	fmt.Println("picked", client.KeyName(key))
-
+	// Which key a request uses is the caller's (package dispatch gives
+	// out each key's slots).
+	key := 1
 	req, err := client.Submit(ctx, key, "fal-ai/flux/dev", json.RawMessage(`{"prompt":"a gold ring"}`), nil)
 	if err != nil {
 		panic(err)
@@ -60,7 +56,6 @@ func Example() {
 	fmt.Println("images", len(result.Images), strings.HasPrefix(result.Images[0].URL, "https://fal.media/files/sim/"))
 	fmt.Println("billable units", *res.BillableUnits)
 	// Output:
-	// picked key-2
 	// state COMPLETED
 	// images 1 true
 	// billable units 1

@@ -534,13 +534,7 @@ func TestClientMetrics(t *testing.T) {
 	b.sim.FailKey("key-2", falsim.Failure{Status: 429, Count: 1})
 	_, err = b.client.Submit(ctx, 2, imageModel, json.RawMessage(`{"prompt":"p"}`), nil)
 	requireKind(t, err, falclient.KindRateLimited)
-	_, err = b.client.PickKey(map[int]int{3: 2})
-	require.NoError(t, err)
 	text := b.metricsText(t)
-	require.Contains(t, text, `aiqueue_fal_key_in_flight{key="key-1"} 0`)
-	b.client.ReportInFlight(map[int]int{1: 4, 3: 2})
-
-	text = b.metricsText(t)
 	for _, line := range []string{
 		`aiqueue_fal_requests_total{code="200",key="key-1",op="submit"} 1`,
 		`aiqueue_fal_requests_total{code="200",key="key-1",op="status"} 1`,
@@ -549,8 +543,6 @@ func TestClientMetrics(t *testing.T) {
 		`aiqueue_fal_key_healthy{key="key-1"} 1`,
 		`aiqueue_fal_key_healthy{key="key-2"} 0`,
 		`aiqueue_fal_key_healthy{key="key-3"} 1`,
-		`aiqueue_fal_key_in_flight{key="key-1"} 4`,
-		`aiqueue_fal_key_in_flight{key="key-3"} 2`,
 		`aiqueue_fal_request_duration_seconds_count{op="submit"} 2`,
 	} {
 		require.Contains(t, text, line)
@@ -604,8 +596,6 @@ func TestNoSecretLeaks(t *testing.T) {
 		}
 		_, err = b.client.WatchStatus(ctx, key, falclient.Request{ID: "missing", Model: imageModel}, false, nil)
 		collect(err)
-		_, err = b.client.PickKey(nil)
-		collect(err)
 	}
 	_, err := falclient.ParseMaxInFlight(secrets[0], 3)
 	collect(err)
@@ -626,8 +616,6 @@ func TestNoSecretLeaks(t *testing.T) {
 		collect(err)
 	}
 	b.sim.ClearFailures()
-	_, err = b.client.PickKey(map[int]int{1: 9, 2: 9, 3: 9})
-	collect(err)
 	_, err = falclient.New(falclient.Config{Keys: []string{secrets[0], secrets[0]}})
 	collect(err)
 	_, err = falclient.New(falclient.Config{Keys: []string{secrets[0] + " x"}})
@@ -679,7 +667,6 @@ func TestNew(t *testing.T) {
 		{name: "RelativeURL", cfg: falclient.Config{BaseURL: "queue.fal.run", Keys: []string{"a"}}},
 		{name: "FTPURL", cfg: falclient.Config{BaseURL: "ftp://queue.fal.run", Keys: []string{"a"}}},
 		{name: "URLWithQuery", cfg: falclient.Config{BaseURL: "https://queue.fal.run?x=1", Keys: []string{"a"}}},
-		{name: "NegativeInFlight", cfg: falclient.Config{Keys: []string{"a"}, MaxInFlight: -1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -691,7 +678,6 @@ func TestNew(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Equal(t, len(tt.cfg.Keys), c.NumKeys())
-			require.Equal(t, 2, c.MaxInFlight())
 			require.Equal(t, "key-1", c.KeyName(1))
 		})
 	}

@@ -14,7 +14,6 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-	inFlight *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -28,10 +27,6 @@ func newMetrics() *metrics {
 			Help:    "Duration of fal queue API calls by operation.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"op"}),
-		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "aiqueue_fal_key_in_flight",
-			Help: "fal requests in progress per key, as last reported to PickKey or ReportInFlight (derived from the stored requests, so the same in every process).",
-		}, []string{"key"}),
 	}
 }
 
@@ -44,9 +39,6 @@ func (m *metrics) register(reg prometheus.Registerer, c *Client) error {
 		return err
 	}
 	if m.duration, err = registerOrReuse(reg, m.duration); err != nil {
-		return err
-	}
-	if m.inFlight, err = registerOrReuse(reg, m.inFlight); err != nil {
 		return err
 	}
 	if err := reg.Register(&healthCollector{c: c}); err != nil {
@@ -78,10 +70,6 @@ var (
 		"aiqueue_fal_key_unusable_seconds",
 		"Seconds until the fal key's cool-down or revocation ends; 0 when healthy.",
 		[]string{"key"}, nil)
-	keyCapacityDesc = prometheus.NewDesc(
-		"aiqueue_fal_key_capacity",
-		"fal requests in progress allowed on the key (FAL_KEY_MAX_IN_FLIGHT).",
-		[]string{"key"}, nil)
 )
 
 // healthCollector computes the key-health gauges at scrape time.
@@ -91,7 +79,6 @@ type healthCollector struct{ c *Client }
 func (h *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- keyHealthyDesc
 	ch <- keyUnusableDesc
-	ch <- keyCapacityDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -110,6 +97,5 @@ func (h *healthCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(keyHealthyDesc, prometheus.GaugeValue, healthy, s.Name)
 		ch <- prometheus.MustNewConstMetric(keyUnusableDesc, prometheus.GaugeValue, unusable, s.Name)
-		ch <- prometheus.MustNewConstMetric(keyCapacityDesc, prometheus.GaugeValue, float64(h.c.Capacity(s.Index)), s.Name)
 	}
 }

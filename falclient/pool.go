@@ -1,16 +1,10 @@
 package falclient
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"slices"
 	"time"
 )
-
-// inFlightRetry is PickKey's RetryAfter when the only thing stopping a key is
-// the in-flight cap: requests finish on their own schedule, so ask again soon.
-const inFlightRetry = time.Second
 
 // KeyState is a snapshot of one key's health, for metrics, logs and tests.
 // It never contains the key's secret.
@@ -50,74 +44,6 @@ func (h *keyHealth) wait(now time.Time) time.Duration {
 		return d
 	}
 	return 0
-}
-
-// PickKey chooses the next key, round-robin, among the keys that are healthy
-// (not cooling down after a 429, not revoked after a 401/403) and whose
-// in-flight count is below their Capacity. inFlight maps a 1-based key
-// index to the number of fal requests in progress on it, as the caller derives
-// it from the stored requests (so that it holds across processes); a missing
-// entry counts as 0. PickKey also publishes these counts as the
-// aiqueue_fal_key_in_flight gauge.
-//
-// When no key is usable it returns an *Error of KindNoKey whose RetryAfter is
-// the time until the soonest key becomes usable: the end of its cool-down or
-// revocation, or one second when the limit is the in-flight cap.
-func (c *Client) PickKey(inFlight map[int]int) (int, error) {
-	c.ReportInFlight(inFlight)
-
-	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-
-	n := len(c.keys)
-	retry := time.Duration(-1)
-	var cooling, revoked, capped int
-	for i := range n {
-		idx := (c.next + i) % n
-		key := idx + 1
-		h := &c.health[idx]
-		wait := h.wait(now)
-		atCap := inFlight[key] >= c.capacity[idx]
-		if wait == 0 && !atCap {
-			c.next = (idx + 1) % n
-			return key, nil
-		}
-		switch {
-		case h.revokedUntil.After(now):
-			revoked++
-		case h.coolingUntil.After(now):
-			cooling++
-		}
-		if atCap {
-			capped++
-			wait = max(wait, inFlightRetry)
-		}
-		if retry < 0 || wait < retry {
-			retry = wait
-		}
-	}
-	capText := "" // "of 2" when every key has the same capacity
-	if slices.Min(c.capacity) == slices.Max(c.capacity) {
-		capText = fmt.Sprintf(" of %d", c.capacity[0])
-	}
-	return 0, &Error{
-		Kind:       KindNoKey,
-		Op:         opPick,
-		Message:    fmt.Sprintf("no usable key of %d: %d cooling down, %d revoked, %d at the in-flight cap%s", n, cooling, revoked, capped, capText),
-		RetryAfter: retry,
-	}
-}
-
-// ReportInFlight publishes the number of fal requests in progress per key
-// (a 1-based key index to a count; a missing entry is 0) as the
-// aiqueue_fal_key_in_flight gauge, without picking a key. Callers that derive
-// the counts from the stored requests call it when the metrics are scraped,
-// so the gauge is current even while no key is being picked.
-func (c *Client) ReportInFlight(inFlight map[int]int) {
-	for i := range c.keys {
-		c.metrics.inFlight.WithLabelValues(c.KeyName(i + 1)).Set(float64(inFlight[i+1]))
-	}
 }
 
 // KeyHealth returns a snapshot of every key's health, in key order.

@@ -66,11 +66,13 @@ func (s *Service) admitQueues(ctx context.Context, tx pgx.Tx, ps []prepared) err
 //     passes while max(tat, now) - now <= tolerance ($3, (burst-1)*T), and
 //     then tat moves to max(tat, now) + T. A refused submission rolls back,
 //     so it uses no token;
-//   - the user's open holds (credit_accounts.open_holds, which already
-//     counts the new jobs), for the pending cap. The reservation's row lock
-//     on the account serializes the user's submissions until commit, so the
-//     count is exact;
-//   - when $4, the queue position of the first job (the jobs ahead of it).
+//   - the user's open holds, which already count the new jobs, for the
+//     pending cap ($7 > 0), counted up to one past the cap (a user's own
+//     holds, never the backlog). The reservation's row lock on the account
+//     serializes the user's submissions until commit, so the count is
+//     exact;
+//   - when $4, the place of the first job in the line for fal slots
+//     (fal_line_position, bounded: never a count over the backlog).
 const admitSQL = `
 WITH rl AS (
     INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
@@ -87,10 +89,8 @@ WITH rl AS (
 )
 SELECT COALESCE((SELECT allowed FROM rl), true),
        COALESCE((SELECT ahead_us FROM rl), 0),
-       (SELECT open_holds FROM credit_accounts WHERE user_id = $1),
-       (SELECT count(*) FROM river_job
-         WHERE $4 AND state = 'available' AND queue = $5
-           AND (priority, scheduled_at, id) < ($6, $7, $8))`
+       (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $7 + 1) h),
+       CASE WHEN $4 THEN fal_line_position($5, $6) END`
 
 // admit makes the per-user admission checks (admitSQL) after the jobs of
 // sub are inserted in tx, and sets the first job's queue position when
@@ -109,9 +109,9 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 	first := sub.Jobs[0]
 	var allowed bool
 	var aheadMicros, openHolds int64
-	var queuePosition int
+	var queuePosition *int
 	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(),
-		position, first.Priority, first.riverPriority, first.scheduledAt, first.riverJobID,
+		position, first.riverJobID, positionCap, l.UserMaxPending,
 	).Scan(&allowed, &aheadMicros, &openHolds, &queuePosition)
 	if err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
@@ -122,13 +122,10 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 			"rate limit: %d submissions per minute (burst %d); retry in %s", l.RatePerMinute, max(l.Burst, 1), (wait + time.Second - 1).Truncate(time.Second))}
 	}
 	if l.UserMaxPending > 0 && openHolds > int64(l.UserMaxPending) {
-		n := int64(len(sub.Jobs))
 		return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
-			"too many unfinished jobs: %d queued or running, %d more would pass the limit of %d", openHolds-n, n, l.UserMaxPending)}
+			"too many unfinished jobs: %d more would pass the limit of %d queued or running jobs", len(sub.Jobs), l.UserMaxPending)}
 	}
-	if position {
-		first.QueuePosition = &queuePosition
-	}
+	first.QueuePosition = queuePosition
 	return nil
 }
 

@@ -51,11 +51,14 @@ func errorf(code, format string, args ...any) *Error {
 
 // Job error codes, as the API shows them in a failed or cancelled job.
 const (
-	CodeInvalidParams = "invalid_params"
-	CodeUpstream      = "upstream_error"
-	CodeTimeout       = "timeout"
-	CodeCancelled     = "cancelled"
-	CodeInternal      = "internal"
+	CodeInvalidParams    = "invalid_params"    // fal refused the params (422)
+	CodeUpstream         = "upstream_error"    // fal failed for good, or kept failing
+	CodeModelError       = "model_error"       // the model failed the request (fal does not bill it)
+	CodeResultExpired    = "result_expired"    // fal no longer kept the finished request's result
+	CodeTimeout          = "timeout"           // fal did not finish within the operation's timeout
+	CodeDeadlineExceeded = "deadline_exceeded" // the job could not start before its deadline
+	CodeCancelled        = "cancelled"         // a person cancelled it
+	CodeInternal         = "internal"
 )
 
 // JobError says why a job failed or was cancelled. The worker returns it

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,6 +38,7 @@ type Service struct {
 	catalog *Catalog
 	limits  Limits
 	backlog backlogCache
+	eta     etaCache
 	hooks   Hooks
 }
 
@@ -143,9 +142,6 @@ type SubmitOpts struct {
 	Priority string
 	// Batch makes field error locations name the item ("body.items[2]").
 	Batch bool
-	// InTx, when set, runs inside the submit transaction after the jobs are
-	// inserted and reserved (idempotency records use it).
-	InTx func(ctx context.Context, tx pgx.Tx, ids []int64) error
 }
 
 // Submit validates items, then in one transaction makes the admission
@@ -163,11 +159,6 @@ func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts 
 	sub, err := s.SubmitTx(ctx, tx, userID, items, opts)
 	if err != nil {
 		return nil, err
-	}
-	if opts.InTx != nil {
-		if err := opts.InTx(ctx, tx, sub.IDs); err != nil {
-			return nil, err
-		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, unavailable(err)
@@ -211,9 +202,8 @@ func (sub *Submission) Committed() {
 
 // SubmitTx is Submit inside the caller's transaction (which it does not
 // commit): validation, the queue cap, the insert (which reserves the
-// credits), then the per-user admission checks. The
-// caller rolls back on any error, and calls Committed after its commit.
-// opts.InTx is not called.
+// credits), then the per-user admission checks. The caller rolls back on
+// any error, and calls Committed after its commit.
 func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Submission, error) {
 	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
 	if err != nil {
@@ -233,13 +223,13 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 			State: StateQueued, RiverState: string(r.State), Attempt: r.Attempt, MaxAttempts: r.MaxAttempts,
 			BatchID: ps[i].args.BatchID, CreatedAt: r.CreatedAt,
 			Credits:    Credits{Amount: ps[i].args.Cost, State: ledger.HoldReserved},
-			riverJobID: r.ID, riverPriority: r.Priority, scheduledAt: r.ScheduledAt,
+			Progress:   Progress{Stage: StageWaiting},
+			riverJobID: r.ID,
 		}
 		sub.IDs = append(sub.IDs, r.ID)
 		sub.Jobs = append(sub.Jobs, j)
 	}
-	position := len(rows) == 1 && rows[0].State == rivertype.JobStateAvailable
-	if err := s.admit(ctx, tx, userID, sub, position); err != nil {
+	if err := s.admit(ctx, tx, userID, sub, len(rows) == 1); err != nil {
 		return nil, err
 	}
 	return sub, nil
@@ -252,9 +242,12 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 func (s *Service) insert(ctx context.Context, tx pgx.Tx, ps []prepared) ([]*rivertype.JobRow, error) {
 	params := make([]river.InsertManyParams, len(ps))
 	for i, p := range ps {
+		// Pending: the job waits in the line for a fal slot; the line makes
+		// it available once it holds one (package dispatch).
 		params[i] = river.InsertManyParams{Args: p.args, InsertOpts: &river.InsertOpts{
 			Queue:       p.queue,
 			MaxAttempts: p.op.MaxAttempts,
+			Pending:     true,
 		}}
 	}
 	rows, err := s.river.InsertManyTx(ctx, tx, params)
@@ -278,117 +271,6 @@ func unavailable(err error) error {
 		return err
 	}
 	return &Error{Code: EUNAVAILABLE, Message: "the database is unavailable: " + err.Error()}
-}
-
-// Job is an AI job as the API shows it.
-type Job struct {
-	ID            string          `json:"id"`
-	UserID        string          `json:"-"`
-	Operation     string          `json:"operation"`
-	Priority      string          `json:"priority"`
-	State         string          `json:"state"`
-	RiverState    string          `json:"-"`
-	QueuePosition *int            `json:"queue_position,omitempty"`
-	Attempt       int             `json:"attempt"`
-	MaxAttempts   int             `json:"max_attempts"`
-	BatchID       string          `json:"batch_id,omitempty"`
-	CreatedAt     time.Time       `json:"created_at"`
-	StartedAt     *time.Time      `json:"started_at,omitempty"`
-	FinishedAt    *time.Time      `json:"finished_at,omitempty"`
-	Result        json.RawMessage `json:"result,omitempty"`
-	Error         *JobError       `json:"error,omitempty"`
-	Credits       Credits         `json:"credits"`
-	FalRequestID  string          `json:"-"`
-
-	riverJobID    int64
-	riverPriority int
-	scheduledAt   time.Time
-}
-
-// Credits are a job's hold.
-type Credits struct {
-	Amount int64  `json:"amount"`
-	State  string `json:"state"`
-}
-
-const jobColumns = `river_job_id, user_id::text, operation, queue, state, river_state, attempt, max_attempts,
-       COALESCE(batch_id, ''), created_at, scheduled_at, started_at, finished_at, result, last_error,
-       credits, credit_state, COALESCE(fal_request_id, ''), river_priority`
-
-func scanJob(row pgx.Row) (*Job, error) {
-	var j Job
-	var lastError *string
-	err := row.Scan(&j.riverJobID, &j.UserID, &j.Operation, &j.Priority, &j.State, &j.RiverState, &j.Attempt, &j.MaxAttempts,
-		&j.BatchID, &j.CreatedAt, &j.scheduledAt, &j.StartedAt, &j.FinishedAt, &j.Result, &lastError,
-		&j.Credits.Amount, &j.Credits.State, &j.FalRequestID, &j.riverPriority)
-	if err != nil {
-		return nil, err
-	}
-	j.ID = FormatID(j.riverJobID)
-	if j.State != StateSucceeded {
-		j.Result = nil
-	}
-	switch {
-	case j.State == StateCancelled:
-		j.Error = &JobError{Code: "cancelled", Message: "the job was cancelled"}
-		if lastError != nil {
-			if e := ParseJobError(*lastError); e.Code != "cancelled" && e.Code != "internal" {
-				j.Error.Message = e.Message
-			}
-		}
-	case lastError != nil && j.State != StateSucceeded:
-		e := ParseJobError(*lastError)
-		j.Error = &e
-	}
-	return &j, nil
-}
-
-// JobID parses an API job id; ok is false for ids that cannot exist.
-func JobID(id string) (int64, bool) {
-	n, err := strconv.ParseInt(id, 10, 64)
-	return n, err == nil && n > 0
-}
-
-// Get returns the user's job, or ENOTFOUND when it does not exist or
-// belongs to someone else.
-func (s *Service) Get(ctx context.Context, userID, id string) (*Job, error) {
-	return s.get(ctx, s.pool, userID, id)
-}
-
-func (s *Service) get(ctx context.Context, q ledger.Querier, userID, id string) (*Job, error) {
-	n, ok := JobID(id)
-	if !ok {
-		return nil, errorf(ENOTFOUND, "job %q not found", id)
-	}
-	j, err := scanJob(q.QueryRow(ctx, `SELECT `+jobColumns+` FROM ai_jobs WHERE river_job_id = $1 AND user_id = $2`, n, userID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, errorf(ENOTFOUND, "job %q not found", id)
-	}
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	if err := s.SetQueuePosition(ctx, q, j); err != nil {
-		return nil, err
-	}
-	return j, nil
-}
-
-// SetQueuePosition sets the number of jobs ahead of j in its queue while j
-// waits to be fetched; q may be the transaction that inserted j.
-func (s *Service) SetQueuePosition(ctx context.Context, q ledger.Querier, j *Job) error {
-	if j.State != StateQueued || j.RiverState != string(rivertype.JobStateAvailable) {
-		return nil
-	}
-	var ahead int
-	err := q.QueryRow(ctx, `
-SELECT count(*) FROM river_job
- WHERE state = 'available' AND queue = $1
-   AND (priority, scheduled_at, id) < ($2, $3, $4)`, j.Priority, j.riverPriority, j.scheduledAt, j.riverJobID).Scan(&ahead)
-	if err != nil {
-		return unavailable(err)
-	}
-	j.QueuePosition = &ahead
-	return nil
 }
 
 // ListFilter narrows List.
@@ -445,7 +327,7 @@ func (s *Service) List(ctx context.Context, userID string, f ListFilter) ([]*Job
 // one is signalled and its worker cancels the fal request and ends it. A job already in a final
 // state is returned unchanged with an ECONFLICT error.
 func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
-	j, err := s.get(ctx, s.pool, userID, id)
+	j, err := s.Get(ctx, userID, id, false)
 	if err != nil {
 		return nil, err
 	}
@@ -462,12 +344,9 @@ func (s *Service) Cancel(ctx context.Context, userID, id string) (*Job, error) {
 	if s.hooks.Cancelled != nil && row != nil && row.State == rivertype.JobStateCancelled {
 		s.hooks.Cancelled(ctx, row.ID)
 	}
-	j, err = s.get(ctx, s.pool, userID, id)
+	j, err = s.Get(ctx, userID, id, false)
 	if err != nil {
 		return nil, err
 	}
 	return j, nil
 }
-
-// FormatID is the API id of a River job id.
-func FormatID(id int64) string { return strconv.FormatInt(id, 10) }

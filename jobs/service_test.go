@@ -3,10 +3,8 @@ package jobs_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/jobs"
@@ -27,7 +25,7 @@ func TestSubmit(t *testing.T) {
 		bal, err := ledger.Get(ctx, b.pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 3, Reserved: 1, Available: 2}, bal)
-		j, err := b.svc.Get(ctx, uid, jobs.FormatID(ids[0]))
+		j, err := b.svc.Get(ctx, uid, jobs.FormatID(ids[0]), false)
 		require.NoError(t, err)
 		require.Equal(t, jobs.StateQueued, j.State)
 		require.Equal(t, ledger.HoldReserved, j.Credits.State)
@@ -40,17 +38,13 @@ func TestSubmit(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		uid := grant(t, b.pool, 3)
-		boom := errors.New("boom after insert and reserve")
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{
-			InTx: func(ctx context.Context, tx pgx.Tx, ids []int64) error {
-				// Inside the transaction both exist...
-				var n int
-				require.NoError(t, tx.QueryRow(ctx, `SELECT count(*) FROM credit_holds WHERE job_id = $1`, ids[0]).Scan(&n))
-				require.Equal(t, 1, n)
-				return boom
-			},
-		})
-		require.ErrorIs(t, err, boom)
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		sub, err := b.svc.SubmitTx(ctx, tx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		// Inside the transaction both exist...
+		require.Equal(t, 1, count(t, tx, `SELECT count(*) FROM credit_holds WHERE job_id = $1`, sub.IDs[0]))
+		require.NoError(t, tx.Rollback(ctx))
 		// ...and after the rollback neither does.
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))

@@ -19,9 +19,9 @@ func (v Violation) String() string {
 // Check verifies the ledger's own invariants (SPEC section 7) for every
 // account and returns each violation it finds; a correct system returns
 // none:
-//   - available = balance - reserved >= 0;
-//   - granted - charged = balance (from the journal);
-//   - reserved = the sum of open holds, open_holds = their number;
+//   - available >= 0;
+//   - granted - charged = balance, where balance is what the account has
+//     available plus its open holds (credits are neither made nor lost);
 //   - every hold has exactly one reserve entry, a settled hold exactly one
 //     charge or refund entry matching its state, an open hold none;
 //   - every journal entry about a job belongs to that job's hold.
@@ -36,47 +36,42 @@ WITH j AS (
            COALESCE(sum(amount) FILTER (WHERE kind = 'charge'), 0) AS charged
       FROM credit_entries GROUP BY user_id
 ), h AS (
-    SELECT user_id, COALESCE(sum(amount) FILTER (WHERE state = 'reserved'), 0) AS open,
-           count(*) FILTER (WHERE state = 'reserved') AS open_count
+    SELECT user_id, COALESCE(sum(amount) FILTER (WHERE state = 'reserved'), 0) AS open
       FROM credit_holds GROUP BY user_id
+), a AS (
+    SELECT c.user_id, c.available, c.available + COALESCE(h.open, 0) AS balance
+      FROM credit_accounts c LEFT JOIN h USING (user_id)
 ), per_job AS (
-    SELECT job_id, user_id,
+    SELECT job_id, run, user_id,
            count(*) FILTER (WHERE kind = 'reserve') AS reserves,
            count(*) FILTER (WHERE kind = 'charge')  AS charges,
            count(*) FILTER (WHERE kind = 'refund')  AS refunds
-      FROM credit_entries WHERE job_id IS NOT NULL GROUP BY job_id, user_id
+      FROM credit_entries WHERE job_id IS NOT NULL GROUP BY job_id, run, user_id
 )
-SELECT a.user_id::text, 'available >= 0', format('balance %s reserved %s', a.balance, a.reserved)
-  FROM credit_accounts a WHERE a.balance - a.reserved < 0
+SELECT a.user_id::text, 'available >= 0', format('available %s', a.available)
+  FROM a WHERE a.available < 0
 UNION ALL
 SELECT a.user_id::text, 'granted - charged = balance',
        format('granted %s charged %s balance %s', COALESCE(j.granted, 0), COALESCE(j.charged, 0), a.balance)
-  FROM credit_accounts a LEFT JOIN j USING (user_id)
+  FROM a LEFT JOIN j USING (user_id)
  WHERE COALESCE(j.granted, 0) - COALESCE(j.charged, 0) <> a.balance
-UNION ALL
-SELECT a.user_id::text, 'reserved = sum of open holds', format('reserved %s open holds %s', a.reserved, COALESCE(h.open, 0))
-  FROM credit_accounts a LEFT JOIN h USING (user_id)
- WHERE a.reserved <> COALESCE(h.open, 0)
-UNION ALL
-SELECT a.user_id::text, 'open_holds = number of open holds', format('open_holds %s open holds %s', a.open_holds, COALESCE(h.open_count, 0))
-  FROM credit_accounts a LEFT JOIN h USING (user_id)
- WHERE a.open_holds <> COALESCE(h.open_count, 0)
+
 UNION ALL
 SELECT ho.user_id::text, 'one reserve entry per hold',
-       format('job %s has %s reserve entries', ho.job_id, COALESCE(e.reserves, 0))
-  FROM credit_holds ho LEFT JOIN per_job e ON e.job_id = ho.job_id AND e.user_id = ho.user_id
+       format('job %s run %s has %s reserve entries', ho.job_id, ho.run, COALESCE(e.reserves, 0))
+  FROM credit_holds ho LEFT JOIN per_job e ON e.job_id = ho.job_id AND e.run = ho.run AND e.user_id = ho.user_id
  WHERE COALESCE(e.reserves, 0) <> 1
 UNION ALL
 SELECT ho.user_id::text, 'settlement entries match the hold',
-       format('job %s hold %s has %s charge and %s refund entries', ho.job_id, ho.state,
+       format('job %s run %s hold %s has %s charge and %s refund entries', ho.job_id, ho.run, ho.state,
               COALESCE(e.charges, 0), COALESCE(e.refunds, 0))
-  FROM credit_holds ho LEFT JOIN per_job e ON e.job_id = ho.job_id AND e.user_id = ho.user_id
+  FROM credit_holds ho LEFT JOIN per_job e ON e.job_id = ho.job_id AND e.run = ho.run AND e.user_id = ho.user_id
  WHERE COALESCE(e.charges, 0) <> CASE WHEN ho.state = 'charged' THEN 1 ELSE 0 END
     OR COALESCE(e.refunds, 0) <> CASE WHEN ho.state = 'refunded' THEN 1 ELSE 0 END
 UNION ALL
 SELECT e.user_id::text, 'journal entries belong to a hold',
-       format('job %s has %s entries but no hold of this user', e.job_id, e.reserves + e.charges + e.refunds)
-  FROM per_job e LEFT JOIN credit_holds ho ON ho.job_id = e.job_id AND ho.user_id = e.user_id
+       format('job %s run %s has %s entries but no hold of this user', e.job_id, e.run, e.reserves + e.charges + e.refunds)
+  FROM per_job e LEFT JOIN credit_holds ho ON ho.job_id = e.job_id AND ho.run = e.run AND ho.user_id = e.user_id
  WHERE ho.job_id IS NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("ledger check: %w", err)

@@ -109,7 +109,7 @@ type Entry struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// Grant adds amount credits to the user's balance, creating the account when
+// Grant adds amount credits to the user's available credits, creating the account when
 // needed. With a non-empty idempotency key, a second call with the same key
 // and the same user, amount and reason returns the first grant's entry and
 // adds nothing (created is false); the same key with anything else returns
@@ -148,9 +148,8 @@ SELECT `+entryColumns+`, user_id = $2::uuid AND amount = $3 AND COALESCE(reason,
 		return Entry{}, false, fmt.Errorf("grant: %w", err)
 	}
 	_, err = tx.Exec(ctx, `
-INSERT INTO credit_accounts (user_id, balance) VALUES ($1, $2)
-ON CONFLICT (user_id) DO UPDATE
-   SET balance = credit_accounts.balance + EXCLUDED.balance, updated_at = now()`, userID, amount)
+INSERT INTO credit_accounts (user_id, available) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE SET available = credit_accounts.available + EXCLUDED.available`, userID, amount)
 	if err != nil {
 		return Entry{}, false, fmt.Errorf("grant: %w", err)
 	}
@@ -175,7 +174,7 @@ type Balance struct {
 // Get returns the user's balance; a user without an account has zeros.
 func Get(ctx context.Context, q Querier, userID string) (Balance, error) {
 	var b Balance
-	err := q.QueryRow(ctx, `SELECT balance, reserved, balance - reserved FROM credit_accounts WHERE user_id = $1`, userID).
+	err := q.QueryRow(ctx, `SELECT balance, reserved, available FROM credit_balances WHERE user_id = $1`, userID).
 		Scan(&b.Balance, &b.Reserved, &b.Available)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return Balance{}, fmt.Errorf("balance: %w", err)

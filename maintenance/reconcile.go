@@ -46,7 +46,8 @@ type Fix struct {
 	JobID  int64
 	UserID string
 	Amount int64
-	// JobState is the River state of the job, or "gone" when its row is
+	// JobState is how the job ended (ai_job_outcome: succeeded, failed,
+	// cancelled), or "gone" when its row is
 	// deleted.
 	JobState string
 	// Action is ReconcileCharge or ReconcileRefund.
@@ -65,7 +66,7 @@ type ReconcilerConfig struct {
 }
 
 // Reconciler finds every open hold whose job is final or gone and settles it
-// the way the job's final state says (completed -> charge; discarded,
+// the way the job ended says (ai_job_outcome succeeded -> charge; failed,
 // cancelled, deleted -> refund). The database settles holds when jobs end
 // (triggers on river_job), so in a correct system it finds none; each hold
 // it does settle is counted in aiqueue_ledger_reconciled_total{action} and
@@ -136,10 +137,10 @@ const gone = "gone"
 // it fixed.
 func (r *Reconciler) Reconcile(ctx context.Context) ([]Fix, error) {
 	rows, err := r.pool.Query(ctx, `
-SELECT h.job_id, h.user_id::text, h.amount, COALESCE(j.state::text, $1)
+SELECT h.job_id, h.user_id::text, h.amount, COALESCE(ai_job_outcome(j.state, j.errors), $1)
   FROM credit_holds h LEFT JOIN river_job j ON j.id = h.job_id
  WHERE h.state = 'reserved'
-   AND (j.id IS NULL OR j.state IN ('completed', 'discarded', 'cancelled'))
+   AND (j.id IS NULL OR ai_job_outcome(j.state, j.errors) IS NOT NULL)
  ORDER BY h.job_id
  LIMIT $2`, gone, r.limit)
 	if err != nil {
@@ -179,17 +180,19 @@ func (r *Reconciler) settle(ctx context.Context, f Fix) (Fix, bool, error) {
 		return f, false, fmt.Errorf("reconcile job %d: %w", f.JobID, err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	err = tx.QueryRow(ctx, `SELECT state::text FROM river_job WHERE id = $1 FOR UPDATE`, f.JobID).Scan(&f.JobState)
+	var outcome *string
+	err = tx.QueryRow(ctx, `SELECT ai_job_outcome(state, errors) FROM river_job WHERE id = $1 FOR UPDATE`, f.JobID).Scan(&outcome)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		f.JobState = gone
 	case err != nil:
 		return f, false, fmt.Errorf("reconcile job %d: %w", f.JobID, err)
-	}
-	charge := f.JobState == "completed"
-	if !charge && f.JobState != gone && f.JobState != "discarded" && f.JobState != "cancelled" {
+	case outcome == nil:
 		return f, false, nil // back in the queue (retried) since the scan
+	default:
+		f.JobState = *outcome
 	}
+	charge := f.JobState == "succeeded"
 	state, err := ledger.Settle(ctx, tx, f.JobID, charge)
 	if err != nil {
 		return f, false, fmt.Errorf("reconcile job %d: %w", f.JobID, err)

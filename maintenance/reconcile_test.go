@@ -56,7 +56,7 @@ func TestReconciler(t *testing.T) {
 		discarded, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "remove-bg", Params: []byte(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		requireJobState(t, b.pool, completed, "completed")
-		requireJobState(t, b.pool, discarded[0], "discarded")
+		requireJobState(t, b.pool, discarded[0], "cancelled") // failed for good: River's JobCancel with the error code
 		w.Stop(t)
 		cancelled := submit(t, b.testBundle, uid)
 		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(cancelled))
@@ -110,8 +110,8 @@ func TestReconciler(t *testing.T) {
 		fixes, err := b.reconciler.Reconcile(ctx)
 		require.NoError(t, err)
 		require.Equal(t, []maintenance.Fix{
-			{JobID: completed, UserID: uid, Amount: 1, JobState: "completed", Action: maintenance.ReconcileCharge},
-			{JobID: discarded, UserID: uid, Amount: 1, JobState: "discarded", Action: maintenance.ReconcileRefund},
+			{JobID: completed, UserID: uid, Amount: 1, JobState: "succeeded", Action: maintenance.ReconcileCharge},
+			{JobID: discarded, UserID: uid, Amount: 1, JobState: "failed", Action: maintenance.ReconcileRefund},
 			{JobID: cancelled, UserID: uid, Amount: 1, JobState: "cancelled", Action: maintenance.ReconcileRefund},
 			{JobID: deleted, UserID: uid, Amount: 1, JobState: "gone", Action: maintenance.ReconcileRefund},
 		}, fixes)
@@ -158,7 +158,7 @@ func TestReconciler(t *testing.T) {
 		client, err := dispatch.NewClient(b.pool, dispatch.ClientConfig{
 			Limits:   dispatch.QueueLimits{Urgent: 1, Normal: 1, Background: 1},
 			Work:     true,
-			Worker:   dispatch.NewWorker(b.pool, nil, jobs.DefaultCatalog(), nil, dispatch.WorkerConfig{}),
+			Worker:   dispatch.NewWorker(b.pool, nil, jobs.DefaultCatalog(), dispatch.NewLine(b.pool, dispatch.DefaultCaps, nil), nil, dispatch.WorkerConfig{}),
 			Periodic: []*river.PeriodicJob{b.reconciler.PeriodicJob(maintenance.ReconcileInterval)},
 			Workers:  []func(*river.Workers){b.reconciler.AddWorker},
 		})

@@ -27,8 +27,10 @@ func (SweepArgs) InsertOpts() river.InsertOpts {
 // SweepWorker works SweepArgs.
 type SweepWorker struct {
 	river.WorkerDefaults[SweepArgs]
-	Requests *dispatch.FalRequests
-	Logger   *slog.Logger
+	Requests *dispatch.Requests
+	// Retention is how long finished requests are kept (JOB_RETENTION).
+	Retention time.Duration
+	Logger    *slog.Logger
 }
 
 // Timeout bounds one sweep (it calls fal for each request it cancels).
@@ -36,13 +38,13 @@ func (w *SweepWorker) Timeout(*river.Job[SweepArgs]) time.Duration { return time
 
 // Work sweeps once and records what it did as the job's output.
 func (w *SweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
-	res, err := w.Requests.Sweep(ctx)
+	res, err := w.Requests.Sweep(ctx, w.Retention)
 	if err != nil {
 		return err
 	}
-	if res.Cancelled+res.Abandoned+res.Pending+res.Deleted > 0 && w.Logger != nil {
+	if res != (dispatch.SweepResult{}) && w.Logger != nil {
 		w.Logger.InfoContext(ctx, "fal request sweep", slog.Int("cancelled", res.Cancelled), slog.Int("abandoned", res.Abandoned),
-			slog.Int("pending", res.Pending), slog.Int("deleted", res.Deleted))
+			slog.Int("pending", res.Pending), slog.Int("resolved", res.Resolved), slog.Int("deleted", res.Deleted))
 	}
 	return river.RecordOutput(ctx, res)
 }

@@ -16,13 +16,15 @@ import (
 	"github.com/riverqueue/river/rivertype"
 )
 
-// Results of one attempt, as the worker process sees it. AttemptOK is an
-// attempt that returned no error: the job completed, or the worker ended it
-// itself (a permanent fal error it discarded).
+// Results of one attempt, as the worker process sees it: the job completed
+// (ok), waits (snoozed: between polls of a long request, or back in the
+// line), was cancelled by a person, failed for good (a permanent fal error:
+// no retry), or failed and will be retried (error).
 const (
 	AttemptOK        = "ok"
 	AttemptSnoozed   = "snoozed"
 	AttemptCancelled = "cancelled"
+	AttemptFailed    = "failed"
 	AttemptError     = "error"
 )
 
@@ -193,6 +195,10 @@ func attemptResult(err error) string {
 	case errors.As(err, &snooze):
 		return AttemptSnoozed
 	case errors.As(err, &cancel):
+		var je *jobs.JobError
+		if errors.As(err, &je) && je.Code != jobs.CodeCancelled {
+			return AttemptFailed
+		}
 		return AttemptCancelled
 	default:
 		return AttemptError

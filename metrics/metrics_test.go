@@ -141,16 +141,16 @@ func TestMetrics(t *testing.T) {
 		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 
-		available := map[string]string{"queue": "urgent", "state": "available"}
-		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", available))
+		pending := map[string]string{"queue": "urgent", "state": "pending"} // waiting in the line for a fal slot
+		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", pending))
 		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		// Within the interval the cached answer is served.
-		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", available))
+		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", pending))
 
 		m.RefreshInterval = 0
 		g := gather(t, reg)
-		require.Equal(t, 2.0, g.value("aiqueue_queue_jobs", available))
+		require.Equal(t, 2.0, g.value("aiqueue_queue_jobs", pending))
 		// Every queue and waiting state has a series, zero or not.
 		for _, q := range jobs.Queues {
 			for _, s := range []string{"available", "scheduled", "retryable", "pending", "running"} {

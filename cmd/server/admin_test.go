@@ -251,9 +251,10 @@ func TestMetricsAndLogs(t *testing.T) {
 		{"aiqueue_job_run_seconds", map[string]string{"operation": "generate", "queue": "urgent"}, 2},
 		{"aiqueue_job_run_seconds", map[string]string{"operation": "upscale", "queue": "urgent"}, 1},
 		{"aiqueue_job_attempts_total", map[string]string{"operation": "generate", "queue": "urgent", "result": "ok"}, 2},
-		{"aiqueue_job_attempts_total", map[string]string{"operation": "upscale", "queue": "urgent", "result": "ok"}, 1},
+		{"aiqueue_job_attempts_total", map[string]string{"operation": "upscale", "queue": "urgent", "result": "failed"}, 1},
 		{"aiqueue_job_attempts_total", map[string]string{"operation": "video", "queue": "normal", "result": "snoozed"}, 1}, // poll errors snooze, keeping the paid request
 		{"aiqueue_queue_jobs", map[string]string{"queue": "urgent", "state": "available"}, 0},
+		{"aiqueue_queue_jobs", map[string]string{"queue": "urgent", "state": "pending"}, 0},
 		{"aiqueue_queue_jobs", map[string]string{"queue": "normal", "state": "retryable"}, 0},
 		{"aiqueue_fal_key_healthy", map[string]string{"key": "key-1"}, 1},
 		{"aiqueue_fal_key_healthy", map[string]string{"key": "key-2"}, 1},

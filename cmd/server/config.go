@@ -34,7 +34,17 @@ type Config struct {
 	FalSimulate    bool
 	FalSimFast     bool    // the built-in simulator answers at once (tests, benchmarks)
 	FalSimScale    float64 // multiplies the built-in simulator's model latencies
-	FalMaxInFlight int
+	// FalCapacities are the slots of each key (FAL_KEY_MAX_IN_FLIGHT), in
+	// key order.
+	FalCapacities []int
+	// SlotCaps are the slots the lower queues may hold
+	// (FAL_SLOTS_NORMAL_MAX, FAL_SLOTS_BACKGROUND_MAX).
+	SlotCaps dispatch.Caps
+	// FalWebhookURL is the public URL of POST /v1/fal/webhook; when set,
+	// every fal submit asks fal to call it.
+	FalWebhookURL string
+	// JobRetention is how long finished jobs stay readable.
+	JobRetention time.Duration
 	// FalSweepInterval is how often a worker process cancels fal requests no
 	// job waits for any more and frees their in-flight slots.
 	FalSweepInterval time.Duration
@@ -122,7 +132,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		Role:              cmp.Or(getenv("ROLE"), RoleAll),
 		FalKeys:           falclient.KeysFromEnv(getenv),
 		FalQueueURL:       cmp.Or(getenv("FAL_QUEUE_URL"), "https://queue.fal.run"),
-		FalMaxInFlight:    num("FAL_KEY_MAX_IN_FLIGHT", 2),
+		FalWebhookURL:     getenv("FAL_WEBHOOK_URL"),
+		JobRetention:      dur("JOB_RETENTION", dispatch.DefaultJobRetention),
 		FalSweepInterval:  dur("FAL_SWEEP_INTERVAL", 15*time.Second),
 		FalSimScale:       1,
 		JobAttemptTimeout: dur("JOB_ATTEMPT_TIMEOUT", dispatch.DefaultAttemptTimeout),
@@ -158,6 +169,26 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		c.FalSimScale = f
 	}
 	c.RiverPollOnly = boolean("RIVER_POLL_ONLY", false)
+	nkeys := len(c.FalKeys)
+	if nkeys == 0 {
+		nkeys = len(builtinSimKeys)
+	}
+	capacities, err := falclient.ParseMaxInFlight(getenv("FAL_KEY_MAX_IN_FLIGHT"), nkeys)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.FalCapacities = capacities
+	c.SlotCaps = dispatch.DefaultCaps
+	for name, dst := range map[string]*dispatch.Cap{"FAL_SLOTS_NORMAL_MAX": &c.SlotCaps.NonUrgent, "FAL_SLOTS_BACKGROUND_MAX": &c.SlotCaps.Background} {
+		if v := getenv(name); v != "" {
+			cp, err := dispatch.ParseCap(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				continue
+			}
+			*dst = cp
+		}
+	}
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}
@@ -178,8 +209,16 @@ func (c Config) Validate() error {
 	if !c.FalSimulate && len(c.FalKeys) == 0 {
 		errs = append(errs, errors.New("FAL_SIMULATE=false but no fal key is set (FAL_KEYS or FAL_AI_KEY_1..5)"))
 	}
-	if c.FalMaxInFlight < 1 || c.FalMaxInFlight > 1000 {
-		errs = append(errs, fmt.Errorf("FAL_KEY_MAX_IN_FLIGHT=%d is out of range 1-1000", c.FalMaxInFlight))
+	if err := c.SlotCaps.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.JobRetention < time.Hour {
+		errs = append(errs, fmt.Errorf("JOB_RETENTION=%s must be at least 1h", c.JobRetention))
+	}
+	if c.FalWebhookURL != "" {
+		if u, err := url.Parse(c.FalWebhookURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			errs = append(errs, errors.New("FAL_WEBHOOK_URL is not an https URL"))
+		}
 	}
 	if !(c.FalSimScale > 0 && c.FalSimScale <= 1000) {
 		errs = append(errs, fmt.Errorf("FAL_SIMULATE_LATENCY_SCALE=%v is out of range (0, 1000]", c.FalSimScale))

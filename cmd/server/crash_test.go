@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aiqueue/aiqueue/dispatch"
+	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/logtest"
 
 	"github.com/google/uuid"
@@ -57,8 +57,7 @@ func TestCrashResumesTheSameFalRequest(t *testing.T) {
 
 	// The job, inserted with its reservation the way the API does.
 	catalog := jobs.DefaultCatalog()
-	inserter, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
-	require.NoError(t, err)
+	inserter := jobtest.InsertOnly(t, pool)
 	svc := jobs.NewService(jobs.Config{Pool: pool, River: inserter, Catalog: catalog})
 	uid := uuid.NewString()
 	tx, err := pool.Begin(ctx)

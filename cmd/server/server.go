@@ -42,6 +42,9 @@ import (
 // Version is set at build time.
 var Version = "dev"
 
+// simKeys are the built-in simulator's keys when no fal key is set.
+var builtinSimKeys = []string{"sim-key-1", "sim-key-2", "sim-key-3"}
+
 // DemoUserID is the user `make run` grants credits to.
 const DemoUserID = "00000000-0000-4000-8000-000000000001"
 
@@ -59,7 +62,7 @@ type Main struct {
 	watcher  *api.Watcher
 	api      *api.Server
 	fal      *falclient.Client
-	falReqs  *dispatch.FalRequests
+	dispatch *dispatch.Dispatch
 	sim      *falsim.Server
 	simSrv   *http.Server
 	pprof    *http.Server
@@ -141,73 +144,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := jobMetrics.Register(m.Registry); err != nil {
 		return err
 	}
-	worker := dispatch.NewWorker(m.pool, m.fal, catalog, m.Logger, dispatch.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout})
-	m.falReqs = worker.Requests()
-	reconciler, err := maintenance.NewReconciler(m.pool, maintenance.ReconcilerConfig{
-		Logger:     m.Logger.With(slog.String("component", "reconciler")),
-		Registerer: m.Registry,
-	})
-	if err != nil {
+	if err := m.startDispatch(runCtx, catalog, jobMetrics); err != nil {
 		return err
 	}
-	m.river, err = dispatch.NewClient(m.pool, dispatch.ClientConfig{
-		Limits:      cfg.Limits,
-		Work:        cfg.Role != RoleAPI,
-		Worker:      worker,
-		Logger:      m.Logger.With(slog.String("component", "river")),
-		RescueAfter: cfg.RescueAfter,
-		Middleware:  []rivertype.Middleware{jobMetrics.Middleware()},
-		PollOnly:    cfg.RiverPollOnly,
-		Periodic: []*river.PeriodicJob{reconciler.PeriodicJob(maintenance.ReconcileInterval), maintenance.PrunePeriodicJob(),
-			maintenance.SweepPeriodicJob(cfg.FalSweepInterval)},
-		Workers: []func(*river.Workers){reconciler.AddWorker, func(w *river.Workers) {
-			river.AddWorker(w, &maintenance.PruneWorker{DB: m.pool, IdempotencyTTL: api.IdempotencyKeyTTL})
-			river.AddWorker(w, &maintenance.SweepWorker{Requests: m.falReqs, Logger: m.Logger.With(slog.String("component", "sweep"))})
-		}},
-	})
-	if err != nil {
-		return err
-	}
-	if cfg.Role != RoleAPI {
-		if err := m.river.Start(runCtx); err != nil {
-			return fmt.Errorf("start river: %w", err)
-		}
-	}
-
 	mux := http.NewServeMux()
 	m.registerOps(mux)
 	if cfg.Role != RoleWorker {
-		auth := api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer}
-		if cfg.JWKSURL != "" {
-			if auth.Keyfunc, err = api.NewJWKS(runCtx, cfg.JWKSURL, api.JWKSOptions{Logger: m.Logger}); err != nil {
-				return err
-			}
-		}
-		m.watcher = api.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
-		go m.watcher.Run(runCtx)
-		notifier := dispatch.NewInsertNotifier(m.pool)
-		svc := jobs.NewService(jobs.Config{
-			Pool:    m.pool,
-			River:   m.river,
-			Catalog: catalog,
-			Limits: jobs.Limits{
-				RatePerMinute:   cfg.RateLimitPerMinute,
-				Burst:           cfg.RateLimitBurst,
-				UserMaxPending:  cfg.UserMaxPending,
-				QueueMaxPending: cfg.QueueMaxPending,
-			},
-			Hooks: jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: notifier.Committed, Cancelled: m.falReqs.Cancelled},
-		})
-		if m.api, err = api.New(mux, m.pool, svc, api.Config{
-			Auth:    auth,
-			Logger:  m.Logger,
-			Version: Version,
-			Watcher: m.watcher,
-		}); err != nil {
+		if err := m.startAPI(runCtx, mux, catalog, jobMetrics); err != nil {
 			return err
-		}
-		if err := riverui.Mount(runCtx, mux, m.river, riverui.Config{User: cfg.RiverUser, Password: cfg.RiverPass, Logger: m.Logger}); err != nil {
-			return fmt.Errorf("river ui: %w", err)
 		}
 	}
 
@@ -233,6 +177,92 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.http.Serve(m.listener) }()
 	m.Logger.Info("server started", slog.String("addr", m.listener.Addr().String()), slog.String("role", cfg.Role))
+	return nil
+}
+
+// startDispatch builds and starts the line, the worker and River, with the
+// periodic maintenance jobs River's leader runs.
+func (m *Main) startDispatch(ctx context.Context, catalog *jobs.Catalog, jobMetrics *metrics.Metrics) error {
+	cfg := &m.Config
+	reconciler, err := maintenance.NewReconciler(m.pool, maintenance.ReconcilerConfig{
+		Logger:     m.Logger.With(slog.String("component", "reconciler")),
+		Registerer: m.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	sweeper := &maintenance.SweepWorker{Retention: cfg.JobRetention, Logger: m.Logger.With(slog.String("component", "sweep"))}
+	m.dispatch, err = dispatch.New(dispatch.Config{
+		Pool:       m.pool,
+		Fal:        m.fal,
+		Capacities: cfg.FalCapacities,
+		Catalog:    catalog,
+		Logger:     m.Logger,
+		Caps:       cfg.SlotCaps,
+		Worker:     dispatch.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout, WebhookURL: cfg.FalWebhookURL},
+		Client: dispatch.ClientConfig{
+			Limits:       cfg.Limits,
+			Work:         cfg.Role != RoleAPI,
+			Logger:       m.Logger.With(slog.String("component", "river")),
+			RescueAfter:  cfg.RescueAfter,
+			Middleware:   []rivertype.Middleware{jobMetrics.Middleware()},
+			PollOnly:     cfg.RiverPollOnly,
+			JobRetention: cfg.JobRetention,
+			Periodic: []*river.PeriodicJob{reconciler.PeriodicJob(maintenance.ReconcileInterval), maintenance.PrunePeriodicJob(),
+				maintenance.SweepPeriodicJob(cfg.FalSweepInterval)},
+			Workers: []func(*river.Workers){reconciler.AddWorker, func(w *river.Workers) {
+				river.AddWorker(w, &maintenance.PruneWorker{DB: m.pool, IdempotencyTTL: api.IdempotencyKeyTTL})
+				river.AddWorker(w, sweeper)
+			}},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	sweeper.Requests = m.dispatch.Requests()
+	m.river = m.dispatch.River
+	if err := m.Registry.Register(dispatch.NewCollector(m.pool, m.dispatch.Line, m.dispatch.Requests(), m.Logger)); err != nil {
+		return err
+	}
+	return m.dispatch.Start(ctx)
+}
+
+// startAPI mounts the API and River UI on mux.
+func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.Catalog, jobMetrics *metrics.Metrics) error {
+	cfg := &m.Config
+	auth := api.AuthConfig{HS256Secret: []byte(cfg.JWTSecret), Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer}
+	if cfg.JWKSURL != "" {
+		var err error
+		if auth.Keyfunc, err = api.NewJWKS(ctx, cfg.JWKSURL, api.JWKSOptions{Logger: m.Logger}); err != nil {
+			return err
+		}
+	}
+	m.watcher = api.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
+	go m.watcher.Run(ctx)
+	svc := jobs.NewService(jobs.Config{
+		Pool:    m.pool,
+		River:   m.river,
+		Catalog: catalog,
+		Limits: jobs.Limits{
+			RatePerMinute:   cfg.RateLimitPerMinute,
+			Burst:           cfg.RateLimitBurst,
+			UserMaxPending:  cfg.UserMaxPending,
+			QueueMaxPending: cfg.QueueMaxPending,
+		},
+		Hooks: jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: m.dispatch.Line.Committed, Cancelled: m.dispatch.Requests().Cancelled},
+	})
+	var err error
+	if m.api, err = api.New(mux, m.pool, svc, api.Config{
+		Auth:    auth,
+		Logger:  m.Logger,
+		Version: Version,
+		Watcher: m.watcher,
+	}); err != nil {
+		return err
+	}
+	if err := riverui.Mount(ctx, mux, m.river, riverui.Config{User: cfg.RiverUser, Password: cfg.RiverPass, Logger: m.Logger}); err != nil {
+		return fmt.Errorf("river ui: %w", err)
+	}
 	return nil
 }
 
@@ -314,7 +344,7 @@ func (m *Main) startFal(ctx context.Context) error {
 	cfg := m.Config
 	keys := cfg.FalKeys
 	if cfg.FalSimulate && len(keys) == 0 {
-		keys = []string{"sim-key-1", "sim-key-2", "sim-key-3"}
+		keys = builtinSimKeys
 	}
 	baseURL := cfg.FalQueueURL
 	if cfg.FalSimulate && baseURL == "" {
@@ -333,11 +363,10 @@ func (m *Main) startFal(ctx context.Context) error {
 	}
 	var err error
 	m.fal, err = falclient.New(falclient.Config{
-		BaseURL:     baseURL,
-		Keys:        keys,
-		MaxInFlight: cfg.FalMaxInFlight,
-		Logger:      m.Logger.With(slog.String("component", "falclient")),
-		Registerer:  m.Registry,
+		BaseURL:    baseURL,
+		Keys:       keys,
+		Logger:     m.Logger.With(slog.String("component", "falclient")),
+		Registerer: m.Registry,
 	})
 	return err
 }
@@ -364,18 +393,7 @@ func (m *Main) registerOps(mux *http.ServeMux) {
 		_, _ = w.Write([]byte(`{"status":"ready"}`))
 	})
 	metrics := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		// The in-flight gauge comes from the stored fal requests, the same
-		// for every process, read at most once a second.
-		if m.falReqs != nil {
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			if err := m.falReqs.PublishInFlight(ctx); err != nil {
-				m.Logger.Warn("could not read fal in-flight counts for /metrics", slog.Any("error", err))
-			}
-			cancel()
-		}
-		metrics.ServeHTTP(w, r)
-	})
+	mux.Handle("GET /metrics", metrics)
 }
 
 // setupDemo grants the demo user credits once and mints a token.
@@ -470,6 +488,7 @@ func (m *Main) Close() error {
 			m.cancel()
 		}
 		if m.simSrv != nil {
+			m.sim.Close() // ends open status streams and webhook deliveries
 			_ = m.simSrv.Close()
 		}
 		if m.pprof != nil {

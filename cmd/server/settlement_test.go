@@ -82,7 +82,7 @@ func requireCredits(t *testing.T, c *client, balance, reserved int64) {
 // hangStatus makes fal's status call for generate hang (until the caller
 // goes away), so a job stays running.
 func hangStatus(m *Main) {
-	m.Sim().FailModel("fal-ai/flux/dev", falsim.Failure{Delay: time.Hour, Ops: []string{falsim.OpStatus}})
+	m.Sim().FailModel("fal-ai/flux/dev", falsim.Failure{Delay: time.Hour, Ops: []string{falsim.OpStatus, falsim.OpStream}})
 }
 
 // TestSettlementPaths drives every way an AI job reaches its end through the

@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
+	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -130,15 +130,14 @@ func TestSQLDocs(t *testing.T) {
 	waitState(t, b, vid.ID, jobs.StateCancelled)
 	require.NoError(t, m.Close()) // no worker from here on
 
-	// Jobs no worker touches: one waiting normally, one waiting for 20
-	// minutes, and one whose worker died 10 minutes into the attempt, with
-	// its fal request on key 2.
+	// Jobs no worker touches: two waiting in the line for a fal slot (one
+	// for 20 minutes), and one whose worker died 10 minutes into the
+	// attempt, with its fal request on key 2.
 	pool, err := pgxpool.New(ctx, dbURL)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	catalog := jobs.DefaultCatalog()
-	rc, err := dispatch.NewClient(pool, dispatch.ClientConfig{Worker: dispatch.NewWorker(pool, nil, catalog, nil, dispatch.WorkerConfig{})})
-	require.NoError(t, err)
+	rc := jobtest.InsertOnly(t, pool)
 	svc := jobs.NewService(jobs.Config{Pool: pool, River: rc, Catalog: catalog})
 	ids, err := svc.Submit(ctx, userA, []jobs.Item{{Operation: "remove-bg", Params: json.RawMessage(`{"image_url":"https://example.com/a.png"}`)}}, jobs.SubmitOpts{})
 	require.NoError(t, err)
@@ -154,9 +153,12 @@ func TestSQLDocs(t *testing.T) {
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, `
 UPDATE river_job
-   SET state = 'running', attempt = 1, attempted_at = now() - interval '10 minutes', attempted_by = '{dead-worker}',
-       metadata = jsonb_set(metadata, '{output}', '{"fal": {"request_id": "req-hung", "key": 2, "model": "fal-ai/flux/dev"}}')
+   SET state = 'running', attempt = 1, attempted_at = now() - interval '10 minutes', attempted_by = '{dead-worker}'
  WHERE id = $1`, ids[0])
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model, request_id, state, claimed_at, submitted_at)
+VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_flight', now() - interval '10 minutes', now() - interval '10 minutes')`, ids[0], userB)
 	require.NoError(t, err)
 
 	vars := map[string]string{"user_id": userA, "job_id": g1.ID}
@@ -191,9 +193,17 @@ UPDATE river_job
 		},
 		"queues": func(t *testing.T, rows []docRow) {
 			require.Equal(t, []string{"background", "urgent"}, column(rows, "queue"))
-			require.Equal(t, []string{"1", "1"}, column(rows, "waiting"))
+			require.Equal(t, []string{"1", "1"}, column(rows, "in_line"))
+			require.Equal(t, []string{"0", "0"}, column(rows, "ready"))
 			require.Equal(t, []string{"0", "1"}, column(rows, "running"))
 			require.Equal(t, []string{"0", "0"}, column(rows, "later"))
+		},
+		"line": func(t *testing.T, rows []docRow) {
+			require.Equal(t, []string{"urgent", "background"}, column(rows, "queue"))
+			require.Equal(t, []string{userA, userA}, column(rows, "user_id"))
+			require.Equal(t, []string{"1", "1"}, column(rows, "waiting"))
+			require.Equal(t, []string{"0", "0"}, column(rows, "in_flight"))
+			require.Equal(t, []string{"0", "1"}, column(rows, "next_position"), "the urgent job gets a slot first")
 		},
 		"spent-today": func(t *testing.T, rows []docRow) {
 			require.Equal(t, []string{userA, userB}, column(rows, "user_id"))
@@ -220,8 +230,10 @@ UPDATE river_job
 			require.LessOrEqual(t, p95, maxS)
 		},
 		"fal-in-flight": func(t *testing.T, rows []docRow) {
-			require.Equal(t, []string{"key-2"}, column(rows, "key"))
-			require.Equal(t, []string{"1"}, column(rows, "in_flight"))
+			require.Equal(t, []string{"key-1", "key-2", "key-3"}, column(rows, "key"))
+			require.Equal(t, []string{"2", "2", "2"}, column(rows, "capacity"))
+			require.Equal(t, []string{"0", "1", "0"}, column(rows, "in_flight"))
+			require.Equal(t, []string{"<nil>", "<nil>", "<nil>"}, column(rows, "unusable"))
 		},
 		"ledger-check": func(t *testing.T, rows []docRow) {
 			require.Empty(t, rows)

@@ -294,7 +294,7 @@ func TestLimits(t *testing.T) {
 		require.Equal(t, http.StatusAccepted, b.post("/v1/jobs", map[string]any{"operation": "generate", "params": map[string]any{"prompt": "x"}, "priority": "background"}, nil).Status)
 		require.Equal(t, 2, count(t, m, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, uidB))
 		var reserved int64
-		require.NoError(t, m.Pool().QueryRow(context.Background(), `SELECT reserved FROM credit_accounts WHERE user_id = $1`, uidB).Scan(&reserved))
+		require.NoError(t, m.Pool().QueryRow(context.Background(), `SELECT reserved FROM credit_balances WHERE user_id = $1`, uidB).Scan(&reserved))
 		require.Equal(t, int64(2), reserved)
 		requireInvariants(t, m)
 	})

@@ -48,10 +48,11 @@ func StartWorkers(t testing.TB, pool *pgxpool.Pool, configure func(*river.Config
 	sim := falsim.New(falsim.Options{Keys: []string{"sim-key-1"}, Fast: true})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	fal, err := falclient.New(falclient.Config{BaseURL: srv.URL, Keys: []string{"sim-key-1"}, MaxInFlight: 100})
+	fal, err := falclient.New(falclient.Config{BaseURL: srv.URL, Keys: []string{"sim-key-1"}})
 	require.NoError(t, err)
+	line := dispatch.NewLine(pool, dispatch.DefaultCaps, nil)
 	workers := river.NewWorkers()
-	river.AddWorker(workers, dispatch.NewWorker(pool, fal, jobs.DefaultCatalog(), nil, dispatch.WorkerConfig{}))
+	river.AddWorker(workers, dispatch.NewWorker(pool, fal, jobs.DefaultCatalog(), line, nil, dispatch.WorkerConfig{}))
 	cfg := &river.Config{
 		Workers: workers,
 		Queues: map[string]river.QueueConfig{
@@ -69,6 +70,8 @@ func StartWorkers(t testing.TB, pool *pgxpool.Pool, configure func(*river.Config
 	client, err := river.NewClient(riverpgxv5.New(pool), cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
+	require.NoError(t, line.SetKeys(ctx, []int{100}))
+	line.Start(ctx, client)
 	require.NoError(t, client.Start(ctx))
 	w := &Workers{Client: client, Sim: sim}
 	t.Cleanup(func() {

@@ -1,28 +1,43 @@
 -- +goose Up
--- Credit accounts: one row per user. available = balance - reserved, and the
--- CHECKs make a negative available balance impossible.
+-- The ledger: credit accounts, holds (one per run of an AI job) and an
+-- append-only journal. Credits are reserved by inserting an AI job into
+-- river_job and settled by the job reaching its final state, both by
+-- triggers here, so money moves in the same transaction as the job whatever
+-- moves it (the API, a worker, River UI, River's rescuer or cleaner).
+--
+-- An account keeps only what can still be spent (available). Reserving
+-- takes the cost from available into an open hold; charging only marks the
+-- hold charged, refunding gives the cost back to available. So the account
+-- row is written once on the way to a charge, and a user's completions never
+-- wait behind that user's submissions for the row lock. The balance is
+-- available plus the open holds (the credit_balances view).
+
 CREATE TABLE credit_accounts (
     user_id    uuid PRIMARY KEY,
-    balance    bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
-    reserved   bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT credit_accounts_available_nonnegative CHECK (reserved <= balance)
+    available  bigint NOT NULL DEFAULT 0 CONSTRAINT credit_accounts_available_nonnegative CHECK (available >= 0),
+    created_at timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON TABLE credit_accounts IS 'One row per user: the credits available to spend. balance = available + open holds (credit_balances).';
 
--- Holds: one per AI job (job_id is river_job.id), reserved until the job
--- reaches a final state, then charged or refunded exactly once.
+-- Holds: one per run of an AI job (job_id is river_job.id; a job runs again
+-- only when an admin retries it, with a new reservation), reserved until
+-- the run ends, then charged or refunded exactly once. Never deleted: a
+-- settled hold is the job's receipt after River's cleaner removes the job.
 CREATE TABLE credit_holds (
-    job_id     bigint PRIMARY KEY,
+    job_id     bigint NOT NULL,
+    run        int NOT NULL DEFAULT 1 CHECK (run >= 1),
     user_id    uuid NOT NULL REFERENCES credit_accounts (user_id),
     amount     bigint NOT NULL CHECK (amount > 0),
     state      text NOT NULL DEFAULT 'reserved' CHECK (state IN ('reserved', 'charged', 'refunded')),
     created_at timestamptz NOT NULL DEFAULT now(),
     settled_at timestamptz,
+    PRIMARY KEY (job_id, run),
     CONSTRAINT credit_holds_settled_at CHECK ((state = 'reserved') = (settled_at IS NULL))
 );
+CREATE UNIQUE INDEX credit_holds_one_open ON credit_holds (job_id) WHERE state = 'reserved';
 CREATE INDEX credit_holds_user_id_job_id ON credit_holds (user_id, job_id DESC);
-CREATE INDEX credit_holds_open ON credit_holds (job_id) WHERE state = 'reserved';
+CREATE INDEX credit_holds_open_user_id ON credit_holds (user_id) WHERE state = 'reserved';
+COMMENT ON TABLE credit_holds IS 'Credits held for one run of an AI job: reserved, then charged (succeeded) or refunded, once.';
 
 -- Journal: append-only, one row per grant, reserve, charge and refund.
 CREATE TABLE credit_entries (
@@ -31,56 +46,86 @@ CREATE TABLE credit_entries (
     kind            text NOT NULL CHECK (kind IN ('grant', 'reserve', 'charge', 'refund')),
     amount          bigint NOT NULL CHECK (amount > 0),
     job_id          bigint,
+    run             int,
     reason          text,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT credit_entries_job CHECK ((kind = 'grant') = (job_id IS NULL))
+    CONSTRAINT credit_entries_job CHECK ((kind = 'grant') = (job_id IS NULL) AND (job_id IS NULL) = (run IS NULL))
 );
 CREATE INDEX credit_entries_user_id_id ON credit_entries (user_id, id DESC);
 CREATE UNIQUE INDEX credit_entries_grant_key ON credit_entries (idempotency_key)
     WHERE kind = 'grant' AND idempotency_key IS NOT NULL;
+COMMENT ON TABLE credit_entries IS 'Append-only journal of credits: grant, reserve, charge, refund.';
+
+-- ai_job_outcome is the one rule from a River job to how it ended, for the
+-- API, the views, the settlement, the metrics and the checks: NULL while the
+-- job can still run; 'succeeded' (completed: charge); 'failed' (discarded,
+-- or cancelled by its worker because fal refused it for good: the worker
+-- ends such jobs with River's JobCancel and its error code); 'cancelled'
+-- (cancelled by a person: the API, River UI). Every ending but 'succeeded'
+-- refunds.
+-- +goose StatementBegin
+CREATE FUNCTION ai_job_outcome(s river_job_state, errors jsonb[]) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE s
+        WHEN 'completed' THEN 'succeeded'
+        WHEN 'discarded' THEN 'failed'
+        WHEN 'cancelled' THEN
+            CASE WHEN errors[array_upper(errors, 1)] ->> 'error' ~ '^JobCancelError: [a-z_]+: '
+                      AND errors[array_upper(errors, 1)] ->> 'error' !~ '^JobCancelError: cancelled: '
+                 THEN 'failed' ELSE 'cancelled' END
+    END
+$$;
+-- +goose StatementEnd
 
 -- +goose StatementBegin
-CREATE FUNCTION credit_entries_append_only() RETURNS trigger
+CREATE FUNCTION ledger_refuse() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'credit_entries is append-only (% refused)', TG_OP
+    RAISE EXCEPTION '% on % refused: %', TG_OP, TG_TABLE_NAME, TG_ARGV[0]
         USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
 -- +goose StatementEnd
 CREATE TRIGGER credit_entries_append_only BEFORE UPDATE OR DELETE ON credit_entries
-    FOR EACH ROW EXECUTE FUNCTION credit_entries_append_only();
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse('the journal is append-only');
 CREATE TRIGGER credit_entries_no_truncate BEFORE TRUNCATE ON credit_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION credit_entries_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse('the ledger keeps its history');
+CREATE TRIGGER credit_holds_no_truncate BEFORE TRUNCATE ON credit_holds
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse('the ledger keeps its history');
+CREATE TRIGGER credit_accounts_no_truncate BEFORE TRUNCATE ON credit_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse('the ledger keeps its history');
+CREATE TRIGGER credit_holds_no_delete BEFORE DELETE ON credit_holds
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse('holds are receipts');
+-- Holds are written by inserting their AI job (river_job_reserve_credits),
+-- never by hand.
+CREATE TRIGGER credit_holds_only_by_reserve BEFORE INSERT ON credit_holds
+    FOR EACH ROW WHEN (pg_trigger_depth() = 0)
+    EXECUTE FUNCTION ledger_refuse('holds are written by inserting their AI job');
 
--- A settled hold never changes again, and holds are never deleted.
+-- A settled hold never changes again; an open one changes only its state.
 -- +goose StatementBegin
 CREATE FUNCTION credit_holds_settle_once() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        RAISE EXCEPTION 'credit hold % cannot be deleted', OLD.job_id
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
     IF OLD.state <> 'reserved' THEN
-        RAISE EXCEPTION 'credit hold % is already %', OLD.job_id, OLD.state
+        RAISE EXCEPTION 'credit hold of job % run % is already %', OLD.job_id, OLD.run, OLD.state
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF NEW.job_id <> OLD.job_id OR NEW.user_id <> OLD.user_id OR NEW.amount <> OLD.amount THEN
-        RAISE EXCEPTION 'credit hold % is immutable except for its state', OLD.job_id
+    IF (NEW.job_id, NEW.run, NEW.user_id, NEW.amount) IS DISTINCT FROM (OLD.job_id, OLD.run, OLD.user_id, OLD.amount) THEN
+        RAISE EXCEPTION 'credit hold of job % is immutable except for its state', OLD.job_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END;
 $$;
 -- +goose StatementEnd
-CREATE TRIGGER credit_holds_settle_once BEFORE UPDATE OR DELETE ON credit_holds
+CREATE TRIGGER credit_holds_settle_once BEFORE UPDATE ON credit_holds
     FOR EACH ROW EXECUTE FUNCTION credit_holds_settle_once();
 
--- credit_settle settles the open hold of a job: charge (p_charge) or refund.
--- It returns the new hold state, or NULL when there was no open hold (already
--- settled, or no hold at all), which makes every caller exactly-once.
+-- credit_settle settles the open hold of a job: charge (p_charge) or
+-- refund. It returns the new hold state, or NULL when the job has no open
+-- hold (already settled, or none), which makes every caller exactly-once.
 -- +goose StatementBegin
 CREATE FUNCTION credit_settle(p_job_id bigint, p_charge boolean) RETURNS text
 LANGUAGE plpgsql AS $$
@@ -95,22 +140,81 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    UPDATE credit_accounts
-       SET balance = balance - CASE WHEN p_charge THEN h.amount ELSE 0 END,
-           reserved = reserved - h.amount,
-           updated_at = now()
-     WHERE user_id = h.user_id;
-    INSERT INTO credit_entries (user_id, kind, amount, job_id)
-    VALUES (h.user_id, CASE WHEN p_charge THEN 'charge' ELSE 'refund' END, h.amount, p_job_id);
+    IF NOT p_charge THEN
+        UPDATE credit_accounts SET available = available + h.amount WHERE user_id = h.user_id;
+    END IF;
+    INSERT INTO credit_entries (user_id, kind, amount, job_id, run)
+    VALUES (h.user_id, CASE WHEN p_charge THEN 'charge' ELSE 'refund' END, h.amount, h.job_id, h.run);
     RETURN h.state;
 END;
 $$;
 -- +goose StatementEnd
 
--- Settlement is tied to river_job itself, so it commits atomically with the
--- job reaching its final state whoever moves it there: the worker, an API or
--- River UI cancel, the rescuer discarding a stuck job, or a delete (River UI,
--- the job cleaner) of a job whose hold is still open.
+-- Inserting AI jobs reserves their cost (args.user_id, args.cost), all or
+-- nothing per user: the statement takes each user's total from available
+-- and writes one hold (run 1) and one reserve entry per job, or fails with
+-- SQLSTATE AQ402 (detail {"needed": N, "available": M}), writing nothing,
+-- when an account cannot cover it. So every AI job has its hold from the
+-- statement that created it.
+-- +goose StatementBegin
+CREATE FUNCTION river_job_reserve_credits() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    short record;
+    have  bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_jobs
+                WHERE kind = 'ai' AND (args ->> 'user_id' IS NULL OR COALESCE((args ->> 'cost')::bigint, 0) <= 0)) THEN
+        RAISE EXCEPTION 'an AI job needs args.user_id and a positive args.cost'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    WITH jobs AS (
+        SELECT id, (args ->> 'user_id')::uuid AS user_id, (args ->> 'cost')::bigint AS amount
+          FROM new_jobs
+         WHERE kind = 'ai'
+    ), per_user AS (
+        SELECT user_id, sum(amount) AS total FROM jobs GROUP BY user_id
+    ), acct AS (
+        UPDATE credit_accounts a
+           SET available = a.available - p.total
+          FROM per_user p
+         WHERE a.user_id = p.user_id AND a.available >= p.total
+        RETURNING a.user_id
+    ), h AS (
+        INSERT INTO credit_holds (job_id, user_id, amount)
+        SELECT j.id, j.user_id, j.amount FROM jobs j JOIN acct USING (user_id)
+        RETURNING job_id, run, user_id, amount
+    ), e AS (
+        INSERT INTO credit_entries (user_id, kind, amount, job_id, run)
+        SELECT user_id, 'reserve', amount, job_id, run FROM h
+    )
+    SELECT p.user_id, p.total
+      INTO short
+      FROM per_user p
+     WHERE p.user_id NOT IN (SELECT user_id FROM acct)
+     ORDER BY p.user_id
+     LIMIT 1;
+    IF FOUND THEN
+        -- A statement of its own, so it reads the account as it is now, not
+        -- as the statement above found it before waiting for its row lock.
+        have := COALESCE((SELECT available FROM credit_accounts WHERE user_id = short.user_id), 0);
+        RAISE EXCEPTION 'not enough credits: needed %, available %', short.total, have
+            USING ERRCODE = 'AQ402',
+                  DETAIL = json_build_object('needed', short.total, 'available', have)::text;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER river_job_reserve_credits AFTER INSERT ON river_job
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION river_job_reserve_credits();
+
+-- A job reaching its final state settles its run's hold the way
+-- ai_job_outcome says; a job deleted while its hold is open (River UI, the
+-- cleaner) is refunded; TRUNCATE, which fires no row trigger, refunds every
+-- open hold.
 -- +goose StatementBegin
 CREATE FUNCTION river_job_settle_credits() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -119,7 +223,7 @@ BEGIN
         PERFORM credit_settle(OLD.id, false);
         RETURN OLD;
     END IF;
-    PERFORM credit_settle(NEW.id, NEW.state = 'completed');
+    PERFORM credit_settle(NEW.id, ai_job_outcome(NEW.state, NEW.errors) = 'succeeded');
     RETURN NEW;
 END;
 $$;
@@ -133,34 +237,73 @@ CREATE TRIGGER river_job_refund_deleted AFTER DELETE ON river_job
     WHEN (OLD.kind = 'ai')
     EXECUTE FUNCTION river_job_settle_credits();
 
--- Every AI job carries a hold from the moment it exists: checked at commit.
 -- +goose StatementBegin
-CREATE FUNCTION river_job_require_hold() RETURNS trigger
+CREATE FUNCTION river_job_refund_truncated() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    open_job bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM credit_holds WHERE job_id = NEW.id) THEN
-        RAISE EXCEPTION 'AI job % was inserted without a credit hold', NEW.id
-            USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
+    FOR open_job IN SELECT job_id FROM credit_holds WHERE state = 'reserved' ORDER BY job_id LOOP
+        PERFORM credit_settle(open_job, false);
+    END LOOP;
     RETURN NULL;
 END;
 $$;
 -- +goose StatementEnd
-CREATE CONSTRAINT TRIGGER river_job_require_hold AFTER INSERT ON river_job
-    DEFERRABLE INITIALLY DEFERRED
+CREATE TRIGGER river_job_refund_truncated AFTER TRUNCATE ON river_job
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION river_job_refund_truncated();
+
+-- A finished AI job whose hold is settled cannot be put back in the queue
+-- (River UI's retry): running it again would be unpaid work.
+-- +goose StatementBegin
+CREATE FUNCTION river_job_refuse_rerun() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM credit_holds WHERE job_id = NEW.id AND state = 'reserved') THEN
+        RAISE EXCEPTION 'AI job % is % and its credits are settled: it cannot run again; submit a new job', NEW.id, OLD.state
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER river_job_refuse_rerun BEFORE UPDATE OF state ON river_job
     FOR EACH ROW
-    WHEN (NEW.kind = 'ai')
-    EXECUTE FUNCTION river_job_require_hold();
+    WHEN (NEW.kind = 'ai'
+          AND OLD.state IN ('completed', 'discarded', 'cancelled')
+          AND NEW.state NOT IN ('completed', 'discarded', 'cancelled'))
+    EXECUTE FUNCTION river_job_refuse_rerun();
+
+-- credit_balances: one row per account, in the API's words.
+CREATE VIEW credit_balances AS
+SELECT a.user_id,
+       a.available + COALESCE(h.reserved, 0) AS balance,
+       COALESCE(h.reserved, 0)               AS reserved,
+       a.available                           AS available,
+       COALESCE(h.open_holds, 0)             AS open_holds
+  FROM credit_accounts a
+  LEFT JOIN LATERAL (
+      SELECT sum(amount) AS reserved, count(*) AS open_holds
+        FROM credit_holds WHERE user_id = a.user_id AND state = 'reserved'
+  ) h ON true;
+COMMENT ON VIEW credit_balances IS 'Credits per user: balance = available + reserved; reserved = the open holds.';
 
 -- +goose Down
-DROP TRIGGER IF EXISTS river_job_require_hold ON river_job;
+DROP VIEW IF EXISTS credit_balances;
+DROP TRIGGER IF EXISTS river_job_refuse_rerun ON river_job;
+DROP FUNCTION IF EXISTS river_job_refuse_rerun();
+DROP TRIGGER IF EXISTS river_job_refund_truncated ON river_job;
+DROP FUNCTION IF EXISTS river_job_refund_truncated();
 DROP TRIGGER IF EXISTS river_job_refund_deleted ON river_job;
 DROP TRIGGER IF EXISTS river_job_settle_credits ON river_job;
-DROP FUNCTION IF EXISTS river_job_require_hold();
 DROP FUNCTION IF EXISTS river_job_settle_credits();
+DROP TRIGGER IF EXISTS river_job_reserve_credits ON river_job;
+DROP FUNCTION IF EXISTS river_job_reserve_credits();
 DROP FUNCTION IF EXISTS credit_settle(bigint, boolean);
 DROP TABLE IF EXISTS credit_entries;
 DROP TABLE IF EXISTS credit_holds;
 DROP TABLE IF EXISTS credit_accounts;
 DROP FUNCTION IF EXISTS credit_holds_settle_once();
-DROP FUNCTION IF EXISTS credit_entries_append_only();
+DROP FUNCTION IF EXISTS ledger_refuse();
+DROP FUNCTION IF EXISTS ai_job_outcome(river_job_state, jsonb[]);

@@ -1,0 +1,609 @@
+package dispatch
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/riverqueue/river"
+
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// Caps are how many of the fal slots the queues below urgent may hold, so
+// a batch flood or long videos never take every slot: urgent may take any
+// free slot. Each cap is a share of the usable slots or a count.
+type Caps struct {
+	// NonUrgent caps the slots normal and background jobs hold together
+	// (FAL_SLOTS_NORMAL_MAX).
+	NonUrgent Cap
+	// Background caps the slots background jobs hold
+	// (FAL_SLOTS_BACKGROUND_MAX).
+	Background Cap
+}
+
+// Cap is a share of the usable slots (Share in (0, 1]) or, when Count is
+// set, a number of slots.
+type Cap struct {
+	Share float64
+	Count int
+}
+
+// ParseCap reads a cap: "75%" is a share, "3" a count of slots.
+func ParseCap(s string) (Cap, error) {
+	s = strings.TrimSpace(s)
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil || !(f > 0 && f <= 100) {
+			return Cap{}, fmt.Errorf("%q is not a percentage in (0, 100]", s)
+		}
+		return Cap{Share: f / 100}, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return Cap{}, fmt.Errorf("%q is neither a percentage (75%%) nor a number of slots (3)", s)
+	}
+	return Cap{Count: n}, nil
+}
+
+// of returns the slots the cap allows out of total: at least one, so every
+// queue moves, and at most total.
+func (c Cap) of(total int) int {
+	n := c.Count
+	if n == 0 {
+		n = int(math.Floor(float64(total) * c.Share))
+	}
+	return max(1, min(n, total))
+}
+
+// DefaultCaps keep a quarter of the slots for urgent clicks and half for
+// anything but background work.
+var DefaultCaps = Caps{NonUrgent: Cap{Share: 0.75}, Background: Cap{Share: 0.5}}
+
+// slots returns the most slots of total normal+background and background
+// may hold.
+func (c Caps) slots(total int) (nonUrgent, background int) {
+	nonUrgent = c.NonUrgent.of(total)
+	return nonUrgent, min(nonUrgent, c.Background.of(total))
+}
+
+// Validate checks each cap is a share or a count.
+func (c Caps) Validate() error {
+	for name, x := range map[string]Cap{"FAL_SLOTS_NORMAL_MAX": c.NonUrgent, "FAL_SLOTS_BACKGROUND_MAX": c.Background} {
+		if (x.Count > 0) == (x.Share > 0) || x.Count < 0 || x.Share > 1 {
+			return fmt.Errorf("%s must be a share in (0, 100%%] or a number of slots", name)
+		}
+	}
+	return nil
+}
+
+// lineLock is the advisory lock key that serializes handing out fal slots
+// across every server process ('fal line' in ASCII).
+const lineLock int64 = 0x66616c206c696e65
+
+// tick is how often the line is served even when nothing announced a freed
+// slot (a slot freed by a process that died, a parked job whose snooze was
+// recorded after the last serve).
+const tick = time.Second
+
+// Line hands out fal slots: a job waits for one in Postgres (River's
+// pending state, or parked) without being run, and every freed slot goes at
+// once to the best waiting job across all server processes: strict priority
+// between queues, then the user with the fewest requests in flight, then
+// the oldest job. Serving the line takes an advisory lock, so each slot is
+// given once; the job's River state moves to available (River's public
+// JobRetryTx) in the same transaction that gives it the slot, and River's
+// producers are told at once (announcer).
+//
+// The line is served when a submission commits, when a slot frees in this
+// process, when a key comes back from cooling down, and every tick.
+type Line struct {
+	pool      *pgxpool.Pool
+	log       *slog.Logger
+	caps      Caps
+	announcer *announcer
+	metrics   *lineMetrics
+
+	mu     sync.Mutex
+	client *river.Client[pgx.Tx]
+	kick   chan struct{}
+}
+
+// NewLine returns the line of pool's fal slots; Start serves it.
+func NewLine(pool *pgxpool.Pool, caps Caps, logger *slog.Logger) *Line {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Line{pool: pool, log: logger, caps: caps, announcer: newAnnouncer(pool), metrics: newLineMetrics(),
+		kick: make(chan struct{}, 1)}
+}
+
+// Kick asks for the line to be served soon (a slot freed, jobs joined it).
+// It never blocks.
+func (l *Line) Kick() {
+	if l == nil {
+		return
+	}
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Committed is the service's jobs.Hooks.Committed: new jobs joined the line.
+func (l *Line) Committed([]string) { l.Kick() }
+
+// Start serves the line with client (which may be insert-only) until ctx
+// ends.
+func (l *Line) Start(ctx context.Context, client *river.Client[pgx.Tx]) {
+	l.mu.Lock()
+	l.client = client
+	l.mu.Unlock()
+	go l.run(ctx)
+}
+
+func (l *Line) run(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.kick:
+		case <-timer.C:
+		}
+		next, err := l.Serve(ctx)
+		if err != nil && ctx.Err() == nil {
+			l.log.WarnContext(ctx, "could not serve the fal line; trying again", slog.Any("error", err))
+		}
+		wait := tick
+		if !next.IsZero() {
+			wait = min(wait, max(time.Until(next), 10*time.Millisecond))
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// Serve gives every free slot to the best waiting job, as many rounds as it
+// takes, and returns when the soonest unusable key comes back (zero when
+// none is cooling down).
+func (l *Line) Serve(ctx context.Context) (time.Time, error) {
+	for {
+		n, next, err := l.serveOnce(ctx)
+		if err != nil || n == 0 {
+			return next, err
+		}
+	}
+}
+
+// capacity is what the line can give out now.
+type capacity struct {
+	free      map[int]int // usable key -> free slots
+	nonUrgent int         // slots normal+background may still take
+	bg        int         // slots background may still take
+	next      time.Time   // when the soonest unusable key comes back
+}
+
+// budget is how many slots queue q may still take.
+func (c *capacity) budget(q string) int {
+	total := 0
+	for _, n := range c.free {
+		total += n
+	}
+	switch q {
+	case jobs.QueueUrgent:
+		return total
+	case jobs.QueueNormal:
+		return min(total, c.nonUrgent)
+	default:
+		return min(total, c.nonUrgent, c.bg)
+	}
+}
+
+// roomiest is the usable key with the most free slots (the lowest index
+// among equals), 0 when none has one.
+func (c *capacity) roomiest() int {
+	key := 0
+	for k, n := range c.free {
+		if n > 0 && (key == 0 || n > c.free[key] || (n == c.free[key] && k < key)) {
+			key = k
+		}
+	}
+	return key
+}
+
+// take assigns one slot of queue q and returns its key (roomiest).
+func (c *capacity) take(q string) int {
+	key := c.roomiest()
+	c.free[key]--
+	if q != jobs.QueueUrgent {
+		c.nonUrgent--
+		if q == jobs.QueueBackground {
+			c.bg--
+		}
+	}
+	return key
+}
+
+// readCapacity reads the keys, their open slots and the slots per queue.
+// The line lock is held.
+func (l *Line) readCapacity(ctx context.Context, tx pgx.Tx) (*capacity, error) {
+	rows, err := tx.Query(ctx, `
+SELECT k.key_index, k.capacity, COALESCE(o.n, 0), k.unusable_until > now(), k.unusable_until
+  FROM fal_keys k
+  LEFT JOIN (SELECT key_index, count(*) AS n FROM fal_requests WHERE finished_at IS NULL GROUP BY key_index) o USING (key_index)`)
+	if err != nil {
+		return nil, err
+	}
+	c := &capacity{free: map[int]int{}}
+	total := 0
+	for rows.Next() {
+		var key, capa, open int
+		var unusable *bool
+		var until *time.Time
+		if err := rows.Scan(&key, &capa, &open, &unusable, &until); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if unusable != nil && *unusable {
+			if c.next.IsZero() || until.Before(c.next) {
+				c.next = *until
+			}
+			continue
+		}
+		total += capa
+		c.free[key] = max(0, capa-open)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var nonUrgentOpen, bgOpen int
+	err = tx.QueryRow(ctx, `
+SELECT count(*) FILTER (WHERE queue <> 'urgent'), count(*) FILTER (WHERE queue = 'background')
+  FROM fal_requests WHERE finished_at IS NULL`).Scan(&nonUrgentOpen, &bgOpen)
+	if err != nil {
+		return nil, err
+	}
+	nonUrgent, bg := l.caps.slots(total)
+	c.nonUrgent, c.bg = nonUrgent-nonUrgentOpen, bg-bgOpen
+	return c, nil
+}
+
+// waiting is a job in the line.
+type waiting struct {
+	jobID     int64
+	userID    string
+	attempt   int
+	operation string
+	model     string
+	parked    bool
+	createdAt time.Time
+}
+
+// candidatesSQL returns, for queue $1, up to $2 of each waiting user's
+// oldest jobs: pending ones through the line index (one index probe per
+// user, never the whole backlog) and parked ones whose snooze River has
+// recorded.
+const candidatesSQL = `
+WITH RECURSIVE users AS (
+    (SELECT args ->> 'user_id' AS uid FROM river_job
+      WHERE state = 'pending' AND kind = 'ai' AND queue = $1 ORDER BY args ->> 'user_id' LIMIT 1)
+    UNION ALL
+    SELECT (SELECT args ->> 'user_id' FROM river_job
+             WHERE state = 'pending' AND kind = 'ai' AND queue = $1 AND args ->> 'user_id' > u.uid
+             ORDER BY args ->> 'user_id' LIMIT 1)
+      FROM users u WHERE u.uid IS NOT NULL
+)
+SELECT j.id, j.args ->> 'user_id', j.attempt, j.args ->> 'operation', j.args ->> 'model', false, j.created_at
+  FROM users u, LATERAL (
+      SELECT id, args, attempt, created_at FROM river_job
+       WHERE state = 'pending' AND kind = 'ai' AND queue = $1 AND args ->> 'user_id' = u.uid
+       ORDER BY id LIMIT $2) j
+ WHERE u.uid IS NOT NULL
+UNION ALL
+SELECT j.id, p.user_id, j.attempt, j.args ->> 'operation', j.args ->> 'model', true, p.parked_at
+  FROM fal_parked p JOIN river_job j ON j.id = p.job_id
+ WHERE p.queue = $1 AND j.state = 'scheduled'`
+
+// serveOnce serves the line once in one transaction and returns how many
+// jobs got a slot.
+func (l *Line) serveOnce(ctx context.Context) (int, time.Time, error) {
+	l.mu.Lock()
+	client := l.client
+	l.mu.Unlock()
+	if client == nil {
+		return 0, time.Time{}, errors.New("the line is not started")
+	}
+	tx, err := l.pool.Begin(ctx)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lineLock); err != nil {
+		return 0, time.Time{}, err
+	}
+	c, err := l.readCapacity(ctx, tx)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	var given []given
+	for _, q := range jobs.Queues {
+		n := c.budget(q)
+		if n <= 0 {
+			continue
+		}
+		chosen, err := l.choose(ctx, tx, q, n)
+		if err != nil {
+			return 0, c.next, err
+		}
+		for _, w := range chosen {
+			given = append(given, l.give(c, q, w))
+		}
+	}
+	if len(given) == 0 {
+		return 0, c.next, tx.Commit(ctx)
+	}
+	if err := l.assign(ctx, tx, client, given); err != nil {
+		return 0, c.next, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, c.next, err
+	}
+	var queues []string
+	for _, g := range given {
+		if !slices.Contains(queues, g.queue) {
+			queues = append(queues, g.queue)
+		}
+		l.metrics.waited.WithLabelValues(g.queue, g.w.operation).Observe(max(time.Since(g.w.createdAt).Seconds(), 0))
+	}
+	l.announcer.announce(queues)
+	return len(given), c.next, nil
+}
+
+// given is a slot given to a waiting job.
+type given struct {
+	w     waiting
+	queue string
+	key   int
+}
+
+func (l *Line) give(c *capacity, q string, w waiting) given {
+	return given{w: w, queue: q, key: c.take(q)}
+}
+
+// choose picks up to n waiting jobs of queue q in the line's order: the
+// user with the fewest requests in flight first (counting the jobs chosen
+// so far), the oldest job between equals, each user's jobs oldest first.
+func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waiting, error) {
+	rows, err := tx.Query(ctx, candidatesSQL, q, n)
+	if err != nil {
+		return nil, err
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (waiting, error) {
+		var w waiting
+		err := row.Scan(&w.jobID, &w.userID, &w.attempt, &w.operation, &w.model, &w.parked, &w.createdAt)
+		return w, err
+	})
+	if err != nil || len(list) == 0 {
+		return nil, err
+	}
+	perUser := map[string][]waiting{}
+	var users []string
+	for _, w := range list {
+		if _, ok := perUser[w.userID]; !ok {
+			users = append(users, w.userID)
+		}
+		perUser[w.userID] = append(perUser[w.userID], w)
+	}
+	for _, u := range users {
+		slices.SortFunc(perUser[u], func(a, b waiting) int { return cmp.Compare(a.jobID, b.jobID) })
+	}
+	inFlight := map[string]int{}
+	rows, err = tx.Query(ctx, `
+SELECT user_id::text, count(*) FROM fal_requests
+ WHERE finished_at IS NULL AND user_id = ANY($1::uuid[]) GROUP BY user_id`, users)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var u string
+		var c int
+		if err := rows.Scan(&u, &c); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		inFlight[u] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var out []waiting
+	for len(out) < n {
+		best := ""
+		for _, u := range users {
+			if len(perUser[u]) == 0 {
+				continue
+			}
+			if best == "" || inFlight[u] < inFlight[best] ||
+				(inFlight[u] == inFlight[best] && perUser[u][0].jobID < perUser[best][0].jobID) {
+				best = u
+			}
+		}
+		if best == "" {
+			break
+		}
+		out = append(out, perUser[best][0])
+		perUser[best] = perUser[best][1:]
+		inFlight[best]++
+	}
+	return out, nil
+}
+
+// assign records the slots given and makes their jobs available to River.
+func (l *Line) assign(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], list []given) error {
+	b := &pgx.Batch{}
+	for _, g := range list {
+		b.Queue(`
+INSERT INTO fal_requests (job_id, run, attempt, user_id, queue, operation, key_index, model)
+VALUES ($1, COALESCE((SELECT max(run) FROM credit_holds WHERE job_id = $1), 1), $2, $3, $4, $5, $6, $7)`,
+			g.w.jobID, g.w.attempt+1, g.w.userID, g.queue, g.w.operation, g.key, g.w.model)
+		if g.w.parked {
+			b.Queue(`DELETE FROM fal_parked WHERE job_id = $1`, g.w.jobID)
+		}
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	for _, g := range list {
+		if _, err := client.JobRetryTx(ctx, tx, g.w.jobID); err != nil {
+			return fmt.Errorf("make job %d available: %w", g.w.jobID, err)
+		}
+	}
+	return nil
+}
+
+// claim gives job a slot outside the line's turn, when a job that has none
+// runs (a retry after a failed submit, a job River's rescuer or an admin
+// handed back): it takes a free slot of its queue only when no job waits in
+// the line of its queue or a more urgent one, so it never jumps ahead. It
+// returns nil when there is none; the job then parks (park).
+func (l *Line) claim(ctx context.Context, jobID int64, attempt int, args jobs.Args, queue string) (*slot, error) {
+	tx, err := l.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lineLock); err != nil {
+		return nil, err
+	}
+	var ahead bool
+	err = tx.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = ANY($1))
+    OR EXISTS (SELECT 1 FROM fal_parked WHERE queue = ANY($1) AND job_id <> $2)`, queuesUpTo(queue), jobID).Scan(&ahead)
+	if err != nil || ahead {
+		return nil, err
+	}
+	c, err := l.readCapacity(ctx, tx)
+	if err != nil || c.budget(queue) <= 0 {
+		return nil, err
+	}
+	key := c.take(queue)
+	s, err := scanSlot(tx.QueryRow(ctx, `
+INSERT INTO fal_requests (job_id, run, attempt, user_id, queue, operation, key_index, model)
+VALUES ($1, COALESCE((SELECT max(run) FROM credit_holds WHERE job_id = $1), 1), $2, $3, $4, $5, $6, $7)
+RETURNING `+slotColumns, jobID, attempt, args.UserID, queue, args.Operation, key, args.Model))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM fal_parked WHERE job_id = $1`, jobID); err != nil {
+		return nil, err
+	}
+	return s, tx.Commit(ctx)
+}
+
+// queuesUpTo lists q and the queues more urgent than it.
+func queuesUpTo(q string) []string {
+	i := slices.Index(jobs.Queues, q)
+	if i < 0 {
+		return jobs.Queues
+	}
+	return jobs.Queues[:i+1]
+}
+
+// park puts a running job that has no slot back in the line; the worker
+// then snoozes it (parkFor) and the line wakes it when a slot is its.
+func (l *Line) park(ctx context.Context, jobID int64, queue, userID string) error {
+	_, err := l.pool.Exec(ctx, `
+INSERT INTO fal_parked (job_id, queue, user_id) VALUES ($1, $2, $3)
+ON CONFLICT (job_id) DO NOTHING`, jobID, queue, userID)
+	if err == nil {
+		// River records the snooze after the attempt returns; serve the
+		// line once it has, in case a slot is free by then.
+		time.AfterFunc(200*time.Millisecond, l.Kick)
+	}
+	return err
+}
+
+// parkFor is how long a parked job sleeps if the line never wakes it (a
+// backstop: the line wakes it as soon as a slot is its).
+const parkFor = 5 * time.Minute
+
+// SetKeys records this process's keys and their capacities in fal_keys
+// (capacities[i] is key i+1's), and gives keys beyond them no capacity:
+// the last process to start decides. It serves the line afterwards, as a
+// process with more keys brings more slots.
+func (l *Line) SetKeys(ctx context.Context, capacities []int) error {
+	_, err := l.pool.Exec(ctx, `
+INSERT INTO fal_keys (key_index, capacity)
+SELECT i::int, c FROM unnest($1::int[]) WITH ORDINALITY AS t(c, i)
+ON CONFLICT (key_index) DO UPDATE SET capacity = EXCLUDED.capacity, updated_at = now()`, capacities)
+	if err != nil {
+		return err
+	}
+	_, err = l.pool.Exec(ctx, `UPDATE fal_keys SET capacity = 0, updated_at = now() WHERE key_index > $1 AND capacity <> 0`, len(capacities))
+	l.Kick()
+	return err
+}
+
+// lineMetrics are the line's own metrics.
+type lineMetrics struct {
+	waited *prometheus.HistogramVec
+}
+
+func newLineMetrics() *lineMetrics {
+	return &lineMetrics{
+		waited: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "aiqueue_fal_slot_wait_seconds",
+			Help:    "Time a job waited in the line for a fal slot (from its submission, or from losing its slot), by queue and operation; observed by the process that gave the slot.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 120, 300, 900},
+		}, []string{"queue", "operation"}),
+	}
+}
+
+// move moves an unsubmitted slot to another usable key with a free slot,
+// after its key refused the request (429, 401/403). It reports false when
+// no key has one; the caller frees the slot and parks the job.
+func (l *Line) move(ctx context.Context, s *slot) (bool, error) {
+	tx, err := l.pool.Begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lineLock); err != nil {
+		return false, err
+	}
+	c, err := l.readCapacity(ctx, tx)
+	if err != nil {
+		return false, err
+	}
+	delete(c.free, s.req.Key)
+	key := c.roomiest()
+	if key == 0 {
+		return false, nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE fal_requests SET key_index = $2 WHERE id = $1 AND request_id IS NULL`, s.id, key); err != nil {
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, err
+	}
+	s.req.Key = key
+	return true, nil
+}

@@ -1,0 +1,263 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Job is an AI job as the API shows it.
+type Job struct {
+	ID            string          `json:"id"`
+	UserID        string          `json:"-"`
+	Operation     string          `json:"operation"`
+	Priority      string          `json:"priority"`
+	State         string          `json:"state"`
+	RiverState    string          `json:"-"`
+	QueuePosition *int            `json:"queue_position,omitempty"`
+	Attempt       int             `json:"attempt"`
+	MaxAttempts   int             `json:"max_attempts"`
+	BatchID       string          `json:"batch_id,omitempty"`
+	Progress      Progress        `json:"progress"`
+	CreatedAt     time.Time       `json:"created_at"`
+	StartedAt     *time.Time      `json:"started_at,omitempty"`
+	FinishedAt    *time.Time      `json:"finished_at,omitempty"`
+	Result        json.RawMessage `json:"result,omitempty"`
+	Error         *JobError       `json:"error,omitempty"`
+	Credits       Credits         `json:"credits"`
+	FalRequestID  string          `json:"-"`
+
+	riverJobID int64
+}
+
+// Progress is where an unfinished job is, as far as fal says.
+type Progress struct {
+	// Stage is waiting (for a fal slot, or for fal to accept the request),
+	// in_queue or in_progress (fal's status), finishing (fetching the
+	// result); absent once the job ended.
+	Stage string `json:"stage,omitempty"`
+	// FalQueuePosition is the request's position in fal's own queue while
+	// fal queues it.
+	FalQueuePosition *int `json:"fal_queue_position,omitempty"`
+	// Logs are fal's latest log lines of the request, when asked for.
+	Logs json.RawMessage `json:"logs,omitempty"`
+	// StartedAt is when fal first accepted a request of the job.
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	// ETASeconds is the estimated time to the job's end, from what the
+	// operation has recently taken at fal (absent until a few finished).
+	ETASeconds *int `json:"eta_seconds,omitempty"`
+}
+
+// Stages of Progress.Stage.
+const (
+	StageWaiting    = "waiting"
+	StageInQueue    = "in_queue"
+	StageInProgress = "in_progress"
+	StageFinishing  = "finishing"
+)
+
+// Credits are a job's hold.
+type Credits struct {
+	Amount int64  `json:"amount"`
+	State  string `json:"state"`
+}
+
+const jobColumns = `river_job_id, user_id::text, operation, queue, state, river_state, attempt, max_attempts,
+       COALESCE(batch_id, ''), created_at, started_at, finished_at, result, last_error,
+       credits, credit_state, COALESCE(fal_request_id, ''), fal_stage, fal_queue_position, fal_logs`
+
+func scanJob(row pgx.Row, extra ...any) (*Job, error) {
+	var j Job
+	var lastError, stage *string
+	err := row.Scan(append([]any{&j.riverJobID, &j.UserID, &j.Operation, &j.Priority, &j.State, &j.RiverState, &j.Attempt, &j.MaxAttempts,
+		&j.BatchID, &j.CreatedAt, &j.StartedAt, &j.FinishedAt, &j.Result, &lastError,
+		&j.Credits.Amount, &j.Credits.State, &j.FalRequestID, &stage, &j.Progress.FalQueuePosition, &j.Progress.Logs}, extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	j.ID = FormatID(j.riverJobID)
+	j.Progress.StartedAt = j.StartedAt
+	switch {
+	case Final(j.State):
+		j.Progress.FalQueuePosition, j.Progress.Logs = nil, nil
+	case j.State == StateQueued || stage == nil:
+		j.Progress.Stage = StageWaiting
+		j.Progress.FalQueuePosition, j.Progress.Logs = nil, nil
+	default:
+		j.Progress.Stage = *stage
+	}
+	if j.Progress.Stage != StageInQueue {
+		j.Progress.FalQueuePosition = nil
+	}
+	if j.State != StateSucceeded {
+		j.Result = nil
+	}
+	switch {
+	case j.State == StateCancelled:
+		j.Error = &JobError{Code: CodeCancelled, Message: "the job was cancelled"}
+		if lastError != nil {
+			if e := ParseJobError(*lastError); e.Code != CodeCancelled && e.Code != CodeInternal {
+				j.Error.Message = e.Message
+			}
+		}
+	case lastError != nil && j.State != StateSucceeded:
+		e := ParseJobError(*lastError)
+		j.Error = &e
+	}
+	return &j, nil
+}
+
+// JobID parses an API job id; ok is false for ids that cannot exist.
+func JobID(id string) (int64, bool) {
+	n, err := strconv.ParseInt(id, 10, 64)
+	return n, err == nil && n > 0
+}
+
+// FormatID is the API id of a River job id.
+func FormatID(id int64) string { return strconv.FormatInt(id, 10) }
+
+// positionCap bounds the queue position computed for a job: beyond it the
+// line is only said to be at least that long.
+const positionCap = 1000
+
+// Get returns the user's job, or ENOTFOUND when it does not exist or
+// belongs to someone else. A queued job has its place in the line for fal
+// slots (queue_position); every unfinished job its estimated time to the
+// end. fal's log lines come with logs.
+func (s *Service) Get(ctx context.Context, userID, id string, logs bool) (*Job, error) {
+	n, ok := JobID(id)
+	if !ok {
+		return nil, errorf(ENOTFOUND, "job %q not found", id)
+	}
+	var position *int
+	j, err := scanJob(s.pool.QueryRow(ctx, `SELECT `+jobColumns+`,
+       CASE WHEN state = 'queued' THEN fal_line_position(river_job_id, $3) END
+  FROM ai_jobs WHERE river_job_id = $1 AND user_id = $2`, n, userID, positionCap), &position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errorf(ENOTFOUND, "job %q not found", id)
+	}
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	j.QueuePosition = position
+	if !logs {
+		j.Progress.Logs = nil
+	}
+	if err := s.setETA(ctx, j); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// etaTTL is how long a process keeps an operation's recent duration and
+// the slot count before reading them again.
+const etaTTL = 5 * time.Second
+
+// etaSamples is how many of an operation's latest finished requests its
+// typical duration is the median of, and etaMinSamples how many it takes.
+const (
+	etaSamples    = 20
+	etaMinSamples = 3
+)
+
+// etaCache holds, per process, each operation's recent median duration at
+// fal and the number of usable slots.
+type etaCache struct {
+	mu      sync.Mutex
+	medians map[string]etaEntry
+	slots   etaEntry
+}
+
+type etaEntry struct {
+	value float64 // seconds, or slots; NaN when unknown
+	at    time.Time
+}
+
+// cached returns the entry of key, reading it with read when it is older
+// than etaTTL.
+func (c *etaCache) cached(ctx context.Context, e *etaEntry, read func(context.Context) (float64, error)) (float64, error) {
+	if time.Since(e.at) < etaTTL {
+		return e.value, nil
+	}
+	v, err := read(ctx)
+	if err != nil {
+		return 0, err
+	}
+	*e = etaEntry{value: v, at: time.Now()}
+	return v, nil
+}
+
+// setETA estimates the time to j's end: for a running job, what is left of
+// the operation's median duration at fal (at least a second); for a queued
+// one, the rounds of the line ahead of it (its position over the usable
+// slots) plus its own run.
+func (s *Service) setETA(ctx context.Context, j *Job) error {
+	if Final(j.State) {
+		return nil
+	}
+	c := &s.eta
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.medians == nil {
+		c.medians = map[string]etaEntry{}
+	}
+	e := c.medians[j.Operation]
+	median, err := c.cached(ctx, &e, func(ctx context.Context) (float64, error) {
+		var m *float64
+		var n int
+		err := s.pool.QueryRow(ctx, `
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - submitted_at)), count(*)
+  FROM (SELECT completed_at, submitted_at FROM fal_requests
+         WHERE operation = $1 AND state = 'completed' AND submitted_at IS NOT NULL
+         ORDER BY completed_at DESC LIMIT $2) r`, j.Operation, etaSamples).Scan(&m, &n)
+		if err != nil || m == nil || n < etaMinSamples {
+			return math.NaN(), err
+		}
+		return *m, nil
+	})
+	if err != nil {
+		return unavailable(err)
+	}
+	c.medians[j.Operation] = e
+	if math.IsNaN(median) {
+		return nil
+	}
+	var eta float64
+	if j.StartedAt != nil {
+		eta = max(median-time.Since(*j.StartedAt).Seconds(), 1)
+	} else {
+		slots, err := c.cached(ctx, &c.slots, func(ctx context.Context) (float64, error) {
+			var n float64
+			err := s.pool.QueryRow(ctx, `
+SELECT COALESCE(sum(capacity) FILTER (WHERE unusable_until IS NULL OR unusable_until <= now()), 0) FROM fal_keys`).Scan(&n)
+			return n, err
+		})
+		if err != nil {
+			return unavailable(err)
+		}
+		rounds := 0.0
+		if j.QueuePosition != nil {
+			rounds = math.Floor(float64(*j.QueuePosition) / max(slots, 1))
+		}
+		eta = median * (1 + rounds)
+	}
+	sec := int(math.Ceil(eta))
+	j.Progress.ETASeconds = &sec
+	return nil
+}
+
+// Moved reports whether o shows the studio something j did not: another
+// state, place in the line, attempt or fal progress. The estimate of the
+// time left is left out: it moves with the clock.
+func (j *Job) Moved(o *Job) bool {
+	eq := func(a, b *int) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+	return j.State != o.State || j.Attempt != o.Attempt || !eq(j.QueuePosition, o.QueuePosition) ||
+		j.Progress.Stage != o.Progress.Stage || !eq(j.Progress.FalQueuePosition, o.Progress.FalQueuePosition) ||
+		string(j.Progress.Logs) != string(o.Progress.Logs)
+}

@@ -1,0 +1,164 @@
+-- +goose Up
+-- fal capacity, shared by every server process: the keys and their slots,
+-- every request made with them, and the line of jobs waiting for a slot.
+
+-- fal_keys: one row per configured key (named by index, never by secret):
+-- how many requests it may hold at once (FAL_KEY_MAX_IN_FLIGHT, written by
+-- each process at start), and until when it is unusable after fal answered
+-- 429 (cooling down) or 401/403 (revoked).
+CREATE TABLE fal_keys (
+    key_index       int PRIMARY KEY CHECK (key_index >= 1),
+    capacity        int NOT NULL CHECK (capacity >= 0),
+    unusable_until  timestamptz,
+    unusable_reason text CHECK (unusable_reason IN ('rate_limited', 'revoked')),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE fal_keys IS 'fal keys by index: slots (capacity) and health (unusable_until after a 429 or 401/403).';
+
+-- fal_requests: one row per slot a job holds, from the moment the line
+-- gives it the slot (state 'submitting', no request id) through fal's
+-- answer (request id and the URLs fal returned: 'in_flight') until fal
+-- finishes it ('completed') or it ends otherwise ('cancelled', 'failed':
+-- fal refused or the submit failed; 'lost': fal forgot a request it had
+-- accepted; 'expired': fal dropped a completed request's result;
+-- 'abandoned': a claim whose process died between submit and storing fal's
+-- answer). A row holds its slot while finished_at IS NULL. stage,
+-- fal_queue_position and logs are fal's progress, for the API.
+CREATE TABLE fal_requests (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id             bigint NOT NULL,
+    run                int NOT NULL DEFAULT 1,
+    attempt            int NOT NULL,
+    user_id            uuid NOT NULL,
+    queue              text NOT NULL,
+    operation          text NOT NULL,
+    key_index          int NOT NULL CHECK (key_index >= 1),
+    model              text NOT NULL,
+    request_id         text UNIQUE,
+    status_url         text,
+    response_url       text,
+    cancel_url         text,
+    state              text NOT NULL DEFAULT 'submitting'
+                       CHECK (state IN ('submitting', 'in_flight', 'completed', 'cancelled', 'failed', 'lost', 'expired', 'abandoned')),
+    stage              text CHECK (stage IN ('in_queue', 'in_progress', 'finishing')),
+    fal_queue_position int,
+    logs               jsonb,
+    billable_units     numeric,
+    cancel_outcome     text,
+    error              text,
+    claimed_at         timestamptz NOT NULL DEFAULT now(),
+    submitted_at       timestamptz,
+    completed_at       timestamptz,
+    finished_at        timestamptz,
+    CONSTRAINT fal_requests_open CHECK ((state IN ('submitting', 'in_flight')) = (finished_at IS NULL)),
+    CONSTRAINT fal_requests_request_id CHECK ((request_id IS NULL) = (state IN ('submitting', 'failed', 'abandoned')))
+);
+-- No foreign key to river_job: River's cleaner deletes finished jobs, and a
+-- request fal still runs for a deleted job must stay visible until the
+-- sweeper cancels it.
+CREATE INDEX fal_requests_job_id ON fal_requests (job_id, id DESC);
+CREATE INDEX fal_requests_open_key ON fal_requests (key_index) WHERE finished_at IS NULL;
+CREATE INDEX fal_requests_open_user ON fal_requests (user_id) WHERE finished_at IS NULL;
+CREATE INDEX fal_requests_finished_at ON fal_requests (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX fal_requests_recent ON fal_requests (operation, completed_at DESC) WHERE state = 'completed';
+COMMENT ON TABLE fal_requests IS 'One row per fal slot a job holds: key index, fal request id and URLs, progress, state. Open rows (finished_at IS NULL) hold the slots.';
+
+-- The line: an AI job waits for a fal slot in River's state 'pending'
+-- (inserted so, made available by the dispatcher once it holds a slot), or
+-- parked in fal_parked after losing its slot (its River state is
+-- 'scheduled' then). The dispatcher serves the line by queue priority, then
+-- the user with the fewest requests in flight, then the oldest job; this
+-- index gives each waiting user's oldest job per queue without reading the
+-- backlog.
+CREATE INDEX river_job_fal_line ON river_job (queue, (args ->> 'user_id'), id) WHERE state = 'pending' AND kind = 'ai';
+
+CREATE TABLE fal_parked (
+    job_id    bigint PRIMARY KEY,
+    queue     text NOT NULL,
+    user_id   text NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX fal_parked_line ON fal_parked (queue, user_id, job_id);
+COMMENT ON TABLE fal_parked IS 'AI jobs back in the line for a fal slot after losing theirs (key cooling down, submit failed); the dispatcher wakes them.';
+
+-- fal_line_position estimates how many jobs will get a fal slot before
+-- job p_job_id (0 once it holds one, NULL when it is not waiting), at most
+-- p_cap: every job waiting in a more urgent queue, this user's older jobs,
+-- and from each other user waiting in the queue the turns the line gives it
+-- first (one per turn of this user, plus one per request in flight fewer).
+-- It reads one bounded index range per waiting user, never the backlog
+-- behind the job.
+-- +goose StatementBegin
+CREATE FUNCTION fal_line_position(p_job_id bigint, p_cap int) RETURNS int
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    j         record;
+    higher    text[];
+    mine      int;
+    inflight  int;
+    ahead     int;
+    v         record;
+    turns     int;
+BEGIN
+    SELECT id, queue, state, args ->> 'user_id' AS uid INTO j FROM river_job WHERE id = p_job_id AND kind = 'ai';
+    IF NOT FOUND OR j.state IN ('completed', 'discarded', 'cancelled') THEN
+        RETURN NULL;
+    END IF;
+    IF j.state <> 'pending' AND NOT EXISTS (SELECT 1 FROM fal_parked WHERE job_id = p_job_id) THEN
+        RETURN 0;
+    END IF;
+    higher := (ARRAY['urgent', 'normal', 'background'])[1:array_position(ARRAY['urgent', 'normal', 'background'], j.queue) - 1];
+    SELECT count(*) INTO ahead FROM (
+        SELECT 1 FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = ANY(higher) LIMIT p_cap) x;
+    ahead := ahead + (SELECT count(*) FROM fal_parked WHERE queue = ANY(higher));
+    SELECT count(*) INTO mine FROM river_job
+     WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = j.uid AND id < j.id;
+    SELECT count(*) INTO inflight FROM fal_requests WHERE finished_at IS NULL AND user_id = j.uid::uuid;
+    FOR v IN
+        WITH RECURSIVE users AS (
+            (SELECT args ->> 'user_id' AS uid FROM river_job
+              WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue ORDER BY args ->> 'user_id' LIMIT 1)
+            UNION ALL
+            SELECT (SELECT args ->> 'user_id' FROM river_job
+                     WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' > u.uid
+                     ORDER BY args ->> 'user_id' LIMIT 1)
+              FROM users u WHERE u.uid IS NOT NULL
+        )
+        SELECT u.uid,
+               (SELECT min(id) FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = u.uid) AS head,
+               (SELECT count(*) FROM fal_requests WHERE finished_at IS NULL AND user_id = u.uid::uuid) AS inflight
+          FROM users u WHERE u.uid IS NOT NULL AND u.uid <> j.uid
+    LOOP
+        EXIT WHEN ahead + mine >= p_cap;
+        turns := mine + inflight - v.inflight::int + CASE WHEN v.head < j.id THEN 1 ELSE 0 END;
+        IF turns > 0 THEN
+            ahead := ahead + (SELECT count(*) FROM (
+                SELECT 1 FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = v.uid
+                 LIMIT turns) x);
+        END IF;
+    END LOOP;
+    RETURN least(ahead + mine, p_cap);
+END;
+$$;
+-- +goose StatementEnd
+
+-- fal_key_in_flight: slots in use per key, as the dispatcher sees them.
+CREATE VIEW fal_key_in_flight AS
+SELECT k.key_index, 'key-' || k.key_index AS key, k.capacity,
+       count(f.id) AS in_flight,
+       count(f.id) FILTER (WHERE f.state = 'submitting') AS submitting,
+       min(f.claimed_at) AS oldest_claimed_at,
+       CASE WHEN k.unusable_until > now() THEN k.unusable_reason END AS unusable,
+       k.unusable_until
+  FROM fal_keys k
+  LEFT JOIN fal_requests f ON f.key_index = k.key_index AND f.finished_at IS NULL
+ GROUP BY k.key_index;
+COMMENT ON VIEW fal_key_in_flight IS 'fal slots per key: capacity, requests in flight, health.';
+
+-- +goose Down
+DROP VIEW IF EXISTS fal_key_in_flight;
+DROP FUNCTION IF EXISTS fal_line_position(bigint, int);
+DROP TABLE IF EXISTS fal_parked;
+DROP INDEX IF EXISTS river_job_fal_line;
+DROP TABLE IF EXISTS fal_requests;
+DROP TABLE IF EXISTS fal_keys;
