@@ -305,7 +305,9 @@ func (w *Worker) store(ctx context.Context, a *attempt) error {
 // imagePollBudget is how long one attempt follows an image request before
 // it snoozes (a second) and the next attempt follows on; at most three
 // quarters of the attempt.
-func (w *Worker) imagePollBudget() time.Duration { return min(45*time.Second, w.cfg.AttemptTimeout*3/4) }
+func (w *Worker) imagePollBudget() time.Duration {
+	return min(45*time.Second, w.cfg.AttemptTimeout*3/4)
+}
 
 // errStreamEnded is a status stream that ended before fal finished.
 var errStreamEnded = errors.New("status stream ended")

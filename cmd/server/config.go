@@ -29,11 +29,11 @@ type Config struct {
 	ListenAddr       string
 	Role             string
 
-	FalKeys        []string
-	FalQueueURL    string
-	FalSimulate    bool
-	FalSimFast     bool    // the built-in simulator answers at once (tests, benchmarks)
-	FalSimScale    float64 // multiplies the built-in simulator's model latencies
+	FalKeys     []string
+	FalQueueURL string
+	FalSimulate bool
+	FalSimFast  bool    // the built-in simulator answers at once (tests, benchmarks)
+	FalSimScale float64 // multiplies the built-in simulator's model latencies
 	// FalCapacities are the slots of each key (FAL_KEY_MAX_IN_FLIGHT), in
 	// key order.
 	FalCapacities []int
