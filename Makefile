@@ -7,8 +7,9 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 export GOTOOLCHAIN := local
 TS_CLIENT := clients/typescript
+REDOCLY := tools/redocly
 
-.PHONY: all build run test vet lint unit test-browser openapi openapi-check bench drills fmt clean gen ts-deps ts-check ts-test
+.PHONY: all build run test vet lint unit test-browser openapi openapi-check openapi-lint redocly-deps bench drills fmt clean gen ts-deps ts-check ts-test
 
 all: build
 
@@ -24,7 +25,7 @@ run: build
 ## test: vet, lint, the committed OpenAPI document and TypeScript types, every
 ## Go test with the race detector, the TypeScript client against a live server,
 ## and the River UI browser test.
-test: vet lint openapi-check ts-check unit ts-test test-browser
+test: vet lint openapi-check openapi-lint ts-check unit ts-test test-browser
 
 vet:
 	$(GO) vet ./...
@@ -65,6 +66,16 @@ openapi:
 openapi-check:
 	@$(GO) run ./cmd/server openapi > $(BIN)/openapi.yaml.tmp 2>/dev/null || (mkdir -p $(BIN) && $(GO) run ./cmd/server openapi > $(BIN)/openapi.yaml.tmp)
 	@diff -u openapi.yaml $(BIN)/openapi.yaml.tmp || (echo "openapi.yaml is stale: run 'make openapi' and commit it" && exit 1)
+
+## openapi-lint: Redocly CLI (pinned in tools/redocly) with its recommended
+## rules over the committed openapi.yaml; any error or warning fails.
+openapi-lint: redocly-deps
+	node $(REDOCLY)/lint.mjs openapi.yaml
+
+redocly-deps: $(REDOCLY)/node_modules/.package-lock.json
+
+$(REDOCLY)/node_modules/.package-lock.json: $(REDOCLY)/package-lock.json
+	cd $(REDOCLY) && npm ci --no-audit --no-fund --loglevel=error
 
 ## gen: regenerate the TypeScript client's types (clients/typescript/src/schema.ts)
 ## from the committed openapi.yaml (after 'make openapi').
