@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/jobs"
 )
@@ -58,6 +59,10 @@ type Config struct {
 
 	RiverUser string
 	RiverPass string
+
+	// CORSAllowedOrigins are the browser origins allowed to call /v1/ from
+	// another origin (api.CORS); none means no CORS headers at all.
+	CORSAllowedOrigins []string
 
 	// RiverPollOnly makes River poll instead of LISTEN (PgBouncer in
 	// transaction pooling mode).
@@ -158,6 +163,11 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		c.FalSimScale = f
 	}
 	c.RiverPollOnly = boolean("RIVER_POLL_ONLY", false)
+	origins, err := api.ParseCORSOrigins(getenv("CORS_ALLOWED_ORIGINS"))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.CORSAllowedOrigins = origins
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}

@@ -217,7 +217,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	m.http = &http.Server{Handler: logging.Middleware(m.Logger, mux), ReadHeaderTimeout: 10 * time.Second}
+	m.http = &http.Server{Handler: logging.Middleware(m.Logger, api.CORS(cfg.CORSAllowedOrigins, mux)), ReadHeaderTimeout: 10 * time.Second}
 	if m.api != nil {
 		m.http.RegisterOnShutdown(m.api.Shutdown) // end long polls and event streams
 	}
