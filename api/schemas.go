@@ -220,7 +220,11 @@ func batchSchema(reg huma.Registry, item *huma.Schema) *huma.Schema {
 // resultSchema registers the schemas of fal's outputs and returns the
 // schema of a job's result: any of them. fal's outputs are passed on as
 // they are, so each schema names the fields a frontend reads and allows
-// any other (fal adding a field never breaks a client).
+// any other (fal adding a field never breaks a client). They allow them by
+// leaving additionalProperties out (JSON Schema's default) rather than
+// saying true, which openapi-typescript would turn into an index signature
+// on every member, and then `"images" in result` could not narrow the
+// union.
 func resultSchema(reg huma.Registry) *huma.Schema {
 	file := func(name, desc string, props map[string]*huma.Schema, example map[string]any) {
 		props["url"] = &huma.Schema{Type: huma.TypeString, Description: "Where the file is; fal keeps it for a limited time."}
@@ -228,7 +232,7 @@ func resultSchema(reg huma.Registry) *huma.Schema {
 		props["file_name"] = &huma.Schema{Type: huma.TypeString, Description: "Its file name, when fal gives one."}
 		props["file_size"] = &huma.Schema{Type: huma.TypeInteger, Minimum: ptr(0.0), Description: "Its size in bytes, when fal gives it."}
 		reg.Map()[name] = &huma.Schema{Type: huma.TypeObject, Description: desc, Properties: props,
-			Required: []string{"url"}, AdditionalProperties: true, Examples: []any{example}}
+			Required: []string{"url"}, Examples: []any{example}}
 	}
 	image := map[string]any{"url": "https://fal.media/files/ring.png", "width": 1024, "height": 1024, "content_type": "image/png"}
 	video := map[string]any{"url": "https://fal.media/files/ring.mp4", "content_type": "video/mp4", "file_name": "ring.mp4", "file_size": 2143812}
@@ -255,7 +259,7 @@ func resultSchema(reg huma.Registry) *huma.Schema {
 		"(ImageResult: upscale, remove-bg) or a video (VideoResult: video, turntable). Other fields fal sends are passed on."}
 	for _, r := range results {
 		reg.Map()[r.name] = &huma.Schema{Type: huma.TypeObject, Description: r.desc,
-			Properties: map[string]*huma.Schema{r.key: r.value}, Required: []string{r.key}, AdditionalProperties: true,
+			Properties: map[string]*huma.Schema{r.key: r.value}, Required: []string{r.key},
 			Examples: []any{map[string]any{r.key: r.example}}}
 		reg.Map()[r.name].PrecomputeMessages()
 		result.AnyOf = append(result.AnyOf, &huma.Schema{Ref: "#/components/schemas/" + r.name})

@@ -684,8 +684,6 @@ export interface components {
          */
         ImageResult: {
             image: components["schemas"]["ResultImage"];
-        } & {
-            [key: string]: unknown;
         };
         /**
          * @description The output of the image operations but upscale and remove-bg: a list of images.
@@ -703,8 +701,6 @@ export interface components {
         ImagesResult: {
             /** @description The images, in order. */
             images: components["schemas"]["ResultImage"][];
-        } & {
-            [key: string]: unknown;
         };
         /**
          * @description An AI job as the API shows it.
@@ -1236,8 +1232,6 @@ export interface components {
             url: string;
             /** @description Width in pixels. */
             width?: number;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * @description A video fal made.
@@ -1257,8 +1251,6 @@ export interface components {
             file_size?: number;
             /** @description Where the file is; fal keeps it for a limited time. */
             url: string;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * turntable item
@@ -1462,8 +1454,6 @@ export interface components {
          */
         VideoResult: {
             video: components["schemas"]["ResultVideo"];
-        } & {
-            [key: string]: unknown;
         };
     };
     responses: never;
