@@ -34,6 +34,7 @@ import (
 	"github.com/aiqueue/aiqueue/ledger"
 	"github.com/aiqueue/aiqueue/migrations"
 	"github.com/aiqueue/aiqueue/riverui"
+	"github.com/aiqueue/aiqueue/web"
 )
 
 // Version is set at build time.
@@ -68,6 +69,9 @@ type Main struct {
 
 	// DemoToken is a bearer token for the demo user (Config.Demo).
 	DemoToken string
+	// playgroundToken is the demo user's token without the admin role,
+	// which /playground offers to browsers on this machine (Config.Demo).
+	playgroundToken string
 	// riverUIPasswordFile holds the River UI password make run generated.
 	riverUIPasswordFile string
 
@@ -206,6 +210,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if err := m.setupDemo(ctx); err != nil {
 			return err
 		}
+	}
+	if cfg.Role != RoleWorker {
+		web.Register(mux, web.Config{DemoToken: m.playgroundToken})
 	}
 
 	if cfg.PprofAddr != "" {
@@ -383,6 +390,11 @@ func (m *Main) setupDemo(ctx context.Context) error {
 		return err
 	}
 	m.DemoToken, err = api.MintToken([]byte(m.Config.JWTSecret), DemoUserID, true, 24*time.Hour, m.Config.JWTAudience)
+	if err != nil {
+		return err
+	}
+	// The playground offers a token without the admin role.
+	m.playgroundToken, err = api.MintToken([]byte(m.Config.JWTSecret), DemoUserID, false, 24*time.Hour, m.Config.JWTAudience)
 	return err
 }
 
