@@ -841,6 +841,10 @@ async function followEvents(f, onValue, idleTimeout, signal) {
     arm();
     const stream = await f.openEvents(conn.signal);
     const reader = stream.getReader();
+    const cancel = () => void reader.cancel(conn.signal.reason).catch(() => {
+    });
+    conn.signal.addEventListener("abort", cancel, { once: true });
+    if (conn.signal.aborted) cancel();
     const decoder = new TextDecoder();
     const parser = createParser({
       onEvent(ev) {
@@ -858,8 +862,13 @@ async function followEvents(f, onValue, idleTimeout, signal) {
       }
     } catch (err) {
       if (!idle || signal?.aborted) throw err;
+    } finally {
+      conn.signal.removeEventListener("abort", cancel);
+      void reader.cancel().catch(() => {
+      });
     }
     if (final) return "final";
+    signal?.throwIfAborted();
     return idle ? "idle" : "ended";
   } catch (err) {
     if (idle && !signal?.aborted) return "idle";
