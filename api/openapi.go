@@ -78,6 +78,7 @@ func documentStream(resp *huma.Response) {
 // https URL ...") are computed first and stay.
 func stripPatternDescriptions(oapi *huma.OpenAPI) {
 	seen := map[*huma.Schema]bool{}
+	var described []*huma.Schema
 	var walk func(s *huma.Schema)
 	walk = func(s *huma.Schema) {
 		if s == nil || seen[s] {
@@ -85,8 +86,7 @@ func stripPatternDescriptions(oapi *huma.OpenAPI) {
 		}
 		seen[s] = true
 		if s.PatternDescription != "" {
-			s.PrecomputeMessages()
-			s.PatternDescription = ""
+			described = append(described, s)
 		}
 		walk(s.Items)
 		walk(s.Not)
@@ -127,6 +127,14 @@ func stripPatternDescriptions(oapi *huma.OpenAPI) {
 				}
 			}
 		}
+	}
+	// Every message first (PrecomputeMessages recurses into children),
+	// then the keyword goes.
+	for _, s := range described {
+		s.PrecomputeMessages()
+	}
+	for _, s := range described {
+		s.PatternDescription = ""
 	}
 }
 

@@ -93,7 +93,7 @@ func TestDemoToken(t *testing.T) {
 	require.NotContains(t, serve(t, mux, "/docs", nil).Body.String(), token)
 }
 
-// TestFileSizes keeps every committed page file under 2 MB.
+// TestFileSizes keeps every committed page file under 2 MB (10^6 bytes).
 func TestFileSizes(t *testing.T) {
 	t.Parallel()
 	require.NoError(t, filepath.WalkDir("static", func(path string, d fs.DirEntry, err error) error {
@@ -102,7 +102,7 @@ func TestFileSizes(t *testing.T) {
 		}
 		info, err := os.Stat(path)
 		require.NoError(t, err)
-		require.Less(t, info.Size(), int64(2<<20), path)
+		require.Less(t, info.Size(), int64(2_000_000), path)
 		return nil
 	}))
 }
