@@ -7,8 +7,10 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 export GOTOOLCHAIN := local
 TS_CLIENT := clients/typescript
+REDOCLY := tools/redocly
+WEB := web
 
-.PHONY: all build run test vet lint unit test-browser openapi openapi-check bench drills fmt clean gen ts-deps ts-check ts-test
+.PHONY: all build run test vet lint unit test-browser openapi openapi-check openapi-lint redocly-deps web web-deps web-check web-vendor bench drills fmt clean gen ts-deps ts-check ts-test
 
 all: build
 
@@ -24,7 +26,7 @@ run: build
 ## test: vet, lint, the committed OpenAPI document and TypeScript types, every
 ## Go test with the race detector, the TypeScript client against a live server,
 ## and the River UI browser test.
-test: vet lint openapi-check ts-check unit ts-test test-browser
+test: vet lint openapi-check openapi-lint ts-check web-check unit ts-test test-browser
 
 vet:
 	$(GO) vet ./...
@@ -39,11 +41,13 @@ lint: $(GOLANGCI_LINT)
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-## test-browser: River UI in Debian's chromium (playwright-core) against the
+## test-browser: River UI, and /playground (across origins, with CORS) and
+## /docs (network blocked), in Debian's chromium (playwright-core) against the
 ## real server; installs chromium and the npm packages when missing.
 ## Screenshots: riverui/e2e/out/.
 test-browser: build
-	SERVER_BIN=$(BIN)/server riverui/e2e/run.sh
+	SERVER_BIN=$(BIN)/server riverui/e2e/run.sh e2e.mjs
+	SERVER_BIN=$(BIN)/server riverui/e2e/run.sh playground.mjs
 
 ## bench: the load generator against the real server, raw River and pgbench on a
 ## private Postgres; prints the table and writes bench/results/<time>.json
@@ -66,6 +70,16 @@ openapi-check:
 	@$(GO) run ./cmd/server openapi > $(BIN)/openapi.yaml.tmp 2>/dev/null || (mkdir -p $(BIN) && $(GO) run ./cmd/server openapi > $(BIN)/openapi.yaml.tmp)
 	@diff -u openapi.yaml $(BIN)/openapi.yaml.tmp || (echo "openapi.yaml is stale: run 'make openapi' and commit it" && exit 1)
 
+## openapi-lint: Redocly CLI (pinned in tools/redocly) with its recommended
+## rules over the committed openapi.yaml; any error or warning fails.
+openapi-lint: redocly-deps
+	node $(REDOCLY)/lint.mjs openapi.yaml
+
+redocly-deps: $(REDOCLY)/node_modules/.package-lock.json
+
+$(REDOCLY)/node_modules/.package-lock.json: $(REDOCLY)/package-lock.json
+	cd $(REDOCLY) && npm ci --no-audit --no-fund --loglevel=error
+
 ## gen: regenerate the TypeScript client's types (clients/typescript/src/schema.ts)
 ## from the committed openapi.yaml (after 'make openapi').
 gen: ts-deps
@@ -83,9 +97,30 @@ ts-check: ts-deps
 	@$(TS_CLIENT)/node_modules/.bin/openapi-typescript openapi.yaml -o $(BIN)/schema.ts.tmp >/dev/null
 	@diff -u $(TS_CLIENT)/src/schema.ts $(BIN)/schema.ts.tmp || (echo "$(TS_CLIENT)/src/schema.ts is stale: run 'make gen' and commit it" && exit 1)
 
-## ts-test: build the TypeScript client and run its tests against a server it starts.
+## ts-test: build the TypeScript client and run its tests against a server it
+## starts, and install its packed tarball into a fresh app with its own React.
 ts-test: ts-deps
-	cd $(TS_CLIENT) && npm run build && npm test
+	cd $(TS_CLIENT) && npm test
+
+## web: rebuild the committed playground bundle (web/static/playground/playground.js)
+## from web/src and the TypeScript client, with the pinned esbuild (web/package.json).
+web: web-deps ts-deps
+	cd $(WEB) && npm run build
+
+web-deps: $(WEB)/node_modules/.package-lock.json
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+
+## web-check: the committed playground bundle is what make web builds.
+web-check: web-deps ts-deps
+	@mkdir -p $(BIN)
+	@cd $(WEB) && ./node_modules/.bin/tsc -p tsconfig.json && node build.mjs $(BIN)/playground.js.tmp
+	@diff -q $(WEB)/static/playground/playground.js $(BIN)/playground.js.tmp >/dev/null || (echo "$(WEB)/static/playground/playground.js is stale: run 'make web' and commit it" && exit 1)
+
+## web-vendor: re-vendor the /docs renderer (RapiDoc, pinned in web/vendor-rapidoc.sh).
+web-vendor:
+	$(WEB)/vendor-rapidoc.sh
 
 fmt:
 	gofmt -w .

@@ -101,6 +101,9 @@ func init() {
 // Document returns the huma config: title, version, bearer security scheme.
 func Document(version string) huma.Config {
 	cfg := huma.DefaultConfig("aiqueue", version)
+	// huma's /docs loads its renderer from a CDN; package web serves /docs
+	// from the binary instead.
+	cfg.DocsPath = ""
 	cfg.Info.Description = "One queue for every paid AI request of the studio: submit, follow and cancel jobs; credits are reserved with the job and settled exactly once when it ends."
 	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
 		"bearer": {Type: "http", Scheme: "bearer", BearerFormat: "JWT", Description: "Supabase access token (HS256, or RS256/ES256 via JWKS)."},

@@ -35,6 +35,18 @@ type Problem struct {
 // WWW-Authenticate).
 func (p *Problem) GetHeaders() http.Header { return p.headers }
 
+func init() {
+	// huma's own errors (a body that is not JSON, schema validation) are
+	// Problems too, so every error body is the schema the document names.
+	base := huma.NewError
+	huma.NewError = func(status int, msg string, errs ...error) huma.StatusError {
+		if em, ok := base(status, msg, errs...).(*huma.ErrorModel); ok {
+			return newProblem(em.Status, em.Detail, em.Errors...)
+		}
+		return base(status, msg, errs...)
+	}
+}
+
 func newProblem(status int, detail string, errs ...*huma.ErrorDetail) *Problem {
 	return &Problem{ErrorModel: huma.ErrorModel{
 		Type:   "about:blank",

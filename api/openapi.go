@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/danielgtaylor/huma/v2"
 
@@ -14,25 +15,37 @@ import (
 // documentAPI completes the document after every route is registered: each
 // error response gets the Problem schema (application/problem+json), a
 // description of when it happens, an example and its headers (Retry-After,
-// WWW-Authenticate), and the Job schema gets its field descriptions.
+// WWW-Authenticate); the Job schema gets its field descriptions and typed
+// results; and the document is made to pass Redocly's recommended rules
+// (make openapi-lint): a license, a server, no huma-only keywords, and only
+// examples that validate against their schemas (TestOpenAPIExamples).
 func documentAPI(oapi *huma.OpenAPI) {
 	reg := oapi.Components.Schemas
 	problem := reg.Schema(reflect.TypeFor[Problem](), true, "Problem")
 	if p := reg.Map()["Problem"]; p != nil {
 		p.Description = "An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job."
-		// Bodies carry the $schema link huma adds to every response.
-		if em := reg.Map()["ErrorModel"]; em != nil && em.Properties["$schema"] != nil && p.Properties["$schema"] == nil {
-			p.Properties["$schema"] = em.Properties["$schema"]
-			p.PrecomputeMessages()
-		}
 	}
-	describeJob(reg.Map()["Job"])
+	// Every error body is a Problem, huma's own errors included (errors.go),
+	// so huma's ErrorModel is not part of the API.
+	delete(reg.Map(), "ErrorModel")
+	oapi.Info.License = &huma.License{Name: "Proprietary", Identifier: "LicenseRef-aiqueue-proprietary"}
+	// The API is served at the origin that serves this document. The server
+	// goes in as an extension field rather than oapi.Servers: huma reads
+	// Servers[0] at run time to build the $schema links of bodies, and a
+	// relative URL there would break them.
+	if oapi.Extensions == nil {
+		oapi.Extensions = map[string]any{}
+	}
+	oapi.Extensions["servers"] = []map[string]string{{"url": "/", "description": "The origin serving this document."}}
+
+	describeJob(reg)
 	for _, item := range oapi.Paths {
 		for _, op := range []*huma.Operation{item.Get, item.Post, item.Put, item.Patch, item.Delete} {
 			if op == nil {
 				continue
 			}
 			for code, resp := range op.Responses {
+				documentStream(resp)
 				status, err := strconv.Atoi(code)
 				if err != nil || status < 400 {
 					continue
@@ -40,6 +53,88 @@ func documentAPI(oapi *huma.OpenAPI) {
 				documentError(op, status, resp, problem)
 			}
 		}
+	}
+	stripPatternDescriptions(oapi)
+}
+
+// documentStream moves the wire-format example of an event stream (a
+// string, while its schema describes the events as an array of objects)
+// into the response's description, where it still shows, and out of the
+// example, which must validate against the schema.
+func documentStream(resp *huma.Response) {
+	mt := resp.Content["text/event-stream"]
+	if mt == nil {
+		return
+	}
+	if ex, ok := mt.Example.(string); ok {
+		resp.Description += "\n\nOn the wire:\n\n```text\n" + strings.TrimRight(ex, "\n") + "\n```"
+		mt.Example = nil
+	}
+}
+
+// stripPatternDescriptions removes huma's patternDescription keyword, which
+// is not JSON Schema, from every schema of the document, keeping the
+// pattern. The validation messages built from it ("expected string to be an
+// https URL ...") are computed first and stay.
+func stripPatternDescriptions(oapi *huma.OpenAPI) {
+	seen := map[*huma.Schema]bool{}
+	var described []*huma.Schema
+	var walk func(s *huma.Schema)
+	walk = func(s *huma.Schema) {
+		if s == nil || seen[s] {
+			return
+		}
+		seen[s] = true
+		if s.PatternDescription != "" {
+			described = append(described, s)
+		}
+		walk(s.Items)
+		walk(s.Not)
+		if ap, ok := s.AdditionalProperties.(*huma.Schema); ok {
+			walk(ap)
+		}
+		for _, p := range s.Properties {
+			walk(p)
+		}
+		for _, list := range [][]*huma.Schema{s.OneOf, s.AnyOf, s.AllOf} {
+			for _, sub := range list {
+				walk(sub)
+			}
+		}
+	}
+	for _, s := range oapi.Components.Schemas.Map() {
+		walk(s)
+	}
+	for _, item := range oapi.Paths {
+		for _, op := range []*huma.Operation{item.Get, item.Post, item.Put, item.Patch, item.Delete} {
+			if op == nil {
+				continue
+			}
+			for _, p := range op.Parameters {
+				walk(p.Schema)
+			}
+			if op.RequestBody != nil {
+				for _, mt := range op.RequestBody.Content {
+					walk(mt.Schema)
+				}
+			}
+			for _, resp := range op.Responses {
+				for _, mt := range resp.Content {
+					walk(mt.Schema)
+				}
+				for _, h := range resp.Headers {
+					walk(h.Schema)
+				}
+			}
+		}
+	}
+	// Every message first (PrecomputeMessages recurses into children),
+	// then the keyword goes.
+	for _, s := range described {
+		s.PrecomputeMessages()
+	}
+	for _, s := range described {
+		s.PatternDescription = ""
 	}
 }
 
@@ -132,8 +227,9 @@ func jobExample(state string) map[string]any {
 }
 
 // describeJob documents the fields of the Job schema (jobs.Job carries no
-// documentation tags of its own).
-func describeJob(s *huma.Schema) {
+// documentation tags of its own) and types its result.
+func describeJob(reg huma.Registry) {
+	s := reg.Map()["Job"]
 	if s == nil {
 		return
 	}
@@ -151,7 +247,6 @@ func describeJob(s *huma.Schema) {
 		"created_at":     "When the job was submitted.",
 		"started_at":     "When its latest attempt started.",
 		"finished_at":    "When it reached its final state.",
-		"result":         "fal's output as returned, when succeeded.",
 		"error":          "Why the job failed or was cancelled.",
 		"credits":        "The job's credits: reserved while it runs, then charged (succeeded) or refunded (failed, cancelled).",
 	}
@@ -165,6 +260,9 @@ func describeJob(s *huma.Schema) {
 	}
 	if p := s.Properties["priority"]; p != nil {
 		p.Enum = []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground}
+	}
+	if _, ok := s.Properties["result"]; ok {
+		s.Properties["result"] = resultSchema(reg)
 	}
 	s.PrecomputeMessages()
 }

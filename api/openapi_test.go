@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -125,10 +126,134 @@ func TestOpenAPI(t *testing.T) {
 		require.NotEmpty(t, errs)
 	})
 
+	t.Run("NoHumaOnlyKeywords", func(t *testing.T) {
+		t.Parallel()
+		raw, err := json.Marshal(oapi)
+		require.NoError(t, err)
+		require.NotContains(t, string(raw), "patternDescription")
+		require.Contains(t, string(raw), `"pattern":"^(https://.|data:image/[^,]*,)"`)
+		require.NotContains(t, reg.Map(), "ErrorModel", "every error body is a Problem")
+		// The validation message still says what the pattern means.
+		bad := map[string]any{"operation": "upscale", "params": map[string]any{"image_url": "ftp://x.test/a.png"}}
+		res := &huma.ValidateResult{}
+		huma.Validate(reg, &huma.Schema{Ref: "#/components/schemas/JobRequest"}, huma.NewPathBuffer([]byte("body"), 0), huma.ModeWriteToServer, bad, res)
+		require.Len(t, res.Errors, 1)
+		require.Contains(t, res.Errors[0].Error(), "expected string to be an https URL or a data:image/... URI")
+	})
+
+	t.Run("TypedResults", func(t *testing.T) {
+		t.Parallel()
+		result := reg.Map()["Job"].Properties["result"]
+		var refs []string
+		for _, s := range result.AnyOf {
+			refs = append(refs, s.Ref)
+		}
+		require.Equal(t, []string{"#/components/schemas/ImagesResult", "#/components/schemas/ImageResult", "#/components/schemas/VideoResult"}, refs)
+		// fal's outputs (as the simulator makes them, with fields the schemas
+		// do not name) are results; something else is not.
+		for _, out := range []string{
+			`{"images":[{"url":"https://fal.media/a.png","width":1024,"height":768,"content_type":"image/png"}],"seed":7,"prompt":"p","has_nsfw_concepts":[false]}`,
+			`{"image":{"url":"https://fal.media/a.png","width":2048,"height":2048,"content_type":"image/png","file_size":10}}`,
+			`{"video":{"url":"https://fal.media/a.mp4","content_type":"video/mp4","file_name":"a.mp4","file_size":123},"seed":1}`,
+		} {
+			var v any
+			require.NoError(t, json.Unmarshal([]byte(out), &v))
+			res := &huma.ValidateResult{}
+			huma.Validate(reg, result, huma.NewPathBuffer([]byte("result"), 0), huma.ModeReadFromServer, v, res)
+			require.Empty(t, res.Errors, out)
+		}
+		res := &huma.ValidateResult{}
+		huma.Validate(reg, result, huma.NewPathBuffer([]byte("result"), 0), huma.ModeReadFromServer, map[string]any{"images": "nope"}, res)
+		require.NotEmpty(t, res.Errors)
+	})
+
 	t.Run("JobSchemaStates", func(t *testing.T) {
 		t.Parallel()
 		job := reg.Map()["Job"]
 		require.NotEmpty(t, job.Description)
 		require.True(t, slices.Contains(job.Properties["state"].Enum, any("cancelled")))
 	})
+}
+
+// TestOpenAPIExamples validates every example in the document against its
+// schema: those of the schemas (and of their properties), of parameters and
+// headers, and of request and response bodies. Redocly's lint checks some
+// of them too; this test checks all, with the validator the server uses.
+func TestOpenAPIExamples(t *testing.T) {
+	t.Parallel()
+	oapi := document(t)
+	reg := oapi.Components.Schemas
+	checked := 0
+	check := func(where string, s *huma.Schema, mode huma.ValidateMode, example any) {
+		t.Helper()
+		if s == nil || example == nil {
+			return
+		}
+		raw, err := json.Marshal(example) // as a client would read it
+		require.NoError(t, err, where)
+		var v any
+		require.NoError(t, json.Unmarshal(raw, &v), where)
+		res := &huma.ValidateResult{}
+		huma.Validate(reg, s, huma.NewPathBuffer([]byte(""), 0), mode, v, res)
+		require.Empty(t, res.Errors, "%s: example %s", where, raw)
+		checked++
+	}
+	seen := map[*huma.Schema]bool{}
+	var walk func(where string, s *huma.Schema)
+	walk = func(where string, s *huma.Schema) {
+		if s == nil || seen[s] {
+			return
+		}
+		seen[s] = true
+		for _, ex := range s.Examples {
+			check(where, s, huma.ModeReadFromServer, ex)
+		}
+		walk(where+".items", s.Items)
+		for name, p := range s.Properties {
+			walk(where+"."+name, p)
+		}
+		for i, list := range [][]*huma.Schema{s.OneOf, s.AnyOf, s.AllOf} {
+			for j, sub := range list {
+				walk(fmt.Sprintf("%s.of%d[%d]", where, i, j), sub)
+			}
+		}
+	}
+	for name, s := range reg.Map() {
+		walk("#/components/schemas/"+name, s)
+	}
+	media := func(where string, content map[string]*huma.MediaType, mode huma.ValidateMode) {
+		for ct, mt := range content {
+			check(where+" "+ct, mt.Schema, mode, mt.Example)
+			for name, ex := range mt.Examples {
+				check(where+" "+ct+" "+name, mt.Schema, mode, ex.Value)
+			}
+			walk(where+" "+ct, mt.Schema)
+		}
+	}
+	for path, item := range oapi.Paths {
+		for _, op := range []*huma.Operation{item.Get, item.Post, item.Put, item.Patch, item.Delete} {
+			if op == nil {
+				continue
+			}
+			for _, p := range op.Parameters {
+				where := op.OperationID + " " + p.In + " " + p.Name
+				check(where, p.Schema, huma.ModeWriteToServer, p.Example)
+				for name, ex := range p.Examples {
+					check(where+" "+name, p.Schema, huma.ModeWriteToServer, ex.Value)
+				}
+				walk(where, p.Schema)
+			}
+			if op.RequestBody != nil {
+				media(op.OperationID+" request", op.RequestBody.Content, huma.ModeWriteToServer)
+			}
+			for code, resp := range op.Responses {
+				where := fmt.Sprintf("%s %s %s", op.OperationID, path, code)
+				media(where, resp.Content, huma.ModeReadFromServer)
+				for name, h := range resp.Headers {
+					check(where+" header "+name, h.Schema, huma.ModeReadFromServer, h.Example)
+				}
+			}
+		}
+	}
+	require.Greater(t, checked, 100, "examples checked")
 }

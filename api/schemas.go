@@ -143,23 +143,34 @@ func requestSchemas(reg huma.Registry, cat *jobs.Catalog) (job, item *huma.Schem
 		jobReq.PrecomputeMessages()
 		batchItem.PrecomputeMessages()
 	}
-	opProp := func() map[string]*huma.Schema {
-		return map[string]*huma.Schema{"operation": {Type: huma.TypeString, Enum: names,
-			Description: "Operation name from GET /v1/operations; it decides which params are required."}}
+	// The properties every member has are named at the top too, without
+	// constraints (each member checks them, and a constraint here would
+	// report a problem twice), so the union reads as one object and
+	// validators that check unevaluated properties see them evaluated.
+	opProp := func(withPriority bool) map[string]*huma.Schema {
+		props := map[string]*huma.Schema{
+			"operation": {Type: huma.TypeString, Enum: names,
+				Description: "Operation name from GET /v1/operations; it decides which params are required."},
+			"params": {Description: "The operation's params: see the member schema of the operation."},
+		}
+		if withPriority {
+			props["priority"] = &huma.Schema{Description: "Queue override: urgent, normal or background; defaults to the operation's priority."}
+		}
+		return props
 	}
 	job = &huma.Schema{
 		Type:          huma.TypeObject,
 		Description:   "A job request: the operation, its params (passed to fal as they are; the required fields depend on the operation) and an optional priority. Unknown top-level fields are refused (422); params may carry any other field fal accepts.",
-		Properties:    opProp(),
-		Required:      []string{"operation", "params"},
+		Properties:    opProp(true),
+		Required:      []string{"operation"}, // each member requires params (naming it twice reports it twice)
 		OneOf:         jobRefs,
 		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: jobMapping},
 	}
 	item = &huma.Schema{
 		Type:          huma.TypeObject,
 		Description:   "One job of a batch: the operation and its params.",
-		Properties:    opProp(),
-		Required:      []string{"operation", "params"},
+		Properties:    opProp(false),
+		Required:      []string{"operation"},
 		OneOf:         itemRefs,
 		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: itemMapping},
 	}
@@ -204,4 +215,54 @@ func batchSchema(reg huma.Registry, item *huma.Schema) *huma.Schema {
 	reg.Map()["BatchRequest"] = s
 	s.PrecomputeMessages()
 	return &huma.Schema{Ref: "#/components/schemas/BatchRequest"}
+}
+
+// resultSchema registers the schemas of fal's outputs and returns the
+// schema of a job's result: any of them. fal's outputs are passed on as
+// they are, so each schema names the fields a frontend reads and allows
+// any other (fal adding a field never breaks a client). They allow them by
+// leaving additionalProperties out (JSON Schema's default) rather than
+// saying true, which openapi-typescript would turn into an index signature
+// on every member, and then `"images" in result` could not narrow the
+// union.
+func resultSchema(reg huma.Registry) *huma.Schema {
+	file := func(name, desc string, props map[string]*huma.Schema, example map[string]any) {
+		props["url"] = &huma.Schema{Type: huma.TypeString, Description: "Where the file is; fal keeps it for a limited time."}
+		props["content_type"] = &huma.Schema{Type: huma.TypeString, Description: "Its media type."}
+		props["file_name"] = &huma.Schema{Type: huma.TypeString, Description: "Its file name, when fal gives one."}
+		props["file_size"] = &huma.Schema{Type: huma.TypeInteger, Minimum: ptr(0.0), Description: "Its size in bytes, when fal gives it."}
+		reg.Map()[name] = &huma.Schema{Type: huma.TypeObject, Description: desc, Properties: props,
+			Required: []string{"url"}, Examples: []any{example}}
+	}
+	image := map[string]any{"url": "https://fal.media/files/ring.png", "width": 1024, "height": 1024, "content_type": "image/png"}
+	video := map[string]any{"url": "https://fal.media/files/ring.mp4", "content_type": "video/mp4", "file_name": "ring.mp4", "file_size": 2143812}
+	file("ResultImage", "An image fal made.", map[string]*huma.Schema{
+		"width":  {Type: huma.TypeInteger, Minimum: ptr(0.0), Description: "Width in pixels."},
+		"height": {Type: huma.TypeInteger, Minimum: ptr(0.0), Description: "Height in pixels."},
+	}, image)
+	file("ResultVideo", "A video fal made.", map[string]*huma.Schema{}, video)
+
+	results := []struct {
+		name, key, desc string
+		value           *huma.Schema
+		example         any
+	}{
+		{"ImagesResult", "images", "The output of the image operations but upscale and remove-bg: a list of images.",
+			&huma.Schema{Type: huma.TypeArray, Items: &huma.Schema{Ref: "#/components/schemas/ResultImage"}, Description: "The images, in order."},
+			[]any{image}},
+		{"ImageResult", "image", "The output of upscale and remove-bg: one image.",
+			&huma.Schema{Ref: "#/components/schemas/ResultImage"}, image},
+		{"VideoResult", "video", "The output of video and turntable: one video.",
+			&huma.Schema{Ref: "#/components/schemas/ResultVideo"}, video},
+	}
+	result := &huma.Schema{Description: "fal's output as returned, when the job succeeded: images (ImagesResult), one image " +
+		"(ImageResult: upscale, remove-bg) or a video (VideoResult: video, turntable). Other fields fal sends are passed on."}
+	for _, r := range results {
+		reg.Map()[r.name] = &huma.Schema{Type: huma.TypeObject, Description: r.desc,
+			Properties: map[string]*huma.Schema{r.key: r.value}, Required: []string{r.key},
+			Examples: []any{map[string]any{r.key: r.example}}}
+		reg.Map()[r.name].PrecomputeMessages()
+		result.AnyOf = append(result.AnyOf, &huma.Schema{Ref: "#/components/schemas/" + r.name})
+	}
+	return result
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient"
 )
@@ -68,6 +69,10 @@ type Config struct {
 
 	RiverUser string
 	RiverPass string
+
+	// CORSAllowedOrigins are the browser origins allowed to call /v1/ from
+	// another origin (api.CORS); none means no CORS headers at all.
+	CORSAllowedOrigins []string
 
 	// RiverPollOnly makes River poll instead of LISTEN (PgBouncer in
 	// transaction pooling mode).
@@ -189,6 +194,11 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			*dst = cp
 		}
 	}
+	origins, err := api.ParseCORSOrigins(getenv("CORS_ALLOWED_ORIGINS"))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.CORSAllowedOrigins = origins
 	if c.FalSimulate && getenv("FAL_QUEUE_URL") == "" {
 		c.FalQueueURL = "" // the built-in simulator's address, known at start
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/aiqueue/aiqueue/metrics"
 	"github.com/aiqueue/aiqueue/migrations"
 	"github.com/aiqueue/aiqueue/riverui"
+	"github.com/aiqueue/aiqueue/web"
 )
 
 // Version is set at build time.
@@ -74,6 +75,9 @@ type Main struct {
 
 	// DemoToken is a bearer token for the demo user (Config.Demo).
 	DemoToken string
+	// playgroundToken is the demo user's token without the admin role,
+	// which /playground offers to browsers on this machine (Config.Demo).
+	playgroundToken string
 	// riverUIPasswordFile holds the River UI password make run generated.
 	riverUIPasswordFile string
 
@@ -160,6 +164,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if cfg.Role != RoleWorker {
+		web.Register(mux, web.Config{DemoToken: m.playgroundToken})
+	}
 
 	if cfg.PprofAddr != "" {
 		if err := m.startPprof(ctx); err != nil {
@@ -170,7 +177,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	m.http = &http.Server{Handler: logging.Middleware(m.Logger, mux), ReadHeaderTimeout: 10 * time.Second}
+	m.http = &http.Server{Handler: logging.Middleware(m.Logger, api.CORS(cfg.CORSAllowedOrigins, mux)), ReadHeaderTimeout: 10 * time.Second}
 	if m.api != nil {
 		m.http.RegisterOnShutdown(m.api.Shutdown) // end long polls and event streams
 	}
@@ -410,6 +417,11 @@ func (m *Main) setupDemo(ctx context.Context) error {
 		return err
 	}
 	m.DemoToken, err = api.MintToken([]byte(m.Config.JWTSecret), DemoUserID, true, 24*time.Hour, m.Config.JWTAudience)
+	if err != nil {
+		return err
+	}
+	// The playground offers a token without the admin role.
+	m.playgroundToken, err = api.MintToken([]byte(m.Config.JWTSecret), DemoUserID, false, 24*time.Hour, m.Config.JWTAudience)
 	return err
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The River UI browser test (make test-browser): installs what it needs when
-# it is missing -- Debian's chromium and node (with apt-get, as root), the npm
-# packages (npm ci) and bin/server -- then runs e2e.mjs, bounded in time.
+# The browser tests (make test-browser): installs what they need when it is
+# missing -- Debian's chromium and node (with apt-get, as root), the npm
+# packages (npm ci) and bin/server -- then runs one of them, bounded in time:
+# e2e.mjs (River UI, the default) or playground.mjs (/playground and /docs).
 set -euo pipefail
 cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
@@ -30,4 +31,5 @@ if [[ ! -x "$SERVER_BIN" ]]; then
   (cd "$root" && go build -o "$SERVER_BIN" ./cmd/server)
 fi
 
-exec timeout --kill-after=10 300 node e2e.mjs
+script="${1:-e2e.mjs}"
+exec timeout --kill-after=10 300 node "$script"

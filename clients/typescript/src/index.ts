@@ -27,9 +27,17 @@ export {
   type OperationInfo,
   type OperationName,
   type ParamsOf,
+  type ImageResult,
+  type ImagesResult,
+  type JobResult,
   type Problem,
+  type ResultImage,
+  type ResultVideo,
   type SubmitBatchBody,
+  type VideoResult,
   type SubmitJobBody,
 } from "./types.js";
 export type { WaitOptions } from "./wait.js";
+export { waitForBatch } from "./batch.js";
+export { resultUrls } from "./results.js";
 export type { components, operations, paths } from "./schema.js";

@@ -1,3 +1,5 @@
+"use client";
+
 /**
  * React bindings: an <AIQueueProvider client={...}> and the useAIQueue hook
  * with the shape the studio uses, `const { submitJob, getStatus } = useAIQueue()`.

@@ -252,6 +252,8 @@ export interface components {
              * @enum {string}
              */
             operation: "edit" | "generate" | "upscale" | "remove-bg" | "camera-control" | "gemstone" | "metal-recolor" | "metal-polish" | "natural-light" | "video" | "turntable";
+            /** @description The operation's params: see the member schema of the operation. */
+            params?: unknown;
         } & (components["schemas"]["EditBatchItem"] | components["schemas"]["GenerateBatchItem"] | components["schemas"]["UpscaleBatchItem"] | components["schemas"]["RemoveBgBatchItem"] | components["schemas"]["CameraControlBatchItem"] | components["schemas"]["GemstoneBatchItem"] | components["schemas"]["MetalRecolorBatchItem"] | components["schemas"]["MetalPolishBatchItem"] | components["schemas"]["NaturalLightBatchItem"] | components["schemas"]["VideoBatchItem"] | components["schemas"]["TurntableBatchItem"]);
         /**
          * @description A batch: 1-100 jobs reserved and queued together, or none of them.
@@ -497,45 +499,6 @@ export interface components {
             /** @description The value at the given location */
             value?: unknown;
         };
-        ErrorModel: {
-            /**
-             * Format: uri
-             * @description A URL to the JSON Schema for this object.
-             * @example https://example.com/schemas/ErrorModel.json
-             */
-            readonly $schema?: string;
-            /**
-             * @description A human-readable explanation specific to this occurrence of the problem.
-             * @example Property foo is required but is missing.
-             */
-            detail?: string;
-            /** @description Optional list of individual error details */
-            errors?: components["schemas"]["ErrorDetail"][];
-            /**
-             * Format: uri
-             * @description A URI reference that identifies the specific occurrence of the problem.
-             * @example https://example.com/error-log/abc123
-             */
-            instance?: string;
-            /**
-             * Format: int64
-             * @description HTTP status code
-             * @example 400
-             */
-            status?: number;
-            /**
-             * @description A short, human-readable summary of the problem type. This value should not change between occurrences of the error.
-             * @example Bad Request
-             */
-            title?: string;
-            /**
-             * Format: uri
-             * @description A URI reference to human-readable documentation for the error.
-             * @default about:blank
-             * @example https://example.com/errors/example
-             */
-            type: string;
-        };
         /**
          * gemstone item
          * @description One gemstone job of a batch.
@@ -709,6 +672,37 @@ export interface components {
             entry: components["schemas"]["CreditEntry"];
         };
         /**
+         * @description The output of upscale and remove-bg: one image.
+         * @example {
+         *       "image": {
+         *         "content_type": "image/png",
+         *         "height": 1024,
+         *         "url": "https://fal.media/files/ring.png",
+         *         "width": 1024
+         *       }
+         *     }
+         */
+        ImageResult: {
+            image: components["schemas"]["ResultImage"];
+        };
+        /**
+         * @description The output of the image operations but upscale and remove-bg: a list of images.
+         * @example {
+         *       "images": [
+         *         {
+         *           "content_type": "image/png",
+         *           "height": 1024,
+         *           "url": "https://fal.media/files/ring.png",
+         *           "width": 1024
+         *         }
+         *       ]
+         *     }
+         */
+        ImagesResult: {
+            /** @description The images, in order. */
+            images: components["schemas"]["ResultImage"][];
+        };
+        /**
          * @description An AI job as the API shows it.
          * @example {
          *       "attempt": 0,
@@ -795,8 +789,8 @@ export interface components {
              * @description Jobs ahead of this one in its queue; only while queued and ready to run.
              */
             queue_position?: number;
-            /** @description fal's output as returned, when succeeded. */
-            result?: unknown;
+            /** @description fal's output as returned, when the job succeeded: images (ImagesResult), one image (ImageResult: upscale, remove-bg) or a video (VideoResult: video, turntable). Other fields fal sends are passed on. */
+            result?: components["schemas"]["ImagesResult"] | components["schemas"]["ImageResult"] | components["schemas"]["VideoResult"];
             /**
              * Format: date-time
              * @description When its latest attempt started.
@@ -836,6 +830,10 @@ export interface components {
              * @enum {string}
              */
             operation: "edit" | "generate" | "upscale" | "remove-bg" | "camera-control" | "gemstone" | "metal-recolor" | "metal-polish" | "natural-light" | "video" | "turntable";
+            /** @description The operation's params: see the member schema of the operation. */
+            params?: unknown;
+            /** @description Queue override: urgent, normal or background; defaults to the operation's priority. */
+            priority?: unknown;
         } & (components["schemas"]["EditJobRequest"] | components["schemas"]["GenerateJobRequest"] | components["schemas"]["UpscaleJobRequest"] | components["schemas"]["RemoveBgJobRequest"] | components["schemas"]["CameraControlJobRequest"] | components["schemas"]["GemstoneJobRequest"] | components["schemas"]["MetalRecolorJobRequest"] | components["schemas"]["MetalPolishJobRequest"] | components["schemas"]["NaturalLightJobRequest"] | components["schemas"]["VideoJobRequest"] | components["schemas"]["TurntableJobRequest"]);
         /**
          * metal-polish item
@@ -1098,7 +1096,7 @@ export interface components {
             /**
              * Format: uri
              * @description A URL to the JSON Schema for this object.
-             * @example https://example.com/schemas/ErrorModel.json
+             * @example https://example.com/schemas/Problem.json
              */
             readonly $schema?: string;
             /**
@@ -1211,6 +1209,48 @@ export interface components {
             num_images?: number;
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * @description An image fal made.
+         * @example {
+         *       "content_type": "image/png",
+         *       "height": 1024,
+         *       "url": "https://fal.media/files/ring.png",
+         *       "width": 1024
+         *     }
+         */
+        ResultImage: {
+            /** @description Its media type. */
+            content_type?: string;
+            /** @description Its file name, when fal gives one. */
+            file_name?: string;
+            /** @description Its size in bytes, when fal gives it. */
+            file_size?: number;
+            /** @description Height in pixels. */
+            height?: number;
+            /** @description Where the file is; fal keeps it for a limited time. */
+            url: string;
+            /** @description Width in pixels. */
+            width?: number;
+        };
+        /**
+         * @description A video fal made.
+         * @example {
+         *       "content_type": "video/mp4",
+         *       "file_name": "ring.mp4",
+         *       "file_size": 2143812,
+         *       "url": "https://fal.media/files/ring.mp4"
+         *     }
+         */
+        ResultVideo: {
+            /** @description Its media type. */
+            content_type?: string;
+            /** @description Its file name, when fal gives one. */
+            file_name?: string;
+            /** @description Its size in bytes, when fal gives it. */
+            file_size?: number;
+            /** @description Where the file is; fal keeps it for a limited time. */
+            url: string;
         };
         /**
          * turntable item
@@ -1400,6 +1440,20 @@ export interface components {
             prompt: string;
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * @description The output of video and turntable: one video.
+         * @example {
+         *       "video": {
+         *         "content_type": "video/mp4",
+         *         "file_name": "ring.mp4",
+         *         "file_size": 2143812,
+         *         "url": "https://fal.media/files/ring.mp4"
+         *       }
+         *     }
+         */
+        VideoResult: {
+            video: components["schemas"]["ResultVideo"];
         };
     };
     responses: never;
@@ -2731,21 +2785,26 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description A stream of `state` events, each carrying the job as JSON. */
+            /**
+             * @description A stream of `state` events, each carrying the job as JSON.
+             *
+             *     On the wire:
+             *
+             *     ```text
+             *     id: 1
+             *     event: state
+             *     data: {"id":"101","state":"queued",...}
+             *
+             *     id: 2
+             *     event: state
+             *     data: {"id":"101","state":"running",...}
+             *     ```
+             */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    /**
-                     * @example id: 1
-                     *     event: state
-                     *     data: {"id":"101","state":"queued",...}
-                     *
-                     *     id: 2
-                     *     event: state
-                     *     data: {"id":"101","state":"running",...}
-                     */
                     "text/event-stream": {
                         data: components["schemas"]["Job"];
                         /** @enum {string} */

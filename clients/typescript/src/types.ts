@@ -5,6 +5,24 @@ type Schemas = components["schemas"];
 /** A job, as GET /v1/jobs/{id} returns it. */
 export type Job = Schemas["Job"];
 
+/** What a succeeded job made: ImagesResult, ImageResult or VideoResult (resultUrls lists their URLs). */
+export type JobResult = NonNullable<Job["result"]>;
+
+/** `{images: [...]}`: the output of most image operations. */
+export type ImagesResult = Schemas["ImagesResult"];
+
+/** `{image: {...}}`: the output of upscale and remove-bg. */
+export type ImageResult = Schemas["ImageResult"];
+
+/** `{video: {...}}`: the output of video and turntable. */
+export type VideoResult = Schemas["VideoResult"];
+
+/** An image of a result: `url`, `width`, `height`, `content_type` ... */
+export type ResultImage = Schemas["ResultImage"];
+
+/** The video of a result: `url`, `content_type`, `file_name`, `file_size` ... */
+export type ResultVideo = Schemas["ResultVideo"];
+
 /** The API states of a job. */
 export type JobState = Job["state"];
 

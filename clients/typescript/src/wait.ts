@@ -1,20 +1,23 @@
-import { createParser } from "eventsource-parser";
+import { createParser, type EventSourceMessage } from "eventsource-parser";
 
 import { ProblemError } from "./problem.js";
 import type { paths } from "./schema.js";
 import { isFinal, type Job } from "./types.js";
 
-/** Options of waitForJob. */
-export interface WaitOptions {
+/** Options of waitForJob (and, with T = Batch, of waitForBatch). */
+export interface WaitOptions<T = Job> {
   /** Stops waiting: the promise rejects with the signal's reason. */
   signal?: AbortSignal | undefined;
-  /** Called with the job each time its state, queue position or attempt changes, the final state included. */
-  onUpdate?: ((job: Job) => void) | undefined;
   /**
-   * How to follow the job: "auto" (default) follows the SSE stream
-   * `GET /v1/jobs/{id}/events` and falls back to `?wait=` long polls when
-   * the stream cannot be opened or keeps dropping; "sse" and "poll" use only
-   * the one.
+   * Called each time what is followed changes, the final state included: a
+   * job's state, queue position, attempt or progress; a batch's counts.
+   */
+  onUpdate?: ((value: T) => void) | undefined;
+  /**
+   * How to follow it: "auto" (default) follows the SSE stream
+   * (`GET /v1/jobs/{id}/events`, `GET /v1/batches/{id}/events`) and falls
+   * back to `?wait=` long polls when the stream cannot be opened or keeps
+   * dropping; "sse" and "poll" use only the one.
    */
   transport?: "auto" | "sse" | "poll" | undefined;
   /** Seconds each long poll asks the server to hold the request (1-30, default 25). */
@@ -45,6 +48,22 @@ const stateEvent: JobEvent["event"] = "state";
 const maxDrops = 3;
 
 /**
+ * What follow needs to follow one resource (a job, a batch): reading it
+ * (with ?wait= when wait is set), opening its event stream, recognizing it
+ * in an event, and telling when it is final or changed.
+ */
+export interface Follower<T> {
+  /** Names it in error messages: "job 12". */
+  what: string;
+  read(wait: number | undefined, signal: AbortSignal | undefined): Promise<T>;
+  openEvents(signal: AbortSignal): Promise<ReadableStream<Uint8Array>>;
+  /** The value an event carries, or undefined for events to ignore. */
+  fromEvent(ev: EventSourceMessage): T | undefined;
+  isFinal(v: T): boolean;
+  hasChanged(a: T, b: T): boolean;
+}
+
+/**
  * Waits until the job reaches a final state and returns it: succeeded,
  * failed or cancelled (a failed job resolves; only errors of the API or the
  * network reject). It reads the job once, then follows its event stream,
@@ -52,32 +71,47 @@ const maxDrops = 3;
  * not available it long-polls `GET /v1/jobs/{id}?wait=N`, pausing between
  * polls that the server answered at once without a change.
  */
-export async function waitForJob(t: WaitTransport, id: string, opts: WaitOptions = {}): Promise<Job> {
+export function waitForJob(t: WaitTransport, id: string, opts: WaitOptions = {}): Promise<Job> {
+  return follow(
+    {
+      what: `job ${id}`,
+      read: (wait, signal) => t.getJob(id, wait, signal),
+      openEvents: (signal) => t.openEvents(id, signal),
+      fromEvent: (ev) => (ev.event === stateEvent ? jobFromEvent(id, ev.data) : undefined),
+      isFinal,
+      hasChanged,
+    },
+    opts,
+  );
+}
+
+/** Follows f until it is final: see waitForJob. */
+export async function follow<T>(f: Follower<T>, opts: WaitOptions<T> = {}): Promise<T> {
   const { signal, onUpdate, transport = "auto" } = opts;
   const pollWait = Math.min(30, Math.max(1, Math.round(opts.pollWait ?? 25)));
   const maxRetries = Math.max(0, opts.maxRetries ?? 5);
   const idleTimeout = Math.max(1000, opts.idleTimeout ?? 60_000);
 
-  let last: Job | undefined;
+  let last: T | undefined;
   let callbackError: { error: unknown } | undefined;
-  // see records job and reports whether waiting is over.
-  const see = (job: Job): boolean => {
-    const changed = last === undefined || hasChanged(last, job);
-    last = job;
+  // see records v and reports whether waiting is over.
+  const see = (v: T): boolean => {
+    const changed = last === undefined || f.hasChanged(last, v);
+    last = v;
     if (changed && onUpdate && !callbackError) {
       try {
-        onUpdate(job);
+        onUpdate(v);
       } catch (error) {
         callbackError = { error };
       }
     }
-    return isFinal(job) || callbackError !== undefined;
+    return f.isFinal(v) || callbackError !== undefined;
   };
-  const done = (): Job => {
+  const done = (): T => {
     if (callbackError) throw callbackError.error;
-    return last as Job;
+    return last as T;
   };
-  const read = (wait?: number) => withRetries(() => t.getJob(id, wait, signal), maxRetries, signal);
+  const read = (wait?: number) => withRetries(() => f.read(wait, signal), maxRetries, signal);
 
   if (see(await read())) return done();
 
@@ -90,7 +124,7 @@ export async function waitForJob(t: WaitTransport, id: string, opts: WaitOptions
       let outcome: StreamOutcome | "unavailable";
       let events = 0;
       try {
-        const r = await followEvents(t, id, (job) => (events++, see(job)), idleTimeout, signal);
+        const r = await followEvents(f, (v) => (events++, see(v)), idleTimeout, signal);
         outcome = r;
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
@@ -105,20 +139,20 @@ export async function waitForJob(t: WaitTransport, id: string, opts: WaitOptions
       } else if (outcome === "ended") {
         drops = events > 0 ? 1 : drops + 1;
         if (drops >= maxDrops) {
-          if (transport === "sse") throw new Error(`aiqueue: the event stream of job ${id} closed ${drops} times before the job ended`);
+          if (transport === "sse") throw new Error(`aiqueue: the event stream of ${f.what} closed ${drops} times before it ended`);
           sse = false;
         }
       }
-      // The stream is gone: read the job, in case its final state was missed.
+      // The stream is gone: read again, in case the final state was missed.
       if (see(await read())) return done();
       if (sse && outcome === "ended") await sleep(backoff(drops - 1), signal);
       continue;
     }
 
-    const before = last as Job;
+    const before = last as T;
     const started = Date.now();
     if (see(await read(pollWait))) return done();
-    if (!hasChanged(before, last as Job) && Date.now() - started < 1000) {
+    if (!f.hasChanged(before, last as T) && Date.now() - started < 1000) {
       // The server did not hold the request (no long-poll support, or a
       // proxy in between): poll gently instead of in a tight loop.
       await sleep(Math.min(5000, 500 * 2 ** quiet), signal);
@@ -130,18 +164,17 @@ export async function waitForJob(t: WaitTransport, id: string, opts: WaitOptions
 }
 
 /**
- * Follows the job's event stream until a final state ("final"), the server
+ * Follows the event stream until a final value ("final"), the server
  * closes it ("ended"), or nothing arrives for idleTimeout ms ("idle").
  * The server (api/events.go) sends `id: <n>`, `event: state` and `data:
  * <the job as JSON>` for the job at once and then for each state change, and
- * `: keep-alive` comments (which only re-arm the idle timer); each `state`
- * event's job is passed to onJob, which returns true to stop. Other events,
- * and data that is not this job, are ignored.
+ * `: keep-alive` comments (which only re-arm the idle timer); each event
+ * f.fromEvent recognizes is passed to onValue, which returns true to stop.
+ * Other events are ignored.
  */
-async function followEvents(
-  t: WaitTransport,
-  id: string,
-  onJob: (job: Job) => boolean,
+async function followEvents<T>(
+  f: Follower<T>,
+  onValue: (v: T) => boolean,
   idleTimeout: number,
   signal: AbortSignal | undefined,
 ): Promise<StreamOutcome> {
@@ -160,14 +193,21 @@ async function followEvents(
   let final = false;
   try {
     arm();
-    const stream = await t.openEvents(id, conn.signal);
+    const stream = await f.openEvents(conn.signal);
     const reader = stream.getReader();
+    // Aborting conn cancels the body here, not only through fetch: Node's
+    // fetch can lose a signal's abort once the Request object it came with
+    // is garbage collected, and the stream would then run on until the
+    // server closes it.
+    const cancel = () => void reader.cancel(conn.signal.reason).catch(() => {});
+    conn.signal.addEventListener("abort", cancel, { once: true });
+    if (conn.signal.aborted) cancel();
     const decoder = new TextDecoder();
     const parser = createParser({
       onEvent(ev) {
-        if (final || ev.event !== stateEvent) return;
-        const job = jobFromEvent(id, ev.data);
-        if (job && onJob(job)) final = true;
+        if (final) return;
+        const v = f.fromEvent(ev);
+        if (v !== undefined && onValue(v)) final = true;
       },
     });
     try {
@@ -179,8 +219,13 @@ async function followEvents(
       }
     } catch (err) {
       if (!idle || signal?.aborted) throw err;
+    } finally {
+      conn.signal.removeEventListener("abort", cancel);
+      // Closes the connection when we stop reading before the server closes it.
+      void reader.cancel().catch(() => {});
     }
     if (final) return "final";
+    signal?.throwIfAborted();
     return idle ? "idle" : "ended";
   } catch (err) {
     if (idle && !signal?.aborted) return "idle";
@@ -188,8 +233,7 @@ async function followEvents(
   } finally {
     clearTimeout(timer);
     signal?.removeEventListener("abort", abortConn);
-    // Closes the connection when we stop reading before the server closes it.
-    conn.abort();
+    conn.abort(); // and the request, if the stream never opened
   }
 }
 
@@ -213,7 +257,13 @@ function isJob(v: unknown): v is Job {
 }
 
 function hasChanged(a: Job, b: Job): boolean {
-  return a.state !== b.state || a.queue_position !== b.queue_position || a.attempt !== b.attempt;
+  return (
+    a.state !== b.state ||
+    a.queue_position !== b.queue_position ||
+    a.attempt !== b.attempt ||
+    // progress (stage, fal queue position, ETA ...) when the server sends it.
+    JSON.stringify((a as { progress?: unknown }).progress) !== JSON.stringify((b as { progress?: unknown }).progress)
+  );
 }
 
 /**

@@ -8,7 +8,17 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 
-import { createClient, isProblem, ProblemError, type Job, type ParamsOf, type SubmitJobBody } from "@aiqueue/client";
+import {
+  createClient,
+  isProblem,
+  ProblemError,
+  resultUrls,
+  waitForBatch,
+  type Batch,
+  type Job,
+  type ParamsOf,
+  type SubmitJobBody,
+} from "@aiqueue/client";
 import { AIQueueProvider, useAIQueue, type AIQueue } from "@aiqueue/client/react";
 import { act, createElement } from "react";
 import { create, type ReactTestRenderer } from "react-test-renderer";
@@ -73,6 +83,7 @@ describe("Jobs", () => {
     const result = done.result as { images?: { url: string }[] };
     assert.ok(result.images && result.images.length > 0 && result.images[0]!.url.startsWith("https://"));
     assert.equal(updates.at(-1)?.state, "succeeded");
+    assert.deepEqual(resultUrls(done), [result.images[0]!.url]);
 
     const credits = await client.getCredits();
     assert.equal(credits.balance, 9);
@@ -273,6 +284,74 @@ describe("Batch", () => {
     assert.equal(after.done, true);
     assert.equal(after.counts.succeeded, 3);
     assert.deepEqual(after.job_ids, batch.job_ids);
+  });
+
+  it("WaitsForTheBatch", t, async () => {
+    const { token } = await fast.newUser(20);
+    const rec = recordingFetch();
+    const client = createClient({ baseUrl: fast.url, token, fetch: rec.fetch });
+    const batch = await client.submitBatch({
+      items: [
+        { operation: "generate", params: { prompt: "two rings", num_images: 2 } },
+        { operation: "upscale", params: { image_url: "https://example.com/ring.jpg" } },
+        video,
+      ],
+    });
+    const updates: Batch[] = [];
+    const done = await waitForBatch(client, batch.id, { onUpdate: (b) => updates.push(b), signal: AbortSignal.timeout(30_000) });
+    assert.equal(done.done, true);
+    assert.deepEqual(done.counts, { queued: 0, running: 0, succeeded: 3, failed: 0, cancelled: 0 });
+    assert.equal(updates.at(-1)?.done, true);
+    // The event stream when the server has one, else long polls (?wait=25).
+    const events = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}/events`);
+    assert.equal(events.length, 1, "the stream is tried once");
+    const streamed = events[0]!.status === 200 && events[0]!.contentType.startsWith("text/event-stream");
+    const polls = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}`).map((r) => r.url.searchParams.get("wait"));
+    assert.ok(streamed || polls.includes("25"), `polls: ${polls.join(",")}`);
+
+    // Each job's result, by kind: two images, one image, one video.
+    const jobs = await Promise.all(done.job_ids.map((id) => client.getJob(id)));
+    const urls = jobs.map(resultUrls);
+    assert.deepEqual(urls.map((u) => u.length), [2, 1, 1]);
+    assert.match(urls[2]![0]!, /^https:\/\/.*\.mp4$/);
+  });
+
+  it("FollowsBatchEventsWhenServed", t, async () => {
+    // A stand-in for GET /v1/batches/{id}/events (the batch as read from
+    // the server, as each event's data), to check waitForBatch takes the
+    // stream when a server has it.
+    const { token } = await slow.newUser(5);
+    const auth = { Authorization: `Bearer ${token}` };
+    const stream = (id: string) =>
+      new ReadableStream<Uint8Array>({
+        async start(ctrl) {
+          const enc = new TextEncoder();
+          for (let n = 1; ; n++) {
+            const b = (await (await fetch(`${slow.url}/v1/batches/${id}`, { headers: auth })).json()) as Batch;
+            ctrl.enqueue(enc.encode(`id: ${n}\nevent: batch\ndata: ${JSON.stringify(b)}\n\n: keep-alive\n\n`));
+            if (b.done) break;
+            await new Promise((r) => setTimeout(r, 200));
+          }
+          ctrl.close();
+        },
+      });
+    const rec = recordingFetch((req) => {
+      const m = new URL(req.url).pathname.match(/^\/v1\/batches\/([^/]+)\/events$/);
+      return m ? new Response(stream(m[1]!), { headers: { "Content-Type": "text/event-stream" } }) : undefined;
+    });
+    const client = createClient({ baseUrl: slow.url, token, fetch: rec.fetch });
+    const batch = await client.submitBatch({ items: [generate("a"), generate("b")] });
+    const counts: string[] = [];
+    const done = await waitForBatch(client, batch.id, {
+      transport: "sse",
+      onUpdate: (b) => counts.push(`${b.counts.queued}/${b.counts.running}/${b.counts.succeeded}`),
+      signal: AbortSignal.timeout(45_000),
+    });
+    assert.equal(done.counts.succeeded, 2);
+    assert.equal(counts.at(-1), "0/0/2");
+    assert.ok(counts.length >= 2, counts.join(" "));
+    const reads = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}`);
+    assert.deepEqual(reads.map((r) => r.url.searchParams.get("wait")), [null], "one plain read, then the stream");
   });
 
   it("ReservesNothingWhenCreditsFallShort", t, async () => {
