@@ -218,16 +218,17 @@ func jobExample(state string) map[string]any {
 	case jobs.StateQueued:
 		j["queue_position"] = 3
 		j["attempt"] = 0
+		j["progress"] = map[string]any{"stage": jobs.StageWaiting, "eta_seconds": 12}
 	case jobs.StateSucceeded:
 		j["started_at"], j["finished_at"] = "2026-11-28T12:00:01Z", "2026-11-28T12:00:04Z"
+		j["progress"] = map[string]any{"started_at": "2026-11-28T12:00:01Z"}
 		j["result"] = map[string]any{"images": []any{map[string]any{"url": "https://fal.media/files/ring.png", "width": 1024, "height": 1024, "content_type": "image/png"}}}
 		j["credits"] = map[string]any{"amount": 1, "state": "charged"}
 	}
 	return j
 }
 
-// describeJob documents the fields of the Job schema (jobs.Job carries no
-// documentation tags of its own) and types its result.
+// describeJob gives the Job schema its examples and types its result.
 func describeJob(reg huma.Registry) {
 	s := reg.Map()["Job"]
 	if s == nil {
@@ -235,32 +236,6 @@ func describeJob(reg huma.Registry) {
 	}
 	s.Description = "An AI job as the API shows it."
 	s.Examples = []any{jobExample(jobs.StateQueued), jobExample(jobs.StateSucceeded)}
-	doc := map[string]string{
-		"id":             "Opaque job id.",
-		"operation":      "The operation.",
-		"priority":       "The queue the job runs in.",
-		"state":          "queued (River available, scheduled, retryable, pending), running, succeeded (completed), failed (discarded) or cancelled.",
-		"queue_position": "Jobs ahead of this one in its queue; only while queued and ready to run.",
-		"attempt":        "Attempts so far.",
-		"max_attempts":   "Attempts allowed.",
-		"batch_id":       "The batch the job belongs to, if any.",
-		"created_at":     "When the job was submitted.",
-		"started_at":     "When its latest attempt started.",
-		"finished_at":    "When it reached its final state.",
-		"error":          "Why the job failed or was cancelled.",
-		"credits":        "The job's credits: reserved while it runs, then charged (succeeded) or refunded (failed, cancelled).",
-	}
-	for name, d := range doc {
-		if p := s.Properties[name]; p != nil && p.Ref == "" {
-			p.Description = d
-		}
-	}
-	if p := s.Properties["state"]; p != nil {
-		p.Enum = []any{jobs.StateQueued, jobs.StateRunning, jobs.StateSucceeded, jobs.StateFailed, jobs.StateCancelled}
-	}
-	if p := s.Properties["priority"]; p != nil {
-		p.Enum = []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground}
-	}
 	if _, ok := s.Properties["result"]; ok {
 		s.Properties["result"] = resultSchema(reg)
 	}

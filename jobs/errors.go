@@ -65,7 +65,7 @@ const (
 // as an error; River stores its text ("code: message"), and ParseJobError
 // reads it back for the API.
 type JobError struct {
-	Code    string `json:"code"`
+	Code    string `json:"code" doc:"invalid_params, upstream_error, model_error, result_expired, timeout, deadline_exceeded, cancelled or internal."`
 	Message string `json:"message"`
 }
 

@@ -14,23 +14,23 @@ import (
 
 // Job is an AI job as the API shows it.
 type Job struct {
-	ID            string          `json:"id"`
+	ID            string          `json:"id" doc:"Opaque job id."`
 	UserID        string          `json:"-"`
-	Operation     string          `json:"operation"`
-	Priority      string          `json:"priority"`
-	State         string          `json:"state"`
+	Operation     string          `json:"operation" doc:"The operation."`
+	Priority      string          `json:"priority" enum:"urgent,normal,background" doc:"The queue the job runs in."`
+	State         string          `json:"state" enum:"queued,running,succeeded,failed,cancelled" doc:"queued until fal accepts the job's request (waiting for a fal slot, or for fal), running from then until the job ends (also while it waits between polls of fal), then succeeded, failed or cancelled. It never goes backwards."`
 	RiverState    string          `json:"-"`
-	QueuePosition *int            `json:"queue_position,omitempty"`
-	Attempt       int             `json:"attempt"`
-	MaxAttempts   int             `json:"max_attempts"`
-	BatchID       string          `json:"batch_id,omitempty"`
-	Progress      Progress        `json:"progress"`
-	CreatedAt     time.Time       `json:"created_at"`
-	StartedAt     *time.Time      `json:"started_at,omitempty"`
-	FinishedAt    *time.Time      `json:"finished_at,omitempty"`
-	Result        json.RawMessage `json:"result,omitempty"`
-	Error         *JobError       `json:"error,omitempty"`
-	Credits       Credits         `json:"credits"`
+	QueuePosition *int            `json:"queue_position,omitempty" minimum:"0" doc:"How many jobs will get a fal slot before this one; only while it waits for one (at most 1000: the line is at least that long)."`
+	Attempt       int             `json:"attempt" doc:"Attempts so far (submissions to fal, or River's attempts, whichever is more)."`
+	MaxAttempts   int             `json:"max_attempts" doc:"Attempts allowed."`
+	BatchID       string          `json:"batch_id,omitempty" doc:"The batch the job belongs to, if any."`
+	Progress      Progress        `json:"progress" doc:"Where the job is, as far as fal says."`
+	CreatedAt     time.Time       `json:"created_at" doc:"When the job was submitted."`
+	StartedAt     *time.Time      `json:"started_at,omitempty" doc:"When fal first accepted a request of the job."`
+	FinishedAt    *time.Time      `json:"finished_at,omitempty" doc:"When it reached its final state."`
+	Result        json.RawMessage `json:"result,omitempty" doc:"fal's output, once succeeded."`
+	Error         *JobError       `json:"error,omitempty" doc:"Why the job failed or was cancelled."`
+	Credits       Credits         `json:"credits" doc:"The job's credits: reserved while it can run, then charged (succeeded) or refunded (failed, cancelled)."`
 	FalRequestID  string          `json:"-"`
 
 	riverJobID int64
@@ -38,20 +38,19 @@ type Job struct {
 
 // Progress is where an unfinished job is, as far as fal says.
 type Progress struct {
-	// Stage is waiting (for a fal slot, or for fal to accept the request),
-	// in_queue or in_progress (fal's status), finishing (fetching the
-	// result); absent once the job ended.
-	Stage string `json:"stage,omitempty"`
-	// FalQueuePosition is the request's position in fal's own queue while
-	// fal queues it.
-	FalQueuePosition *int `json:"fal_queue_position,omitempty"`
-	// Logs are fal's latest log lines of the request, when asked for.
-	Logs json.RawMessage `json:"logs,omitempty"`
-	// StartedAt is when fal first accepted a request of the job.
-	StartedAt *time.Time `json:"started_at,omitempty"`
-	// ETASeconds is the estimated time to the job's end, from what the
-	// operation has recently taken at fal (absent until a few finished).
-	ETASeconds *int `json:"eta_seconds,omitempty"`
+	Stage            string          `json:"stage,omitempty" enum:"waiting,in_queue,in_progress,finishing" doc:"waiting (for a fal slot, or for fal to accept the request), in_queue or in_progress (fal's status), finishing (fetching the result); absent once the job ended."`
+	FalQueuePosition *int            `json:"fal_queue_position,omitempty" minimum:"0" doc:"The request's place in fal's own queue, while fal queues it."`
+	Logs             []LogLine       `json:"logs,omitempty" doc:"fal's latest log lines of the request (with logs=1)."`
+	StartedAt        *time.Time      `json:"started_at,omitempty" doc:"When fal first accepted a request of the job."`
+	ETASeconds       *int            `json:"eta_seconds,omitempty" minimum:"0" doc:"Estimated seconds to the job's end, from what the operation recently took at fal and the line ahead; absent until a few such jobs finished."`
+}
+
+// LogLine is one of fal's log lines of a request.
+type LogLine struct {
+	Message   string `json:"message"`
+	Level     string `json:"level,omitempty" doc:"fal's level, such as INFO or ERROR."`
+	Source    string `json:"source,omitempty"`
+	Timestamp string `json:"timestamp,omitempty" doc:"fal's time, as fal sent it."`
 }
 
 // Stages of Progress.Stage.
@@ -64,8 +63,8 @@ const (
 
 // Credits are a job's hold.
 type Credits struct {
-	Amount int64  `json:"amount"`
-	State  string `json:"state"`
+	Amount int64  `json:"amount" doc:"Credits held for the job."`
+	State  string `json:"state" enum:"reserved,charged,refunded" doc:"reserved while the job can run, then charged or refunded, once."`
 }
 
 const jobColumns = `river_job_id, user_id::text, operation, queue, state, river_state, attempt, max_attempts,
@@ -259,5 +258,6 @@ func (j *Job) Moved(o *Job) bool {
 	eq := func(a, b *int) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 	return j.State != o.State || j.Attempt != o.Attempt || !eq(j.QueuePosition, o.QueuePosition) ||
 		j.Progress.Stage != o.Progress.Stage || !eq(j.Progress.FalQueuePosition, o.Progress.FalQueuePosition) ||
-		string(j.Progress.Logs) != string(o.Progress.Logs)
+		len(j.Progress.Logs) != len(o.Progress.Logs) ||
+		(len(o.Progress.Logs) > 0 && j.Progress.Logs[len(j.Progress.Logs)-1] != o.Progress.Logs[len(o.Progress.Logs)-1])
 }

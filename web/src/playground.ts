@@ -41,16 +41,7 @@ interface Doc {
   components: { schemas: Record<string, Schema> };
 }
 
-/** What the page knows of a job beyond the generated type: fields a newer server may send. */
-type JobView = Job & {
-  progress?: {
-    stage?: string;
-    fal_queue_position?: number | null;
-    logs?: string[] | null;
-    started_at?: string | null;
-    eta_seconds?: number | null;
-  } | null;
-};
+type JobView = Job;
 
 const $ = <T extends HTMLElement>(id: string) => {
   const el = document.getElementById(id);
@@ -286,7 +277,7 @@ function renderJob(c: AIQueueClient, card: HTMLElement, j: JobView) {
     if (p.fal_queue_position !== undefined && p.fal_queue_position !== null) facts.push(["fal queue position", String(p.fal_queue_position)]);
     if (p.eta_seconds !== undefined && p.eta_seconds !== null) facts.push(["ETA", `about ${Math.round(p.eta_seconds)} s`]);
     const last = p.logs?.at(-1);
-    if (last) facts.push(["Log", last]);
+    if (last) facts.push(["Log", last.message]);
   }
   if (j.error) facts.push(["Error", `${j.error.code}: ${j.error.message}`]);
 

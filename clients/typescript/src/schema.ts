@@ -384,9 +384,16 @@ export interface components {
             reason?: string;
         };
         Credits: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Credits held for the job.
+             */
             amount: number;
-            state: string;
+            /**
+             * @description reserved while the job can run, then charged or refunded, once.
+             * @enum {string}
+             */
+            state: "reserved" | "charged" | "refunded";
         };
         CreditsBody: {
             /**
@@ -715,6 +722,10 @@ export interface components {
          *       "max_attempts": 5,
          *       "operation": "generate",
          *       "priority": "urgent",
+         *       "progress": {
+         *         "eta_seconds": 12,
+         *         "stage": "waiting"
+         *       },
          *       "queue_position": 3,
          *       "state": "queued"
          *     }
@@ -730,6 +741,9 @@ export interface components {
          *       "max_attempts": 5,
          *       "operation": "generate",
          *       "priority": "urgent",
+         *       "progress": {
+         *         "started_at": "2026-11-28T12:00:01Z"
+         *       },
          *       "result": {
          *         "images": [
          *           {
@@ -753,7 +767,7 @@ export interface components {
             readonly $schema?: string;
             /**
              * Format: int64
-             * @description Attempts so far.
+             * @description Attempts so far (submissions to fal, or River's attempts, whichever is more).
              */
             attempt: number;
             /** @description The batch the job belongs to, if any. */
@@ -763,7 +777,9 @@ export interface components {
              * @description When the job was submitted.
              */
             created_at: string;
+            /** @description The job's credits: reserved while it can run, then charged (succeeded) or refunded (failed, cancelled). */
             credits: components["schemas"]["Credits"];
+            /** @description Why the job failed or was cancelled. */
             error?: components["schemas"]["JobError"];
             /**
              * Format: date-time
@@ -784,25 +800,28 @@ export interface components {
              * @enum {string}
              */
             priority: "urgent" | "normal" | "background";
+            /** @description Where the job is, as far as fal says. */
+            progress: components["schemas"]["Progress"];
             /**
              * Format: int64
-             * @description Jobs ahead of this one in its queue; only while queued and ready to run.
+             * @description How many jobs will get a fal slot before this one; only while it waits for one (at most 1000: the line is at least that long).
              */
             queue_position?: number;
             /** @description fal's output as returned, when the job succeeded: images (ImagesResult), one image (ImageResult: upscale, remove-bg) or a video (VideoResult: video, turntable). Other fields fal sends are passed on. */
             result?: components["schemas"]["ImagesResult"] | components["schemas"]["ImageResult"] | components["schemas"]["VideoResult"];
             /**
              * Format: date-time
-             * @description When its latest attempt started.
+             * @description When fal first accepted a request of the job.
              */
             started_at?: string;
             /**
-             * @description queued (River available, scheduled, retryable, pending), running, succeeded (completed), failed (discarded) or cancelled.
+             * @description queued until fal accepts the job's request (waiting for a fal slot, or for fal), running from then until the job ends (also while it waits between polls of fal), then succeeded, failed or cancelled. It never goes backwards.
              * @enum {string}
              */
             state: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         };
         JobError: {
+            /** @description invalid_params, upstream_error, model_error, result_expired, timeout, deadline_exceeded, cancelled or internal. */
             code: string;
             message: string;
         };
@@ -835,6 +854,14 @@ export interface components {
             /** @description Queue override: urgent, normal or background; defaults to the operation's priority. */
             priority?: unknown;
         } & (components["schemas"]["EditJobRequest"] | components["schemas"]["GenerateJobRequest"] | components["schemas"]["UpscaleJobRequest"] | components["schemas"]["RemoveBgJobRequest"] | components["schemas"]["CameraControlJobRequest"] | components["schemas"]["GemstoneJobRequest"] | components["schemas"]["MetalRecolorJobRequest"] | components["schemas"]["MetalPolishJobRequest"] | components["schemas"]["NaturalLightJobRequest"] | components["schemas"]["VideoJobRequest"] | components["schemas"]["TurntableJobRequest"]);
+        LogLine: {
+            /** @description fal's level, such as INFO or ERROR. */
+            level?: string;
+            message: string;
+            source?: string;
+            /** @description fal's time, as fal sent it. */
+            timestamp?: string;
+        };
         /**
          * metal-polish item
          * @description One metal-polish job of a batch.
@@ -1147,6 +1174,30 @@ export interface components {
              * @example https://example.com/errors/example
              */
             type: string;
+        };
+        Progress: {
+            /**
+             * Format: int64
+             * @description Estimated seconds to the job's end, from what the operation recently took at fal and the line ahead; absent until a few such jobs finished.
+             */
+            eta_seconds?: number;
+            /**
+             * Format: int64
+             * @description The request's place in fal's own queue, while fal queues it.
+             */
+            fal_queue_position?: number;
+            /** @description fal's latest log lines of the request (with logs=1). */
+            logs?: components["schemas"]["LogLine"][];
+            /**
+             * @description waiting (for a fal slot, or for fal to accept the request), in_queue or in_progress (fal's status), finishing (fetching the result); absent once the job ended.
+             * @enum {string}
+             */
+            stage?: "waiting" | "in_queue" | "in_progress" | "finishing";
+            /**
+             * Format: date-time
+             * @description When fal first accepted a request of the job.
+             */
+            started_at?: string;
         };
         /**
          * remove-bg item
@@ -2473,6 +2524,8 @@ export interface operations {
     "get-job": {
         parameters: {
             query?: {
+                /** @description Include fal's latest log lines of the request in progress.logs. */
+                logs?: boolean;
                 /** @description Long poll: hold the request up to this many seconds until the job's state changes (a job already in a final state returns at once). */
                 wait?: number;
             };
@@ -2683,6 +2736,9 @@ export interface operations {
                      *         "max_attempts": 5,
                      *         "operation": "generate",
                      *         "priority": "urgent",
+                     *         "progress": {
+                     *           "started_at": "2026-11-28T12:00:01Z"
+                     *         },
                      *         "result": {
                      *           "images": [
                      *             {

@@ -1240,7 +1240,7 @@ function renderJob(c, card, j) {
     if (p.fal_queue_position !== void 0 && p.fal_queue_position !== null) facts.push(["fal queue position", String(p.fal_queue_position)]);
     if (p.eta_seconds !== void 0 && p.eta_seconds !== null) facts.push(["ETA", `about ${Math.round(p.eta_seconds)} s`]);
     const last = p.logs?.at(-1);
-    if (last) facts.push(["Log", last]);
+    if (last) facts.push(["Log", last.message]);
   }
   if (j.error) facts.push(["Error", `${j.error.code}: ${j.error.message}`]);
   const cancel = h("button", { type: "button", class: "cancel", text: "Cancel", disabled: isFinal(j) });
