@@ -141,7 +141,7 @@ func (r *Requests) renew(ctx context.Context, s *slot, cause error) (*slot, erro
 		s.jobID, s.run).Scan(&before); err != nil || before > 0 {
 		return nil, err
 	}
-	if err := finish(ctx, tx, s.id, falStateCompleted, cause, nil); err != nil {
+	if err := finish(ctx, tx, s.id, falStateCompleted, cause, nil, nil); err != nil {
 		return nil, err
 	}
 	again, err := scanSlot(tx.QueryRow(ctx, `
@@ -168,14 +168,15 @@ func (r *Requests) progress(ctx context.Context, id int64, stage string, positio
 
 // finish ends an open slot in state with an optional cause, in q (the
 // caller's transaction, or the pool). billable is what fal billed for it,
-// when fal said. A slot already finished is left as it is.
-func finish(ctx context.Context, q ledger.Querier, id int64, state string, cause error, billable *float64) error {
+// when fal said, and result fal's output of a completed request. A slot
+// already finished is left as it is.
+func finish(ctx context.Context, q ledger.Querier, id int64, state string, cause error, billable *float64, result json.RawMessage) error {
 	_, err := q.Exec(ctx, `
 UPDATE fal_requests
-   SET state = $2, error = $3, billable_units = COALESCE($4, billable_units), finished_at = now(),
+   SET state = $2, error = $3, billable_units = COALESCE($4, billable_units), result = $5, finished_at = now(),
        completed_at = CASE WHEN $2 IN ('completed', 'expired') THEN COALESCE(completed_at, now()) END,
        stage = CASE WHEN $2 = 'completed' THEN 'finishing' ELSE stage END
- WHERE id = $1 AND finished_at IS NULL`, id, state, errorText(cause), billable)
+ WHERE id = $1 AND finished_at IS NULL`, id, state, errorText(cause), billable, result)
 	return err
 }
 
@@ -185,7 +186,7 @@ UPDATE fal_requests
 func (r *Requests) release(ctx context.Context, s *slot, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
 	defer cancel()
-	if err := finish(ctx, r.pool, s.id, falStateFailed, cause, nil); err != nil {
+	if err := finish(ctx, r.pool, s.id, falStateFailed, cause, nil, nil); err != nil {
 		r.log.WarnContext(ctx, "could not free a fal slot; the sweeper will", slog.Int64("slot", s.id), slog.Any("error", err))
 		return
 	}

@@ -438,15 +438,15 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 	default:
 		return w.pollError(ctx, a, err)
 	}
-	if err := river.RecordOutput(ctx, output{Result: res.Output}); err != nil {
-		return err
-	}
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if err := finish(ctx, tx, a.s.id, falStateCompleted, nil, res.BillableUnits); err != nil {
+	// The result goes with the slot's row (ai_jobs shows it), not into
+	// River's metadata: River would write the job row once more after the
+	// attempt to merge it.
+	if err := finish(ctx, tx, a.s.id, falStateCompleted, nil, res.BillableUnits, res.Output); err != nil {
 		return err
 	}
 	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, a.job); err != nil {
@@ -485,7 +485,7 @@ func (w *Worker) modelError(ctx context.Context, a *attempt, err error) error {
 func (w *Worker) finishSlot(ctx context.Context, a *attempt, state string, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
 	defer cancel()
-	if err := finish(ctx, w.pool, a.s.id, state, cause, nil); err != nil {
+	if err := finish(ctx, w.pool, a.s.id, state, cause, nil, nil); err != nil {
 		a.log.WarnContext(ctx, "could not free the fal slot; the sweeper will", slog.Any("error", err))
 		return
 	}

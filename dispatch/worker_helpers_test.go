@@ -58,6 +58,9 @@ type workerOpts struct {
 	// MaxInFlight is the slots of each key; default 100 (no limit in
 	// practice).
 	MaxInFlight int
+	// Capacities, when set, are the slots of each key (overrides
+	// MaxInFlight).
+	Capacities []int
 	// Caps are the lower queues' caps; default dispatch.DefaultCaps.
 	Caps dispatch.Caps
 	// Limits are the queue worker limits; default 10 each.
@@ -110,9 +113,12 @@ func setupWorker(t *testing.T, opts *workerOpts) *workerBundle {
 	if limits == (dispatch.QueueLimits{}) {
 		limits = dispatch.QueueLimits{Urgent: 10, Normal: 10, Background: 10}
 	}
-	capacities := make([]int, len(testKeys))
-	for i := range capacities {
-		capacities[i] = cmp.Or(opts.MaxInFlight, 100)
+	capacities := opts.Capacities
+	if capacities == nil {
+		capacities = make([]int, len(testKeys))
+		for i := range capacities {
+			capacities[i] = cmp.Or(opts.MaxInFlight, 100)
+		}
 	}
 	b.dispatch, err = dispatch.New(dispatch.Config{
 		Pool: b.pool, Fal: b.fal, Capacities: capacities, Catalog: b.catalog, Logger: logger, Caps: opts.Caps,

@@ -23,7 +23,8 @@ COMMENT ON TABLE fal_keys IS 'fal keys by index: slots (capacity) and health (un
 -- accepted; 'expired': fal dropped a completed request's result;
 -- 'abandoned': a claim whose process died between submit and storing fal's
 -- answer). A row holds its slot while finished_at IS NULL. stage,
--- fal_queue_position and logs are fal's progress, for the API.
+-- fal_queue_position and logs are fal's progress, for the API; result is
+-- fal's output of a completed request, the job's result.
 CREATE TABLE fal_requests (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id             bigint NOT NULL,
@@ -44,6 +45,7 @@ CREATE TABLE fal_requests (
     fal_queue_position int,
     logs               jsonb,
     billable_units     numeric,
+    result             jsonb,
     cancel_outcome     text,
     error              text,
     claimed_at         timestamptz NOT NULL DEFAULT now(),
@@ -59,6 +61,7 @@ CREATE TABLE fal_requests (
 CREATE INDEX fal_requests_job_id ON fal_requests (job_id, id DESC);
 CREATE INDEX fal_requests_open_key ON fal_requests (key_index) WHERE finished_at IS NULL;
 CREATE INDEX fal_requests_open_user ON fal_requests (user_id) WHERE finished_at IS NULL;
+CREATE INDEX fal_requests_user_id ON fal_requests (user_id, id DESC);
 CREATE INDEX fal_requests_finished_at ON fal_requests (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX fal_requests_recent ON fal_requests (operation, completed_at DESC) WHERE state = 'completed';
 COMMENT ON TABLE fal_requests IS 'One row per fal slot a job holds: key index, fal request id and URLs, progress, state. Open rows (finished_at IS NULL) hold the slots.';
@@ -67,7 +70,8 @@ COMMENT ON TABLE fal_requests IS 'One row per fal slot a job holds: key index, f
 -- (inserted so, made available by the dispatcher once it holds a slot), or
 -- parked in fal_parked after losing its slot (its River state is
 -- 'scheduled' then). The dispatcher serves the line by queue priority, then
--- the user with the fewest requests in flight, then the oldest job; this
+-- the user with the fewest requests in flight, then the user served least
+-- recently, then the oldest job; this
 -- index gives each waiting user's oldest job per queue without reading the
 -- backlog.
 CREATE INDEX river_job_fal_line ON river_job (queue, (args ->> 'user_id'), id) WHERE state = 'pending' AND kind = 'ai';
