@@ -245,8 +245,9 @@ func requireAll(t *testing.T, list []*jobs.Job, state, creditState string) {
 
 // crashed submits a generate job for uid as a crashed attempt leaves it:
 // attempt 1, back in the queue (as River's rescuer makes it), with what
-// setup wrote in the same transaction. It returns the job's id.
-func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, id int64)) string {
+// setup wrote in the same transaction, and what after then does. It
+// returns the job's id.
+func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, id int64), after ...func(tx pgx.Tx, id int64)) string {
 	t.Helper()
 	ctx := context.Background()
 	tx, err := b.pool.Begin(ctx)
@@ -260,6 +261,9 @@ func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, i
 	require.NoError(t, err)
 	_, err = b.river.JobRetryTx(ctx, tx, id)
 	require.NoError(t, err)
+	for _, f := range after {
+		f(tx, id)
+	}
 	require.NoError(t, tx.Commit(ctx))
 	return jobs.FormatID(id)
 }

@@ -146,6 +146,16 @@ END;
 $$;
 -- +goose StatementEnd
 
+-- worker_heartbeats: one row per worker process (River's client id), beaten
+-- every two seconds; the running jobs of a process that stopped beating are
+-- handed back in seconds (dispatch/heartbeat.go), long before River's own
+-- rescuer would.
+CREATE TABLE worker_heartbeats (
+    client_id text PRIMARY KEY,
+    beat_at   timestamptz NOT NULL
+);
+COMMENT ON TABLE worker_heartbeats IS 'Worker processes and their last beat; a process silent for 6 s is taken for dead and its running jobs handed back.';
+
 -- fal_key_in_flight: slots in use per key, as the dispatcher sees them.
 CREATE VIEW fal_key_in_flight AS
 SELECT k.key_index, 'key-' || k.key_index AS key, k.capacity,
@@ -162,6 +172,7 @@ COMMENT ON VIEW fal_key_in_flight IS 'fal slots per key: capacity, requests in f
 -- +goose Down
 DROP VIEW IF EXISTS fal_key_in_flight;
 DROP FUNCTION IF EXISTS fal_line_position(bigint, int);
+DROP TABLE IF EXISTS worker_heartbeats;
 DROP TABLE IF EXISTS fal_parked;
 DROP INDEX IF EXISTS river_job_fal_line;
 DROP TABLE IF EXISTS fal_requests;
