@@ -146,6 +146,16 @@ END;
 $$;
 -- +goose StatementEnd
 
+-- fal_webhooks_seen: the signatures of fal webhooks taken in, until their
+-- timestamp leaves fal's tolerance (5 minutes): a replayed delivery is
+-- refused. Pruned by the hourly prune job.
+CREATE TABLE fal_webhooks_seen (
+    signature  text PRIMARY KEY,
+    request_id text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+COMMENT ON TABLE fal_webhooks_seen IS 'Signatures of fal webhooks already taken in (replay protection), kept until they expire.';
+
 -- worker_heartbeats: one row per worker process (River's client id), beaten
 -- every two seconds; the running jobs of a process that stopped beating are
 -- handed back in seconds (dispatch/heartbeat.go), long before River's own
@@ -173,6 +183,7 @@ COMMENT ON VIEW fal_key_in_flight IS 'fal slots per key: capacity, requests in f
 DROP VIEW IF EXISTS fal_key_in_flight;
 DROP FUNCTION IF EXISTS fal_line_position(bigint, int);
 DROP TABLE IF EXISTS worker_heartbeats;
+DROP TABLE IF EXISTS fal_webhooks_seen;
 DROP TABLE IF EXISTS fal_parked;
 DROP INDEX IF EXISTS river_job_fal_line;
 DROP TABLE IF EXISTS fal_requests;
