@@ -129,3 +129,39 @@ func clusterCPU(dataDir string) time.Duration {
 	}
 	return total
 }
+
+// FsyncProbe is how long the disk under a directory took to make a 4 KiB
+// write durable (write + fsync), which bounds every durable commit:
+// Postgres's, and Redis's with appendfsync always.
+type FsyncProbe struct {
+	N     int     `json:"n"`
+	P50MS float64 `json:"p50_ms"`
+	P99MS float64 `json:"p99_ms"`
+}
+
+// probeFsync writes and fsyncs a 4 KiB block n times in a file under dir.
+func probeFsync(dir string, n int) (FsyncProbe, error) {
+	f, err := os.CreateTemp(dir, "fsync-probe-")
+	if err != nil {
+		return FsyncProbe{}, err
+	}
+	defer func() {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+	}()
+	buf := make([]byte, 4096)
+	var rec Recorder
+	for i := range n {
+		buf[0] = byte(i)
+		t0 := time.Now()
+		if _, err := f.WriteAt(buf, 0); err != nil {
+			return FsyncProbe{}, err
+		}
+		if err := f.Sync(); err != nil {
+			return FsyncProbe{}, err
+		}
+		rec.Add(time.Since(t0))
+	}
+	s := rec.Summary()
+	return FsyncProbe{N: s.N, P50MS: s.P50, P99MS: s.P99}, nil
+}

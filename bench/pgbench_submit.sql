@@ -7,7 +7,8 @@
 -- client_init=0 (it picks the user once per client). Used by
 -- BenchmarkSubmitTx (jobs) and bench/pgbench_submit.sh. River's zero-time
 -- literal '0001-01-01 00:00:00 +0000' is written with make_timestamptz, as
--- pgbench would read its ':00' as a variable.
+-- pgbench would read its ':00' as a variable. The job's id is left in
+-- :job_id for pgbench_settle.sql.
 \if :client_init = 0
 SELECT format('00000000-0000-4000-8000-%s', lpad((:client_id::int % :users::int)::text, 12, '0')) AS user_id \gset
 \set client_init 1
@@ -52,5 +53,5 @@ ON CONFLICT (unique_key)
         AND unique_states IS NOT NULL
         AND river_job_state_in_bitmask(unique_states, state)
     DO UPDATE SET kind = river_job.kind
-RETURNING river_job.id AS job_id, (xmax != 0) AS unique_skipped_as_duplicate;
+RETURNING river_job.id AS job_id, (xmax != 0) AS unique_skipped_as_duplicate \gset
 COMMIT;
