@@ -172,5 +172,15 @@ func (e *env) reportBacklog(res BacklogResult) {
 		e.rep.add(Row{Scenario: ScenarioBacklog, Figure: fmt.Sprintf("all %.0f rounds: mean p99 with the backlog", n), Value: sums[2] / n, Unit: "ms",
 			Reference: "empty queue", RefValue: ptr(sums[3] / n), Target: "<= 1.1x", Pass: ptr(sums[2] <= 1.1*sums[3])})
 	}
+	for _, c := range []string{backlogEmpty, backlogDeep} {
+		stats, _ := e.rep.Details["backlog."+c+".pg_stat_statements"].([]stmtStat)
+		for i, st := range stats {
+			if i == 3 {
+				break
+			}
+			e.rep.note("backlog %s, last round, statement %d by time: %.3f ms per call (lock waits included), %d calls: %s",
+				c, i+1, st.MeanMS, st.Calls, shorten(st.Query, 120))
+		}
+	}
 	e.rep.note("backlog: the server runs with ROLE=api; each case has its own database, and what a run added is deleted (refunded) and vacuumed off the clock, so each run starts with the same queue")
 }

@@ -586,12 +586,15 @@ func (e *env) reportVersus(res VersusResult) {
 			if len(parts) > 0 {
 				e.rep.note("versus-seed, aiqueue: busy Postgres backends were %s", strings.Join(parts, ", "))
 			}
-			for i, s := range res.Statements["top_level"] {
-				if i == 8 {
-					break
+			jobs := float64(max(r.Charged, r.Accepted(), 1))
+			for _, k := range []string{"top_level", "nested"} {
+				for i, s := range res.Statements[k] {
+					if i == 6 {
+						break
+					}
+					e.rep.note("versus-seed, aiqueue %s statement %d: %.0f%% of the time, %.3f ms per call (lock waits included), %.2f calls and %.2f ms per job: %s",
+						strings.ReplaceAll(k, "_", "-"), i+1, 100*s.Share, s.MeanMS, float64(s.Calls)/jobs, s.TotalMS/jobs, shorten(s.Query, 120))
 				}
-				e.rep.note("versus-seed, aiqueue statement %d: %.0f%% of statement time, %.3f ms per call, %.2f calls per job: %s",
-					i+1, 100*s.Share, s.MeanMS, float64(s.Calls)/float64(max(r.Accepted(), 1)), shorten(s.Query, 140))
 			}
 		}
 	}
