@@ -181,7 +181,7 @@ func TestVersusSeedSmoke(t *testing.T) {
 	require.Positive(t, vs.Runs[0].CPUPerJobMS["route"])
 	require.Positive(t, vs.Runs[0].CPUPerJobMS["worker"])
 	require.Positive(t, vs.Runs[1].CPUPerJobMS["server"])
-	require.Len(t, vs.Pgbench, cfg.Rounds)
+	require.Len(t, vs.Pgbench, 2*cfg.Rounds)
 	require.Positive(t, vs.Pgbench[0].Transactions)
 	require.Zero(t, vs.Pgbench[0].Errors)
 	require.NotEmpty(t, vs.Statements["top_level"])
