@@ -74,8 +74,8 @@ type VersusRun struct {
 	// reported, not in the ratios.
 	StatStatements bool        `json:"stat_statements,omitempty"`
 	Waits          []WaitShare `json:"pg_waits,omitempty"`
-	// Fsync is the disk's flush time just before wrk, under the directory
-	// of both systems' data.
+	// Fsync is the disk's flush time during wrk, under the directory of
+	// both systems' data, probed every 100 ms.
 	Fsync FsyncProbe `json:"fsync"`
 }
 
@@ -266,17 +266,16 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 		stopProfile = e.profile(ctx, s.srv, "versus-aiqueue", cfg.Wrk.Duration)
 	}
 
-	if run.Fsync, err = probeFsync(e.dir, 50); err != nil {
-		return run, err
-	}
-	e.logf("%s: %s (fsync p50 %.2f ms)", label, cfg.Wrk, run.Fsync.P50MS)
+	e.logf("%s: %s", label, cfg.Wrk)
 	cpu0 := sys.cpu()
 	begin := time.Now()
 	sampler := sampleBacklog(ctx, sys, begin)
+	fsync := probeFsync(e.dir, 100*time.Millisecond)
 	wrkRes, wrkErr := runWrk(ctx, dir, sys.url(), sys.tokensFile(), cfg.Wrk)
 	run.Backlog = sampler.finish()
-	if wrkErr != nil {
-		return run, wrkErr
+	run.Fsync, err = fsync.finish()
+	if err := errors.Join(wrkErr, err); err != nil {
+		return run, err
 	}
 	run.Wrk = wrkRes
 	if n, err := sys.backlog(ctx); err == nil {
@@ -316,8 +315,9 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 	if run.Reserved, err = queryInt(ctx, sys.db(), `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`); err != nil {
 		return run, err
 	}
-	e.logf("%s: %.0f requests/s, p50 %.1f ms, p99 %.1f ms, %d non-2xx, backlog max %d, drained in %.1fs, CPU per job %s",
-		label, run.Wrk.RequestsPerS, run.Wrk.P50MS, run.Wrk.P99MS, run.Wrk.Non2xx, run.BacklogMax, run.DrainS, cpuString(run))
+	e.logf("%s: %.0f requests/s, p50 %.1f ms, p99 %.1f ms, %d non-2xx, backlog max %d, drained in %.1fs, CPU per job %s, fsync p50/p99/max %.2f/%.1f/%.1f ms",
+		label, run.Wrk.RequestsPerS, run.Wrk.P50MS, run.Wrk.P99MS, run.Wrk.Non2xx, run.BacklogMax, run.DrainS, cpuString(run),
+		run.Fsync.P50MS, run.Fsync.P99MS, run.Fsync.MaxMS)
 	return run, nil
 }
 
@@ -547,6 +547,12 @@ func (e *env) reportVersus(res VersusResult) {
 			}
 			return fmt.Sprintf("max %d, at end %d, %s", r.BacklogMax, r.BacklogAtEnd, d)
 		}
+		flush := func(r VersusRun) string {
+			return fmt.Sprintf("%.2f/%.1f/%.1f ms", r.Fsync.P50MS, r.Fsync.P99MS, r.Fsync.MaxMS)
+		}
+		e.rep.add(Row{Scenario: ScenarioVersusSeed, Figure: fmt.Sprintf("round %d: disk flush p50/p99/max during wrk (4 KiB write + fsync)", i+1),
+			Value: a.Fsync.P99MS, Unit: "ms", Display: flush(a), Reference: "during the seed's run", RefValue: ptr(s.Fsync.P99MS), RefDisplay: flush(s),
+			Note: "the machine, not a system: both wait for it on every durable commit"})
 		e.rep.add(Row{Scenario: ScenarioVersusSeed, Figure: fmt.Sprintf("round %d: backlog (submitted, not finished)", i+1),
 			Value: float64(a.BacklogMax), Display: backlog(a), Reference: "seed design", RefValue: ptr(float64(s.BacklogMax)), RefDisplay: backlog(s),
 			Target: "<= 1 s of submits", Pass: ptr(keepsUp(a))})
