@@ -26,6 +26,11 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
+  echo "bench/setup.sh: the seed design needs Node 18 or newer, found $(node --version)" >&2
+  exit 1
+fi
+
 seed="$here/seed"
 if [[ ! -f $seed/node_modules/.package-lock.json || $seed/package-lock.json -nt $seed/node_modules/.package-lock.json ]]; then
   echo "bench/setup.sh: npm ci in bench/seed"
