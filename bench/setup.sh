@@ -9,8 +9,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-have initdb || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-have pgbench || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql-client)
+# Debian's postgresql-NN package has initdb and pgbench (and pg_stat_statements).
+{ have initdb || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } &&
+  { have pgbench || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; } || need+=(postgresql)
 have redis-server || need+=(redis-server)
 have wrk || need+=(wrk)
 { have node && have npm; } || need+=(nodejs npm)
