@@ -118,9 +118,10 @@ var versusSettings = map[string]string{}
 
 // runVersusSeed measures aiqueue against the seed design under the same
 // wrk load, in interleaved runs (seed, aiqueue, seed, aiqueue ...), each
-// system with its own Postgres cluster; then pgbench runs the bare SQL of a
-// job on aiqueue's cluster at the same concurrency, and one more aiqueue
-// run with pg_stat_statements loaded says where Postgres's time goes.
+// system with its own Postgres cluster. After each round pgbench runs the
+// bare SQL of a job on a third cluster at the same concurrency, with and
+// without the job-state NOTIFY; at the end one more aiqueue run with
+// pg_stat_statements loaded says where Postgres's time goes.
 func (e *env) runVersusSeed(ctx context.Context) error {
 	cfg := e.cfg
 	seedDir, err := seedTools(ctx)
