@@ -173,9 +173,10 @@ func TestVersusSeedSmoke(t *testing.T) {
 		require.Positive(t, r.Wrk.P99MS, r.System)
 		require.True(t, r.Drained, r.System)
 		require.Zero(t, r.Reserved, r.System)
-		// wrk does not count the answers in flight when it stops.
+		// wrk does not count the answers in flight when it (or the warm-up
+		// before) stops; the systems still work those jobs.
 		require.GreaterOrEqual(t, r.Charged, r.Wrk.Accepted, "%s: every accepted job is charged", r.System)
-		require.LessOrEqual(t, r.Charged, r.Wrk.Accepted+cfg.Wrk.Connections, r.System)
+		require.LessOrEqual(t, r.Charged, r.Wrk.Accepted+2*cfg.Wrk.Connections, r.System)
 		require.Positive(t, r.CPUPerJobMS["postgres"], r.System)
 	}
 	require.Positive(t, vs.Runs[0].CPUPerJobMS["route"])
