@@ -74,6 +74,9 @@ type VersusRun struct {
 	// reported, not in the ratios.
 	StatStatements bool        `json:"stat_statements,omitempty"`
 	Waits          []WaitShare `json:"pg_waits,omitempty"`
+	// LockWaits are the statements waiting on heavyweight locks, by wait
+	// event, as shares of all such samples (the pg_stat_statements run).
+	LockWaits []WaitShare `json:"pg_lock_waits,omitempty"`
 	// Fsync is the disk's flush time during wrk, under the directory of
 	// both systems' data, probed every 100 ms.
 	Fsync FsyncProbe `json:"fsync"`
@@ -257,10 +260,11 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 	if err != nil {
 		return run, err
 	}
-	var waits *waitSampler
+	var waits, lockWaits *waitSampler
 	if stat {
 		_, _ = sys.db().Exec(ctx, `SELECT pg_stat_statements_reset()`)
 		waits = e.sampleWaits(ctx, sys.db())
+		lockWaits = e.sampleLockWaits(ctx, sys.db())
 	}
 	stopProfile := func() {}
 	if s, ok := sys.(*aqSystem); ok && stat {
@@ -294,6 +298,7 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 	cpu1 := sys.cpu()
 	if waits != nil {
 		run.Waits = waits.finish()
+		run.LockWaits = lockWaits.finish()
 	}
 	stopProfile()
 
@@ -618,6 +623,12 @@ func (e *env) reportVersus(res VersusResult) {
 			}
 			if len(parts) > 0 {
 				e.rep.note("versus-seed, aiqueue: busy Postgres backends were %s", strings.Join(parts, ", "))
+			}
+			for i, w := range r.LockWaits {
+				if i == 4 {
+					break
+				}
+				e.rep.note("versus-seed, aiqueue: %.0f%% of the lock waits: %s", 100*w.Share, w.State)
 			}
 			jobs := float64(max(r.Charged, r.Accepted(), 1))
 			for _, k := range []string{"top_level", "nested"} {
