@@ -83,8 +83,7 @@ func (d *Dispatch) Start(ctx context.Context) error {
 		if err := d.River.Start(ctx); err != nil {
 			return fmt.Errorf("start river: %w", err)
 		}
-		hb := &heartbeat{pool: d.pool, client: d.River, line: d.Line, log: d.log, clientID: d.River.ID()}
-		go hb.run(ctx)
+		go newHeartbeat(d.pool, d.River, d.Line, d.log).run(ctx)
 	}
 	return nil
 }

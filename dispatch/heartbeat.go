@@ -2,7 +2,10 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,10 +24,13 @@ import (
 // Client.JobRescueTx, or a rescuer that knows which clients are alive.
 
 // Heartbeat timing: a process beats every beatEvery; one that has not
-// beaten for deadAfter (three beats) is taken for dead.
+// beaten for deadAfter (four beats) is taken for dead, by a process that
+// itself has beaten for at least that long: after a database outage every
+// process looks silent, and none may take another's jobs before all had
+// the time to beat again.
 const (
 	beatEvery = 2 * time.Second
-	deadAfter = 3 * beatEvery
+	deadAfter = 4 * beatEvery
 )
 
 // heartbeat keeps this process's beat and hands back the running jobs of
@@ -35,6 +41,16 @@ type heartbeat struct {
 	line     *Line
 	log      *slog.Logger
 	clientID string
+	host     string
+	pid      int
+	// upSince is when this process's beats began to get through (zero
+	// while they fail).
+	upSince time.Time
+}
+
+func newHeartbeat(pool *pgxpool.Pool, client *river.Client[pgx.Tx], line *Line, log *slog.Logger) *heartbeat {
+	host, _ := os.Hostname()
+	return &heartbeat{pool: pool, client: client, line: line, log: log, clientID: client.ID(), host: host, pid: os.Getpid()}
 }
 
 // run beats until ctx ends, then removes this process's beat (a process
@@ -58,37 +74,73 @@ func (h *heartbeat) run(ctx context.Context) {
 }
 
 // beat records this process's beat and hands back the running AI jobs last
-// attempted by a process that stopped beating. The beat commits without a
-// WAL flush: one lost in a database crash is renewed two seconds later.
+// attempted by a process taken for dead. The beat commits without a WAL
+// flush: one lost in a database crash is renewed two seconds later.
 func (h *heartbeat) beat(ctx context.Context) error {
 	b := &pgx.Batch{}
 	b.Queue(noFlush)
 	b.Queue(`
-INSERT INTO worker_heartbeats (client_id, beat_at) VALUES ($1, now())
-ON CONFLICT (client_id) DO UPDATE SET beat_at = now()`, h.clientID)
+INSERT INTO worker_heartbeats (client_id, host, pid, beat_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (client_id) DO UPDATE SET beat_at = now()`, h.clientID, h.host, h.pid)
 	if err := h.pool.SendBatch(ctx, b).Close(); err != nil {
+		h.upSince = time.Time{}
 		return err
 	}
+	if h.upSince.IsZero() {
+		h.upSince = time.Now()
+	}
+	dead, err := h.dead(ctx)
+	if err != nil || len(dead) == 0 {
+		return err
+	}
+	return h.rescue(ctx, dead)
+}
+
+// dead returns the processes taken for dead: silent for deadAfter (once
+// this process has beaten for that long), or gone from this host.
+func (h *heartbeat) dead(ctx context.Context) ([]string, error) {
 	rows, err := h.pool.Query(ctx, `
-WITH dead AS (
-    SELECT client_id FROM worker_heartbeats WHERE beat_at < now() - make_interval(secs => $1)
-), rescued AS (
-    UPDATE river_job j
-       SET state = 'available', scheduled_at = now()
-     WHERE j.state = 'running' AND j.kind = 'ai'
-       AND j.attempted_by[array_length(j.attempted_by, 1)] IN (SELECT client_id FROM dead)
-    RETURNING j.id, j.queue
-), gone AS (
-    DELETE FROM worker_heartbeats
-     WHERE client_id IN (SELECT client_id FROM dead)
-       AND NOT EXISTS (SELECT 1 FROM river_job r WHERE r.state = 'running' AND r.attempted_by[array_length(r.attempted_by, 1)] = client_id)
-)
-SELECT id, queue FROM rescued`, deadAfter.Seconds())
+SELECT client_id, host, pid, beat_at < now() - make_interval(secs => $2)
+  FROM worker_heartbeats WHERE client_id <> $1`, h.clientID, deadAfter.Seconds())
+	if err != nil {
+		return nil, err
+	}
+	var dead []string
+	trustSilence := time.Since(h.upSince) >= deadAfter
+	for rows.Next() {
+		var id, host string
+		var pid int
+		var silent bool
+		if err := rows.Scan(&id, &host, &pid, &silent); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if (silent && trustSilence) || (host == h.host && pid != h.pid && !alive(pid)) {
+			dead = append(dead, id)
+		}
+	}
+	return dead, rows.Err()
+}
+
+// alive reports whether a process of this host is running.
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// rescue hands back the running AI jobs last attempted by the dead clients
+// and forgets those of them that have no running job left.
+func (h *heartbeat) rescue(ctx context.Context, dead []string) error {
+	rows, err := h.pool.Query(ctx, `
+UPDATE river_job
+   SET state = 'available', scheduled_at = now()
+ WHERE state = 'running' AND kind = 'ai'
+   AND attempted_by[array_length(attempted_by, 1)] = ANY($1)
+RETURNING id, queue`, dead)
 	if err != nil {
 		return err
 	}
 	var queues []string
-	n := 0
 	for rows.Next() {
 		var id int64
 		var q string
@@ -96,15 +148,18 @@ SELECT id, queue FROM rescued`, deadAfter.Seconds())
 			rows.Close()
 			return err
 		}
-		n++
 		queues = append(queues, q)
 		h.log.WarnContext(ctx, "handed back a job whose worker process stopped beating", slog.Int64("job_id", id))
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if n > 0 {
+	if len(queues) > 0 {
 		h.line.announcer.announce(queues)
 	}
-	return nil
+	_, err = h.pool.Exec(ctx, `
+DELETE FROM worker_heartbeats w
+ WHERE client_id = ANY($1)
+   AND NOT EXISTS (SELECT 1 FROM river_job r WHERE r.state = 'running' AND r.attempted_by[array_length(r.attempted_by, 1)] = w.client_id)`, dead)
+	return err
 }

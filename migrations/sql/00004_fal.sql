@@ -157,14 +157,16 @@ CREATE TABLE fal_webhooks_seen (
 COMMENT ON TABLE fal_webhooks_seen IS 'Signatures of fal webhooks already taken in (replay protection), kept until they expire.';
 
 -- worker_heartbeats: one row per worker process (River's client id), beaten
--- every two seconds; the running jobs of a process that stopped beating are
--- handed back in seconds (dispatch/heartbeat.go), long before River's own
--- rescuer would.
+-- every two seconds, with its host and pid; the running jobs of a process
+-- that stopped beating are handed back in seconds (dispatch/heartbeat.go),
+-- long before River's own rescuer would.
 CREATE TABLE worker_heartbeats (
     client_id text PRIMARY KEY,
+    host      text NOT NULL,
+    pid       int NOT NULL,
     beat_at   timestamptz NOT NULL
 );
-COMMENT ON TABLE worker_heartbeats IS 'Worker processes and their last beat; a process silent for 6 s is taken for dead and its running jobs handed back.';
+COMMENT ON TABLE worker_heartbeats IS 'Worker processes and their last beat; a process silent for 8 s (or gone from its host) is taken for dead and its running jobs handed back.';
 
 -- fal_key_in_flight: slots in use per key, as the dispatcher sees them.
 CREATE VIEW fal_key_in_flight AS
