@@ -9,11 +9,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/jackc/pgx/v5"
 )
 
-// StateChannel is the notification channel on which the river_job trigger
-// (migration 00030) sends the id of an AI job whose API state changed.
+// StateChannel is the notification channel on which the database sends the
+// id of a watched AI job that changed (migrations/sql/00005_api.sql).
 const StateChannel = "aiqueue_job_state"
 
 // WatcherApplicationName is the application_name of the Watcher's
@@ -21,14 +23,25 @@ const StateChannel = "aiqueue_job_state"
 const WatcherApplicationName = "aiqueue-watch"
 
 // Watcher holds one LISTEN connection for the whole process and wakes the
-// subscribers of a job when the job's API state changes. Long polls and
-// event streams subscribe here instead of each holding a connection or
-// polling the table. When the connection drops it reconnects with back-off
-// and then wakes every subscriber, since notifications sent in between are
-// lost; subscribers re-read the job when woken.
+// subscribers of a job when the job changes in a way the studio sees.
+// Long polls and event streams subscribe here instead of each holding a
+// connection or polling the table. When the connection drops it reconnects
+// with back-off and then wakes every subscriber, since notifications sent
+// in between are lost; subscribers re-read the job when woken.
+//
+// The database notifies only about jobs someone watches: the Watcher
+// records the jobs its subscribers watch in job_watchers, so the commits of
+// jobs nobody watches never wait on Postgres's notify lock.
 type Watcher struct {
 	config *pgx.ConnConfig
 	logger *slog.Logger
+	// token names this Watcher's rows in job_watchers.
+	token string
+
+	// regMu orders the recording of watched jobs with the subscriptions,
+	// and guards reg, the connection that records them.
+	regMu sync.Mutex
+	reg   *pgx.Conn
 
 	mu   sync.Mutex
 	subs map[int64]map[*Subscription]struct{}
@@ -51,7 +64,7 @@ func NewWatcher(config *pgx.ConnConfig, logger *slog.Logger) *Watcher {
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
-	return &Watcher{config: cfg, logger: logger, subs: map[int64]map[*Subscription]struct{}{}}
+	return &Watcher{config: cfg, logger: logger, token: uuid.NewString(), subs: map[int64]map[*Subscription]struct{}{}}
 }
 
 // Subscription receives a value on C (buffered, never blocks the Watcher)
@@ -64,31 +77,80 @@ type Subscription struct {
 	id int64
 }
 
-// Subscribe starts watching job id (a River job id). Subscribe before
-// reading the job, so a change between the read and the wait is not lost.
+// Subscribe starts watching job id (a River job id): the job is recorded as
+// watched before Subscribe returns. Subscribe before reading the job, so a
+// change between the read and the wait is not lost.
 func (w *Watcher) Subscribe(id int64) *Subscription {
 	c := make(chan struct{}, 1)
 	s := &Subscription{C: c, c: c, w: w, id: id}
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	set := w.subs[id]
 	if set == nil {
 		set = map[*Subscription]struct{}{}
 		w.subs[id] = set
 	}
 	set[s] = struct{}{}
+	first := len(set) == 1
+	w.mu.Unlock()
+	if first {
+		w.record(`INSERT INTO job_watchers (job_id, watcher) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id)
+	}
 	return s
 }
 
 // Close stops the subscription.
 func (s *Subscription) Close() {
-	s.w.mu.Lock()
-	defer s.w.mu.Unlock()
-	if set := s.w.subs[s.id]; set != nil {
-		delete(set, s)
-		if len(set) == 0 {
-			delete(s.w.subs, s.id)
+	w := s.w
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	w.mu.Lock()
+	last := false
+	if set := w.subs[s.id]; set != nil {
+		if _, ok := set[s]; ok {
+			delete(set, s)
+			if len(set) == 0 {
+				delete(w.subs, s.id)
+				last = true
+			}
 		}
+	}
+	w.mu.Unlock()
+	if last {
+		w.record(`DELETE FROM job_watchers WHERE job_id = $1 AND watcher = $2`, s.id)
+	}
+}
+
+// recordTimeout bounds recording a watched job.
+const recordTimeout = 2 * time.Second
+
+// record runs sql (with the job id and this Watcher's token) on the
+// registration connection, opening it when needed; regMu is held. A
+// failure is logged: the subscriber then hears of the job's changes only
+// when it reads it again.
+func (w *Watcher) record(sql string, id int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
+	defer cancel()
+	if w.reg == nil || w.reg.IsClosed() {
+		cfg := w.config.Copy()
+		cfg.RuntimeParams["application_name"] = WatcherApplicationName + "-register"
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			w.logger.WarnContext(ctx, "could not record a watched job", slog.Int64("job_id", id), slog.Any("error", err))
+			return
+		}
+		w.reg = conn
+	}
+	// Without a WAL flush: a record lost in a database crash costs only
+	// notifications, and the LISTEN reconnect wakes everyone anyway.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', false)`)
+	b.Queue(sql, id, w.token)
+	if err := w.reg.SendBatch(ctx, b).Close(); err != nil {
+		w.logger.WarnContext(ctx, "could not record a watched job", slog.Int64("job_id", id), slog.Any("error", err))
+		_ = w.reg.Close(ctx)
+		w.reg = nil
 	}
 }
 
@@ -137,6 +199,16 @@ func (w *Watcher) Subscribers() int {
 // Run listens until ctx ends, reconnecting after failures with back-off
 // from 100 ms to 5 s.
 func (w *Watcher) Run(ctx context.Context) {
+	defer func() {
+		w.regMu.Lock()
+		defer w.regMu.Unlock()
+		if w.reg != nil {
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = w.reg.Close(closeCtx)
+			cancel()
+			w.reg = nil
+		}
+	}()
 	const maxBackoff = 5 * time.Second
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {

@@ -2,7 +2,6 @@ package dispatch
 
 import (
 	"cmp"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -30,7 +29,9 @@ type ClientConfig struct {
 	// RescueAfter is River's RescueStuckJobsAfter: a job still running this
 	// long after its attempt started is taken to belong to a dead worker and
 	// is handed back (or discarded when out of attempts). Default
-	// DefaultRescueAfter; it must be at least the worker's attempt timeout.
+	// DefaultRescueAfter; at least the worker's attempt timeout. The worker
+	// heartbeat hands a dead process's jobs back in seconds; this is the
+	// backstop for a process that is alive but stuck.
 	RescueAfter time.Duration
 	// Middleware is River middleware installed globally (Metrics.Middleware).
 	Middleware []rivertype.Middleware
@@ -55,10 +56,9 @@ const DefaultRescueAfter = 2 * time.Minute
 // timeout and a rescuer that recovers a crashed worker's job within
 // RescueAfter.
 func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], error) {
+	// River refuses a rescue time shorter than the attempt timeout; the
+	// server's config says so first, in the variables' names.
 	rescueAfter := cmp.Or(cfg.RescueAfter, DefaultRescueAfter)
-	if rescueAfter < cfg.Worker.AttemptTimeout() {
-		return nil, fmt.Errorf("RIVER_RESCUE_AFTER=%s must be at least JOB_ATTEMPT_TIMEOUT=%s", rescueAfter, cfg.Worker.AttemptTimeout())
-	}
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, cfg.Worker); err != nil {
 		return nil, err

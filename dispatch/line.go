@@ -248,40 +248,46 @@ func (c *capacity) take(q string) int {
 // readCapacity reads the keys, their open slots and the slots per queue.
 // The line lock is held.
 func (l *Line) readCapacity(ctx context.Context, tx pgx.Tx) (*capacity, error) {
+	// One pass over the open slots: per key, and per queue class.
 	rows, err := tx.Query(ctx, `
-SELECT k.key_index, k.capacity, COALESCE(o.n, 0), k.unusable_until > now(), k.unusable_until
-  FROM fal_keys k
-  LEFT JOIN (SELECT key_index, count(*) AS n FROM fal_requests WHERE finished_at IS NULL GROUP BY key_index) o USING (key_index)`)
+WITH open AS (
+    SELECT key_index, count(*) AS n,
+           count(*) FILTER (WHERE queue <> 'urgent') AS non_urgent,
+           count(*) FILTER (WHERE queue = 'background') AS bg
+      FROM fal_requests WHERE finished_at IS NULL GROUP BY key_index
+)
+SELECT k.key_index, k.capacity, COALESCE(o.n, 0), COALESCE(o.non_urgent, 0), COALESCE(o.bg, 0),
+       k.unusable_until > now(), k.unusable_until
+  FROM fal_keys k FULL JOIN open o USING (key_index)`)
 	if err != nil {
 		return nil, err
 	}
 	c := &capacity{free: map[int]int{}}
-	total := 0
+	total, nonUrgentOpen, bgOpen := 0, 0, 0
 	for rows.Next() {
-		var key, capa, open int
+		var key int
+		var capa *int
+		var open, nonUrgent, bg int
 		var unusable *bool
 		var until *time.Time
-		if err := rows.Scan(&key, &capa, &open, &unusable, &until); err != nil {
+		if err := rows.Scan(&key, &capa, &open, &nonUrgent, &bg, &unusable, &until); err != nil {
 			rows.Close()
 			return nil, err
 		}
-		if unusable != nil && *unusable {
+		nonUrgentOpen += nonUrgent
+		bgOpen += bg
+		switch {
+		case capa == nil: // open slots of a key no longer configured
+		case unusable != nil && *unusable:
 			if c.next.IsZero() || until.Before(c.next) {
 				c.next = *until
 			}
-			continue
+		default:
+			total += *capa
+			c.free[key] = max(0, *capa-open)
 		}
-		total += capa
-		c.free[key] = max(0, capa-open)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	var nonUrgentOpen, bgOpen int
-	err = tx.QueryRow(ctx, `
-SELECT count(*) FILTER (WHERE queue <> 'urgent'), count(*) FILTER (WHERE queue = 'background')
-  FROM fal_requests WHERE finished_at IS NULL`).Scan(&nonUrgentOpen, &bgOpen)
-	if err != nil {
 		return nil, err
 	}
 	nonUrgent, bg := l.caps.slots(total)
@@ -299,6 +305,17 @@ type waiting struct {
 	parked    bool
 	createdAt time.Time
 }
+
+// readyCap bounds how many jobs of a queue the line keeps made available
+// (holding a slot, not yet fetched by a worker): with more slots than
+// workers, the rest wait in the line (cheap) rather than hold slots nobody
+// uses yet; a worker finishing a job serves the line again.
+const readyCap = 128
+
+// perUserPrefetch bounds how many of one user's waiting jobs one round
+// reads: a round that gives out more slots than the users waiting times
+// this takes another round.
+const perUserPrefetch = 32
 
 // candidatesSQL returns, for queue $1, up to $2 of each waiting user's
 // oldest jobs: pending ones through the line index (one index probe per
@@ -346,9 +363,13 @@ func (l *Line) serveOnce(ctx context.Context) (int, time.Time, error) {
 	if err != nil {
 		return 0, time.Time{}, err
 	}
+	ready, err := readyPerQueue(ctx, tx)
+	if err != nil {
+		return 0, c.next, err
+	}
 	var given []given
 	for _, q := range jobs.Queues {
-		n := c.budget(q)
+		n := min(c.budget(q), readyCap-ready[q])
 		if n <= 0 {
 			continue
 		}
@@ -380,6 +401,28 @@ func (l *Line) serveOnce(ctx context.Context) (int, time.Time, error) {
 	return len(given), c.next, nil
 }
 
+// readyPerQueue counts, per queue and up to readyCap, the AI jobs made
+// available and not yet fetched.
+func readyPerQueue(ctx context.Context, tx pgx.Tx) (map[string]int, error) {
+	rows, err := tx.Query(ctx, `
+SELECT q, (SELECT count(*) FROM (SELECT 1 FROM river_job WHERE state = 'available' AND queue = q AND kind = 'ai' LIMIT $2) r)
+  FROM unnest($1::text[]) q`, jobs.Queues, readyCap)
+	if err != nil {
+		return nil, err
+	}
+	ready := map[string]int{}
+	for rows.Next() {
+		var q string
+		var n int
+		if err := rows.Scan(&q, &n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ready[q] = n
+	}
+	return ready, rows.Err()
+}
+
 // given is a slot given to a waiting job.
 type given struct {
 	w     waiting
@@ -397,7 +440,7 @@ func (l *Line) give(c *capacity, q string, w waiting) given {
 // turns even with a single slot), then the oldest job; each user's jobs
 // oldest first.
 func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waiting, error) {
-	rows, err := tx.Query(ctx, candidatesSQL, q, n)
+	rows, err := tx.Query(ctx, candidatesSQL, q, min(n, perUserPrefetch))
 	if err != nil {
 		return nil, err
 	}

@@ -32,7 +32,6 @@ const (
 const (
 	stageInQueue    = "in_queue"
 	stageInProgress = "in_progress"
-	stageFinishing  = "finishing"
 )
 
 // falCallTimeout bounds the fal calls made outside a job's attempt

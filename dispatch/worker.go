@@ -357,7 +357,7 @@ func (w *Worker) follow(ctx context.Context, a *attempt) error {
 			}
 			return w.pollError(ctx, a, substituteKeyError(key, a.s.req, err))
 		}
-		w.onProgress(ctx, a, st)
+			w.onProgress(ctx, a, st)
 		if st.State == falclient.StateCompleted {
 			return w.complete(ctx, a, key, st)
 		}
@@ -386,20 +386,25 @@ const maxLogs = 20
 // progressEvery bounds how often new log lines alone are written.
 const progressEvery = 500 * time.Millisecond
 
-// onProgress records fal's progress of the request when it changed: its
-// stage and queue position at once, new log lines at most every
-// progressEvery.
+// progressAfter is how long after fal accepted a request its progress is
+// first written: a request fal finishes sooner shows the studio nothing a
+// write would change, and costs none.
+const progressAfter = 250 * time.Millisecond
+
+// onProgress records fal's progress of an unfinished request when it
+// changed: its stage and queue position at once, new log lines at most
+// every progressEvery, nothing in its first progressAfter.
 func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status) {
 	stage := stageInQueue
-	switch st.State {
-	case falclient.StateInProgress:
+	if st.State == falclient.StateInProgress {
 		stage = stageInProgress
-	case falclient.StateCompleted:
-		stage = stageFinishing
 	}
 	var position *int
 	if st.State == falclient.StateInQueue {
 		position = &st.QueuePosition
+	}
+	if st.State == falclient.StateCompleted || time.Since(a.s.submittedAt) < progressAfter {
+		return // the completion itself records the end
 	}
 	p := &a.progress
 	samePosition := (position == nil) == (p.position == nil) && (position == nil || *position == *p.position)

@@ -67,12 +67,10 @@ func (s *Service) admitQueues(ctx context.Context, tx pgx.Tx, ps []prepared) err
 //     then tat moves to max(tat, now) + T. A refused submission rolls back,
 //     so it uses no token;
 //   - the user's open holds, which already count the new jobs, for the
-//     pending cap ($7 > 0), counted up to one past the cap (a user's own
+//     pending cap ($4), counted up to one past the cap (a user's own
 //     holds, never the backlog). The reservation's row lock on the account
 //     serializes the user's submissions until commit, so the count is
 //     exact;
-//   - when $4, the place of the first job in the line for fal slots
-//     (fal_line_position, bounded: never a count over the backlog).
 const admitSQL = `
 WITH rl AS (
     INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
@@ -89,16 +87,13 @@ WITH rl AS (
 )
 SELECT COALESCE((SELECT allowed FROM rl), true),
        COALESCE((SELECT ahead_us FROM rl), 0),
-       (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $7 + 1) h),
-       CASE WHEN $4 THEN fal_line_position($5, $6) END`
+       (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $4 + 1) h)`
 
 // admit makes the per-user admission checks (admitSQL) after the jobs of
-// sub are inserted in tx, and sets the first job's queue position when
-// position is true. With no check to make and no position to count it
-// makes no query.
-func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission, position bool) error {
+// sub are inserted in tx. With no check to make it makes no query.
+func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission) error {
 	l := s.limits
-	if l.RatePerMinute <= 0 && l.UserMaxPending <= 0 && !position {
+	if l.RatePerMinute <= 0 && l.UserMaxPending <= 0 {
 		return nil
 	}
 	var t, tolerance time.Duration
@@ -106,13 +101,10 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 		t = time.Minute / time.Duration(l.RatePerMinute)
 		tolerance = t * time.Duration(max(l.Burst, 1)-1)
 	}
-	first := sub.Jobs[0]
 	var allowed bool
 	var aheadMicros, openHolds int64
-	var queuePosition *int
-	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(),
-		position, first.riverJobID, positionCap, l.UserMaxPending,
-	).Scan(&allowed, &aheadMicros, &openHolds, &queuePosition)
+	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending).
+		Scan(&allowed, &aheadMicros, &openHolds)
 	if err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
@@ -125,7 +117,6 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 		return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
 			"too many unfinished jobs: %d more would pass the limit of %d queued or running jobs", len(sub.Jobs), l.UserMaxPending)}
 	}
-	first.QueuePosition = queuePosition
 	return nil
 }
 

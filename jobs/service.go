@@ -172,8 +172,8 @@ type Submission struct {
 	// IDs are the River job ids, in item order.
 	IDs []int64
 	// Jobs are the inserted jobs as the API shows them (queued, credits
-	// reserved), in item order, built from what the insert returned. A
-	// single job's QueuePosition is set; a batch's are not.
+	// reserved), in item order, built from what the insert returned; their
+	// place in the line is for reads (Get) to say.
 	Jobs []*Job
 
 	svc *Service
@@ -229,7 +229,7 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 		sub.IDs = append(sub.IDs, r.ID)
 		sub.Jobs = append(sub.Jobs, j)
 	}
-	if err := s.admit(ctx, tx, userID, sub, len(rows) == 1); err != nil {
+	if err := s.admit(ctx, tx, userID, sub); err != nil {
 		return nil, err
 	}
 	return sub, nil

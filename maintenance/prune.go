@@ -44,12 +44,17 @@ func (w *PruneWorker) Work(ctx context.Context, job *river.Job[PruneArgs]) error
 	if err != nil {
 		return fmt.Errorf("prune metrics outcomes: %w", err)
 	}
-	tag, err := w.DB.Exec(ctx, `DELETE FROM fal_webhooks_seen WHERE expires_at < now()`)
+	seen, err := w.DB.Exec(ctx, `DELETE FROM fal_webhooks_seen WHERE expires_at < now()`)
 	if err != nil {
 		return fmt.Errorf("prune fal webhook signatures: %w", err)
 	}
+	// Watchers of a process that died (a live one removes its own).
+	watchers, err := w.DB.Exec(ctx, `DELETE FROM job_watchers WHERE since < now() - interval '1 day'`)
+	if err != nil {
+		return fmt.Errorf("prune job watchers: %w", err)
+	}
 	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits, "metrics_job_outcomes": outcomes,
-		"fal_webhooks_seen": tag.RowsAffected()})
+		"fal_webhooks_seen": seen.RowsAffected(), "job_watchers": watchers.RowsAffected()})
 }
 
 // PrunePeriodicJob runs PruneArgs every hour, and at start.

@@ -44,16 +44,40 @@ CREATE TABLE batches (
 CREATE INDEX batches_user_id_created_at ON batches (user_id, created_at DESC);
 COMMENT ON TABLE batches IS 'Batches of AI jobs: id, owner, the river_job ids in item order.';
 
--- Every change the studio can see of an AI job sends its id on the channel
--- aiqueue_job_state at commit: the job ending (River's state) here, fal
--- accepting its request and fal's progress below. Each API process holds
--- one LISTEN connection and wakes the long polls and event streams of that
--- job.
+-- job_watchers: the jobs someone follows (a long poll, an event stream),
+-- one row per job and API process (watcher). Written by each process's
+-- watcher (api/watch.go) when its first subscriber of a job comes and its
+-- last one goes; rows of a process that died are pruned after a day.
+CREATE TABLE job_watchers (
+    job_id  bigint NOT NULL,
+    watcher text NOT NULL,
+    since   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, watcher)
+);
+COMMENT ON TABLE job_watchers IS 'AI jobs followed by a long poll or event stream, per API process: only their changes are notified.';
+
+-- Every change the studio can see of a watched AI job sends its id on the
+-- channel aiqueue_job_state at commit: the job ending (River's state) here,
+-- fal accepting its request and fal's progress below. Each API process
+-- holds one LISTEN connection and wakes the long polls and event streams of
+-- that job. A job nobody watches notifies nobody: a notifying commit holds
+-- Postgres's notify lock through its WAL flush, and would make every
+-- commit wait for the others.
+-- +goose StatementBegin
+CREATE FUNCTION ai_job_notify_watchers(p_job_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM job_watchers WHERE job_id = p_job_id) THEN
+        PERFORM pg_notify('aiqueue_job_state', p_job_id::text);
+    END IF;
+END;
+$$;
+-- +goose StatementEnd
 -- +goose StatementBegin
 CREATE FUNCTION ai_job_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('aiqueue_job_state', NEW.job_id::text);
+    PERFORM ai_job_notify_watchers(NEW.job_id);
     RETURN NULL;
 END;
 $$;
@@ -62,7 +86,7 @@ $$;
 CREATE FUNCTION river_job_notify_final() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('aiqueue_job_state', NEW.id::text);
+    PERFORM ai_job_notify_watchers(NEW.id);
     RETURN NULL;
 END;
 $$;
@@ -135,6 +159,8 @@ DROP TRIGGER IF EXISTS fal_requests_notify ON fal_requests;
 DROP TRIGGER IF EXISTS river_job_notify_final ON river_job;
 DROP FUNCTION IF EXISTS river_job_notify_final();
 DROP FUNCTION IF EXISTS ai_job_notify();
+DROP FUNCTION IF EXISTS ai_job_notify_watchers(bigint);
+DROP TABLE IF EXISTS job_watchers;
 DROP TABLE IF EXISTS batches;
 DROP TABLE IF EXISTS submit_rate_limits;
 DROP TABLE IF EXISTS idempotency_keys;
