@@ -357,7 +357,7 @@ func (w *Worker) follow(ctx context.Context, a *attempt) error {
 			}
 			return w.pollError(ctx, a, substituteKeyError(key, a.s.req, err))
 		}
-			w.onProgress(ctx, a, st)
+		w.onProgress(ctx, a, st)
 		if st.State == falclient.StateCompleted {
 			return w.complete(ctx, a, key, st)
 		}
