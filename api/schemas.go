@@ -201,7 +201,8 @@ func operationSchemas(reg huma.Registry, op jobs.Operation) (jobRef, itemRef str
 			Required: []string{"operation", "params"}, AdditionalProperties: false, Examples: []any{ex}}
 	}
 	jobReq := member(op.Name+" job", fmt.Sprintf("Submit one %s job (%s).", op.Name, op.Description),
-		map[string]*huma.Schema{"operation": operation, "params": paramsRef, "priority": prioritySchema("Queue override; defaults to the operation's priority.")},
+		map[string]*huma.Schema{"operation": operation, "params": paramsRef, "priority": prioritySchema(fmt.Sprintf(
+			"The queue: %s (the default) or less urgent; only admins may raise it.", op.Priority))},
 		map[string]any{"operation": op.Name, "params": example})
 	batchItem := member(op.Name+" item", fmt.Sprintf("One %s job of a batch.", op.Name),
 		map[string]*huma.Schema{"operation": operation, "params": paramsRef},
@@ -239,7 +240,7 @@ func (u *union) schema(names []any, withPriority bool, desc string) *huma.Schema
 		"params": {Description: "The operation's params: see the member schema of the operation."},
 	}
 	if withPriority {
-		props["priority"] = &huma.Schema{Description: "Queue override: urgent, normal or background; defaults to the operation's priority."}
+		props["priority"] = &huma.Schema{Description: "The queue: urgent, normal or background; the operation's priority by default, which only admins may raise."}
 	}
 	return &huma.Schema{
 		Type:          huma.TypeObject,
@@ -282,7 +283,7 @@ func batchSchema(reg huma.Registry, item *huma.Schema) *huma.Schema {
 		Properties: map[string]*huma.Schema{
 			"items": {Type: huma.TypeArray, MinItems: ptr(1), MaxItems: ptr(jobs.MaxBatchItems), Items: item,
 				Description: "The jobs, 1-100."},
-			"priority": prioritySchema("Queue override for every job; defaults to each operation's priority."),
+			"priority": prioritySchema("The queue of every job: normal by default (or the operation's own, when less urgent); only admins may queue a batch more urgently."),
 		},
 		Required:             []string{"items"},
 		AdditionalProperties: false,
