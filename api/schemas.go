@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -32,9 +33,11 @@ func ptr[T any](v T) *T { return &v }
 const exampleImage = "https://cdn.example.com/ring.jpg"
 
 // paramSchema is the schema of param p; required makes a string non-blank
-// and a list non-empty.
+// and a list non-empty. fal's default goes in the description, not in the
+// default keyword, which openapi-typescript would turn into a param the
+// client must send.
 func paramSchema(p jobs.Param, required bool) *huma.Schema {
-	s := &huma.Schema{Description: paramDescription(p), Default: p.Default}
+	s := &huma.Schema{Description: paramDescription(p)}
 	switch p.Type {
 	case jobs.ParamString:
 		s.Type = huma.TypeString
@@ -60,7 +63,7 @@ func paramSchema(p jobs.Param, required bool) *huma.Schema {
 		s.Type = huma.TypeBoolean
 	case jobs.ParamURL:
 		input := inputSchema(p)
-		input.Description, input.Default = s.Description, s.Default
+		input.Description = s.Description
 		return input
 	case jobs.ParamURLList:
 		s.Type, s.Items, s.Examples = huma.TypeArray, inputSchema(p), []any{[]any{exampleImage}}
@@ -98,13 +101,18 @@ func inputSchema(p jobs.Param) *huma.Schema {
 		Description: "An https URL of a public host.", Examples: []any{exampleImage}}
 }
 
-// paramDescription is p's description and how it changes the cost.
+// paramDescription is p's description, fal's default and how it changes
+// the cost.
 func paramDescription(p jobs.Param) string {
 	desc := p.Description
-	if p.Price != nil {
-		desc = strings.TrimSpace(desc + " " + p.Price.Describe())
+	if p.Default != nil {
+		def, _ := json.Marshal(p.Default)
+		desc += " Default: " + string(def) + "."
 	}
-	return desc
+	if p.Price != nil {
+		desc += " " + p.Price.Describe()
+	}
+	return strings.TrimSpace(desc)
 }
 
 // exampleParams returns example params with every required field.
@@ -263,7 +271,10 @@ func paramsDescription(op jobs.Operation) string {
 			priced = append(priced, p.Name)
 		}
 	}
-	cost := fmt.Sprintf("%d credits", op.Cost)
+	cost := fmt.Sprintf("%d credit", op.Cost)
+	if op.Cost != 1 {
+		cost += "s"
+	}
 	if len(priced) > 0 {
 		cost += ", multiplied by what " + strings.Join(priced, " and ") + " say (GET /v1/operations has the rule)"
 	}
