@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -278,6 +279,23 @@ operations:
 		_, cost, errs := sketch.Prepare("body.params", json.RawMessage(`{"prompt":"p","strength":4.5}`))
 		require.Empty(t, errs)
 		require.Equal(t, int64(4), cost)
+	})
+
+	t.Run("ReadmeExampleLoads", func(t *testing.T) {
+		t.Parallel()
+		readme, err := os.ReadFile("../README.md")
+		require.NoError(t, err)
+		m := regexp.MustCompile("(?s)```yaml\n(operations:.*?)```").FindSubmatch(readme)
+		require.NotNil(t, m, "README has the OPERATIONS_FILE example")
+		path := filepath.Join(t.TempDir(), "operations.yaml")
+		require.NoError(t, os.WriteFile(path, m[1], 0o600))
+		c, err := jobs.LoadCatalog(path)
+		require.NoError(t, err)
+		sketch, ok := c.Get("sketch")
+		require.True(t, ok)
+		_, cost, errs := sketch.Prepare("body.params", json.RawMessage(`{"prompt":"p","image_url":"https://x.test/a.png","quality":"fine","strength":3}`))
+		require.Empty(t, errs, "passthrough takes strength")
+		require.Equal(t, int64(6), cost)
 	})
 
 	t.Run("RejectsBadFiles", func(t *testing.T) {
