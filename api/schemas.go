@@ -77,18 +77,24 @@ func paramSchema(p jobs.Param, required bool) *huma.Schema {
 			s.MaxItems = ptr(int(*p.Max))
 		}
 	case jobs.ParamImageSize:
-		presets := make([]any, 0, len(jobs.ImageSizePresets))
-		for _, name := range jobs.ImageSizePresetNames() {
-			presets = append(presets, name)
-		}
-		side := &huma.Schema{Type: huma.TypeInteger, Minimum: p.Min, Maximum: p.Max, Description: "Pixels."}
-		s.AnyOf = []*huma.Schema{
-			{Type: huma.TypeString, Enum: presets, Description: "One of fal's presets."},
-			{Type: huma.TypeObject, Properties: map[string]*huma.Schema{"width": side, "height": side},
-				Required: []string{"width", "height"}, AdditionalProperties: false, Description: "A custom size."},
-		}
+		s.AnyOf = imageSizeSchemas(p)
 	}
 	return s
+}
+
+// imageSizeSchemas are the forms of an image_size param: a preset name, or
+// {width, height} within p's bounds.
+func imageSizeSchemas(p jobs.Param) []*huma.Schema {
+	presets := make([]any, 0, len(jobs.ImageSizePresets))
+	for _, name := range jobs.ImageSizePresetNames() {
+		presets = append(presets, name)
+	}
+	side := &huma.Schema{Type: huma.TypeInteger, Minimum: p.Min, Maximum: p.Max, Description: "Pixels."}
+	return []*huma.Schema{
+		{Type: huma.TypeString, Enum: presets, Description: "One of fal's presets."},
+		{Type: huma.TypeObject, Properties: map[string]*huma.Schema{"width": side, "height": side},
+			Required: []string{"width", "height"}, AdditionalProperties: false, Description: "A custom size."},
+	}
 }
 
 // inputSchema is the schema of one input file of p.
