@@ -83,7 +83,7 @@ func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submit
 	}
 	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/batches", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Batch], error) {
-			b, sub, err := s.jobs.SubmitBatchTx(ctx, tx, p.UserID, in.Body.Priority, items)
+			b, sub, err := s.jobs.SubmitBatchTx(ctx, tx, p.UserID, items, jobs.SubmitOpts{Priority: in.Body.Priority, MayRaise: p.Admin})
 			if err != nil {
 				return written[*jobs.Batch]{}, err
 			}

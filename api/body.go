@@ -11,8 +11,8 @@ import (
 // Request bodies: at most MaxBodyBytes (413), JSON only (400 when the body
 // does not parse, 415 for another content type), and strict: unknown
 // top-level fields are refused with 422 (the schemas have
-// additionalProperties: false); params are passed to fal as they are, so
-// fields there beyond the required ones are accepted.
+// additionalProperties: false), and so are params an operation does not
+// declare, unless the catalog lets it pass them through (schemas.go).
 
 // limitBody answers 413 before reading a body whose Content-Length is over
 // the limit. Bodies without a length (chunked) are cut off by huma at

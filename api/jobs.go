@@ -134,7 +134,7 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
 	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Job], error) {
-			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{})
+			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{MayRaise: p.Admin})
 			if err != nil {
 				return written[*jobs.Job]{}, err
 			}

@@ -98,8 +98,22 @@ func TestOpenAPI(t *testing.T) {
 			for _, f := range op.Required {
 				require.Contains(t, params.Properties, f, op.Name)
 			}
+			// Every declared param, and no other unless it passes them through.
+			require.Len(t, params.Properties, len(op.Params), op.Name)
+			for _, p := range op.Params {
+				require.Contains(t, params.Properties, p.Name, op.Name)
+			}
+			require.Equal(t, op.Passthrough, params.AdditionalProperties, op.Name)
 			require.Contains(t, reg.Map()["BatchItem"].Discriminator.Mapping, op.Name)
 		}
+		gen := reg.Map()["GenerateParams"].Properties
+		require.Equal(t, 1.0, *gen["num_images"].Minimum)
+		require.Equal(t, 4.0, *gen["num_images"].Maximum)
+		require.Contains(t, gen["num_images"].Description, "The cost is multiplied by it.")
+		require.Equal(t, 2048.0, *gen["image_size"].AnyOf[1].Properties["width"].Maximum)
+		require.NotContains(t, reg.Map()["UpscaleParams"].Properties, "num_images")
+		require.Equal(t, []any{"5", "10"}, reg.Map()["VideoParams"].Properties["duration"].Enum)
+		require.Contains(t, reg.Map()["VideoParams"].Properties["duration"].Description, `The cost is multiplied by 2 for "10".`)
 	})
 
 	t.Run("ExamplesValidateAndPrepare", func(t *testing.T) {

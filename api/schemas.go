@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,44 +12,150 @@ import (
 )
 
 // The request body schemas of submit-job and submit-batch are built from the
-// catalog, one schema per operation, so the document tells the frontend the
-// required params of each operation, and the same schemas validate every
-// request (huma lists every violation in one 422). jobs.Operation.Prepare
-// checks the same rules again (and a few a schema cannot express, such as
-// image inputs in optional fields named *image_url), for callers that do
-// not come through HTTP.
+// catalog, one schema per operation, so the document tells the frontend
+// each operation's params, their bounds and how they change the cost, and
+// the same schemas validate every request (huma lists every violation in
+// one 422). jobs.Operation.Prepare checks the same rules again, and those
+// a schema cannot express (public hosts of input URLs, the params that
+// never reach fal), also for callers that do not come through HTTP.
 
-// imageInputPattern accepts what jobs.Operation.Prepare accepts: an https URL
-// or a data:image/... URI.
-const imageInputPattern = `^(https://.|data:image/[^,]*,)`
+// imageInputPattern and httpsPattern admit what jobs.Operation.Prepare
+// may accept: an https URL, or a data:image/... URI where the param takes
+// one.
+const (
+	imageInputPattern = `^(https://.|data:image/[^,]*,)`
+	httpsPattern      = `^https://.`
+)
 
 func ptr[T any](v T) *T { return &v }
 
-// paramSchemas are the known params and their types.
-func paramSchema(name string) *huma.Schema {
-	image := func() *huma.Schema {
-		return &huma.Schema{Type: huma.TypeString, Pattern: imageInputPattern,
-			PatternDescription: "an https URL or a data:image/... URI",
-			Examples:           []any{"https://cdn.example.com/ring.jpg"}}
+// exampleImage is the input file of the examples.
+const exampleImage = "https://cdn.example.com/ring.jpg"
+
+// paramSchema is the schema of param p; required makes a string non-blank
+// and a list non-empty. fal's default goes in the description, not in the
+// default keyword, which openapi-typescript would turn into a param the
+// client must send.
+func paramSchema(p jobs.Param, required bool) *huma.Schema {
+	s := &huma.Schema{Description: paramDescription(p)}
+	switch p.Type {
+	case jobs.ParamString:
+		s.Type = huma.TypeString
+		if p.MaxLength > 0 {
+			s.MaxLength = ptr(p.MaxLength)
+		}
+		for _, v := range p.Values {
+			s.Enum = append(s.Enum, v)
+		}
+		if required && len(p.Values) == 0 {
+			s.MinLength, s.Pattern, s.PatternDescription = ptr(1), `\S`, "not blank"
+		}
+		if p.Name == "prompt" {
+			s.Examples = []any{"a gold ring on white marble, soft daylight"}
+		}
+	case jobs.ParamInteger, jobs.ParamNumber:
+		s.Type = huma.TypeNumber
+		if p.Type == jobs.ParamInteger {
+			s.Type = huma.TypeInteger
+		}
+		s.Minimum, s.Maximum = p.Min, p.Max
+	case jobs.ParamBoolean:
+		s.Type = huma.TypeBoolean
+	case jobs.ParamURL:
+		input := inputSchema(p)
+		input.Description = s.Description
+		return input
+	case jobs.ParamURLList:
+		s.Type, s.Items, s.Examples = huma.TypeArray, inputSchema(p), []any{[]any{exampleImage}}
+		if p.Min != nil || required {
+			s.MinItems = ptr(1)
+			if p.Min != nil {
+				s.MinItems = ptr(max(int(*p.Min), *s.MinItems))
+			}
+		}
+		if p.Max != nil {
+			s.MaxItems = ptr(int(*p.Max))
+		}
+	case jobs.ParamImageSize:
+		s.AnyOf = imageSizeSchemas(p)
 	}
-	switch name {
-	case "prompt":
-		return &huma.Schema{Type: huma.TypeString, MinLength: ptr(1), Pattern: `\S`, PatternDescription: "not blank",
-			Description: "What to do, in words.", Examples: []any{"a gold ring on white marble, soft daylight"}}
-	case "image_url":
-		s := image()
-		s.Description = "The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB)."
-		return s
-	case "image_urls":
-		return &huma.Schema{Type: huma.TypeArray, MinItems: ptr(1), Items: image(),
-			Description: "Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).",
-			Examples:    []any{[]any{"https://cdn.example.com/ring.jpg"}}}
-	case "num_images":
-		return &huma.Schema{Type: huma.TypeInteger, Minimum: ptr(1.0), Maximum: ptr(4.0),
-			Description: "Images to make (1-4); the cost is multiplied by it.", Examples: []any{1}}
-	default:
-		return &huma.Schema{Description: "Passed to fal as it is."}
+	return s
+}
+
+// imageSizeSchemas are the forms of an image_size param: a preset name, or
+// {width, height} within p's bounds.
+func imageSizeSchemas(p jobs.Param) []*huma.Schema {
+	presets := make([]any, 0, len(jobs.ImageSizePresets))
+	for _, name := range jobs.ImageSizePresetNames() {
+		presets = append(presets, name)
 	}
+	side := &huma.Schema{Type: huma.TypeInteger, Minimum: p.Min, Maximum: p.Max, Description: "Pixels."}
+	return []*huma.Schema{
+		{Type: huma.TypeString, Enum: presets, Description: "One of fal's presets."},
+		{Type: huma.TypeObject, Properties: map[string]*huma.Schema{"width": side, "height": side},
+			Required: []string{"width", "height"}, AdditionalProperties: false, Description: "A custom size."},
+	}
+}
+
+// inputSchema is the schema of one input file of p.
+func inputSchema(p jobs.Param) *huma.Schema {
+	if p.DataURI {
+		return &huma.Schema{Type: huma.TypeString, Pattern: imageInputPattern, PatternDescription: "an https URL or a data:image/... URI",
+			Description: "An https URL of a public host, or a data:image/... URI (the whole request is at most 1 MB).", Examples: []any{exampleImage}}
+	}
+	return &huma.Schema{Type: huma.TypeString, Pattern: httpsPattern, PatternDescription: "an https URL",
+		Description: "An https URL of a public host.", Examples: []any{exampleImage}}
+}
+
+// paramDescription is p's description, fal's default and how it changes
+// the cost.
+func paramDescription(p jobs.Param) string {
+	desc := p.Description
+	if p.Default != nil {
+		def, _ := json.Marshal(p.Default)
+		desc += " Default: " + string(def) + "."
+	}
+	if p.Price != nil {
+		desc += " " + p.Price.Describe()
+	}
+	return strings.TrimSpace(desc)
+}
+
+// exampleParams returns example params with every required field.
+func exampleParams(op jobs.Operation) map[string]any {
+	ex := map[string]any{}
+	for _, name := range op.Required {
+		p, _ := op.Param(name)
+		ex[name] = exampleValue(p)
+	}
+	return ex
+}
+
+// exampleValue is a valid value of p.
+func exampleValue(p jobs.Param) any {
+	lo := 0.0
+	if p.Min != nil {
+		lo = *p.Min
+	}
+	switch {
+	case p.Default != nil:
+		return p.Default
+	case len(p.Values) > 0:
+		return p.Values[0]
+	case p.Type == jobs.ParamURL:
+		return exampleImage
+	case p.Type == jobs.ParamURLList:
+		return []any{exampleImage}
+	case p.Type == jobs.ParamImageSize:
+		return "square_hd"
+	case p.Type == jobs.ParamBoolean:
+		return true
+	case p.Type == jobs.ParamInteger || p.Type == jobs.ParamNumber:
+		return lo
+	case p.Name == "prompt":
+		return "a gold ring on white marble, soft daylight"
+	}
+	return "example"
 }
 
 // pascal turns an operation name into a schema name part: "remove-bg" ->
@@ -61,119 +168,22 @@ func pascal(name string) string {
 	return b.String()
 }
 
-// exampleParams returns example params with every required field.
-func exampleParams(op jobs.Operation) map[string]any {
-	ex := map[string]any{}
-	for _, f := range op.Required {
-		if s := paramSchema(f); len(s.Examples) > 0 {
-			ex[f] = s.Examples[0]
-		} else {
-			ex[f] = "..."
-		}
-	}
-	return ex
-}
-
 // requestSchemas registers, for every operation of the catalog, the schema
 // of its params ("EditParams"), of a job request ("EditJobRequest") and of
 // a batch item ("EditBatchItem"), and returns the schemas of the submit-job
 // body and of one batch item: a oneOf discriminated by operation.
 func requestSchemas(reg huma.Registry, cat *jobs.Catalog) (job, item *huma.Schema) {
-	ops := cat.All()
-	names := make([]any, 0, len(ops))
-	jobMapping := map[string]string{}
-	itemMapping := map[string]string{}
-	var jobRefs, itemRefs []*huma.Schema
-	priority := func() *huma.Schema {
-		return &huma.Schema{Type: huma.TypeString, Enum: []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground},
-			Description: "Queue override; defaults to the operation's priority."}
-	}
-	for _, op := range ops {
+	var names []any
+	jobUnion, itemUnion := &union{mapping: map[string]string{}}, &union{mapping: map[string]string{}}
+	for _, op := range cat.All() {
 		names = append(names, op.Name)
-		base := pascal(op.Name)
-
-		params := &huma.Schema{
-			Type:                 huma.TypeObject,
-			Title:                op.Name + " params",
-			Description:          paramsDescription(op),
-			Properties:           map[string]*huma.Schema{},
-			Required:             slices.Clone(op.Required),
-			AdditionalProperties: true,
-			Examples:             []any{exampleParams(op)},
-		}
-		if op.Kind == jobs.KindImage {
-			params.Properties["num_images"] = paramSchema("num_images")
-		}
-		for _, f := range op.Required {
-			params.Properties[f] = paramSchema(f)
-		}
-		if op.Name == "turntable" {
-			params.Properties["prompt"] = paramSchema("prompt")
-			params.Properties["prompt"].Description = "Optional: defaults to a 360-degree turntable rotation prompt."
-		}
-		reg.Map()[base+"Params"] = params
-		paramsRef := &huma.Schema{Ref: "#/components/schemas/" + base + "Params"}
-
-		operation := &huma.Schema{Type: huma.TypeString, Enum: []any{op.Name}, Description: "The operation."}
-		jobReq := &huma.Schema{
-			Type:                 huma.TypeObject,
-			Title:                op.Name + " job",
-			Description:          fmt.Sprintf("Submit one %s job (%s).", op.Name, op.Description),
-			Properties:           map[string]*huma.Schema{"operation": operation, "params": paramsRef, "priority": priority()},
-			Required:             []string{"operation", "params"},
-			AdditionalProperties: false,
-			Examples:             []any{map[string]any{"operation": op.Name, "params": exampleParams(op)}},
-		}
-		batchItem := &huma.Schema{
-			Type:                 huma.TypeObject,
-			Title:                op.Name + " item",
-			Description:          fmt.Sprintf("One %s job of a batch.", op.Name),
-			Properties:           map[string]*huma.Schema{"operation": operation, "params": paramsRef},
-			Required:             []string{"operation", "params"},
-			AdditionalProperties: false,
-			Examples:             []any{map[string]any{"operation": op.Name, "params": exampleParams(op)}},
-		}
-		reg.Map()[base+"JobRequest"] = jobReq
-		reg.Map()[base+"BatchItem"] = batchItem
-		jobMapping[op.Name] = "#/components/schemas/" + base + "JobRequest"
-		itemMapping[op.Name] = "#/components/schemas/" + base + "BatchItem"
-		jobRefs = append(jobRefs, &huma.Schema{Ref: jobMapping[op.Name]})
-		itemRefs = append(itemRefs, &huma.Schema{Ref: itemMapping[op.Name]})
-		params.PrecomputeMessages()
-		jobReq.PrecomputeMessages()
-		batchItem.PrecomputeMessages()
+		jobRef, itemRef := operationSchemas(reg, op)
+		jobUnion.add(op.Name, jobRef)
+		itemUnion.add(op.Name, itemRef)
 	}
-	// The properties every member has are named at the top too, without
-	// constraints (each member checks them, and a constraint here would
-	// report a problem twice), so the union reads as one object and
-	// validators that check unevaluated properties see them evaluated.
-	opProp := func(withPriority bool) map[string]*huma.Schema {
-		props := map[string]*huma.Schema{
-			"operation": {Type: huma.TypeString, Enum: names,
-				Description: "Operation name from GET /v1/operations; it decides which params are required."},
-			"params": {Description: "The operation's params: see the member schema of the operation."},
-		}
-		if withPriority {
-			props["priority"] = &huma.Schema{Description: "Queue override: urgent, normal or background; defaults to the operation's priority."}
-		}
-		return props
-	}
-	job = &huma.Schema{
-		Type:          huma.TypeObject,
-		Description:   "A job request: the operation, its params (passed to fal as they are; the required fields depend on the operation) and an optional priority. Unknown top-level fields are refused (422); params may carry any other field fal accepts.",
-		Properties:    opProp(true),
-		Required:      []string{"operation"}, // each member requires params (naming it twice reports it twice)
-		OneOf:         jobRefs,
-		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: jobMapping},
-	}
-	item = &huma.Schema{
-		Type:          huma.TypeObject,
-		Description:   "One job of a batch: the operation and its params.",
-		Properties:    opProp(false),
-		Required:      []string{"operation"},
-		OneOf:         itemRefs,
-		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: itemMapping},
-	}
+	job = jobUnion.schema(names, true,
+		"A job request: the operation, its params (the fields each operation takes, with their bounds and how they change the cost, are in its member schema) and an optional priority. Unknown fields are refused (422).")
+	item = itemUnion.schema(names, false, "One job of a batch: the operation and its params.")
 	reg.Map()["JobRequest"] = job
 	reg.Map()["BatchItem"] = item
 	job.PrecomputeMessages()
@@ -181,17 +191,105 @@ func requestSchemas(reg huma.Registry, cat *jobs.Catalog) (job, item *huma.Schem
 	return &huma.Schema{Ref: "#/components/schemas/JobRequest"}, &huma.Schema{Ref: "#/components/schemas/BatchItem"}
 }
 
+// operationSchemas registers op's params, job request and batch item
+// schemas and returns the references to the last two.
+func operationSchemas(reg huma.Registry, op jobs.Operation) (jobRef, itemRef string) {
+	base := pascal(op.Name)
+	example := exampleParams(op)
+	params := &huma.Schema{
+		Type:                 huma.TypeObject,
+		Title:                op.Name + " params",
+		Description:          paramsDescription(op),
+		Properties:           map[string]*huma.Schema{},
+		Required:             slices.Clone(op.Required),
+		AdditionalProperties: op.Passthrough,
+		Examples:             []any{example},
+	}
+	for _, p := range op.Params {
+		params.Properties[p.Name] = paramSchema(p, slices.Contains(op.Required, p.Name))
+	}
+	operation := &huma.Schema{Type: huma.TypeString, Enum: []any{op.Name}, Description: "The operation."}
+	paramsRef := &huma.Schema{Ref: "#/components/schemas/" + base + "Params"}
+	member := func(title, desc string, props map[string]*huma.Schema, ex map[string]any) *huma.Schema {
+		return &huma.Schema{Type: huma.TypeObject, Title: title, Description: desc, Properties: props,
+			Required: []string{"operation", "params"}, AdditionalProperties: false, Examples: []any{ex}}
+	}
+	jobReq := member(op.Name+" job", fmt.Sprintf("Submit one %s job (%s).", op.Name, op.Description),
+		map[string]*huma.Schema{"operation": operation, "params": paramsRef, "priority": prioritySchema(fmt.Sprintf(
+			"The queue: %s (the default) or less urgent; only admins may raise it.", op.Priority))},
+		map[string]any{"operation": op.Name, "params": example})
+	batchItem := member(op.Name+" item", fmt.Sprintf("One %s job of a batch.", op.Name),
+		map[string]*huma.Schema{"operation": operation, "params": paramsRef},
+		map[string]any{"operation": op.Name, "params": example})
+	for name, s := range map[string]*huma.Schema{"Params": params, "JobRequest": jobReq, "BatchItem": batchItem} {
+		reg.Map()[base+name] = s
+		s.PrecomputeMessages()
+	}
+	return "#/components/schemas/" + base + "JobRequest", "#/components/schemas/" + base + "BatchItem"
+}
+
+func prioritySchema(desc string) *huma.Schema {
+	return &huma.Schema{Type: huma.TypeString, Enum: []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground}, Description: desc}
+}
+
+// union is a oneOf of per-operation schemas, discriminated by operation.
+type union struct {
+	refs    []*huma.Schema
+	mapping map[string]string
+}
+
+func (u *union) add(operation, ref string) {
+	u.mapping[operation] = ref
+	u.refs = append(u.refs, &huma.Schema{Ref: ref})
+}
+
+// schema is the union. The properties every member has are named at the
+// top too, without constraints (each member checks them, and a constraint
+// here would report a problem twice), so the union reads as one object and
+// validators that check unevaluated properties see them evaluated.
+func (u *union) schema(names []any, withPriority bool, desc string) *huma.Schema {
+	props := map[string]*huma.Schema{
+		"operation": {Type: huma.TypeString, Enum: names,
+			Description: "Operation name from GET /v1/operations; it decides which params are required."},
+		"params": {Description: "The operation's params: see the member schema of the operation."},
+	}
+	if withPriority {
+		props["priority"] = &huma.Schema{Description: "The queue: urgent, normal or background; the operation's priority by default, which only admins may raise."}
+	}
+	return &huma.Schema{
+		Type:          huma.TypeObject,
+		Description:   desc,
+		Properties:    props,
+		Required:      []string{"operation"}, // each member requires params (naming it twice reports it twice)
+		OneOf:         u.refs,
+		Discriminator: &huma.Discriminator{PropertyName: "operation", Mapping: u.mapping},
+	}
+}
+
 func paramsDescription(op jobs.Operation) string {
 	req := "none"
 	if len(op.Required) > 0 {
 		req = strings.Join(op.Required, ", ")
 	}
-	cost := fmt.Sprintf("%d credits", op.Cost)
-	if op.Kind == jobs.KindImage {
-		cost += " per image (num_images, 1-4)"
+	var priced []string
+	for _, p := range op.Params {
+		if p.Price != nil {
+			priced = append(priced, p.Name)
+		}
 	}
-	return fmt.Sprintf("Params of %s, sent to fal model %s as they are. Required: %s. Cost: %s. Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.",
-		op.Name, op.Model, req, cost)
+	cost := fmt.Sprintf("%d credit", op.Cost)
+	if op.Cost != 1 {
+		cost += "s"
+	}
+	if len(priced) > 0 {
+		cost += ", multiplied by what " + strings.Join(priced, " and ") + " say (GET /v1/operations has the rule)"
+	}
+	extra := "Other params are refused (422)."
+	if op.Passthrough {
+		extra = "Other params are passed to fal as they are, but sync_mode, webhook and fal_* are refused, and fields named *_url or *_urls must be public https URLs."
+	}
+	return fmt.Sprintf("Params of %s, sent to fal model %s. Required: %s. Cost: %s. Input files are https URLs of public hosts, or data:image/... URIs where a field says so. %s",
+		op.Name, op.Model, req, cost, extra)
 }
 
 // batchSchema is the submit-batch body.
@@ -202,8 +300,7 @@ func batchSchema(reg huma.Registry, item *huma.Schema) *huma.Schema {
 		Properties: map[string]*huma.Schema{
 			"items": {Type: huma.TypeArray, MinItems: ptr(1), MaxItems: ptr(jobs.MaxBatchItems), Items: item,
 				Description: "The jobs, 1-100."},
-			"priority": {Type: huma.TypeString, Enum: []any{jobs.QueueUrgent, jobs.QueueNormal, jobs.QueueBackground},
-				Description: "Queue override for every job; defaults to each operation's priority."},
+			"priority": prioritySchema("The queue of every job: normal by default (or the operation's own, when less urgent); only admins may queue a batch more urgently."),
 		},
 		Required:             []string{"items"},
 		AdditionalProperties: false,

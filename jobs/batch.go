@@ -41,14 +41,16 @@ type BatchCounts struct {
 // takes one rate-limit token), inserts every job with one InsertManyTx,
 // reserves their total cost and records the batch, all in the caller's
 // transaction. Any error leaves the caller to roll back: all or nothing;
-// after its commit the caller calls the Submission's Committed.
-func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID, priority string, items []Item) (*Batch, *Submission, error) {
+// after its commit the caller calls the Submission's Committed. Of opts,
+// Priority and MayRaise are used, for every item.
+func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Batch, *Submission, error) {
 	if len(items) == 0 || len(items) > MaxBatchItems {
 		return nil, nil, &Error{Code: EINVALID, Message: fmt.Sprintf("a batch has 1 to %d items", MaxBatchItems), Fields: []FieldError{
 			{Location: "body.items", Message: fmt.Sprintf("must have 1 to %d items", MaxBatchItems), Value: len(items)}}}
 	}
 	id := uuid.NewString()
-	sub, err := s.SubmitTx(ctx, tx, userID, items, SubmitOpts{BatchID: id, Priority: priority, Batch: true})
+	priority := opts.Priority
+	sub, err := s.SubmitTx(ctx, tx, userID, items, SubmitOpts{BatchID: id, Priority: priority, MayRaise: opts.MayRaise, Batch: true})
 	if err != nil {
 		return nil, nil, err
 	}

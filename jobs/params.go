@@ -18,22 +18,20 @@ type FieldError struct {
 
 func (e FieldError) Error() string { return e.Location + ": " + e.Message }
 
-// maxNumImages bounds num_images; the cost is multiplied by it.
-const maxNumImages = 4
-
-// Prepare checks params against the operation (required fields and their
-// types, image inputs as https URLs or data: URIs, num_images 1-4), fills
-// the operation's defaults (the turntable prompt) and returns the params to
-// send to fal, unchanged otherwise, and the cost in credits. loc prefixes
-// the locations of the errors ("body.params").
+// Prepare checks params against the operation's declared params (every
+// required one present, each of its type and within its bounds, input
+// files as public https URLs or data: URIs, no param the operation does
+// not declare unless it passes them through, never one of the Forbidden
+// ones), fills the operation's defaults (the turntable prompt), and
+// returns the params to send to fal and their cost (CostOf). loc prefixes
+// the locations of the errors ("body.params"); every problem is listed.
 func (op Operation) Prepare(loc string, raw json.RawMessage) (json.RawMessage, int64, []FieldError) {
 	var params map[string]any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	if len(bytes.TrimSpace(raw)) == 0 || dec.Decode(&params) != nil || params == nil {
-		return nil, 0, []FieldError{{Location: loc, Message: "must be a JSON object", Value: string(raw)}}
+		return nil, 0, []FieldError{{Location: loc, Message: "must be a JSON object", Value: clip(string(raw))}}
 	}
-	var errs []FieldError
 	at := func(field string) string { return loc + "." + field }
 
 	if op.Name == "turntable" {
@@ -41,76 +39,142 @@ func (op Operation) Prepare(loc string, raw json.RawMessage) (json.RawMessage, i
 			params["prompt"] = TurntablePrompt
 		}
 	}
+	var errs []FieldError
 	for _, field := range op.Required {
-		v, ok := params[field]
-		if !ok || v == nil {
+		if v, ok := params[field]; !ok || v == nil {
 			errs = append(errs, FieldError{Location: at(field), Message: "is required"})
-			continue
 		}
 	}
 	for field, v := range params {
+		if v == nil {
+			delete(params, field) // left out: fal uses its default
+			continue
+		}
+		p, declared := op.Param(field)
 		switch {
-		case field == "prompt":
-			s, ok := v.(string)
-			if !ok {
-				errs = append(errs, FieldError{Location: at(field), Message: "must be a string", Value: v})
-			} else if strings.TrimSpace(s) == "" && slices.Contains(op.Required, field) {
-				errs = append(errs, FieldError{Location: at(field), Message: "must not be empty", Value: v})
-			}
-		case strings.HasSuffix(field, "image_urls"):
-			list, ok := v.([]any)
-			if !ok {
-				errs = append(errs, FieldError{Location: at(field), Message: "must be an array of image URLs", Value: v})
-				continue
-			}
-			if len(list) == 0 && slices.Contains(op.Required, field) {
-				errs = append(errs, FieldError{Location: at(field), Message: "must hold at least one image URL"})
-			}
-			for i, item := range list {
-				if msg := checkImage(item); msg != "" {
-					errs = append(errs, FieldError{Location: fmt.Sprintf("%s[%d]", at(field), i), Message: msg, Value: clip(item)})
-				}
-			}
-		case strings.HasSuffix(field, "image_url"):
-			if msg := checkImage(v); msg != "" {
-				errs = append(errs, FieldError{Location: at(field), Message: msg, Value: clip(v)})
-			}
-		case field == "num_images":
-			n, ok := v.(json.Number)
-			i, err := n.Int64()
-			if !ok || err != nil || i < 1 || i > maxNumImages {
-				errs = append(errs, FieldError{Location: at(field), Message: fmt.Sprintf("must be an integer from 1 to %d", maxNumImages), Value: v})
-			}
+		case Forbidden(field):
+			errs = append(errs, FieldError{Location: at(field), Message: "may not be set by a request: sync_mode, webhook and fal_* are the server's to choose", Value: clip(v)})
+		case declared:
+			var fe []FieldError
+			params[field], fe = op.checkParam(at(field), p, v)
+			errs = append(errs, fe...)
+		case op.Passthrough:
+			errs = append(errs, checkExtra(at(field), field, v)...)
+		default:
+			errs = append(errs, FieldError{Location: at(field), Message: "is not a param of " + op.Name + "; it takes " + strings.Join(op.paramNames(), ", "), Value: clip(v)})
 		}
 	}
 	if len(errs) > 0 {
 		slices.SortFunc(errs, func(a, b FieldError) int { return strings.Compare(a.Location, b.Location) })
 		return nil, 0, errs
 	}
-	cost := op.Cost
-	if n, ok := params["num_images"].(json.Number); ok {
-		i, _ := n.Int64()
-		cost *= i
-	}
 	out, err := json.Marshal(params)
 	if err != nil {
 		return nil, 0, []FieldError{{Location: loc, Message: err.Error()}}
 	}
-	return out, cost, nil
+	return out, op.CostOf(params), nil
 }
 
-func checkImage(v any) string {
-	s, ok := v.(string)
-	switch {
-	case !ok:
-		return "must be a string (an https URL or a data: URI)"
-	case strings.HasPrefix(s, "https://") && len(s) > len("https://"):
-		return ""
-	case strings.HasPrefix(s, "data:image/") && strings.Contains(s, ","):
-		return ""
-	default:
-		return "must be an https URL or a data:image/... URI"
+// checkParam checks value v of declared param p at loc and returns the
+// value to send.
+func (op Operation) checkParam(loc string, p Param, v any) (any, []FieldError) {
+	required := slices.Contains(op.Required, p.Name)
+	if p.Type == ParamURLList {
+		list, ok := v.([]any)
+		if !ok {
+			return v, []FieldError{{Location: loc, Message: "must be a list of " + urlKind(p), Value: clip(v)}}
+		}
+		var errs []FieldError
+		lo := 0.0
+		if p.Min != nil {
+			lo = *p.Min
+		}
+		if required {
+			lo = max(lo, 1)
+		}
+		if n := float64(len(list)); n < lo || (p.Max != nil && n > *p.Max) {
+			errs = append(errs, FieldError{Location: loc, Message: "must hold" + itemBounds(lo, p.Max) + " " + urlKind(p), Value: len(list)})
+		}
+		for i, item := range list {
+			if msg := checkInputURL(item, p.DataURI); msg != "" {
+				errs = append(errs, FieldError{Location: fmt.Sprintf("%s[%d]", loc, i), Message: msg, Value: clip(item)})
+			}
+		}
+		return v, errs
 	}
+	out, msg := p.check(v)
+	if msg == "" && required && p.Type == ParamString && strings.TrimSpace(v.(string)) == "" {
+		msg = "must not be empty"
+	}
+	if msg != "" {
+		return v, []FieldError{{Location: loc, Message: msg, Value: clip(v)}}
+	}
+	return out, nil
+}
+
+// checkExtra checks a param an operation passes through without declaring
+// it: a field named *_url or *_urls, at any depth, must be a public https
+// URL (or a list of them), and no string may hold a NUL character.
+func checkExtra(loc, field string, v any) []FieldError {
+	var errs []FieldError
+	switch v := v.(type) {
+	case string:
+		if isURLField(field) {
+			if msg := checkInputURL(v, false); msg != "" {
+				errs = append(errs, FieldError{Location: loc, Message: msg, Value: clip(v)})
+			}
+		} else if strings.ContainsRune(v, 0) {
+			errs = append(errs, FieldError{Location: loc, Message: "must not contain NUL characters", Value: clip(v)})
+		}
+		return errs
+	case []any:
+		for i, item := range v {
+			itemField := ""
+			if strings.HasSuffix(field, "_urls") {
+				itemField = "item_url"
+			}
+			errs = append(errs, checkExtra(fmt.Sprintf("%s[%d]", loc, i), itemField, item)...)
+		}
+		return errs
+	case map[string]any:
+		for k, item := range v {
+			errs = append(errs, checkExtra(loc+"."+k, k, item)...)
+		}
+		return errs
+	}
+	if isURLField(field) {
+		errs = append(errs, FieldError{Location: loc, Message: "must be an https URL", Value: clip(v)})
+	}
+	return errs
+}
+
+func isURLField(name string) bool {
+	return strings.HasSuffix(name, "_url") || strings.HasSuffix(name, "_urls")
+}
+
+func (op Operation) paramNames() []string {
+	names := make([]string, len(op.Params))
+	for i, p := range op.Params {
+		names[i] = p.Name
+	}
+	return names
+}
+
+func urlKind(p Param) string {
+	if p.DataURI {
+		return "https URLs or data:image/... URIs"
+	}
+	return "https URLs"
+}
+
+func itemBounds(lo float64, hi *float64) string {
+	switch {
+	case hi != nil && lo == *hi:
+		return fmt.Sprintf(" exactly %g", lo)
+	case hi != nil:
+		return fmt.Sprintf(" %g to %g", lo, *hi)
+	}
+	return fmt.Sprintf(" at least %g", lo)
 }
 
 // clip keeps error bodies small when a client sends a large data: URI.

@@ -1,7 +1,6 @@
 package jobs
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -94,36 +93,39 @@ type prepared struct {
 	op    Operation
 }
 
-// Prepare validates items and returns every problem at once as an EINVALID
-// *Error. loc is the location prefix of the first item's fields ("body" for
-// one job, "body.items[i]" for batches when batch is true).
-func (s *Service) prepare(userID, batchID, priority string, items []Item, batch bool) ([]prepared, error) {
+// prepare validates items and returns every problem at once as an EINVALID
+// *Error. Field locations start at "body", or at "body.items[i]" for the
+// items of a batch (opts.Batch).
+func (s *Service) prepare(userID string, items []Item, opts SubmitOpts) ([]prepared, error) {
 	var fields []FieldError
-	out := make([]prepared, 0, len(items))
-	if priority != "" && !slices.Contains(Queues, priority) {
-		fields = append(fields, FieldError{Location: "body.priority", Message: fmt.Sprintf("must be one of %v", Queues), Value: priority})
+	seen := map[string]bool{}
+	addField := func(f FieldError) {
+		if key := f.Location + "\x00" + f.Message; !seen[key] {
+			seen[key] = true
+			fields = append(fields, f)
+		}
 	}
+	out := make([]prepared, 0, len(items))
 	for i, it := range items {
 		loc := "body"
-		if batch {
+		if opts.Batch {
 			loc = fmt.Sprintf("body.items[%d]", i)
 		}
 		op, ok := s.catalog.Get(it.Operation)
 		if !ok {
-			fields = append(fields, FieldError{Location: loc + ".operation", Message: fmt.Sprintf("unknown operation; one of %v", s.catalog.Names()), Value: it.Operation})
+			addField(FieldError{Location: loc + ".operation", Message: fmt.Sprintf("unknown operation; one of %v", s.catalog.Names()), Value: it.Operation})
 			continue
 		}
 		params, cost, errs := op.Prepare(loc+".params", it.Params)
-		fields = append(fields, errs...)
-		queue := op.Priority
-		if p := cmp.Or(it.Priority, priority); p != "" {
-			if !slices.Contains(Queues, p) {
-				fields = append(fields, FieldError{Location: loc + ".priority", Message: fmt.Sprintf("must be one of %v", Queues), Value: p})
-			}
-			queue = p
+		for _, e := range errs {
+			addField(e)
+		}
+		queue, perr := queueFor(op, it, loc, opts)
+		if perr != nil {
+			addField(*perr)
 		}
 		out = append(out, prepared{
-			args:  Args{UserID: userID, Operation: op.Name, Model: op.Model, Params: params, Cost: cost, BatchID: batchID},
+			args:  Args{UserID: userID, Operation: op.Name, Model: op.Model, Params: params, Cost: cost, BatchID: opts.BatchID},
 			queue: queue,
 			op:    op,
 		})
@@ -134,13 +136,48 @@ func (s *Service) prepare(userID, batchID, priority string, items []Item, batch 
 	return out, nil
 }
 
+// queueFor is the queue of item it of operation op: the priority asked
+// for (the item's, else the submission's), or by default the operation's
+// priority, and for the items of a batch the less urgent of that and
+// normal. Only a caller who MayRaise may ask for a more urgent queue than
+// that default.
+func queueFor(op Operation, it Item, loc string, opts SubmitOpts) (string, *FieldError) {
+	def := op.Priority
+	if opts.Batch && slices.Index(Queues, def) < slices.Index(Queues, QueueNormal) {
+		def = QueueNormal
+	}
+	asked, at := it.Priority, loc+".priority"
+	if asked == "" {
+		asked, at = opts.Priority, "body.priority"
+	}
+	switch {
+	case asked == "":
+		return def, nil
+	case !slices.Contains(Queues, asked):
+		return def, &FieldError{Location: at, Message: fmt.Sprintf("must be one of %v", Queues), Value: asked}
+	case !opts.MayRaise && slices.Index(Queues, asked) < slices.Index(Queues, def):
+		what := op.Name + "'s default"
+		if opts.Batch {
+			what = "the default in a batch"
+		}
+		return def, &FieldError{Location: at, Message: fmt.Sprintf("must not be more urgent than %s, %s; only admins may raise a job's priority", def, what), Value: asked}
+	}
+	return asked, nil
+}
+
 // SubmitOpts are the optional parts of a submission.
 type SubmitOpts struct {
 	// BatchID groups the jobs of one batch.
 	BatchID string
-	// Priority overrides every item's default queue.
+	// Priority is the queue of every item that does not name its own; it
+	// may keep the default or lower it (see MayRaise).
 	Priority string
-	// Batch makes field error locations name the item ("body.items[2]").
+	// MayRaise lets the caller (an admin) queue a job more urgently than
+	// its default.
+	MayRaise bool
+	// Batch marks the items as a batch: they default to the normal queue
+	// (or their operation's, when less urgent), and field error locations
+	// name the item ("body.items[2]").
 	Batch bool
 }
 
@@ -205,7 +242,7 @@ func (sub *Submission) Committed() {
 // credits), then the per-user admission checks. The caller rolls back on
 // any error, and calls Committed after its commit.
 func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Submission, error) {
-	ps, err := s.prepare(userID, opts.BatchID, opts.Priority, items, opts.Batch)
+	ps, err := s.prepare(userID, items, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -109,3 +109,118 @@ func TestSubmit(t *testing.T) {
 		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
 	})
 }
+
+func TestPriority(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	video := func(priority string) jobs.Item {
+		return jobs.Item{Operation: "video", Params: json.RawMessage(`{"prompt":"spin","image_url":"https://x.test/a.png"}`), Priority: priority}
+	}
+	queueOf := func(t *testing.T, b *testBundle, id int64) string {
+		t.Helper()
+		var q string
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT queue FROM river_job WHERE id = $1`, id).Scan(&q))
+		return q
+	}
+	refused := func(t *testing.T, err error, loc string) {
+		t.Helper()
+		var je *jobs.Error
+		require.ErrorAs(t, err, &je)
+		require.Equal(t, jobs.EINVALID, je.Code)
+		require.Len(t, je.Fields, 1, je.Fields)
+		require.Equal(t, loc, je.Fields[0].Location)
+		require.Contains(t, je.Fields[0].Message, "only admins may raise")
+	}
+
+	t.Run("UsersKeepOrLower", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 100)
+		for _, tc := range []struct {
+			item jobs.Item
+			want string
+		}{
+			{generate("a"), jobs.QueueUrgent},
+			{jobs.Item{Operation: "generate", Params: json.RawMessage(`{"prompt":"a"}`), Priority: jobs.QueueUrgent}, jobs.QueueUrgent},
+			{jobs.Item{Operation: "generate", Params: json.RawMessage(`{"prompt":"a"}`), Priority: jobs.QueueNormal}, jobs.QueueNormal},
+			{jobs.Item{Operation: "generate", Params: json.RawMessage(`{"prompt":"a"}`), Priority: jobs.QueueBackground}, jobs.QueueBackground},
+			{video(""), jobs.QueueNormal},
+			{video(jobs.QueueBackground), jobs.QueueBackground},
+		} {
+			ids, err := b.svc.Submit(ctx, uid, []jobs.Item{tc.item}, jobs.SubmitOpts{})
+			require.NoError(t, err)
+			require.Equal(t, tc.want, queueOf(t, b, ids[0]), tc.item)
+		}
+	})
+
+	t.Run("OnlyAdminsRaise", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 100)
+		_, err := b.svc.Submit(ctx, uid, []jobs.Item{video(jobs.QueueUrgent)}, jobs.SubmitOpts{})
+		refused(t, err, "body.priority")
+		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{video(jobs.QueueUrgent)}, jobs.SubmitOpts{MayRaise: true})
+		require.NoError(t, err)
+		require.Equal(t, jobs.QueueUrgent, queueOf(t, b, ids[0]))
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("BatchesDefaultToNormal", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 100)
+		batch := func(opts jobs.SubmitOpts, items ...jobs.Item) ([]int64, error) {
+			tx, err := b.pool.Begin(ctx)
+			require.NoError(t, err)
+			defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+			_, sub, err := b.svc.SubmitBatchTx(ctx, tx, uid, items, opts)
+			if err != nil {
+				return nil, err
+			}
+			require.NoError(t, tx.Commit(ctx))
+			return sub.IDs, nil
+		}
+		ids, err := batch(jobs.SubmitOpts{}, generate("a"), video(""))
+		require.NoError(t, err)
+		require.Equal(t, []string{jobs.QueueNormal, jobs.QueueNormal}, []string{queueOf(t, b, ids[0]), queueOf(t, b, ids[1])})
+
+		ids, err = batch(jobs.SubmitOpts{Priority: jobs.QueueBackground}, generate("a"), video(""))
+		require.NoError(t, err)
+		require.Equal(t, []string{jobs.QueueBackground, jobs.QueueBackground}, []string{queueOf(t, b, ids[0]), queueOf(t, b, ids[1])})
+
+		// urgent is above the batch default of both: one error, at the
+		// field the caller set.
+		_, err = batch(jobs.SubmitOpts{Priority: jobs.QueueUrgent}, generate("a"), video(""))
+		refused(t, err, "body.priority")
+
+		ids, err = batch(jobs.SubmitOpts{Priority: jobs.QueueUrgent, MayRaise: true}, generate("a"), video(""))
+		require.NoError(t, err)
+		require.Equal(t, []string{jobs.QueueUrgent, jobs.QueueUrgent}, []string{queueOf(t, b, ids[0]), queueOf(t, b, ids[1])})
+		requireInvariants(t, b.pool)
+	})
+
+	t.Run("BatchKeepsALessUrgentDefault", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		ops := jobs.DefaultCatalog().All()
+		for i := range ops {
+			if ops[i].Name == "video" {
+				ops[i].Priority = jobs.QueueBackground
+			}
+		}
+		c, err := jobs.NewCatalog(ops)
+		require.NoError(t, err)
+		svc := jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: c})
+		uid := grant(t, b.pool, 100)
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+		_, sub, err := svc.SubmitBatchTx(ctx, tx, uid, []jobs.Item{video("")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		require.Equal(t, jobs.QueueBackground, sub.Jobs[0].Priority)
+		_, _, err = svc.SubmitBatchTx(ctx, tx, uid, []jobs.Item{video("")}, jobs.SubmitOpts{Priority: jobs.QueueNormal})
+		refused(t, err, "body.priority")
+	})
+}

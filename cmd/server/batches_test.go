@@ -213,4 +213,54 @@ func TestListOperations(t *testing.T) {
 		require.Equal(t, want.Required, op.Required)
 	}
 	require.True(t, strings.HasPrefix(r.Header.Get("Content-Type"), "application/json"))
+
+	// The price rules, as a frontend reads them.
+	require.JSONEq(t, `{"operation":"video","cost":10,"max_cost":20,"priority":"normal","kind":"video",
+		"model":"fal-ai/kling-video/v2.1/standard/image-to-video","required":["prompt","image_url"],"passthrough":false,
+		"description":"Animate a photo into a short video.","params":[
+		{"name":"prompt","type":"string","description":"The motion, in words.","required":true,"max_length":2500},
+		{"name":"image_url","type":"url","description":"The first frame: an https URL or a data:image/... URI.","required":true,"data_uri":true},
+		{"name":"duration","type":"string","description":"Seconds of video: \"5\" or \"10\" (twice the cost).","required":false,
+		 "enum":["5","10"],"default":"5","price":{"kind":"values","multipliers":{"5":1,"10":2}}},
+		{"name":"negative_prompt","type":"string","description":"What to keep out of the video.","required":false,"max_length":2500,"default":"blur, distort, and low quality"},
+		{"name":"cfg_scale","type":"number","description":"How closely to follow the prompt.","required":false,"minimum":0,"maximum":1,"default":0.5}]}`,
+		string(operationJSON(t, r.Body, "video")))
+	var generate struct {
+		MaxCost int64 `json:"max_cost"`
+		Params  []struct {
+			Name    string
+			Default any
+			Presets map[string]jobs.Size
+			Price   *jobs.Price
+		}
+	}
+	require.NoError(t, json.Unmarshal(operationJSON(t, r.Body, "generate"), &generate))
+	require.Equal(t, int64(16), generate.MaxCost, "4 images of 2048 x 2048")
+	priced := map[string]string{}
+	for _, p := range generate.Params {
+		if p.Price != nil {
+			priced[p.Name] = p.Price.Kind
+		}
+		if p.Name == "image_size" {
+			require.Equal(t, "landscape_4_3", p.Default)
+			require.Equal(t, jobs.Size{Width: 1024, Height: 768}, p.Presets["landscape_4_3"])
+		}
+	}
+	require.Equal(t, map[string]string{"num_images": jobs.PriceMultiply, "image_size": jobs.PriceMegapixels}, priced)
+}
+
+// operationJSON is the entry of GET /v1/operations's body for name.
+func operationJSON(t *testing.T, body []byte, name string) []byte {
+	t.Helper()
+	var ops struct{ Operations []json.RawMessage }
+	require.NoError(t, json.Unmarshal(body, &ops))
+	for _, raw := range ops.Operations {
+		var op struct{ Operation string }
+		require.NoError(t, json.Unmarshal(raw, &op))
+		if op.Operation == name {
+			return raw
+		}
+	}
+	require.Failf(t, "no such operation", "%s", name)
+	return nil
 }

@@ -235,6 +235,27 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_f
 			require.Equal(t, []string{"0", "1", "0"}, column(rows, "in_flight"))
 			require.Equal(t, []string{"<nil>", "<nil>", "<nil>"}, column(rows, "unusable"))
 		},
+		"credits-vs-fal-units": func(t *testing.T, rows []docRow) {
+			today := runDocQuery(t, pool, `SELECT current_date AS day`)[0]["day"]
+			byOp := map[string]docRow{}
+			for _, r := range rows {
+				require.Equal(t, today, r["day"])
+				byOp[r["operation"]] = r
+			}
+			// Three generate jobs charged 1 credit each, for 1 unit each
+			// (the simulator bills an image a unit); the upscale fal
+			// refused (422) cost nothing and billed nothing; the video, if
+			// its cancelled request has ended, was not charged.
+			require.Equal(t, docRow{"day": today, "operation": "generate", "jobs": "3", "credits_charged": "3", "fal_units": "3",
+				"credits_per_unit": "1.00", "billed_not_charged": "0", "unreported": "0"}, byOp["generate"])
+			require.Equal(t, docRow{"day": today, "operation": "upscale", "jobs": "1", "credits_charged": "0", "fal_units": "0",
+				"credits_per_unit": "<nil>", "billed_not_charged": "0", "unreported": "0"}, byOp["upscale"])
+			if v, ok := byOp["video"]; ok {
+				require.Equal(t, "0", v["credits_charged"])
+			}
+			delete(byOp, "video")
+			require.Len(t, byOp, 2, rows)
+		},
 		"ledger-check": func(t *testing.T, rows []docRow) {
 			require.Empty(t, rows)
 		},

@@ -28,6 +28,7 @@ interface Schema {
   description?: string;
   enum?: unknown[];
   items?: Schema;
+  anyOf?: Schema[];
   properties?: Record<string, Schema>;
   required?: string[];
   minimum?: number;
@@ -173,7 +174,8 @@ function paramsSchema(op: string): Schema | undefined {
 function showParams() {
   const op = operations.find((o) => o.operation === opSelect.value);
   if (!op) return;
-  opInfo.textContent = `${op.description ?? ""} Default queue: ${op.priority}.`;
+  const price = op.max_cost > op.cost ? `${op.cost} to ${op.max_cost} credits, by its params` : `${op.cost} credits`;
+  opInfo.textContent = `${op.description ?? ""} Default queue: ${op.priority}. Price: ${price}.`;
   const schema = paramsSchema(op.operation);
   const required = new Set(schema?.required ?? []);
   const fields: HTMLElement[] = [];
@@ -181,8 +183,20 @@ function showParams() {
     const id = `param-${name}`;
     const req = required.has(name);
     const label = h("label", { for: id }, name, req ? h("span", { class: "req", text: " (required)" }) : null);
-    let input: HTMLInputElement | HTMLTextAreaElement;
-    if (prop.type === "array") {
+    let input: HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement;
+    if (prop.enum || prop.type === "boolean") {
+      // A choice, or left out (fal's default).
+      const values = (prop.enum ?? [true, false]).map(String);
+      input = h(
+        "select",
+        { id, "data-param": name, "data-kind": prop.type === "boolean" ? "boolean" : "string", required: req },
+        h("option", { value: "", text: req ? "(choose)" : "(default)" }),
+        ...values.map((v) => h("option", { value: v, text: v })),
+      );
+    } else if (prop.anyOf) {
+      // An image size: a preset name or {"width": w, "height": h}.
+      input = h("input", { id, type: "text", "data-param": name, "data-kind": "json-or-string", required: req, placeholder: 'square_hd, or {"width": 1024, "height": 768}' });
+    } else if (prop.type === "array") {
       input = h("textarea", { id, rows: "2", "data-param": name, "data-kind": "list", required: req, placeholder: "one per line" });
     } else if (prop.type === "integer" || prop.type === "number") {
       input = h("input", {
@@ -214,12 +228,15 @@ function readParams(): Record<string, unknown> {
     if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error("Extra params must be a JSON object.");
     Object.assign(params, v);
   }
-  for (const el of paramsBox.querySelectorAll<HTMLInputElement | HTMLTextAreaElement>("[data-param]")) {
+  for (const el of paramsBox.querySelectorAll<HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement>("[data-param]")) {
     const value = el.value.trim();
     if (!value) continue;
     const name = el.dataset["param"]!;
-    if (el.dataset["kind"] === "list") params[name] = value.split(/\s*\n\s*/).filter(Boolean);
-    else if (el.dataset["kind"] === "number") params[name] = Number(value);
+    const kind = el.dataset["kind"];
+    if (kind === "list") params[name] = value.split(/\s*\n\s*/).filter(Boolean);
+    else if (kind === "number") params[name] = Number(value);
+    else if (kind === "boolean") params[name] = value === "true";
+    else if (kind === "json-or-string" && value.startsWith("{")) params[name] = JSON.parse(value) as unknown;
     else params[name] = value;
   }
   return params;

@@ -192,7 +192,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List the AI operations */
+        /**
+         * List the AI operations
+         * @description Every operation with its params (types, bounds, defaults) and price rule: a job costs cost times, for every param with a price, its factor at the value sent (or at its default): multiply: the value; values: multipliers[value]; tiers: the multiplier of the first tier whose up_to is at least the value; megapixels: the size's started megapixels of 1024 x 1024 pixels. The submit answer's credits.amount is that price.
+         */
         get: operations["list-operations"];
         put?: never;
         post?: never;
@@ -305,7 +308,7 @@ export interface components {
             /** @description The jobs, 1-100. */
             items: components["schemas"]["BatchItem"][];
             /**
-             * @description Queue override for every job; defaults to each operation's priority.
+             * @description The queue of every job: normal by default (or the operation's own, when less urgent); only admins may queue a batch more urgently.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
@@ -350,14 +353,14 @@ export interface components {
             operation: "camera-control";
             params: components["schemas"]["CameraControlParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * camera-control params
-         * @description Params of camera-control, sent to fal model fal-ai/qwen-image-edit-2511-multiple-angles as they are. Required: image_urls. Cost: 2 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of camera-control, sent to fal model fal-ai/qwen-image-edit-2511-multiple-angles. Required: image_urls. Cost: 2 credits, multiplied by what num_images say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_urls": [
          *         "https://cdn.example.com/ring.jpg"
@@ -365,20 +368,23 @@ export interface components {
          *     }
          */
         CameraControlParams: {
+            /** @description Degrees around the piece: 0 front, 90 right, 180 back, 270 left. Default: 0. */
+            horizontal_angle?: number;
             /**
-             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @description The photo to see from another angle: an https URL or a data:image/... URI.
              * @example [
              *       "https://cdn.example.com/ring.jpg"
              *     ]
              */
             image_urls: string[];
-            /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
-             */
+            /** @description How many images to make (1-4). Default: 1. The cost is multiplied by it. */
             num_images?: number;
-        } & {
-            [key: string]: unknown;
+            /** @description Seed for reproducible results. */
+            seed?: number;
+            /** @description Camera elevation in degrees: -30 low, 0 eye level, 90 from above. Default: 0. */
+            vertical_angle?: number;
+            /** @description Camera distance: 0 wide, 5 medium, 10 close-up. */
+            zoom?: number;
         };
         CreditEntry: {
             /**
@@ -482,14 +488,14 @@ export interface components {
             operation: "edit";
             params: components["schemas"]["EditParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * edit params
-         * @description Params of edit, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of edit, sent to fal model fal-ai/nano-banana/edit. Required: prompt, image_urls. Cost: 1 credit, multiplied by what num_images say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_urls": [
          *         "https://cdn.example.com/ring.jpg"
@@ -499,24 +505,29 @@ export interface components {
          */
         EditParams: {
             /**
-             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @description Aspect ratio of the output (auto: the input's).
+             * @enum {string}
+             */
+            aspect_ratio?: "auto" | "21:9" | "16:9" | "3:2" | "4:3" | "5:4" | "1:1" | "4:5" | "3:4" | "2:3" | "9:16";
+            /**
+             * @description The photos to edit: https URLs or data:image/... URIs.
              * @example [
              *       "https://cdn.example.com/ring.jpg"
              *     ]
              */
             image_urls: string[];
-            /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
-             */
+            /** @description How many images to make (1-4). Default: 1. The cost is multiplied by it. */
             num_images?: number;
             /**
-             * @description What to do, in words.
+             * @description Image format. Default: "png".
+             * @enum {string}
+             */
+            output_format?: "jpeg" | "png" | "webp";
+            /**
+             * @description The edit to make, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
         };
         ErrorDetail: {
             /** @description Where the error occurred, e.g. 'body.items[3].tags' or 'path.thing-id' */
@@ -568,14 +579,14 @@ export interface components {
             operation: "gemstone";
             params: components["schemas"]["GemstoneParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * gemstone params
-         * @description Params of gemstone, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of gemstone, sent to fal model fal-ai/nano-banana/edit. Required: prompt, image_urls. Cost: 1 credit, multiplied by what num_images say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_urls": [
          *         "https://cdn.example.com/ring.jpg"
@@ -585,24 +596,29 @@ export interface components {
          */
         GemstoneParams: {
             /**
-             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @description Aspect ratio of the output (auto: the input's).
+             * @enum {string}
+             */
+            aspect_ratio?: "auto" | "21:9" | "16:9" | "3:2" | "4:3" | "5:4" | "1:1" | "4:5" | "3:4" | "2:3" | "9:16";
+            /**
+             * @description The photos to edit: https URLs or data:image/... URIs.
              * @example [
              *       "https://cdn.example.com/ring.jpg"
              *     ]
              */
             image_urls: string[];
-            /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
-             */
+            /** @description How many images to make (1-4). Default: 1. The cost is multiplied by it. */
             num_images?: number;
             /**
-             * @description What to do, in words.
+             * @description Image format. Default: "png".
+             * @enum {string}
+             */
+            output_format?: "jpeg" | "png" | "webp";
+            /**
+             * @description The edit to make, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * generate item
@@ -640,31 +656,51 @@ export interface components {
             operation: "generate";
             params: components["schemas"]["GenerateParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * generate params
-         * @description Params of generate, sent to fal model fal-ai/flux/dev as they are. Required: prompt. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of generate, sent to fal model fal-ai/flux/dev. Required: prompt. Cost: 1 credit, multiplied by what image_size and num_images say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "prompt": "a gold ring on white marble, soft daylight"
          *     }
          */
         GenerateParams: {
             /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
+             * @description Speed of the generation. Default: "none".
+             * @enum {string}
              */
+            acceleration?: "none" | "regular" | "high";
+            /** @description Check the output for unsafe content. Default: true. */
+            enable_safety_checker?: boolean;
+            /** @description How closely to follow the prompt. Default: 3.5. */
+            guidance_scale?: number;
+            /** @description A preset or {width, height} (64-2048 pixels a side). Default: "landscape_4_3". The cost is multiplied by the size's started megapixels (of 1024 x 1024 pixels). */
+            image_size?: ("square_hd" | "square" | "portrait_4_3" | "portrait_16_9" | "landscape_4_3" | "landscape_16_9") | {
+                /** @description Pixels. */
+                height: number;
+                /** @description Pixels. */
+                width: number;
+            };
+            /** @description How many images to make (1-4). Default: 1. The cost is multiplied by it. */
             num_images?: number;
+            /** @description Inference steps. Default: 28. */
+            num_inference_steps?: number;
             /**
-             * @description What to do, in words.
+             * @description Image format. Default: "jpeg".
+             * @enum {string}
+             */
+            output_format?: "jpeg" | "png";
+            /**
+             * @description What to make, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
+            /** @description Seed for reproducible results. */
+            seed?: number;
         };
         GrantBody: {
             /**
@@ -856,7 +892,7 @@ export interface components {
             /** @description Pass as cursor for the next page; absent on the last page. */
             next_cursor?: string;
         };
-        /** @description A job request: the operation, its params (passed to fal as they are; the required fields depend on the operation) and an optional priority. Unknown top-level fields are refused (422); params may carry any other field fal accepts. */
+        /** @description A job request: the operation, its params (the fields each operation takes, with their bounds and how they change the cost, are in its member schema) and an optional priority. Unknown fields are refused (422). */
         JobRequest: {
             /**
              * Format: uri
@@ -871,7 +907,7 @@ export interface components {
             operation: "edit" | "generate" | "upscale" | "remove-bg" | "camera-control" | "gemstone" | "metal-recolor" | "metal-polish" | "natural-light" | "video" | "turntable";
             /** @description The operation's params: see the member schema of the operation. */
             params?: unknown;
-            /** @description Queue override: urgent, normal or background; defaults to the operation's priority. */
+            /** @description The queue: urgent, normal or background; the operation's priority by default, which only admins may raise. */
             priority?: unknown;
         } & (components["schemas"]["EditJobRequest"] | components["schemas"]["GenerateJobRequest"] | components["schemas"]["UpscaleJobRequest"] | components["schemas"]["RemoveBgJobRequest"] | components["schemas"]["CameraControlJobRequest"] | components["schemas"]["GemstoneJobRequest"] | components["schemas"]["MetalRecolorJobRequest"] | components["schemas"]["MetalPolishJobRequest"] | components["schemas"]["NaturalLightJobRequest"] | components["schemas"]["VideoJobRequest"] | components["schemas"]["TurntableJobRequest"]);
         LogLine: {
@@ -924,14 +960,14 @@ export interface components {
             operation: "metal-polish";
             params: components["schemas"]["MetalPolishParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * metal-polish params
-         * @description Params of metal-polish, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of metal-polish, sent to fal model fal-ai/nano-banana/edit. Required: prompt, image_urls. Cost: 1 credit, multiplied by what num_images say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_urls": [
          *         "https://cdn.example.com/ring.jpg"
@@ -941,24 +977,29 @@ export interface components {
          */
         MetalPolishParams: {
             /**
-             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @description Aspect ratio of the output (auto: the input's).
+             * @enum {string}
+             */
+            aspect_ratio?: "auto" | "21:9" | "16:9" | "3:2" | "4:3" | "5:4" | "1:1" | "4:5" | "3:4" | "2:3" | "9:16";
+            /**
+             * @description The photos to edit: https URLs or data:image/... URIs.
              * @example [
              *       "https://cdn.example.com/ring.jpg"
              *     ]
              */
             image_urls: string[];
-            /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
-             */
+            /** @description How many images to make (1-4). Default: 1. The cost is multiplied by it. */
             num_images?: number;
             /**
-             * @description What to do, in words.
+             * @description Image format. Default: "png".
+             * @enum {string}
+             */
+            output_format?: "jpeg" | "png" | "webp";
+            /**
+             * @description The edit to make, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * metal-recolor item
@@ -1002,14 +1043,14 @@ export interface components {
             operation: "metal-recolor";
             params: components["schemas"]["MetalRecolorParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * metal-recolor params
-         * @description Params of metal-recolor, sent to fal model fal-ai/nano-banana/edit as they are. Required: prompt, image_urls. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of metal-recolor, sent to fal model fal-ai/nano-banana/edit. Required: prompt, image_urls. Cost: 1 credit, multiplied by what num_images say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_urls": [
          *         "https://cdn.example.com/ring.jpg"
@@ -1019,24 +1060,29 @@ export interface components {
          */
         MetalRecolorParams: {
             /**
-             * @description Input images: https URLs or data:image/... URIs (the whole request is at most 1 MB).
+             * @description Aspect ratio of the output (auto: the input's).
+             * @enum {string}
+             */
+            aspect_ratio?: "auto" | "21:9" | "16:9" | "3:2" | "4:3" | "5:4" | "1:1" | "4:5" | "3:4" | "2:3" | "9:16";
+            /**
+             * @description The photos to edit: https URLs or data:image/... URIs.
              * @example [
              *       "https://cdn.example.com/ring.jpg"
              *     ]
              */
             image_urls: string[];
-            /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
-             */
+            /** @description How many images to make (1-4). Default: 1. The cost is multiplied by it. */
             num_images?: number;
             /**
-             * @description What to do, in words.
+             * @description Image format. Default: "png".
+             * @enum {string}
+             */
+            output_format?: "jpeg" | "png" | "webp";
+            /**
+             * @description The edit to make, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * natural-light item
@@ -1076,53 +1122,81 @@ export interface components {
             operation: "natural-light";
             params: components["schemas"]["NaturalLightParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * natural-light params
-         * @description Params of natural-light, sent to fal model fal-ai/iclight-v2 as they are. Required: prompt, image_url. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of natural-light, sent to fal model fal-ai/iclight-v2. Required: prompt, image_url. Cost: 1 credit. Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_url": "https://cdn.example.com/ring.jpg",
          *       "prompt": "a gold ring on white marble, soft daylight"
          *     }
          */
         NaturalLightParams: {
+            /** @description Refine at high resolution. */
+            enable_hr_fix?: boolean;
+            /** @description Check the output for unsafe content. */
+            enable_safety_checker?: boolean;
+            /** @description How closely to follow the prompt. */
+            guidance_scale?: number;
+            /** @description Denoising of the high-resolution pass. */
+            highres_denoise?: number;
             /**
-             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @description The photo to relight: an https URL or a data:image/... URI.
              * @example https://cdn.example.com/ring.jpg
              */
             image_url: string;
             /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
+             * @description Where the light comes from. Default: "None".
+             * @enum {string}
              */
-            num_images?: number;
+            initial_latent?: "None" | "Left" | "Right" | "Top" | "Bottom";
+            /** @description Denoising of the first pass. */
+            lowres_denoise?: number;
+            /** @description What to keep out of the image. */
+            negative_prompt?: string;
+            /** @description Inference steps. */
+            num_inference_steps?: number;
             /**
-             * @description What to do, in words.
+             * @description Image format.
+             * @enum {string}
+             */
+            output_format?: "jpeg" | "png";
+            /**
+             * @description The light and setting, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
+            /** @description Seed for reproducible results. */
+            seed?: number;
         };
         OperationInfo: {
             /**
              * Format: int64
-             * @description Credits per image (multiplied by num_images).
+             * @description Credits of a job with every priced param at its default (or left out).
              */
             cost: number;
             description?: string;
             /** @enum {string} */
             kind: "image" | "video";
+            /**
+             * Format: int64
+             * @description The most a job can cost within the params' bounds.
+             */
+            max_cost: number;
             /** @description fal model id. */
             model: string;
             /** @example generate */
             operation: string;
+            /** @description Every param the operation takes. */
+            params: components["schemas"]["ParamInfo"][];
+            /** @description Params not listed are passed to fal as they are (but sync_mode, webhook and fal_*); otherwise they are refused. */
+            passthrough: boolean;
             /**
-             * @description Default queue.
+             * @description Default queue; a user may only lower it.
              * @enum {string}
              */
             priority: "urgent" | "normal" | "background";
@@ -1137,6 +1211,57 @@ export interface components {
              */
             readonly $schema?: string;
             operations: components["schemas"]["OperationInfo"][];
+        };
+        ParamInfo: {
+            /** @description Input files may be data:image/... URIs. */
+            data_uri?: boolean;
+            /** @description What fal uses when the param is left out; the price counts it then. */
+            default?: unknown;
+            description?: string;
+            /** @description The allowed values of a string. */
+            enum?: string[];
+            /**
+             * Format: int64
+             * @description Most characters of a string.
+             */
+            max_length?: number;
+            /**
+             * Format: double
+             * @description Highest value of a number; most items of a url_list; largest side of a custom image_size.
+             */
+            maximum?: number;
+            /**
+             * Format: double
+             * @description Lowest value of a number; fewest items of a url_list; smallest side of a custom image_size.
+             */
+            minimum?: number;
+            /** @example num_images */
+            name: string;
+            /** @description image_size: the size of each preset name. */
+            presets?: {
+                [key: string]: components["schemas"]["Size"];
+            };
+            /** @description How the param changes the cost; absent when it does not. */
+            price?: components["schemas"]["Price"];
+            required: boolean;
+            /**
+             * @description url: an https URL of a public host (or a data:image/... URI when data_uri); url_list: a list of them; image_size: a preset name or {width, height}.
+             * @enum {string}
+             */
+            type: "string" | "integer" | "number" | "boolean" | "url" | "url_list" | "image_size";
+        };
+        Price: {
+            /**
+             * @description multiply: the cost is multiplied by the value; values: by multipliers[value]; tiers: by the multiplier of the first tier whose up_to is at least the value; megapixels: by the started megapixels (1024 x 1024 pixels) of the size.
+             * @enum {string}
+             */
+            kind: "multiply" | "values" | "tiers" | "megapixels";
+            /** @description values: the factor of each value. */
+            multipliers?: {
+                [key: string]: number;
+            };
+            /** @description tiers: by ascending up_to; the first whose up_to is at least the value applies. */
+            tiers?: components["schemas"]["Tier"][];
         };
         /** @description An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job. */
         Problem: {
@@ -1255,31 +1380,43 @@ export interface components {
             operation: "remove-bg";
             params: components["schemas"]["RemoveBgParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * remove-bg params
-         * @description Params of remove-bg, sent to fal model fal-ai/birefnet/v2 as they are. Required: image_url. Cost: 1 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of remove-bg, sent to fal model fal-ai/birefnet/v2. Required: image_url. Cost: 1 credit. Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_url": "https://cdn.example.com/ring.jpg"
          *     }
          */
         RemoveBgParams: {
             /**
-             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @description The image to cut out: an https URL or a data:image/... URI.
              * @example https://cdn.example.com/ring.jpg
              */
             image_url: string;
             /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
+             * @description The BiRefNet variant. Default: "General Use (Light)".
+             * @enum {string}
              */
-            num_images?: number;
-        } & {
-            [key: string]: unknown;
+            model?: "General Use (Light)" | "General Use (Light 2K)" | "General Use (Heavy)" | "Matting" | "Portrait" | "General Use (Dynamic)";
+            /**
+             * @description Resolution the model works at. Default: "1024x1024".
+             * @enum {string}
+             */
+            operating_resolution?: "1024x1024" | "2048x2048";
+            /**
+             * @description Image format. Default: "png".
+             * @enum {string}
+             */
+            output_format?: "png" | "webp" | "gif";
+            /** @description Also return the mask. Default: false. */
+            output_mask?: boolean;
+            /** @description Refine the foreground with the mask. Default: true. */
+            refine_foreground?: boolean;
         };
         /**
          * @description An image fal made.
@@ -1323,6 +1460,34 @@ export interface components {
             /** @description Where the file is; fal keeps it for a limited time. */
             url: string;
         };
+        Size: {
+            /**
+             * Format: int64
+             * @description Height in pixels.
+             * @example 768
+             */
+            height: number;
+            /**
+             * Format: int64
+             * @description Width in pixels.
+             * @example 1024
+             */
+            width: number;
+        };
+        Tier: {
+            /**
+             * Format: int64
+             * @description The factor of values in the tier.
+             * @example 1
+             */
+            multiplier: number;
+            /**
+             * Format: double
+             * @description The highest value of the tier (inclusive).
+             * @example 2
+             */
+            up_to: number;
+        };
         /**
          * turntable item
          * @description One turntable job of a batch.
@@ -1359,31 +1524,38 @@ export interface components {
             operation: "turntable";
             params: components["schemas"]["TurntableParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: normal (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * turntable params
-         * @description Params of turntable, sent to fal model fal-ai/kling-video/v2.1/standard/image-to-video as they are. Required: image_url. Cost: 10 credits. Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of turntable, sent to fal model fal-ai/kling-video/v2.1/standard/image-to-video. Required: image_url. Cost: 10 credits, multiplied by what duration say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_url": "https://cdn.example.com/ring.jpg"
          *     }
          */
         TurntableParams: {
+            /** @description How closely to follow the prompt. Default: 0.5. */
+            cfg_scale?: number;
             /**
-             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @description Seconds of video: "5" or "10" (twice the cost). Default: "5". The cost is multiplied by 2 for "10".
+             * @enum {string}
+             */
+            duration?: "5" | "10";
+            /**
+             * @description The first frame: an https URL or a data:image/... URI.
              * @example https://cdn.example.com/ring.jpg
              */
             image_url: string;
+            /** @description What to keep out of the video. Default: "blur, distort, and low quality". */
+            negative_prompt?: string;
             /**
              * @description Optional: defaults to a 360-degree turntable rotation prompt.
              * @example a gold ring on white marble, soft daylight
              */
             prompt?: string;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * upscale item
@@ -1421,31 +1593,45 @@ export interface components {
             operation: "upscale";
             params: components["schemas"]["UpscaleParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: urgent (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * upscale params
-         * @description Params of upscale, sent to fal model fal-ai/clarity-upscaler as they are. Required: image_url. Cost: 2 credits per image (num_images, 1-4). Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of upscale, sent to fal model fal-ai/clarity-upscaler. Required: image_url. Cost: 2 credits, multiplied by what upscale_factor say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_url": "https://cdn.example.com/ring.jpg"
          *     }
          */
         UpscaleParams: {
+            /** @description How far the model may depart from the input. Default: 0.35. */
+            creativity?: number;
+            /** @description Check the output for unsafe content. Default: true. */
+            enable_safety_checker?: boolean;
+            /** @description How closely to follow the prompt. */
+            guidance_scale?: number;
             /**
-             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @description The image to upscale: an https URL or a data:image/... URI.
              * @example https://cdn.example.com/ring.jpg
              */
             image_url: string;
+            /** @description What to keep out of the image. */
+            negative_prompt?: string;
+            /** @description Inference steps. */
+            num_inference_steps?: number;
             /**
-             * @description Images to make (1-4); the cost is multiplied by it.
-             * @example 1
+             * @description What the image shows, to guide the added detail.
+             * @example a gold ring on white marble, soft daylight
              */
-            num_images?: number;
-        } & {
-            [key: string]: unknown;
+            prompt?: string;
+            /** @description How closely the output keeps to the input. */
+            resemblance?: number;
+            /** @description Seed for reproducible results. */
+            seed?: number;
+            /** @description How many times larger (1-4). Default: 2. The cost is multiplied by 1 up to 2, 2 up to 2.5, 3 up to 3, 4 up to 4. */
+            upscale_factor?: number;
         };
         /**
          * video item
@@ -1485,32 +1671,39 @@ export interface components {
             operation: "video";
             params: components["schemas"]["VideoParams"];
             /**
-             * @description Queue override; defaults to the operation's priority.
+             * @description The queue: normal (the default) or less urgent; only admins may raise it.
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
         };
         /**
          * video params
-         * @description Params of video, sent to fal model fal-ai/kling-video/v2.1/standard/image-to-video as they are. Required: prompt, image_url. Cost: 10 credits. Any other field fal accepts may be added; fields named *image_url or *image_urls must be https URLs or data:image/... URIs.
+         * @description Params of video, sent to fal model fal-ai/kling-video/v2.1/standard/image-to-video. Required: prompt, image_url. Cost: 10 credits, multiplied by what duration say (GET /v1/operations has the rule). Input files are https URLs of public hosts, or data:image/... URIs where a field says so. Other params are refused (422).
          * @example {
          *       "image_url": "https://cdn.example.com/ring.jpg",
          *       "prompt": "a gold ring on white marble, soft daylight"
          *     }
          */
         VideoParams: {
+            /** @description How closely to follow the prompt. Default: 0.5. */
+            cfg_scale?: number;
             /**
-             * @description The input image: an https URL or a data:image/... URI (the whole request is at most 1 MB).
+             * @description Seconds of video: "5" or "10" (twice the cost). Default: "5". The cost is multiplied by 2 for "10".
+             * @enum {string}
+             */
+            duration?: "5" | "10";
+            /**
+             * @description The first frame: an https URL or a data:image/... URI.
              * @example https://cdn.example.com/ring.jpg
              */
             image_url: string;
+            /** @description What to keep out of the video. Default: "blur, distort, and low quality". */
+            negative_prompt?: string;
             /**
-             * @description What to do, in words.
+             * @description The motion, in words.
              * @example a gold ring on white marble, soft daylight
              */
             prompt: string;
-        } & {
-            [key: string]: unknown;
         };
         /**
          * @description The output of video and turntable: one video.

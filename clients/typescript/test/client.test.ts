@@ -103,8 +103,10 @@ describe("Jobs", () => {
     // lines fail `npm test`'s build if the types stop catching them).
     const edit: SubmitJobBody = {
       operation: "edit",
-      params: { prompt: "polish it", image_urls: ["https://example.com/ring.jpg"], seed: 7 },
+      params: { prompt: "polish it", image_urls: ["https://example.com/ring.jpg"], aspect_ratio: "1:1" },
     };
+    // @ts-expect-error edit takes no seed: params an operation does not declare are refused
+    const unknownParam: SubmitJobBody = { operation: "edit", params: { prompt: "p", image_urls: ["https://example.com/ring.jpg"], seed: 7 } };
     // @ts-expect-error edit needs image_urls
     const noImages: SubmitJobBody = { operation: "edit", params: { prompt: "polish it" } };
     // @ts-expect-error remove-bg takes image_url, a string
@@ -114,7 +116,7 @@ describe("Jobs", () => {
     // @ts-expect-error no such operation
     const unknownOp: SubmitJobBody = { operation: "paint", params: {} };
     const upscale: ParamsOf<"upscale"> = { image_url: "https://example.com/ring.jpg" };
-    void [noImages, wrongType, otherOps, unknownOp];
+    void [noImages, wrongType, otherOps, unknownOp, unknownParam];
 
     const jobs = [await client.submitJob(edit), await client.submitJob({ operation: "upscale", params: upscale })];
     assert.deepEqual(jobs.map((j) => j.operation), ["edit", "upscale"]);

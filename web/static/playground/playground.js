@@ -1144,7 +1144,8 @@ function paramsSchema(op) {
 function showParams() {
   const op = operations.find((o) => o.operation === opSelect.value);
   if (!op) return;
-  opInfo.textContent = `${op.description ?? ""} Default queue: ${op.priority}.`;
+  const price = op.max_cost > op.cost ? `${op.cost} to ${op.max_cost} credits, by its params` : `${op.cost} credits`;
+  opInfo.textContent = `${op.description ?? ""} Default queue: ${op.priority}. Price: ${price}.`;
   const schema = paramsSchema(op.operation);
   const required = new Set(schema?.required ?? []);
   const fields = [];
@@ -1153,7 +1154,17 @@ function showParams() {
     const req = required.has(name);
     const label = h("label", { for: id }, name, req ? h("span", { class: "req", text: " (required)" }) : null);
     let input;
-    if (prop.type === "array") {
+    if (prop.enum || prop.type === "boolean") {
+      const values = (prop.enum ?? [true, false]).map(String);
+      input = h(
+        "select",
+        { id, "data-param": name, "data-kind": prop.type === "boolean" ? "boolean" : "string", required: req },
+        h("option", { value: "", text: req ? "(choose)" : "(default)" }),
+        ...values.map((v) => h("option", { value: v, text: v }))
+      );
+    } else if (prop.anyOf) {
+      input = h("input", { id, type: "text", "data-param": name, "data-kind": "json-or-string", required: req, placeholder: 'square_hd, or {"width": 1024, "height": 768}' });
+    } else if (prop.type === "array") {
       input = h("textarea", { id, rows: "2", "data-param": name, "data-kind": "list", required: req, placeholder: "one per line" });
     } else if (prop.type === "integer" || prop.type === "number") {
       input = h("input", {
@@ -1188,8 +1199,11 @@ function readParams() {
     const value = el.value.trim();
     if (!value) continue;
     const name = el.dataset["param"];
-    if (el.dataset["kind"] === "list") params[name] = value.split(/\s*\n\s*/).filter(Boolean);
-    else if (el.dataset["kind"] === "number") params[name] = Number(value);
+    const kind = el.dataset["kind"];
+    if (kind === "list") params[name] = value.split(/\s*\n\s*/).filter(Boolean);
+    else if (kind === "number") params[name] = Number(value);
+    else if (kind === "boolean") params[name] = value === "true";
+    else if (kind === "json-or-string" && value.startsWith("{")) params[name] = JSON.parse(value);
     else params[name] = value;
   }
   return params;
