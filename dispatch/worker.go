@@ -217,8 +217,8 @@ func (w *Worker) submit(ctx context.Context, a *attempt) error {
 			}
 			return w.follow(ctx, a)
 		}
-		switch k := falclient.KindOf(err); {
-		case k == falclient.KindAuth || k == falclient.KindRateLimited:
+		switch k := falclient.KindOf(err); k {
+		case falclient.KindAuth, falclient.KindRateLimited:
 			a.log.WarnContext(ctx, "fal key refused the request; trying another key", slog.Any("error", err))
 			w.keyRefused(ctx, a.s.req.Key, k)
 			moved, merr := w.line.move(ctx, a.s)
