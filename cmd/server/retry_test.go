@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -260,6 +261,28 @@ func TestAdminRetry(t *testing.T) {
 	requireInvariants(t, m)
 	filter := map[string]any{"operation": "generate", "error_code": "upstream_error",
 		"finished_after": start.UTC().Format(time.RFC3339), "finished_before": time.Now().Add(time.Minute).UTC().Format(time.RFC3339)}
+
+	t.Run("DocsFindThem", func(t *testing.T) {
+		// docs/sql.md's fal-failures lists the 20 jobs under the keys that
+		// failed them.
+		var q docQuery
+		for _, dq := range readDocQueries(t) {
+			if dq.name == "fal-failures" {
+				q = dq
+			}
+		}
+		rows := runDocQuery(t, m.Pool(), bindPsqlVars(t, q.sql, map[string]string{
+			"since": start.Format(time.RFC3339), "until": time.Now().Add(time.Minute).Format(time.RFC3339)}))
+		total := 0
+		for _, r := range rows {
+			require.Equal(t, "upstream_error", r["error_code"])
+			require.Regexp(t, `^key-\d$`, r["fal_key"])
+			n, err := strconv.Atoi(r["jobs"])
+			require.NoError(t, err)
+			total += n
+		}
+		require.Equal(t, 20, total)
+	})
 
 	t.Run("NotForUsers", func(t *testing.T) {
 		r := a.c.post("/v1/admin/jobs/retry", map[string]any{"ids": a.jobs}, nil)
