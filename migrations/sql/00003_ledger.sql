@@ -314,7 +314,7 @@ SELECT a.user_id,
        COALESCE(h.open_holds, 0)             AS open_holds
   FROM credit_accounts a
   LEFT JOIN LATERAL (
-      SELECT sum(amount) AS reserved, count(*) AS open_holds
+      SELECT sum(amount)::bigint AS reserved, count(*) AS open_holds
         FROM credit_holds WHERE user_id = a.user_id AND state = 'reserved'
   ) h ON true;
 COMMENT ON VIEW credit_balances IS 'Credits per user: balance = available + reserved; reserved = the open holds.';
