@@ -50,11 +50,15 @@ test-browser: build
 	SERVER_BIN=$(BIN)/server riverui/e2e/run.sh playground.mjs
 
 ## bench: the load generator against the real server, raw River and pgbench on a
-## private Postgres; prints the table and writes bench/results/<time>.json
-## (minutes). BENCH_FLAGS=-smoke for a quick check, -profile for pprof files.
+## private Postgres, and against the studio's seed design (bench/seed: Node,
+## BullMQ, Redis); prints the table and writes bench/results/<time>.json
+## (minutes). bench/setup.sh first installs what is missing (redis-server, wrk,
+## node, the seed's npm packages; apt-get as root). BENCH_FLAGS=-smoke for a
+## quick check, -profile for pprof files, -scenarios versus-seed for one.
 bench: build
+	bench/setup.sh
 	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
-	$(BIN)/loadgen bench -server $(BIN)/server -results bench/results $(BENCH_FLAGS)
+	$(BIN)/loadgen bench -server $(BIN)/server -falsim $(BIN)/falsim -results bench/results $(BENCH_FLAGS)
 
 ## drills: the fault drills (kill -9, Postgres restart, fal 429/401, SIGTERM),
 ## each ending with the ledger invariant check (minutes; DRILLS_FLAGS=-smoke).

@@ -4,7 +4,6 @@
 package api
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -25,6 +24,7 @@ const (
 	tagCredits    = "credits"
 	tagOperations = "operations"
 	tagAdmin      = "admin"
+	tagFal        = "fal"
 )
 
 // Config configures the API.
@@ -35,24 +35,28 @@ type Config struct {
 	// Watcher wakes long polls and event streams when a job's state
 	// changes. Without one they only end at their timeout.
 	Watcher *Watcher
-	// DBTimeout bounds the database work of one request (acquiring a
-	// connection included), so an unreachable database answers 503
-	// quickly instead of hanging. Default 5 seconds.
-	DBTimeout time.Duration
+	// FalWebhooks takes in fal's webhooks; without a Verifier the endpoint
+	// answers 404.
+	FalWebhooks FalWebhooks
 }
+
+// dbTimeout bounds the database work of one request (acquiring a
+// connection included), so an unreachable database answers 503 quickly
+// instead of hanging.
+const dbTimeout = 5 * time.Second
 
 // MaxBodyBytes is the largest request body accepted (413 above it).
 const MaxBodyBytes = 1 << 20
 
 // Server holds the API's dependencies.
 type Server struct {
-	pool      *pgxpool.Pool
-	jobs      *jobs.Service
-	auth      *authenticator
-	logger    *slog.Logger
-	api       huma.API
-	watcher   *Watcher
-	dbTimeout time.Duration
+	pool     *pgxpool.Pool
+	jobs     *jobs.Service
+	auth     *authenticator
+	logger   *slog.Logger
+	api      huma.API
+	watcher  *Watcher
+	falHooks FalWebhooks
 
 	// stopping is closed by Shutdown: long polls answer at once and
 	// event streams end, so a graceful shutdown does not wait for them.
@@ -76,7 +80,7 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
-		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), stopping: make(chan struct{})}
+		watcher: cfg.Watcher, falHooks: cfg.FalWebhooks, stopping: make(chan struct{})}
 	s.api = humago.New(mux, Document(cfg.Version))
 	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
 	s.register()
@@ -84,9 +88,9 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 	return s, nil
 }
 
-// db bounds the database work of a request.
+// db bounds the database work of a request (dbTimeout).
 func (s *Server) db(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.dbTimeout)
+	return context.WithTimeout(ctx, dbTimeout)
 }
 
 // API returns the huma API (for tests and the OpenAPI document).
@@ -115,6 +119,7 @@ func Document(version string) huma.Config {
 		{Name: tagCredits, Description: "Credits"},
 		{Name: tagOperations, Description: "The catalog of AI operations"},
 		{Name: tagAdmin, Description: "Admin only"},
+		{Name: tagFal, Description: "Callbacks from fal"},
 	}
 	return cfg
 }
@@ -127,6 +132,7 @@ func (s *Server) register() {
 	s.registerCredits()
 	s.registerRetry()
 	s.registerOperations()
+	s.registerFalWebhook()
 }
 
 var bearer = []map[string][]string{{"bearer": {}}}

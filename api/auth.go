@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -136,11 +137,12 @@ func (a *authenticator) authenticate(header string) (Principal, error) {
 	return Principal{UserID: strings.ToLower(c.Subject), Admin: admin}, nil
 }
 
-// middleware authenticates operations that declare the bearer security
-// scheme and refuses the others' callers with 401.
+// authMiddleware authenticates the callers of operations that declare the
+// bearer security scheme, refusing them with 401; other operations (fal's
+// signed webhook) pass.
 func (s *Server) authMiddleware(ctx huma.Context, next func(huma.Context)) {
 	op := ctx.Operation()
-	if op == nil || len(op.Security) == 0 {
+	if op == nil || !slices.ContainsFunc(op.Security, func(req map[string][]string) bool { _, ok := req["bearer"]; return ok }) {
 		next(ctx)
 		return
 	}

@@ -67,7 +67,7 @@ func requestHash(method, path string, req any) []byte {
 // request that failed can be retried with the same key. Without a key
 // nothing is hashed or encoded here: fn's value is returned as it is.
 func inTx[T any](ctx context.Context, s *Server, userID, key, method, path string, req any, fn func(ctx context.Context, tx pgx.Tx) (written[T], error)) (written[T], error) {
-	ctx, cancel := context.WithTimeout(ctx, s.dbTimeout)
+	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {

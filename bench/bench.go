@@ -18,10 +18,16 @@ const (
 	ScenarioPickup = "pickup"
 	ScenarioSettle = "settle"
 	ScenarioUsers  = "users"
+	// ScenarioVersusSeed measures aiqueue against the studio's seed design
+	// (bench/seed) under the same wrk load.
+	ScenarioVersusSeed = "versus-seed"
+	// ScenarioBacklog measures submits with a deep queue against an empty
+	// one.
+	ScenarioBacklog = "backlog"
 )
 
 // AllScenarios lists every scenario.
-var AllScenarios = []string{ScenarioSubmit, ScenarioPickup, ScenarioSettle, ScenarioUsers}
+var AllScenarios = []string{ScenarioSubmit, ScenarioPickup, ScenarioSettle, ScenarioUsers, ScenarioVersusSeed, ScenarioBacklog}
 
 // Config sizes a benchmark run. FullConfig is make bench; SmokeConfig is
 // the few-second version the tests run.
@@ -60,8 +66,28 @@ type Config struct {
 	// Limits are the server's worker limits (QUEUE_*_WORKERS).
 	Limits dispatch.QueueLimits `json:"limits"`
 
+	// Wrk is the load of versus-seed and backlog: wrk's threads,
+	// connections and duration, every request a POST /v1/jobs for one of
+	// VersusUsers users in turn.
+	Wrk         WrkLoad `json:"wrk"`
+	VersusUsers int     `json:"versus_users"`
+	// Rounds is how many times each side runs, interleaved (A B A B ...).
+	Rounds int `json:"rounds"`
+	// Warmup is an unmeasured wrk run before each measured one.
+	Warmup time.Duration `json:"warmup"`
+	// DrainLimit bounds the wait for a backlog to drain after wrk.
+	DrainLimit time.Duration `json:"drain_limit"`
+	// SeedConcurrency is the seed worker's BullMQ concurrency and aiqueue's
+	// QUEUE_URGENT_WORKERS in versus-seed.
+	SeedConcurrency int `json:"seed_concurrency"`
+	// BacklogJobs wait in urgent during the deep half of backlog.
+	BacklogJobs int `json:"backlog_jobs"`
+
 	// ServerBin is the server binary; built from ./cmd/server when empty.
 	ServerBin string `json:"-"`
+	// FalsimBin is the fal simulator binary the seed design calls; built
+	// from ./cmd/falsim when empty.
+	FalsimBin string `json:"-"`
 	// WorkDir holds the Postgres cluster, server logs and the binary; a
 	// temporary directory, removed at the end, when empty.
 	WorkDir string `json:"-"`
@@ -90,6 +116,13 @@ func FullConfig() Config {
 		ThinkMax:            6 * time.Second,
 		BatchShare:          0.1,
 		Limits:              dispatch.QueueLimits{Urgent: 20, Normal: 10, Background: 5},
+		Wrk:                 WrkLoad{Threads: 2, Connections: 32, Duration: 15 * time.Second},
+		VersusUsers:         100,
+		Rounds:              2,
+		Warmup:              3 * time.Second,
+		DrainLimit:          60 * time.Second,
+		SeedConcurrency:     32,
+		BacklogJobs:         50000,
 	}
 }
 
@@ -109,6 +142,13 @@ func SmokeConfig() Config {
 	c.ThinkMin = 200 * time.Millisecond
 	c.ThinkMax = 600 * time.Millisecond
 	c.BatchShare = 0.3
+	c.Wrk = WrkLoad{Threads: 1, Connections: 4, Duration: 2 * time.Second}
+	c.VersusUsers = 20
+	c.Rounds = 1
+	c.Warmup = time.Second
+	c.DrainLimit = 30 * time.Second
+	c.SeedConcurrency = 8
+	c.BacklogJobs = 500
 	return c
 }
 
@@ -130,6 +170,10 @@ func (c Config) validate() error {
 	}
 	if c.Users < 1 || c.UsersDuration <= 0 || c.ThinkMin <= 0 || c.ThinkMax < c.ThinkMin {
 		errs = append(errs, errors.New("need users >= 1, a duration and think min <= max"))
+	}
+	if c.Wrk.Threads < 1 || c.Wrk.Connections < c.Wrk.Threads || c.Wrk.Duration < time.Second || c.Rounds < 1 ||
+		c.VersusUsers < 1 || c.VersusUsers > c.maxUsers() || c.SeedConcurrency < 1 || c.DrainLimit <= 0 || c.BacklogJobs < 1 {
+		errs = append(errs, errors.New("need wrk threads >= 1, connections >= threads, a duration >= 1s, rounds >= 1, 1..1000 versus users, seed concurrency >= 1, a drain limit and backlog jobs >= 1"))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
@@ -165,6 +209,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{ScenarioPickup, e.runPickup},
 		{ScenarioSettle, e.runSettle},
 		{ScenarioUsers, e.runUsers},
+		{ScenarioVersusSeed, e.runVersusSeed},
+		{ScenarioBacklog, e.runBacklog},
 	} {
 		if !cfg.runs(s.name) {
 			continue

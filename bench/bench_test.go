@@ -66,6 +66,7 @@ func findRow(t *testing.T, rep *Report, scenario, figurePrefix, reference string
 func TestRunSmoke(t *testing.T) {
 	t.Parallel()
 	cfg := SmokeConfig()
+	cfg.Scenarios = []string{ScenarioSubmit, ScenarioPickup, ScenarioSettle, ScenarioUsers}
 	cfg.ServerBin = serverBin(t)
 	cfg.WorkDir = t.TempDir()
 	cfg.Log = testLog{t}
@@ -135,6 +136,93 @@ func TestRunSmoke(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &back))
 	require.Len(t, back.Rows, len(rep.Rows))
 	require.Equal(t, "smoke", back.Scale)
+}
+
+// TestVersusSeedSmoke runs versus-seed and backlog at smoke scale: the
+// seed design (Node, BullMQ, redis-server) next to the real server under
+// wrk, and submits with and without a backlog. It takes 30-60 s, so it runs
+// only with BENCH_SEED_SMOKE=1, and it skips when redis-server, wrk, node
+// or bench/seed's npm packages are missing (bench/setup.sh installs them;
+// this test installs nothing).
+func TestVersusSeedSmoke(t *testing.T) {
+	t.Parallel()
+	if os.Getenv("BENCH_SEED_SMOKE") != "1" {
+		t.Skip("set BENCH_SEED_SMOKE=1 to run the versus-seed and backlog smoke (30-60 s)")
+	}
+	if _, err := seedTools(context.Background()); err != nil {
+		t.Skip(err)
+	}
+	cfg := SmokeConfig()
+	cfg.Scenarios = []string{ScenarioVersusSeed, ScenarioBacklog}
+	cfg.ServerBin = serverBin(t)
+	cfg.WorkDir = t.TempDir()
+	cfg.Log = testLog{t}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	rep, err := Run(ctx, cfg)
+	require.NoError(t, err)
+	require.Empty(t, rep.Errors)
+
+	vs := rep.Details[ScenarioVersusSeed].(VersusResult)
+	require.Len(t, vs.Runs, 2*cfg.Rounds+1)
+	for _, r := range vs.Runs {
+		require.Positive(t, r.Wrk.Requests, r.System)
+		require.Zero(t, r.Wrk.Non2xx, r.System)
+		require.Zero(t, r.Wrk.SocketErrors, r.System)
+		require.Positive(t, r.Wrk.P99MS, r.System)
+		require.True(t, r.Drained, r.System)
+		require.Zero(t, r.Reserved, r.System)
+		// wrk does not count the answers in flight when it (or the warm-up
+		// before) stops; the systems still work those jobs.
+		require.GreaterOrEqual(t, r.Charged, r.Wrk.Accepted, "%s: every accepted job is charged", r.System)
+		require.LessOrEqual(t, r.Charged, r.Wrk.Accepted+2*cfg.Wrk.Connections, r.System)
+		require.Positive(t, r.CPUPerJobMS["postgres"], r.System)
+	}
+	require.Positive(t, vs.Runs[0].CPUPerJobMS["route"])
+	require.Positive(t, vs.Runs[0].CPUPerJobMS["worker"])
+	require.Positive(t, vs.Runs[1].CPUPerJobMS["server"])
+	require.Len(t, vs.Pgbench, 2*cfg.Rounds)
+	require.Positive(t, vs.Pgbench[0].Transactions)
+	require.Zero(t, vs.Pgbench[0].Errors)
+	require.NotEmpty(t, vs.Statements["top_level"])
+	require.NotNil(t, findRow(t, rep, ScenarioVersusSeed, "round 1: requests/s", "seed design").Ratio)
+
+	bl := rep.Details[ScenarioBacklog].(BacklogResult)
+	require.Len(t, bl.Runs, 2*cfg.Rounds)
+	for _, r := range bl.Runs {
+		require.Positive(t, r.Wrk.Requests, r.Case)
+		require.Zero(t, r.Wrk.Non2xx, r.Case)
+	}
+	require.Zero(t, bl.Runs[0].Waiting)
+	require.Equal(t, cfg.BacklogJobs, bl.Runs[1].Waiting)
+	require.NotNil(t, findRow(t, rep, ScenarioBacklog, "round 1: submits/s", "empty queue").Pass)
+
+	for _, r := range rep.Rows {
+		if r.Figure == "ledger invariant violations" {
+			require.Zero(t, r.Value, r.Scenario)
+		}
+	}
+}
+
+// TestParseWrk reads the line bench/submit.lua's done() prints.
+func TestParseWrk(t *testing.T) {
+	t.Parallel()
+	out := []byte("Running 2s test @ http://127.0.0.1:1/v1/jobs\n" +
+		`WRK_RESULT {"requests":1000,"duration_us":2000000,"connect_errors":0,"read_errors":1,"write_errors":0,` +
+		`"status_errors":10,"timeouts":2,"mean_us":5000.5,"p50_us":4000,"p90_us":8000,"p99_us":20000,"max_us":50000}` + "\n")
+	r, err := parseWrk(out)
+	require.NoError(t, err)
+	require.Equal(t, 1000, r.Requests)
+	require.Equal(t, 10, r.Non2xx)
+	require.Equal(t, 990, r.Accepted)
+	require.Equal(t, 1, r.SocketErrors)
+	require.InDelta(t, 500.0, r.RequestsPerS, 1e-9)
+	require.InDelta(t, 4.0, r.P50MS, 1e-9)
+	require.InDelta(t, 20.0, r.P99MS, 1e-9)
+
+	_, err = parseWrk([]byte("no summary"))
+	require.Error(t, err)
 }
 
 // TestRunDrillsSmoke runs every fault drill once, briefly, and requires

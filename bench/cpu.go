@@ -129,3 +129,66 @@ func clusterCPU(dataDir string) time.Duration {
 	}
 	return total
 }
+
+// FsyncProbe is how long the disk under a directory took to make a 4 KiB
+// write durable (write + fsync), sampled while a run went on: every durable
+// commit waits for one such flush, Postgres's and Redis's with appendfsync
+// always alike, so a slow or stalling disk shows here.
+type FsyncProbe struct {
+	N     int     `json:"n"`
+	P50MS float64 `json:"p50_ms"`
+	P99MS float64 `json:"p99_ms"`
+	MaxMS float64 `json:"max_ms"`
+}
+
+// fsyncProber writes and fsyncs a 4 KiB block in a file under dir every
+// interval until stopped.
+type fsyncProber struct {
+	stop chan struct{}
+	done chan struct{}
+	rec  Recorder
+	err  error
+}
+
+func probeFsync(dir string, every time.Duration) *fsyncProber {
+	p := &fsyncProber{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		f, err := os.CreateTemp(dir, "fsync-probe-")
+		if err != nil {
+			p.err = err
+			return
+		}
+		defer func() {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}()
+		buf := make([]byte, 4096)
+		for i := 0; ; i++ {
+			buf[0] = byte(i)
+			t0 := time.Now()
+			if _, err := f.WriteAt(buf, 0); err != nil {
+				p.err = err
+				return
+			}
+			if err := f.Sync(); err != nil {
+				p.err = err
+				return
+			}
+			p.rec.Add(time.Since(t0))
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(every):
+			}
+		}
+	}()
+	return p
+}
+
+func (p *fsyncProber) finish() (FsyncProbe, error) {
+	close(p.stop)
+	<-p.done
+	s := p.rec.Summary()
+	return FsyncProbe{N: s.N, P50MS: s.P50, P99MS: s.P99, MaxMS: s.Max}, p.err
+}

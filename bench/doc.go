@@ -16,15 +16,27 @@
 //     next to raw River working no-op jobs with the same queue settings;
 //  4. users: many studio users for a while (actions every few seconds, some
 //     batches, status by SSE, long poll or polling, whichever the server
-//     offers): submit latency, errors and the server's memory.
+//     offers): submit latency, errors and the server's memory;
+//  5. versus-seed: the server (ROLE=all) against the studio's seed design
+//     (bench/seed: a Node route, reserve_credit in Postgres, BullMQ on
+//     redis-server with appendfsync always, a Node worker), each on its own
+//     cluster, under the same wrk load in interleaved runs: requests/s,
+//     p50/p99, CPU per job per process, the backlog and how fast it drains;
+//     pgbench running the bare SQL of a job as the reference for Postgres's
+//     CPU; pg_stat_statements of one more aiqueue run;
+//  6. backlog: submits under the same wrk load with 50,000 jobs waiting in
+//     the queue against an empty queue, interleaved.
 //
-// Each figure is reported with its ratio to its reference and the target of
-// issue 8 as pass or miss; absolute numbers depend on the machine, ratios
-// measured in one run much less. RunDrills runs the fault drills (kill -9 of
+// Each figure is reported with its ratio to its reference and its target
+// (issues 8 and 13) as pass or miss; absolute numbers depend on the
+// machine, ratios measured in one run much less. RunDrills runs the fault drills (kill -9 of
 // a worker, Postgres restart, fal 429 storm and revoked key, SIGTERM under
 // load), each ending with the ledger invariant check and a count of fal
 // requests per job.
 //
 // cmd/loadgen is the command line (make bench, make drills); the package's
-// tests run both at smoke scale so the tooling keeps working.
+// tests run the core scenarios and the drills at smoke scale so the tooling
+// keeps working, and versus-seed and backlog with BENCH_SEED_SMOKE=1 when
+// redis-server, wrk, node and bench/seed's packages are there
+// (bench/setup.sh installs them).
 package bench

@@ -58,19 +58,22 @@ type env struct {
 	falURL string
 	falSrv *http.Server
 
-	cfg     Config
-	rep     *Report
-	dir     string
-	ownDir  bool
-	bin     string
-	pg      *Postgres
-	secret  string
-	users   []user
-	dbCount int
+	cfg    Config
+	rep    *Report
+	dir    string
+	ownDir bool
+	bin    string
+	// falsimBin is the fal simulator binary (versus-seed), built on first
+	// use when Config.FalsimBin is empty.
+	falsimBin string
+	pg        *Postgres
+	secret    string
+	users     []user
+	dbCount   int
 }
 
 func newEnv(ctx context.Context, cfg Config, rep *Report) (_ *env, err error) {
-	e := &env{cfg: cfg, rep: rep, dir: cfg.WorkDir}
+	e := &env{cfg: cfg, rep: rep, dir: cfg.WorkDir, falsimBin: cfg.FalsimBin}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -97,11 +100,7 @@ func newEnv(ctx context.Context, cfg Config, rep *Report) (_ *env, err error) {
 	}
 	rep.Machine.Commit = gitCommit(ctx)
 
-	buf := make([]byte, 32)
-	if _, err := rand.Read(buf); err != nil {
-		return nil, err
-	}
-	e.secret = hex.EncodeToString(buf)
+	e.secret = randomHex(32)
 
 	e.fal.Store(falsim.New(falsim.Options{Keys: benchKeys, Fast: true}))
 	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
@@ -129,14 +128,30 @@ func newEnv(ctx context.Context, cfg Config, rep *Report) (_ *env, err error) {
 	e.users = make([]user, cfg.maxUsers())
 	for i := range e.users {
 		id := UserID(i + 1)
-		tok, err := api.MintToken([]byte(e.secret), id, false, 6*time.Hour, "authenticated")
-		if err != nil {
-			return nil, err
-		}
-		e.users[i] = user{ID: id, Token: tok}
+		e.users[i] = user{ID: id, Token: mustToken(e.secret, id)}
 	}
 	return e, nil
 }
+
+// randomHex is n random bytes in hex.
+func randomHex(n int) string {
+	buf := make([]byte, n)
+	_, _ = rand.Read(buf) // never fails (crypto/rand)
+	return hex.EncodeToString(buf)
+}
+
+// mustToken mints a user's HS256 token with secret, as Supabase would
+// (audience "authenticated"), valid for 6 hours.
+func mustToken(secret, userID string) string {
+	tok, err := api.MintToken([]byte(secret), userID, false, 6*time.Hour, "authenticated")
+	if err != nil {
+		panic(err) // only for a secret or id MintToken cannot sign
+	}
+	return tok
+}
+
+// logDir is where the scenarios' processes log.
+func (e *env) logDir() string { return filepath.Join(e.dir, "logs") }
 
 func (e *env) close() {
 	if e.falSrv != nil {
@@ -216,7 +231,7 @@ func (e *env) serverEnv(dbURL string, extra map[string]string) map[string]string
 }
 
 func (e *env) startServer(ctx context.Context, name, dbURL string, extra map[string]string) (*Server, error) {
-	spec := &ServerSpec{Bin: e.bin, Name: name, LogDir: filepath.Join(e.dir, "logs"), Env: e.serverEnv(dbURL, extra)}
+	spec := &ServerSpec{Bin: e.bin, Name: name, LogDir: e.logDir(), Env: e.serverEnv(dbURL, extra)}
 	return StartServer(ctx, spec)
 }
 
@@ -325,15 +340,25 @@ SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 300), calls, total_exec_time
 // BuildServer builds ./cmd/server of this module into dir and returns the
 // binary's path.
 func BuildServer(ctx context.Context, dir string) (string, error) {
+	return buildCmd(ctx, dir, "server")
+}
+
+// BuildFalsim builds ./cmd/falsim of this module into dir and returns the
+// binary's path.
+func BuildFalsim(ctx context.Context, dir string) (string, error) {
+	return buildCmd(ctx, dir, "falsim")
+}
+
+func buildCmd(ctx context.Context, dir, name string) (string, error) {
 	root, err := moduleRoot(ctx)
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "server")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/server")
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/server: %w\n%s", err, out)
+		return "", fmt.Errorf("go build ./cmd/%s: %w\n%s", name, err, out)
 	}
 	return bin, nil
 }

@@ -9,6 +9,8 @@
 #
 # CLIENTS (default 16), USERS (default 1: every client on one account; set it
 # to CLIENTS for one account each) and DURATION in seconds (default 10).
+# SETTLE=1 runs a job's whole life instead: the submit, then River's fetch and
+# completion with its settle (bench/pgbench_settle.sql), as versus-seed does.
 # BenchmarkSubmitTx (go test ./jobs -bench SubmitTx) runs the same script next
 # to the Go code path on one database.
 set -euo pipefail
@@ -17,6 +19,7 @@ set -euo pipefail
 CLIENTS=${CLIENTS:-16}
 USERS=${USERS:-1}
 DURATION=${DURATION:-10}
+SETTLE=${SETTLE:-0}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 scratch="aiqueue_pgbench_$$"
@@ -39,5 +42,10 @@ INSERT INTO credit_accounts (user_id, balance)
 SELECT user_id, amount FROM credit_entries WHERE reason = 'pgbench';
 SQL
 
+script="$here/pgbench_submit.sql"
+if [[ $SETTLE == 1 ]]; then
+	script=$(mktemp)
+	cat "$here/pgbench_submit.sql" "$here/pgbench_settle.sql" >"$script"
+fi
 pgbench --no-vacuum --protocol=prepared --client="$CLIENTS" --jobs=2 --time="$DURATION" \
-	--file="$here/pgbench_submit.sql" --define=users="$USERS" --define=client_init=0 "$scratch_url"
+	--file="$script" --define=users="$USERS" --define=client_init=0 "$scratch_url"

@@ -1,13 +1,14 @@
 -- One submit as jobs.Service.Submit runs it, for pgbench (-M prepared):
 -- River's job insert (InsertManyTx runs JobInsertFastMany, here for one
 -- job), which reserves the job's cost in the same statement (the
--- river_job_reserve_credits trigger, migrations/sql/00060). Variables (-D):
+-- river_job_reserve_credits trigger, migrations/sql/00003_ledger.sql). Variables (-D):
 -- users=N spreads the clients over N users, client c submitting as
 -- 00000000-0000-4000-8000-<c mod N, 12 digits> (who need credits), and
 -- client_init=0 (it picks the user once per client). Used by
 -- BenchmarkSubmitTx (jobs) and bench/pgbench_submit.sh. River's zero-time
 -- literal '0001-01-01 00:00:00 +0000' is written with make_timestamptz, as
--- pgbench would read its ':00' as a variable.
+-- pgbench would read its ':00' as a variable. The job's id is left in
+-- :job_id for pgbench_settle.sql.
 \if :client_init = 0
 SELECT format('00000000-0000-4000-8000-%s', lpad((:client_id::int % :users::int)::text, 12, '0')) AS user_id \gset
 \set client_init 1
@@ -52,5 +53,5 @@ ON CONFLICT (unique_key)
         AND unique_states IS NOT NULL
         AND river_job_state_in_bitmask(unique_states, state)
     DO UPDATE SET kind = river_job.kind
-RETURNING river_job.id AS job_id, (xmax != 0) AS unique_skipped_as_duplicate;
+RETURNING river_job.id AS job_id, (xmax != 0) AS unique_skipped_as_duplicate \gset
 COMMIT;

@@ -152,7 +152,7 @@ func (e *env) pickupRun(ctx context.Context, pool *pgxpool.Pool, submit func(ctx
 	cfg := e.cfg
 	var res PickupResult
 	waiting := func() int {
-		n, _ := queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE queue = 'normal' AND state = 'available'`)
+		n, _ := queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE queue = 'normal' AND state IN ('available', 'pending')`)
 		return n
 	}
 	res.NormalWaitingBefore = waiting()

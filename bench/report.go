@@ -142,9 +142,15 @@ func trimFloat(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
-// WriteJSON writes the report to dir/<start time>.json and returns the path.
+// WriteJSON writes the report to dir/<start time>.json, or
+// dir/<scenarios>-<start time>.json when only some scenarios ran, and
+// returns the path.
 func (r *Report) WriteJSON(dir string) (string, error) {
-	return writeJSON(dir, r.Started.Format("2006-01-02T15-04-05Z")+".json", r)
+	name := r.Started.Format("2006-01-02T15-04-05Z") + ".json"
+	if len(r.Config.Scenarios) > 0 {
+		name = strings.Join(r.Config.Scenarios, "+") + "-" + name
+	}
+	return writeJSON(dir, name, r)
 }
 
 // writeJSON writes v, indented, to dir/name (through a temporary file, so a

@@ -247,12 +247,17 @@ func errIf(cond bool, format string, args ...any) error {
 	return fmt.Errorf(format, args...)
 }
 
+// loadgenApp is the application_name of the load generator's own
+// connections.
+const loadgenApp = "aiqueue-loadgen"
+
 func openPool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, err
 	}
 	pc.MaxConns = maxConns
+	pc.ConnConfig.RuntimeParams["application_name"] = loadgenApp
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 

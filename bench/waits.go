@@ -24,11 +24,7 @@ type waitSampler struct {
 }
 
 func (e *env) sampleWaits(ctx context.Context, pool *pgxpool.Pool) *waitSampler {
-	w := &waitSampler{stop: make(chan struct{}), done: make(chan struct{}), counts: map[string]int{}}
-	go func() {
-		defer close(w.done)
-		for {
-			rows, err := pool.Query(ctx, `
+	return sampleStates(ctx, pool, `
 SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction (waiting for the app)'
             WHEN wait_event_type IS NULL THEN 'on CPU'
             ELSE wait_event_type || ': ' || wait_event END, count(*)
@@ -36,6 +32,27 @@ SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction (waitin
  WHERE datname = current_database() AND pid <> pg_backend_pid()
    AND state IN ('active', 'idle in transaction') AND backend_type = 'client backend'
  GROUP BY 1`)
+}
+
+// sampleLockWaits samples which statements wait on a heavyweight lock
+// (wait_event_type Lock), by wait event and the statement's start: the
+// shares say whose rows or transactions the waiting is on.
+func (e *env) sampleLockWaits(ctx context.Context, pool *pgxpool.Pool) *waitSampler {
+	return sampleStates(ctx, pool, `
+SELECT wait_event || ': ' || left(regexp_replace(query, '\s+', ' ', 'g'), 90), count(*)
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'
+ GROUP BY 1`)
+}
+
+// sampleStates runs query, which returns (state, count) rows, every 50 ms
+// and adds up the counts by state.
+func sampleStates(ctx context.Context, pool *pgxpool.Pool, query string) *waitSampler {
+	w := &waitSampler{stop: make(chan struct{}), done: make(chan struct{}), counts: map[string]int{}}
+	go func() {
+		defer close(w.done)
+		for {
+			rows, err := pool.Query(ctx, query)
 			if err == nil {
 				w.mu.Lock()
 				for rows.Next() {

@@ -36,6 +36,8 @@ type Dispatch struct {
 	Worker *Worker
 	River  *river.Client[pgx.Tx]
 
+	pool       *pgxpool.Pool
+	log        *slog.Logger
 	capacities []int
 	work       bool
 }
@@ -59,7 +61,11 @@ func New(cfg Config) (*Dispatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Dispatch{Line: line, Worker: worker, River: client, capacities: cfg.Capacities, work: cfg.Client.Work}, nil
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Dispatch{Line: line, Worker: worker, River: client, pool: cfg.Pool, log: logger, capacities: cfg.Capacities, work: cfg.Client.Work}, nil
 }
 
 // Requests returns the record of fal requests.
@@ -77,6 +83,7 @@ func (d *Dispatch) Start(ctx context.Context) error {
 		if err := d.River.Start(ctx); err != nil {
 			return fmt.Errorf("start river: %w", err)
 		}
+		go newHeartbeat(d.pool, d.River, d.Line, d.log).run(ctx)
 	}
 	return nil
 }

@@ -67,9 +67,12 @@ func (c Cap) of(total int) int {
 	return max(1, min(n, total))
 }
 
-// DefaultCaps keep a quarter of the slots for urgent clicks and half for
-// anything but background work.
-var DefaultCaps = Caps{NonUrgent: Cap{Share: 0.75}, Background: Cap{Share: 0.5}}
+// DefaultCaps let normal work use every slot (an urgent click still gets
+// the next slot that frees: images take seconds) and keep background work
+// to half the slots, so long or bulk background work never takes every
+// slot. Set FAL_SLOTS_NORMAL_MAX below 100% to keep slots free for urgent
+// clicks when normal jobs are long (videos).
+var DefaultCaps = Caps{NonUrgent: Cap{Share: 1}, Background: Cap{Share: 0.5}}
 
 // slots returns the most slots of total normal+background and background
 // may hold.
@@ -101,7 +104,7 @@ const tick = time.Second
 // pending state, or parked) without being run, and every freed slot goes at
 // once to the best waiting job across all server processes: strict priority
 // between queues, then the user with the fewest requests in flight, then
-// the oldest job. Serving the line takes an advisory lock, so each slot is
+// the user served least recently, then the oldest job. Serving the line takes an advisory lock, so each slot is
 // given once; the job's River state moves to available (River's public
 // JobRetryTx) in the same transaction that gives it the slot, and River's
 // producers are told at once (announcer).
@@ -390,7 +393,9 @@ func (l *Line) give(c *capacity, q string, w waiting) given {
 
 // choose picks up to n waiting jobs of queue q in the line's order: the
 // user with the fewest requests in flight first (counting the jobs chosen
-// so far), the oldest job between equals, each user's jobs oldest first.
+// so far), then the user the line served least recently (so users take
+// turns even with a single slot), then the oldest job; each user's jobs
+// oldest first.
 func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waiting, error) {
 	rows, err := tx.Query(ctx, candidatesSQL, q, n)
 	if err != nil {
@@ -415,34 +420,44 @@ func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waitin
 	for _, u := range users {
 		slices.SortFunc(perUser[u], func(a, b waiting) int { return cmp.Compare(a.jobID, b.jobID) })
 	}
-	inFlight := map[string]int{}
+	// Each candidate user's requests in flight, and when the line last
+	// served them (the id of their latest slot): one index probe each.
+	inFlight, served := map[string]int{}, map[string]int64{}
 	rows, err = tx.Query(ctx, `
-SELECT user_id::text, count(*) FROM fal_requests
- WHERE finished_at IS NULL AND user_id = ANY($1::uuid[]) GROUP BY user_id`, users)
+SELECT u::text,
+       (SELECT count(*) FROM fal_requests WHERE finished_at IS NULL AND user_id = u),
+       COALESCE((SELECT id FROM fal_requests WHERE user_id = u ORDER BY id DESC LIMIT 1), 0)
+  FROM unnest($1::uuid[]) u`, users)
 	if err != nil {
 		return nil, err
 	}
 	for rows.Next() {
 		var u string
 		var c int
-		if err := rows.Scan(&u, &c); err != nil {
+		var last int64
+		if err := rows.Scan(&u, &c, &last); err != nil {
 			rows.Close()
 			return nil, err
 		}
-		inFlight[u] = c
+		inFlight[u], served[u] = c, last
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	before := func(u, v string) bool {
+		if inFlight[u] != inFlight[v] {
+			return inFlight[u] < inFlight[v]
+		}
+		if served[u] != served[v] {
+			return served[u] < served[v]
+		}
+		return perUser[u][0].jobID < perUser[v][0].jobID
+	}
 	var out []waiting
-	for len(out) < n {
+	for round := int64(1); len(out) < n; round++ {
 		best := ""
 		for _, u := range users {
-			if len(perUser[u]) == 0 {
-				continue
-			}
-			if best == "" || inFlight[u] < inFlight[best] ||
-				(inFlight[u] == inFlight[best] && perUser[u][0].jobID < perUser[best][0].jobID) {
+			if len(perUser[u]) > 0 && (best == "" || before(u, best)) {
 				best = u
 			}
 		}
@@ -452,6 +467,7 @@ SELECT user_id::text, count(*) FROM fal_requests
 		out = append(out, perUser[best][0])
 		perUser[best] = perUser[best][1:]
 		inFlight[best]++
+		served[best] = math.MaxInt64 - int64(n) + round // served now, after everyone else
 	}
 	return out, nil
 }

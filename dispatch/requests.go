@@ -141,7 +141,7 @@ func (r *Requests) renew(ctx context.Context, s *slot, cause error) (*slot, erro
 		s.jobID, s.run).Scan(&before); err != nil || before > 0 {
 		return nil, err
 	}
-	if err := finish(ctx, tx, s.id, falStateCompleted, cause, nil); err != nil {
+	if err := finish(ctx, tx, s.id, falStateCompleted, cause, nil, nil); err != nil {
 		return nil, err
 	}
 	again, err := scanSlot(tx.QueryRow(ctx, `
@@ -168,14 +168,15 @@ func (r *Requests) progress(ctx context.Context, id int64, stage string, positio
 
 // finish ends an open slot in state with an optional cause, in q (the
 // caller's transaction, or the pool). billable is what fal billed for it,
-// when fal said. A slot already finished is left as it is.
-func finish(ctx context.Context, q ledger.Querier, id int64, state string, cause error, billable *float64) error {
+// when fal said, and result fal's output of a completed request. A slot
+// already finished is left as it is.
+func finish(ctx context.Context, q ledger.Querier, id int64, state string, cause error, billable *float64, result json.RawMessage) error {
 	_, err := q.Exec(ctx, `
 UPDATE fal_requests
-   SET state = $2, error = $3, billable_units = COALESCE($4, billable_units), finished_at = now(),
+   SET state = $2, error = $3, billable_units = COALESCE($4, billable_units), result = $5, finished_at = now(),
        completed_at = CASE WHEN $2 IN ('completed', 'expired') THEN COALESCE(completed_at, now()) END,
        stage = CASE WHEN $2 = 'completed' THEN 'finishing' ELSE stage END
- WHERE id = $1 AND finished_at IS NULL`, id, state, errorText(cause), billable)
+ WHERE id = $1 AND finished_at IS NULL`, id, state, errorText(cause), billable, result)
 	return err
 }
 
@@ -185,7 +186,7 @@ UPDATE fal_requests
 func (r *Requests) release(ctx context.Context, s *slot, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
 	defer cancel()
-	if err := finish(ctx, r.pool, s.id, falStateFailed, cause, nil); err != nil {
+	if err := finish(ctx, r.pool, s.id, falStateFailed, cause, nil, nil); err != nil {
 		r.log.WarnContext(ctx, "could not free a fal slot; the sweeper will", slog.Int64("slot", s.id), slog.Any("error", err))
 		return
 	}
@@ -261,11 +262,10 @@ const (
 )
 
 // CancelJob cancels at fal every open request of a job that has ended
-// without its worker (cancelled while queued, or while a long job waited
-// between polls) and frees its slots. A claim without a request id is
-// freed only once it is older than an attempt can be: its worker may be
-// submitting right now, and will cancel what fal accepts itself. Requests
-// fal cannot be reached for now stay open and are retried by Sweep.
+// while no worker ran it (cancelled while queued, or while a long job
+// waited between polls) and frees its slots; a slot the job held without a
+// request (given by the line, not yet submitted) is freed. Requests fal
+// cannot be reached for now stay open and are retried by Sweep.
 func (r *Requests) CancelJob(ctx context.Context, jobID int64) error {
 	rows, err := r.pool.Query(ctx, `
 SELECT `+slotColumns+` FROM fal_requests
@@ -320,22 +320,43 @@ type SweepResult struct {
 // harmless.
 func (r *Requests) Sweep(ctx context.Context, retention time.Duration) (SweepResult, error) {
 	var res SweepResult
+	// Open slots of jobs that ended (or are gone), and claims without a
+	// request id older than an attempt can be (their process died between
+	// submitting and storing fal's answer).
 	rows, err := r.pool.Query(ctx, `
-SELECT `+slotColumns+`
+SELECT `+slotColumns+`, f.request_id IS NULL AND f.claimed_at < now() - make_interval(secs => $1)
   FROM fal_requests f
  WHERE f.finished_at IS NULL
-   AND CASE WHEN f.request_id IS NULL THEN f.claimed_at < now() - make_interval(secs => $1)
-            ELSE NOT EXISTS (SELECT 1 FROM river_job j WHERE j.id = f.job_id AND ai_job_outcome(j.state, j.errors) IS NULL) END
+   AND (NOT EXISTS (SELECT 1 FROM river_job j WHERE j.id = f.job_id AND ai_job_outcome(j.state, j.errors) IS NULL)
+        OR (f.request_id IS NULL AND f.claimed_at < now() - make_interval(secs => $1)))
  ORDER BY f.id
  LIMIT 500`, r.staleClaim.Seconds())
 	if err != nil {
 		return res, err
 	}
-	open, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*slot, error) { return scanSlot(row) })
-	if err != nil {
+	var open, stale []*slot
+	for rows.Next() {
+		var isStale bool
+		var s slot
+		var submitted pgtype.Timestamptz
+		if err := rows.Scan(&s.id, &s.jobID, &s.run, &s.attempt, &s.state, &s.req.Key, &s.req.Model, &s.req.ID,
+			&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted, &isStale); err != nil {
+			rows.Close()
+			return res, err
+		}
+		if isStale {
+			stale = append(stale, &s)
+		} else {
+			open = append(open, &s)
+		}
+	}
+	if err := rows.Err(); err != nil {
 		return res, err
 	}
-	res.Cancelled, res.Abandoned, res.Pending = r.close(ctx, open, true)
+	c, _, p := r.close(ctx, open, false)
+	res.Cancelled, res.Pending = c, p
+	c, a, p := r.close(ctx, stale, true)
+	res.Cancelled, res.Abandoned, res.Pending = res.Cancelled+c, a, res.Pending+p
 	if res.Resolved, err = r.resolveCancels(ctx); err != nil {
 		return res, err
 	}
@@ -347,14 +368,16 @@ SELECT `+slotColumns+`
 	return res, nil
 }
 
-// close cancels open requests at fal and frees their slots; claims without
-// a request id are abandoned when stale is true (their worker is taken for
-// dead) and left to their worker otherwise.
+// close cancels open requests at fal and frees their slots. A slot without
+// a request id is freed: abandoned when stale (its worker died between
+// submitting and storing fal's answer: fal may have that request), released
+// otherwise (its job ended before any worker submitted with it).
 func (r *Requests) close(ctx context.Context, open []*slot, stale bool) (cancelled, abandoned, pending int) {
 	for _, s := range open {
 		log := r.log.With(slog.Int64("job_id", s.jobID))
 		if s.req.ID == "" {
 			if !stale {
+				r.release(ctx, s, errors.New("the job ended before its request was submitted"))
 				continue
 			}
 			tag, err := r.pool.Exec(ctx, `

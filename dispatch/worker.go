@@ -76,6 +76,9 @@ func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, line *Line, l
 	}
 	if cfg.VideoPollInterval <= 0 {
 		cfg.VideoPollInterval = 5 * time.Second
+		if cfg.WebhookURL != "" {
+			cfg.VideoPollInterval = webhookPoll // fal's webhook wakes the job
+		}
 	}
 	if cfg.RescueAfter < cfg.AttemptTimeout {
 		cfg.RescueAfter = max(DefaultRescueAfter, cfg.AttemptTimeout)
@@ -207,6 +210,11 @@ func (w *Worker) submit(ctx context.Context, a *attempt) error {
 				return err
 			}
 			a.log.InfoContext(ctx, "fal request submitted", slog.Int("key", req.Key))
+			if w.cfg.WebhookURL != "" && a.op.Kind == jobs.KindVideo {
+				// fal's webhook wakes the job when the video is done; the
+				// poll is only the fallback.
+				return river.JobSnooze(w.cfg.VideoPollInterval)
+			}
 			return w.follow(ctx, a)
 		}
 		switch k := falclient.KindOf(err); {
@@ -422,7 +430,7 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 		return w.modelError(ctx, a, &falclient.Error{Kind: falclient.KindModelError, Op: "status", Key: key,
 			Message: st.Error, ErrorType: st.ErrorType})
 	}
-	res, err := w.fal.Result(ctx, key, a.s.req)
+	res, err := w.result(ctx, key, a.s)
 	switch k := falclient.KindOf(err); {
 	case err == nil:
 	case k == falclient.KindNotFound:
@@ -438,15 +446,15 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 	default:
 		return w.pollError(ctx, a, err)
 	}
-	if err := river.RecordOutput(ctx, output{Result: res.Output}); err != nil {
-		return err
-	}
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	if err := finish(ctx, tx, a.s.id, falStateCompleted, nil, res.BillableUnits); err != nil {
+	// The result goes with the slot's row (ai_jobs shows it), not into
+	// River's metadata: River would write the job row once more after the
+	// attempt to merge it.
+	if err := finish(ctx, tx, a.s.id, falStateCompleted, nil, res.BillableUnits, res.Output); err != nil {
 		return err
 	}
 	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, a.job); err != nil {
@@ -458,6 +466,21 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 	w.line.Kick()
 	a.log.InfoContext(ctx, "job succeeded")
 	return nil
+}
+
+// result is the output of a completed request: the one fal's webhook
+// brought, or fetched from fal.
+func (w *Worker) result(ctx context.Context, key int, s *slot) (falclient.Result, error) {
+	if w.cfg.WebhookURL != "" {
+		var out []byte
+		if err := w.pool.QueryRow(ctx, `SELECT result FROM fal_requests WHERE id = $1`, s.id).Scan(&out); err != nil {
+			return falclient.Result{}, err
+		}
+		if len(out) > 0 {
+			return falclient.Result{Output: out, RequestID: s.req.ID}, nil
+		}
+	}
+	return w.fal.Result(ctx, key, s.req)
 }
 
 // modelError ends a request fal completed with the model's own error: the
@@ -485,7 +508,7 @@ func (w *Worker) modelError(ctx context.Context, a *attempt, err error) error {
 func (w *Worker) finishSlot(ctx context.Context, a *attempt, state string, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falCallTimeout)
 	defer cancel()
-	if err := finish(ctx, w.pool, a.s.id, state, cause, nil); err != nil {
+	if err := finish(ctx, w.pool, a.s.id, state, cause, nil, nil); err != nil {
 		a.log.WarnContext(ctx, "could not free the fal slot; the sweeper will", slog.Any("error", err))
 		return
 	}

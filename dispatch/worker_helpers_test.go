@@ -58,6 +58,9 @@ type workerOpts struct {
 	// MaxInFlight is the slots of each key; default 100 (no limit in
 	// practice).
 	MaxInFlight int
+	// Capacities, when set, are the slots of each key (overrides
+	// MaxInFlight).
+	Capacities []int
 	// Caps are the lower queues' caps; default dispatch.DefaultCaps.
 	Caps dispatch.Caps
 	// Limits are the queue worker limits; default 10 each.
@@ -110,9 +113,12 @@ func setupWorker(t *testing.T, opts *workerOpts) *workerBundle {
 	if limits == (dispatch.QueueLimits{}) {
 		limits = dispatch.QueueLimits{Urgent: 10, Normal: 10, Background: 10}
 	}
-	capacities := make([]int, len(testKeys))
-	for i := range capacities {
-		capacities[i] = cmp.Or(opts.MaxInFlight, 100)
+	capacities := opts.Capacities
+	if capacities == nil {
+		capacities = make([]int, len(testKeys))
+		for i := range capacities {
+			capacities[i] = cmp.Or(opts.MaxInFlight, 100)
+		}
 	}
 	b.dispatch, err = dispatch.New(dispatch.Config{
 		Pool: b.pool, Fal: b.fal, Capacities: capacities, Catalog: b.catalog, Logger: logger, Caps: opts.Caps,
@@ -239,8 +245,9 @@ func requireAll(t *testing.T, list []*jobs.Job, state, creditState string) {
 
 // crashed submits a generate job for uid as a crashed attempt leaves it:
 // attempt 1, back in the queue (as River's rescuer makes it), with what
-// setup wrote in the same transaction. It returns the job's id.
-func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, id int64)) string {
+// setup wrote in the same transaction, and what after then does. It
+// returns the job's id.
+func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, id int64), after ...func(tx pgx.Tx, id int64)) string {
 	t.Helper()
 	ctx := context.Background()
 	tx, err := b.pool.Begin(ctx)
@@ -254,6 +261,9 @@ func (b *workerBundle) crashed(t *testing.T, uid string, setup func(tx pgx.Tx, i
 	require.NoError(t, err)
 	_, err = b.river.JobRetryTx(ctx, tx, id)
 	require.NoError(t, err)
+	for _, f := range after {
+		f(tx, id)
+	}
 	require.NoError(t, tx.Commit(ctx))
 	return jobs.FormatID(id)
 }

@@ -12,8 +12,9 @@ import (
 )
 
 // PruneArgs is the periodic River job that deletes idempotency records
-// past their time to live, rate-limit rows that no longer limit anyone, and
-// ended jobs no /metrics scrape took (PruneOutcomes).
+// past their time to live, rate-limit rows that no longer limit anyone,
+// ended jobs no /metrics scrape took (PruneOutcomes) and expired fal
+// webhook signatures.
 type PruneArgs struct{}
 
 // Kind is the River job kind.
@@ -43,7 +44,12 @@ func (w *PruneWorker) Work(ctx context.Context, job *river.Job[PruneArgs]) error
 	if err != nil {
 		return fmt.Errorf("prune metrics outcomes: %w", err)
 	}
-	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits, "metrics_job_outcomes": outcomes})
+	tag, err := w.DB.Exec(ctx, `DELETE FROM fal_webhooks_seen WHERE expires_at < now()`)
+	if err != nil {
+		return fmt.Errorf("prune fal webhook signatures: %w", err)
+	}
+	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits, "metrics_job_outcomes": outcomes,
+		"fal_webhooks_seen": tag.RowsAffected()})
 }
 
 // PrunePeriodicJob runs PruneArgs every hour, and at start.

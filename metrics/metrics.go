@@ -67,6 +67,7 @@ type Metrics struct {
 	charged   *prometheus.CounterVec
 	refunded  *prometheus.CounterVec
 	queueWait *prometheus.HistogramVec
+	total     *prometheus.HistogramVec
 	runTime   *prometheus.HistogramVec
 	attempts  *prometheus.CounterVec
 
@@ -122,6 +123,11 @@ func NewMetrics(pool *pgxpool.Pool, logger *slog.Logger) *Metrics {
 			Help:    "Time from a job attempt being due (created, or scheduled after a retry or snooze) to a worker starting it, by operation and queue.",
 			Buckets: waitBuckets,
 		}, []string{"operation", "queue"}),
+		total: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "aiqueue_job_total_seconds",
+			Help:    "Time from a job's submission to its end (succeeded, failed, cancelled), by operation, queue and outcome; counted from the database like the endings, so it adds up across processes.",
+			Buckets: []float64{.25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, 1800},
+		}, []string{"operation", "queue", "outcome"}),
 		runTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "aiqueue_job_run_seconds",
 			Help:    "Time a worker spent on one job attempt, by operation and queue.",
@@ -214,6 +220,7 @@ func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueDepthDesc
 	ch <- queueOldestDesc
 	c.finished.Describe(ch)
+	c.total.Describe(ch)
 	c.charged.Describe(ch)
 	c.refunded.Describe(ch)
 }
@@ -243,6 +250,7 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.mu.Unlock()
 	c.finished.Collect(ch)
+	c.total.Collect(ch)
 	c.charged.Collect(ch)
 	c.refunded.Collect(ch)
 }
@@ -308,9 +316,10 @@ func (c *dbCollector) takeOutcomes(ctx context.Context) (int, error) {
 WITH taken AS (
     DELETE FROM metrics_job_outcomes
      WHERE id IN (SELECT id FROM metrics_job_outcomes ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-    RETURNING operation, queue, outcome, credits, charged
+    RETURNING operation, queue, outcome, credits, charged, seconds
 )
-SELECT operation, queue, outcome, charged, count(*), sum(credits)::bigint
+SELECT operation, queue, outcome, charged, count(*), sum(credits)::bigint,
+       COALESCE(array_agg(seconds) FILTER (WHERE seconds IS NOT NULL), '{}')
   FROM taken
  GROUP BY operation, queue, outcome, charged`, outcomeBatch)
 	if err != nil {
@@ -320,11 +329,12 @@ SELECT operation, queue, outcome, charged, count(*), sum(credits)::bigint
 		operation, queue, outcome string
 		charged                   bool
 		jobs, credits             int64
+		seconds                   []float64
 	}
 	var list []agg
 	for rows.Next() {
 		var a agg
-		if err := rows.Scan(&a.operation, &a.queue, &a.outcome, &a.charged, &a.jobs, &a.credits); err != nil {
+		if err := rows.Scan(&a.operation, &a.queue, &a.outcome, &a.charged, &a.jobs, &a.credits, &a.seconds); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -340,6 +350,9 @@ SELECT operation, queue, outcome, charged, count(*), sum(credits)::bigint
 	for _, a := range list {
 		taken += int(a.jobs)
 		c.finished.WithLabelValues(a.operation, a.queue, a.outcome).Add(float64(a.jobs))
+		for _, sec := range a.seconds {
+			c.total.WithLabelValues(a.operation, a.queue, a.outcome).Observe(sec)
+		}
 		if a.charged {
 			c.charged.WithLabelValues(a.operation).Add(float64(a.credits))
 		} else {

@@ -119,6 +119,11 @@ func TestMetrics(t *testing.T) {
 		require.Equal(t, 2.0, g3.value("aiqueue_credits_reserved_total", map[string]string{"operation": "upscale"}))
 
 		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "succeeded"}, gs...))
+		// Submit-to-end times are observed once per ending too, but for a
+		// job deleted while open: its row, and so its submission time, is
+		// gone.
+		require.Equal(t, 1.0, sum("aiqueue_job_total_seconds", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "succeeded"}, gs...))
+		require.Equal(t, 0.0, sum("aiqueue_job_total_seconds", map[string]string{"operation": "unknown", "queue": "unknown", "outcome": "cancelled"}, gs...))
 		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "cancelled"}, gs...))
 		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "unknown", "queue": "unknown", "outcome": "cancelled"}, gs...))
 		require.Equal(t, 1.0, sum("aiqueue_jobs_finished_total", map[string]string{"operation": "upscale", "queue": "urgent", "outcome": "failed"}, gs...))

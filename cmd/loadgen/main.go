@@ -1,7 +1,7 @@
 // Command loadgen runs aiqueue's benchmarks and fault drills against the
 // real server binary on a private PostgreSQL (make bench, make drills).
 //
-//	loadgen bench  [-smoke] [-scenarios submit,pickup,settle,users] [-results bench/results] [-profile] ...
+//	loadgen bench  [-smoke] [-scenarios submit,pickup,settle,users,versus-seed,backlog] [-results bench/results] [-profile] ...
 //	loadgen drills [-smoke] [-drills kill,pg-restart,fal,sigterm] [-kills 10] ...
 //
 // bench prints one table (each figure, its reference, their ratio, and the
@@ -51,6 +51,13 @@ func run(args []string) error {
 	}
 }
 
+// set sets *dst to v when v is given (positive).
+func set(dst *int, v int) {
+	if v > 0 {
+		*dst = v
+	}
+}
+
 func list(s string) []string {
 	var out []string
 	for p := range strings.SplitSeq(s, ",") {
@@ -68,6 +75,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	results := fs.String("results", "bench/results", "directory for the JSON report (empty: none)")
 	profile := fs.Bool("profile", false, "save the server's CPU and mutex profiles of each scenario next to the JSON")
 	server := fs.String("server", "", "server binary (default: go build ./cmd/server)")
+	falsim := fs.String("falsim", "", "fal simulator binary for the seed design in versus-seed (default: go build ./cmd/falsim)")
 	workDir := fs.String("workdir", "", "keep Postgres and server logs here (default: a temp dir, removed)")
 
 	def := bench.FullConfig()
@@ -81,6 +89,14 @@ func benchCmd(ctx context.Context, args []string) error {
 	usersFor := fs.Duration("users-duration", 0, fmt.Sprintf("length of the users scenario (default %s)", def.UsersDuration))
 	urgent := fs.Int("urgent-workers", 0, "QUEUE_URGENT_WORKERS of the server (default 20)")
 	normal := fs.Int("normal-workers", 0, "QUEUE_NORMAL_WORKERS of the server (default 10)")
+	rounds := fs.Int("rounds", 0, fmt.Sprintf("versus-seed and backlog: runs of each side, interleaved (default %d)", def.Rounds))
+	wrkFor := fs.Duration("wrk-duration", 0, fmt.Sprintf("versus-seed and backlog: wrk -d (default %s)", def.Wrk.Duration))
+	wrkConns := fs.Int("wrk-connections", 0, fmt.Sprintf("versus-seed and backlog: wrk -c, and pgbench's clients (default %d)", def.Wrk.Connections))
+	wrkThreads := fs.Int("wrk-threads", 0, fmt.Sprintf("versus-seed and backlog: wrk -t (default %d)", def.Wrk.Threads))
+	versusUsers := fs.Int("versus-users", 0, fmt.Sprintf("versus-seed and backlog: users the requests rotate over (default %d)", def.VersusUsers))
+	seedConc := fs.Int("seed-concurrency", 0, fmt.Sprintf("versus-seed: the seed worker's BullMQ concurrency and aiqueue's urgent workers (default %d)", def.SeedConcurrency))
+	drainLimit := fs.Duration("drain-limit", 0, fmt.Sprintf("versus-seed: longest wait for the backlog to drain after wrk (default %s)", def.DrainLimit))
+	backlogJobs := fs.Int("backlog-jobs", 0, fmt.Sprintf("backlog: jobs waiting in urgent in the deep case (default %d)", def.BacklogJobs))
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -88,10 +104,17 @@ func benchCmd(ctx context.Context, args []string) error {
 	if *smoke {
 		cfg = bench.SmokeConfig()
 	}
-	set := func(dst *int, v int) {
-		if v > 0 {
-			*dst = v
-		}
+	set(&cfg.Rounds, *rounds)
+	set(&cfg.Wrk.Connections, *wrkConns)
+	set(&cfg.Wrk.Threads, *wrkThreads)
+	set(&cfg.VersusUsers, *versusUsers)
+	set(&cfg.SeedConcurrency, *seedConc)
+	set(&cfg.BacklogJobs, *backlogJobs)
+	if *wrkFor > 0 {
+		cfg.Wrk.Duration = *wrkFor
+	}
+	if *drainLimit > 0 {
+		cfg.DrainLimit = *drainLimit
 	}
 	set(&cfg.Concurrency, *c)
 	set(&cfg.SubmitJobs, *submitJobs)
@@ -110,7 +133,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	set(&cfg.Limits.Urgent, *urgent)
 	set(&cfg.Limits.Normal, *normal)
 	cfg.Scenarios = list(*scenarios)
-	cfg.ServerBin, cfg.WorkDir, cfg.Log = *server, *workDir, os.Stderr
+	cfg.ServerBin, cfg.FalsimBin, cfg.WorkDir, cfg.Log = *server, *falsim, *workDir, os.Stderr
 	if *profile {
 		dir := *results
 		if dir == "" {

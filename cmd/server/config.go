@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -44,6 +45,9 @@ type Config struct {
 	// FalWebhookURL is the public URL of POST /v1/fal/webhook; when set,
 	// every fal submit asks fal to call it.
 	FalWebhookURL string
+	// FalWebhookJWKSURL are fal's webhook signing keys; default fal's own,
+	// or the built-in simulator's.
+	FalWebhookJWKSURL string
 	// JobRetention is how long finished jobs stay readable.
 	JobRetention time.Duration
 	// FalSweepInterval is how often a worker process cancels fal requests no
@@ -138,6 +142,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		FalKeys:           falclient.KeysFromEnv(getenv),
 		FalQueueURL:       cmp.Or(getenv("FAL_QUEUE_URL"), "https://queue.fal.run"),
 		FalWebhookURL:     getenv("FAL_WEBHOOK_URL"),
+		FalWebhookJWKSURL: getenv("FAL_WEBHOOK_JWKS_URL"),
 		JobRetention:      dur("JOB_RETENTION", dispatch.DefaultJobRetention),
 		FalSweepInterval:  dur("FAL_SWEEP_INTERVAL", 15*time.Second),
 		FalSimScale:       1,
@@ -226,9 +231,12 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("JOB_RETENTION=%s must be at least 1h", c.JobRetention))
 	}
 	if c.FalWebhookURL != "" {
-		if u, err := url.Parse(c.FalWebhookURL); err != nil || u.Scheme != "https" || u.Host == "" {
-			errs = append(errs, errors.New("FAL_WEBHOOK_URL is not an https URL"))
+		if !httpsOrLoopback(c.FalWebhookURL) {
+			errs = append(errs, errors.New("FAL_WEBHOOK_URL is not an https URL (http only on loopback)"))
 		}
+	}
+	if c.FalWebhookJWKSURL != "" && !httpsOrLoopback(c.FalWebhookJWKSURL) {
+		errs = append(errs, errors.New("FAL_WEBHOOK_JWKS_URL is not an https URL (http only on loopback)"))
 	}
 	if !(c.FalSimScale > 0 && c.FalSimScale <= 1000) {
 		errs = append(errs, fmt.Errorf("FAL_SIMULATE_LATENCY_SCALE=%v is out of range (0, 1000]", c.FalSimScale))
@@ -273,4 +281,19 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("set both RIVER_BASIC_AUTH_USER and RIVER_BASIC_AUTH_PASS, or neither"))
 	}
 	return errors.Join(errs...)
+}
+
+// httpsOrLoopback reports whether raw is an https URL, or an http URL of a
+// loopback host (tests, the built-in simulator).
+func httpsOrLoopback(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if u.Scheme == "https" {
+		return true
+	}
+	host := u.Hostname()
+	ip := net.ParseIP(host)
+	return u.Scheme == "http" && (host == "localhost" || (ip != nil && ip.IsLoopback()))
 }

@@ -66,6 +66,7 @@ type Main struct {
 	dispatch *dispatch.Dispatch
 	sim      *falsim.Server
 	simSrv   *http.Server
+	simURL   string
 	pprof    *http.Server
 	pprofURL string
 	http     *http.Server
@@ -258,12 +259,16 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 		},
 		Hooks: jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: m.dispatch.Line.Committed, Cancelled: m.dispatch.Requests().Cancelled},
 	})
-	var err error
+	webhooks, err := m.falWebhooks()
+	if err != nil {
+		return err
+	}
 	if m.api, err = api.New(mux, m.pool, svc, api.Config{
-		Auth:    auth,
-		Logger:  m.Logger,
-		Version: Version,
-		Watcher: m.watcher,
+		Auth:        auth,
+		Logger:      m.Logger,
+		Version:     Version,
+		Watcher:     m.watcher,
+		FalWebhooks: webhooks,
 	}); err != nil {
 		return err
 	}
@@ -271,6 +276,29 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 		return fmt.Errorf("river ui: %w", err)
 	}
 	return nil
+}
+
+// falWebhooks is how the API takes in fal's webhooks: when FAL_WEBHOOK_URL
+// is set, verified with FAL_WEBHOOK_JWKS_URL's keys (default fal's, or the
+// built-in simulator's own).
+func (m *Main) falWebhooks() (api.FalWebhooks, error) {
+	cfg := &m.Config
+	if cfg.FalWebhookURL == "" {
+		return api.FalWebhooks{}, nil
+	}
+	jwks := cfg.FalWebhookJWKSURL
+	if jwks == "" && m.simURL != "" {
+		jwks = m.simURL + "/.well-known/jwks.json"
+	}
+	v, err := falclient.NewWebhookVerifier(falclient.WebhookVerifierConfig{JWKSURL: jwks})
+	if err != nil {
+		return api.FalWebhooks{}, err
+	}
+	return api.FalWebhooks{
+		Verifier: v,
+		Accept:   m.dispatch.Webhook,
+		Replayed: func(err error) bool { return errors.Is(err, dispatch.ErrWebhookReplayed) },
+	}, nil
 }
 
 // URL is the base URL the server listens on.
@@ -363,6 +391,7 @@ func (m *Main) startFal(ctx context.Context) error {
 		m.simSrv = &http.Server{Handler: m.sim, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = m.simSrv.Serve(ln) }()
 		baseURL = "http://" + ln.Addr().String()
+		m.simURL = baseURL
 		m.Logger.Warn("FAL SIMULATOR IN USE: no fal key is set (or FAL_SIMULATE=true); jobs get fake results from the built-in simulator and nothing is sent to fal.ai",
 			slog.String("fal_queue_url", baseURL))
 	} else if cfg.FalSimulate {

@@ -23,7 +23,8 @@ COMMENT ON TABLE fal_keys IS 'fal keys by index: slots (capacity) and health (un
 -- accepted; 'expired': fal dropped a completed request's result;
 -- 'abandoned': a claim whose process died between submit and storing fal's
 -- answer). A row holds its slot while finished_at IS NULL. stage,
--- fal_queue_position and logs are fal's progress, for the API.
+-- fal_queue_position and logs are fal's progress, for the API; result is
+-- fal's output of a completed request, the job's result.
 CREATE TABLE fal_requests (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id             bigint NOT NULL,
@@ -44,6 +45,7 @@ CREATE TABLE fal_requests (
     fal_queue_position int,
     logs               jsonb,
     billable_units     numeric,
+    result             jsonb,
     cancel_outcome     text,
     error              text,
     claimed_at         timestamptz NOT NULL DEFAULT now(),
@@ -59,6 +61,7 @@ CREATE TABLE fal_requests (
 CREATE INDEX fal_requests_job_id ON fal_requests (job_id, id DESC);
 CREATE INDEX fal_requests_open_key ON fal_requests (key_index) WHERE finished_at IS NULL;
 CREATE INDEX fal_requests_open_user ON fal_requests (user_id) WHERE finished_at IS NULL;
+CREATE INDEX fal_requests_user_id ON fal_requests (user_id, id DESC);
 CREATE INDEX fal_requests_finished_at ON fal_requests (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX fal_requests_recent ON fal_requests (operation, completed_at DESC) WHERE state = 'completed';
 COMMENT ON TABLE fal_requests IS 'One row per fal slot a job holds: key index, fal request id and URLs, progress, state. Open rows (finished_at IS NULL) hold the slots.';
@@ -67,7 +70,8 @@ COMMENT ON TABLE fal_requests IS 'One row per fal slot a job holds: key index, f
 -- (inserted so, made available by the dispatcher once it holds a slot), or
 -- parked in fal_parked after losing its slot (its River state is
 -- 'scheduled' then). The dispatcher serves the line by queue priority, then
--- the user with the fewest requests in flight, then the oldest job; this
+-- the user with the fewest requests in flight, then the user served least
+-- recently, then the oldest job; this
 -- index gives each waiting user's oldest job per queue without reading the
 -- backlog.
 CREATE INDEX river_job_fal_line ON river_job (queue, (args ->> 'user_id'), id) WHERE state = 'pending' AND kind = 'ai';
@@ -142,6 +146,28 @@ END;
 $$;
 -- +goose StatementEnd
 
+-- fal_webhooks_seen: the signatures of fal webhooks taken in, until their
+-- timestamp leaves fal's tolerance (5 minutes): a replayed delivery is
+-- refused. Pruned by the hourly prune job.
+CREATE TABLE fal_webhooks_seen (
+    signature  text PRIMARY KEY,
+    request_id text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+COMMENT ON TABLE fal_webhooks_seen IS 'Signatures of fal webhooks already taken in (replay protection), kept until they expire.';
+
+-- worker_heartbeats: one row per worker process (River's client id), beaten
+-- every two seconds, with its host and pid; the running jobs of a process
+-- that stopped beating are handed back in seconds (dispatch/heartbeat.go),
+-- long before River's own rescuer would.
+CREATE TABLE worker_heartbeats (
+    client_id text PRIMARY KEY,
+    host      text NOT NULL,
+    pid       int NOT NULL,
+    beat_at   timestamptz NOT NULL
+);
+COMMENT ON TABLE worker_heartbeats IS 'Worker processes and their last beat; a process silent for 8 s (or gone from its host) is taken for dead and its running jobs handed back.';
+
 -- fal_key_in_flight: slots in use per key, as the dispatcher sees them.
 CREATE VIEW fal_key_in_flight AS
 SELECT k.key_index, 'key-' || k.key_index AS key, k.capacity,
@@ -158,6 +184,8 @@ COMMENT ON VIEW fal_key_in_flight IS 'fal slots per key: capacity, requests in f
 -- +goose Down
 DROP VIEW IF EXISTS fal_key_in_flight;
 DROP FUNCTION IF EXISTS fal_line_position(bigint, int);
+DROP TABLE IF EXISTS worker_heartbeats;
+DROP TABLE IF EXISTS fal_webhooks_seen;
 DROP TABLE IF EXISTS fal_parked;
 DROP INDEX IF EXISTS river_job_fal_line;
 DROP TABLE IF EXISTS fal_requests;

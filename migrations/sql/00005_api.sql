@@ -111,7 +111,7 @@ SELECT
     j.finalized_at                                   AS finished_at,
     j.finalized_at - j.created_at                    AS total_time,
     regexp_replace(j.errors[array_length(j.errors, 1)] ->> 'error', '^JobCancelError: ', '') AS last_error,
-    j.metadata -> 'output' -> 'result'               AS result,
+    f.result                                         AS result,
     j.priority                                       AS river_priority
 FROM river_job j
 JOIN LATERAL (

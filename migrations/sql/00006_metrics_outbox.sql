@@ -14,6 +14,7 @@ CREATE TABLE metrics_job_outcomes (
     outcome    text NOT NULL CHECK (outcome IN ('succeeded', 'failed', 'cancelled')),
     credits    bigint NOT NULL,
     charged    boolean NOT NULL,
+    seconds    double precision,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -31,14 +32,15 @@ DECLARE
     j river_job;
 BEGIN
     SELECT * INTO j FROM river_job WHERE id = NEW.job_id;
-    INSERT INTO metrics_job_outcomes (operation, queue, outcome, credits, charged)
+    INSERT INTO metrics_job_outcomes (operation, queue, outcome, credits, charged, seconds)
     VALUES (
         COALESCE(j.args ->> 'operation', 'unknown'),
         COALESCE(j.queue, 'unknown'),
         CASE WHEN NEW.state = 'charged' THEN 'succeeded'
              ELSE COALESCE(ai_job_outcome(j.state, j.errors), 'cancelled') END,
         NEW.amount,
-        NEW.state = 'charged');
+        NEW.state = 'charged',
+        extract(epoch FROM clock_timestamp() - j.created_at));
     RETURN NULL;
 END;
 $$;

@@ -101,6 +101,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/fal/webhook": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * fal's completion callback
+         * @description fal calls it when a request submitted with FAL_WEBHOOK_URL ends. Verified with fal's Ed25519 signature; anything unsigned, forged, stale or replayed is refused with 401 and changes nothing. 404 when webhooks are not enabled.
+         */
+        post: operations["fal-webhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/jobs": {
         parameters: {
             query?: never;
@@ -2471,6 +2491,143 @@ export interface operations {
                      *       "detail": "invalid or missing bearer token: token expired",
                      *       "status": 401,
                      *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "fal-webhook": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description fal's request id. */
+                "X-Fal-Webhook-Request-Id"?: string;
+                /** @description fal's user id. */
+                "X-Fal-Webhook-User-Id"?: string;
+                /** @description Unix seconds; accepted within 5 minutes of now. */
+                "X-Fal-Webhook-Timestamp"?: string;
+                /** @description Hex Ed25519 signature over request id, user id, timestamp and the body's SHA-256, by a key of fal's JWKS. */
+                "X-Fal-Webhook-Signature"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description No Content */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such job or batch of the caller (someone else's is not found either). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
                      *       "type": "about:blank"
                      *     }
                      */
