@@ -164,6 +164,9 @@ func TestSquashedSchema(t *testing.T) {
 		"index credit_holds_one_open",
 		"function river_job_reserve_rerun()",
 		"trigger river_job.river_job_reserve_rerun",
+		// ...and takes along the fal requests it still holds.
+		"function river_job_rerun_requests()",
+		"trigger river_job.river_job_rerun_requests",
 		// Holds are receipts: deleting one is refused by its own trigger.
 		"trigger credit_holds.credit_holds_no_delete",
 		"function ledger_refuse()",

@@ -155,6 +155,42 @@ func TestRiverUIRetry(t *testing.T) {
 		requireInvariants(t, m)
 	})
 
+	t.Run("KeepsTheRequestFalStillRuns", func(t *testing.T) {
+		t.Parallel()
+		// A video waits between polls of its fal request when River UI
+		// cancels it: the job ends, its request is still at fal (the
+		// sweeper would cancel it there, but runs only hourly here), and an
+		// admin retries the job. The new run follows that request instead of
+		// paying fal for a second one, and shows it.
+		m := MustRunMain(t, withEnv(riverUIEnv, map[string]string{"FAL_SWEEP_INTERVAL": "1h"}))
+		m.Sim().FailModel("fal-ai/kling-video", falsim.Failure{Status: http.StatusServiceUnavailable, Ops: []string{falsim.OpStatus}})
+		c, _ := newUser(t, m, 20)
+		vid := submit(t, c, "video", map[string]any{"prompt": "spin", "image_url": "https://example.com/a.png"})
+		require.Eventually(t, func() bool {
+			var rs string
+			require.NoError(t, m.Pool().QueryRow(context.Background(), `SELECT river_state FROM ai_jobs WHERE id = $1`, vid.ID).Scan(&rs))
+			return rs == "scheduled" || rs == "retryable"
+		}, 30*time.Second, 20*time.Millisecond)
+		status, body := riverUI(t, m, "cancel", vid.ID, true)
+		require.Equal(t, http.StatusOK, status, body)
+		waitJob(t, c, vid.ID, inState(jobs.StateCancelled, ledger.HoldRefunded))
+		require.Equal(t, 1, count(t, m, `SELECT count(*) FROM fal_requests WHERE job_id = $1::bigint AND finished_at IS NULL`, vid.ID))
+
+		m.Sim().ClearFailures()
+		status, body = riverUI(t, m, "retry", vid.ID, true)
+		require.Equal(t, http.StatusOK, status, body)
+		j := waitJob(t, c, vid.ID, inState(jobs.StateSucceeded, ledger.HoldCharged))
+		require.NotEmpty(t, j.Result)
+		require.NotNil(t, j.StartedAt)
+		require.Equal(t, 1, m.Sim().Stats().Submits, "one request at fal for both runs")
+		require.Equal(t, []runHold{{1, ledger.HoldRefunded}, {2, ledger.HoldCharged}}, jobHolds(t, m, vid.ID))
+		var run int
+		require.NoError(t, m.Pool().QueryRow(context.Background(), `SELECT run FROM ai_jobs WHERE id = $1`, vid.ID).Scan(&run))
+		require.Equal(t, 2, run)
+		requireCredits(t, c, 10, 0)
+		requireInvariants(t, m)
+	})
+
 	t.Run("SeveralJobsAllOrNone", func(t *testing.T) {
 		t.Parallel()
 		m := MustRunMain(t, withEnv(riverUIEnv, oneAttempt(t)))
