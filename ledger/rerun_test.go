@@ -109,6 +109,40 @@ func TestRerun(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 
+	t.Run("CancelledBeforeItRunsAgainIsCancelled", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		uid := grant(t, b.pool, 5)
+		id := reserveJobs(t, b.pool, uid, 1)[0]
+		// The worker fails the job for good (River's JobCancel with a code).
+		_, err := b.pool.Exec(ctx, `
+UPDATE river_job SET state = 'cancelled', finalized_at = now(),
+       errors = ARRAY[jsonb_build_object('at', now(), 'attempt', 1, 'error', 'JobCancelError: invalid_params: fal said 422', 'trace', '')]
+ WHERE id = $1`, id)
+		require.NoError(t, err)
+		outcome := func() string {
+			var o *string
+			require.NoError(t, b.pool.QueryRow(ctx, `SELECT ai_job_outcome(state, errors) FROM river_job WHERE id = $1`, id).Scan(&o))
+			if o == nil {
+				return "not final"
+			}
+			return *o
+		}
+		require.Equal(t, "failed", outcome())
+		require.NoError(t, retryJob(ctx, b.pool, id))
+		require.Equal(t, "not final", outcome())
+		var last string
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT errors[1] ->> 'error' FROM river_job WHERE id = $1`, id).Scan(&last))
+		require.Equal(t, "invalid_params: fal said 422", last, "the first run's error keeps its text")
+
+		// A person cancels the new run before it runs (River's JobCancel of
+		// a queued job records no error).
+		endJob(t, b.pool, id, "cancelled")
+		require.Equal(t, "cancelled", outcome())
+		require.Equal(t, []hold{{1, 1, ledger.HoldRefunded}, {2, 1, ledger.HoldRefunded}}, holds(t, b.pool, id))
+		requireInvariants(t, b.pool)
+	})
+
 	t.Run("SucceededIsRefused", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

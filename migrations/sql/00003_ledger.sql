@@ -294,6 +294,19 @@ BEGIN
     END IF;
     INSERT INTO credit_holds (job_id, run, user_id, amount) VALUES (NEW.id, h.run + 1, h.user_id, h.amount);
     INSERT INTO credit_entries (user_id, kind, amount, job_id, run) VALUES (h.user_id, 'reserve', h.amount, NEW.id, h.run + 1);
+    -- River keeps a job's errors across a retry, and ai_job_outcome reads a
+    -- last error wrapped in JobCancelError as the worker failing the job: so
+    -- a new run a person cancels before it records an error of its own
+    -- would read as failed. The earlier runs' errors keep their text
+    -- without River's wrapper.
+    IF NEW.errors IS NOT NULL THEN
+        NEW.errors := ARRAY(
+            SELECT CASE WHEN e ->> 'error' LIKE 'JobCancelError: %'
+                        THEN jsonb_set(e, '{error}', to_jsonb(substr(e ->> 'error', length('JobCancelError: ') + 1)))
+                        ELSE e END
+              FROM unnest(NEW.errors) WITH ORDINALITY AS u (e, i)
+             ORDER BY i);
+    END IF;
     RETURN NEW;
 END;
 $$;
