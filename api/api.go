@@ -1,5 +1,5 @@
 // Package api is the huma HTTP API of aiqueue: submit, status and cancel of
-// AI jobs, credits, the operations catalog and admin grants, with bearer
+// AI jobs, credits, the operations catalog, admin grants and retries, with bearer
 // auth and RFC 9457 problem details.
 package api
 
@@ -130,6 +130,7 @@ func (s *Server) register() {
 	s.registerJobs(job)
 	s.registerBatches(batchSchema(reg, item))
 	s.registerCredits()
+	s.registerRetry()
 	s.registerOperations()
 	s.registerFalWebhook()
 }

@@ -186,7 +186,10 @@ func documentError(op *huma.Operation, status int, resp *huma.Response, problem 
 			map[string]any{"location": "body.params", "message": "expected required property image_urls to be present", "value": map[string]any{"prompt": "make it rose gold"}},
 			map[string]any{"location": "body.priority", "message": "expected value to be one of \"urgent, normal, background\"", "value": "asap"},
 		}
-		if slices.Contains([]string{"submit-job", "submit-batch", "grant-credits"}, op.OperationID) {
+		if op.OperationID == "retry-jobs" {
+			ex["errors"] = []any{map[string]any{"location": "body", "message": "needs exactly one of ids and filter"}}
+		}
+		if slices.Contains([]string{"submit-job", "submit-batch", "grant-credits", "retry-jobs"}, op.OperationID) {
 			desc += " Also: the Idempotency-Key was already used with another body."
 		}
 	case http.StatusTooManyRequests:

@@ -67,7 +67,7 @@ func TestOpenAPI(t *testing.T) {
 			}
 		}
 		for _, id := range []string{"submit-job", "get-job", "cancel-job", "list-jobs", "submit-batch", "get-batch",
-			"get-credits", "list-operations", "grant-credits", "get-job-events"} {
+			"get-credits", "list-operations", "grant-credits", "get-job-events", "retry-jobs"} {
 			require.Contains(t, ids, id)
 		}
 	})
@@ -81,6 +81,8 @@ func TestOpenAPI(t *testing.T) {
 		require.Contains(t, oapi.Paths["/v1/jobs/{id}/cancel"].Post.Responses, "409")
 		require.Contains(t, oapi.Paths["/v1/jobs/{id}"].Get.Responses, "404")
 		require.Contains(t, oapi.Paths["/v1/admin/credits/grants"].Post.Responses, "403")
+		require.Contains(t, oapi.Paths["/v1/admin/jobs/retry"].Post.Responses, "403")
+		require.Equal(t, []string{"admin"}, oapi.Paths["/v1/admin/jobs/retry"].Post.Tags)
 		require.Contains(t, oapi.Paths["/v1/batches"].Post.Responses, "402")
 		require.Contains(t, oapi.Paths["/v1/jobs/{id}/events"].Get.Responses["200"].Content, "text/event-stream")
 	})

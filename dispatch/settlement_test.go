@@ -143,7 +143,7 @@ UPDATE river_job
 		requireInvariants(t, b.pool)
 	})
 
-	t.Run("RetryOfSettledJobIsRefused", func(t *testing.T) {
+	t.Run("RetryRunsACancelledJobAgainOnANewHold", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		uid := grant(t, b.pool, 5)
@@ -151,9 +151,20 @@ UPDATE river_job
 		_, err := b.river.JobCancel(ctx, id)
 		require.NoError(t, err)
 		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
+
+		// The retry reserves run 2 and makes the job available without a
+		// fal slot: the worker takes one (or waits in the line) itself.
 		_, err = b.river.JobRetry(ctx, id)
-		require.ErrorContains(t, err, "cannot run again")
-		require.Equal(t, "cancelled", riverState(t, b.pool, id))
+		require.NoError(t, err)
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
+		requireInvariants(t, b.pool)
+		startWorkers(t, b.pool, nil)
+		requireJobState(t, b.pool, id, "completed")
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, id))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE job_id = $1 AND run = 2 AND state = 'completed'`, id))
+		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.NoError(t, err)
+		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
 		requireInvariants(t, b.pool)
 	})
 }

@@ -1,9 +1,11 @@
 // Package ledger keeps users' credits in Postgres: accounts, holds (one per
-// job) and an append-only journal. Reservation and settlement run in SQL,
-// in triggers on river_job: inserting an AI job reserves its cost in the
-// same statement (AsInsufficient), and a job reaching its final state
-// charges or refunds its hold (credit_settle) in the transaction that moves
-// it there, whatever moves it.
+// run of a job) and an append-only journal. Reservation and settlement run
+// in SQL, in triggers on river_job: inserting an AI job reserves its cost in
+// the same statement (AsInsufficient), an admin retrying a failed or
+// cancelled job reserves it again for the new run (or is refused:
+// AsInsufficient, IsSucceededRerun), and a job reaching its final state
+// charges or refunds its run's hold (credit_settle) in the transaction that
+// moves it there, whatever moves it.
 package ledger
 
 import (
@@ -40,8 +42,9 @@ const (
 	KindRefund  = "refund"
 )
 
-// InsufficientError is an AI job insert refused because the account cannot
-// cover the jobs' cost (see AsInsufficient). Nothing has been written.
+// InsufficientError is an AI job insert, or a retry of a finished AI job,
+// refused because the account cannot cover the cost (see AsInsufficient).
+// Nothing has been written.
 type InsufficientError struct {
 	Needed    int64
 	Available int64
@@ -55,19 +58,35 @@ func (e *InsufficientError) Error() string {
 // before for a different grant.
 var ErrGrantConflict = errors.New("idempotency key already used for a different grant")
 
-// insufficientCode is the SQLSTATE the reservation trigger fails an AI job
-// insert with when the account cannot cover it (migrations/sql/00060).
-const insufficientCode = "AQ402"
+// SQLSTATEs of the ledger's triggers (migrations/sql/00003_ledger.sql):
+// insufficientCode fails an AI job insert or retry the account cannot cover;
+// succeededCode fails a retry of a succeeded job.
+const (
+	insufficientCode = "AQ402"
+	succeededCode    = "AQ409"
+)
 
-// AsInsufficient reports whether err is an AI job insert refused because the
-// user cannot cover the jobs' cost, and returns it as *InsufficientError.
+// IsSucceededRerun reports whether err is a retry of a succeeded AI job
+// (River's JobRetry, River UI's Retry), which the database refuses: its run
+// was charged, and a new job is the way to another result. Nothing has been
+// written.
+func IsSucceededRerun(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == succeededCode
+}
+
+// AsInsufficient reports whether err is an AI job insert, or a retry of a
+// finished AI job, refused because the user cannot cover its cost, and
+// returns it as *InsufficientError.
 //
 // Credits are reserved by the insert itself: a trigger on river_job moves the
 // cost of every AI job a statement inserts (args.user_id, args.cost) from the
 // user's available credits to reserved and records one hold and one reserve
 // entry per job, or fails the whole statement, writing nothing, when the
 // account cannot cover the total. Inserting the job in the caller's
-// transaction is therefore the reservation.
+// transaction is therefore the reservation. Retrying a failed or cancelled
+// job (River's JobRetryTx) reserves its cost again, for its next run, the
+// same way.
 func AsInsufficient(err error) (*InsufficientError, bool) {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != insufficientCode {

@@ -40,6 +40,12 @@ func provider(pool *pgxpool.Pool, logger *slog.Logger) (*goose.Provider, *sql.DB
 	if err != nil {
 		return nil, nil, err
 	}
+	return providerFS(pool, fsys, logger)
+}
+
+// providerFS builds a goose provider over pool with the SQL files of fsys
+// and the Go migrations that apply River's schema.
+func providerFS(pool *pgxpool.Pool, fsys fs.FS, logger *slog.Logger) (*goose.Provider, *sql.DB, error) {
 	driver := riverpgxv5.New(pool)
 	var goMigrations []*goose.Migration
 	prev := 0

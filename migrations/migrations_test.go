@@ -2,8 +2,11 @@ package migrations_test
 
 import (
 	"context"
+	"os"
+	"slices"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/internal/pgtest"
@@ -51,4 +54,257 @@ func TestMigrations(t *testing.T) {
 		require.NoError(t, migrations.Up(ctx, pool))
 		require.NoError(t, migrations.Check(ctx, pool))
 	})
+}
+
+// schemaObjectsSQL lists the project's schema objects in public (River's
+// included), each as its kind and name, and its definition: columns with
+// their types (tables' and views'), indexes, views, functions with their
+// arguments, triggers and constraints. Function bodies and view queries
+// are left out: they change on purpose with every fix, and their tests say
+// whether they are right.
+const schemaObjectsSQL = `
+SELECT 'table ' || c.relname, ''
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+UNION ALL
+SELECT 'view ' || c.relname, ''
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')
+UNION ALL
+SELECT CASE WHEN c.relkind IN ('v', 'm') THEN 'view column ' ELSE 'column ' END || c.relname || '.' || a.attname,
+       format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index ' || c.relname, pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public'
+UNION ALL
+SELECT 'constraint ' || t.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
+  FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+ WHERE n.nspname = 'public'
+UNION ALL
+SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_function_result(p.oid)
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'public'
+UNION ALL
+SELECT 'trigger ' || t.relname || '.' || tg.tgname, pg_get_triggerdef(tg.oid)
+  FROM pg_trigger tg JOIN pg_class t ON t.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+ WHERE n.nspname = 'public' AND NOT tg.tgisinternal`
+
+// schemaObjects maps each schema object of the database to its definition.
+func schemaObjects(t *testing.T, pool *pgxpool.Pool) map[string]string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), schemaObjectsSQL)
+	require.NoError(t, err)
+	out := map[string]string{}
+	for rows.Next() {
+		var name, def string
+		require.NoError(t, rows.Scan(&name, &def))
+		out[name] = def
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// TestSquashedSchema checks that the squashed migrations build the schema the
+// migration chain they replaced built (saved in testdata/chain-2026-11, on
+// River's migrations 1-2 as migrations.go applies them), but for what
+// changed on purpose, listed below with why. A migration that drops, adds or
+// redefines anything else fails it: put it in the lists, saying why.
+func TestSquashedSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	// What the squash (and the work since) dropped from the old chain.
+	dropped := []string{
+		// An account keeps only what can be spent (available); balance and
+		// reserved come from the open holds (credit_balances), so a charge
+		// does not write the account row; open_holds is counted from the
+		// holds (credit_balances.open_holds), and updated_at went with them.
+		"column credit_accounts.balance",
+		"column credit_accounts.reserved",
+		"column credit_accounts.open_holds",
+		"column credit_accounts.updated_at",
+		"constraint credit_accounts.credit_accounts_balance_check",
+		"constraint credit_accounts.credit_accounts_reserved_check",
+		"constraint credit_accounts.credit_accounts_open_holds_check",
+		"view column credit_balances.updated_at",
+		// One open hold per job is now a unique index (credit_holds_one_open).
+		"index credit_holds_open",
+		// fal slots are counted per key against fal_keys.capacity by the line
+		// under its lock, no longer numbered per key.
+		"column fal_requests.slot",
+		"constraint fal_requests.fal_requests_slot_check",
+		"index fal_requests_open_slot",
+		// The state rule is one function, ai_job_outcome.
+		"function ai_job_state(s river_job_state)",
+		// Watchers are woken by a job's end (river_job_notify_final) and by
+		// fal's progress (fal_requests_notify), not by every River state.
+		"function river_job_notify_state()",
+		"trigger river_job.river_job_notify_state",
+		// The ledger's refusals are one function taking the reason.
+		"function credit_entries_append_only()",
+		"function ledger_refuse_truncate()",
+		"function credit_holds_only_by_reserve()",
+		// A retry of a failed or cancelled job reserves a new run
+		// (river_job_reserve_rerun) instead of being refused.
+		"function river_job_refuse_rerun()",
+		"trigger river_job.river_job_refuse_rerun",
+	}
+	// What it added.
+	added := []string{
+		"column credit_accounts.available",
+		// Holds per run of a job: a retry is a new run with a new hold.
+		"column credit_holds.run",
+		"constraint credit_holds.credit_holds_run_check",
+		"column credit_entries.run",
+		"index credit_holds_one_open",
+		"function river_job_reserve_rerun()",
+		"trigger river_job.river_job_reserve_rerun",
+		// ...and takes along the fal requests it still holds.
+		"function river_job_rerun_requests()",
+		"trigger river_job.river_job_rerun_requests",
+		// Holds are receipts: deleting one is refused by its own trigger.
+		"trigger credit_holds.credit_holds_no_delete",
+		"function ledger_refuse()",
+		// The one rule from a River job to how it ended.
+		"function ai_job_outcome(s river_job_state, errors jsonb[])",
+		// The capacity line: keys with their capacity and health, parked
+		// jobs, each waiting user's oldest job, the queue position.
+		"table fal_keys",
+		"column fal_keys.key_index",
+		"column fal_keys.capacity",
+		"column fal_keys.unusable_until",
+		"column fal_keys.unusable_reason",
+		"column fal_keys.updated_at",
+		"constraint fal_keys.fal_keys_pkey",
+		"constraint fal_keys.fal_keys_key_index_check",
+		"constraint fal_keys.fal_keys_capacity_check",
+		"constraint fal_keys.fal_keys_unusable_reason_check",
+		"index fal_keys_pkey",
+		"table fal_parked",
+		"column fal_parked.job_id",
+		"column fal_parked.queue",
+		"column fal_parked.user_id",
+		"column fal_parked.parked_at",
+		"constraint fal_parked.fal_parked_pkey",
+		"index fal_parked_pkey",
+		"index fal_parked_line",
+		"index river_job_fal_line",
+		"function fal_line_position(p_job_id bigint, p_cap integer)",
+		"view column fal_key_in_flight.capacity",
+		"view column fal_key_in_flight.unusable",
+		"view column fal_key_in_flight.unusable_until",
+		// A fal request's run, owner, queue and operation (the line's
+		// fairness, ETA), fal's URLs, progress, billing and cancel outcome.
+		"column fal_requests.run",
+		"column fal_requests.user_id",
+		"column fal_requests.queue",
+		"column fal_requests.operation",
+		"column fal_requests.status_url",
+		"column fal_requests.response_url",
+		"column fal_requests.cancel_url",
+		"column fal_requests.stage",
+		"constraint fal_requests.fal_requests_stage_check",
+		"column fal_requests.fal_queue_position",
+		"column fal_requests.logs",
+		"column fal_requests.billable_units",
+		"column fal_requests.cancel_outcome",
+		"column fal_requests.completed_at",
+		"index fal_requests_open_key",
+		"index fal_requests_open_user",
+		"index fal_requests_recent",
+		// fal's output is kept with the request that produced it (the job's
+		// result, ai_jobs.result); a user's requests newest first.
+		"column fal_requests.result",
+		"index fal_requests_user_id",
+		// fal webhooks taken in, for replay protection.
+		"table fal_webhooks_seen",
+		"column fal_webhooks_seen.signature",
+		"column fal_webhooks_seen.request_id",
+		"column fal_webhooks_seen.expires_at",
+		"constraint fal_webhooks_seen.fal_webhooks_seen_pkey",
+		"index fal_webhooks_seen_pkey",
+		// Worker processes' heartbeats: a dead process's jobs are handed
+		// back in seconds.
+		"table worker_heartbeats",
+		"column worker_heartbeats.client_id",
+		"column worker_heartbeats.host",
+		"column worker_heartbeats.pid",
+		"column worker_heartbeats.beat_at",
+		"constraint worker_heartbeats.worker_heartbeats_pkey",
+		"index worker_heartbeats_pkey",
+		// How long each ended job took, for the metrics.
+		"column metrics_job_outcomes.seconds",
+		// Waking watchers on a job's end and on fal's progress.
+		"function river_job_notify_final()",
+		"trigger river_job.river_job_notify_final",
+		"function ai_job_notify()",
+		"trigger fal_requests.fal_requests_notify",
+		// ai_jobs shows the run, River's latest attempt and fal's progress;
+		// credit_balances the number of open holds.
+		"view column ai_jobs.run",
+		"view column ai_jobs.attempted_at",
+		"view column ai_jobs.fal_stage",
+		"view column ai_jobs.fal_queue_position",
+		"view column ai_jobs.fal_logs",
+		"view column credit_balances.open_holds",
+	}
+	// What kept its name and changed its definition.
+	redefined := []string{
+		// The hold of a job's run, not of the job.
+		"constraint credit_holds.credit_holds_pkey",
+		"index credit_holds_pkey",
+		"constraint credit_entries.credit_entries_job",
+		// The ledger's refusals name their reason (ledger_refuse); a hold's
+		// delete is refused by credit_holds_no_delete.
+		"trigger credit_accounts.credit_accounts_no_truncate",
+		"trigger credit_entries.credit_entries_append_only",
+		"trigger credit_entries.credit_entries_no_truncate",
+		"trigger credit_holds.credit_holds_no_truncate",
+		"trigger credit_holds.credit_holds_only_by_reserve",
+		"trigger credit_holds.credit_holds_settle_once",
+		// fal dropped a completed request's result: 'expired'.
+		"constraint fal_requests.fal_requests_state_check",
+		// Newest request of a job first.
+		"index fal_requests_job_id",
+		// Attempts count fal submissions too (integer, not River's smallint).
+		"view column ai_jobs.attempt",
+		// available >= 0, now that the account keeps available itself.
+		"constraint credit_accounts.credit_accounts_available_nonnegative",
+	}
+
+	current := pgtest.NewDB(t)
+	old := pgtest.NewDB(t)
+	_, err := old.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public`)
+	require.NoError(t, err)
+	require.NoError(t, migrations.UpFS(ctx, old, os.DirFS("testdata/chain-2026-11")))
+	was, is := schemaObjects(t, old), schemaObjects(t, current)
+	require.Contains(t, was, "table river_job", "the old chain is applied on River's schema")
+
+	var gotDropped, gotAdded, gotRedefined []string
+	for name, def := range was {
+		now, ok := is[name]
+		switch {
+		case !ok:
+			gotDropped = append(gotDropped, name)
+		case now != def:
+			gotRedefined = append(gotRedefined, name)
+		}
+	}
+	for name := range is {
+		if _, ok := was[name]; !ok {
+			gotAdded = append(gotAdded, name)
+		}
+	}
+	for _, l := range [][]string{dropped, added, redefined, gotDropped, gotAdded, gotRedefined} {
+		slices.Sort(l)
+	}
+	// One comparison, so a failure shows every difference at once.
+	type changes struct{ Dropped, Added, Redefined []string }
+	require.Equal(t, changes{dropped, added, redefined}, changes{gotDropped, gotAdded, gotRedefined},
+		"the schema differs from the old chain's otherwise than listed: list what changed on purpose, with why")
 }

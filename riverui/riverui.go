@@ -1,17 +1,20 @@
 // Package riverui mounts River UI under /riverui/ behind HTTP Basic auth.
 // River UI can cancel, delete and retry jobs and has no auth of its own, so
 // it is only ever served behind this check; without credentials configured
-// it is not mounted at all (404).
+// it is not mounted at all (404). Its Retry is answered here (retry.go), so
+// the admin reads why the database refused one.
 package riverui
 
 import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"log/slog"
 	"net/http"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"riverqueue.com/riverui"
 )
@@ -19,11 +22,13 @@ import (
 // Prefix is where River UI is served.
 const Prefix = "/riverui"
 
-// Config holds the Basic auth credentials.
+// Config holds the Basic auth credentials and the database River UI's
+// Retry runs on.
 type Config struct {
 	User     string
 	Password string
 	Logger   *slog.Logger
+	Pool     *pgxpool.Pool
 }
 
 // Enabled reports whether credentials are configured.
@@ -34,6 +39,9 @@ func (c Config) Enabled() bool { return c.User != "" && c.Password != "" }
 func Mount(ctx context.Context, mux *http.ServeMux, client *river.Client[pgx.Tx], cfg Config) error {
 	if !cfg.Enabled() {
 		return nil
+	}
+	if cfg.Pool == nil {
+		return errors.New("river ui needs the database pool")
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -51,6 +59,7 @@ func Mount(ctx context.Context, mux *http.ServeMux, client *river.Client[pgx.Tx]
 		return err
 	}
 	mux.Handle(Prefix+"/", BasicAuth(cfg.User, cfg.Password, h))
+	mux.Handle(http.MethodPost+" "+retryPath, BasicAuth(cfg.User, cfg.Password, &retryHandler{pool: cfg.Pool, client: client, logger: logger}))
 	return nil
 }
 

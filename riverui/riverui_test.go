@@ -58,3 +58,11 @@ func TestMountDisabled(t *testing.T) {
 	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/riverui/", nil))
 	require.Equal(t, http.StatusNotFound, rec.Code)
 }
+
+func TestMountNeedsThePool(t *testing.T) {
+	t.Parallel()
+	// River UI's Retry runs on the pool (retry.go): enabled without one is
+	// a configuration error, not a Retry that fails later.
+	err := riverui.Mount(t.Context(), http.NewServeMux(), nil, riverui.Config{User: "admin", Password: "s3cret-pass"})
+	require.ErrorContains(t, err, "pool")
+}

@@ -272,7 +272,7 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 	}); err != nil {
 		return err
 	}
-	if err := riverui.Mount(ctx, mux, m.river, riverui.Config{User: cfg.RiverUser, Password: cfg.RiverPass, Logger: m.Logger}); err != nil {
+	if err := riverui.Mount(ctx, mux, m.river, riverui.Config{User: cfg.RiverUser, Password: cfg.RiverPass, Logger: m.Logger, Pool: m.pool}); err != nil {
 		return fmt.Errorf("river ui: %w", err)
 	}
 	return nil

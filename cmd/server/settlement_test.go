@@ -241,11 +241,12 @@ func TestSettlementPaths(t *testing.T) {
 		j := submitJob(t, c)
 		waitJob(t, c, j.ID, inState(jobs.StateSucceeded, ledger.HoldCharged))
 
-		// Running it again would be unpaid work and would change a settled
-		// hold, so the database refuses to put it back in the queue.
+		// A succeeded job was charged: a new job is the way to another
+		// result, so the database refuses to put it back in the queue, and
+		// River UI shows why.
 		status, body := riverUI(t, m, "retry", j.ID, true)
-		require.NotEqual(t, http.StatusOK, status, body)
-		t.Logf("River UI retry answered %d %s", status, body)
+		require.Equal(t, http.StatusConflict, status, body)
+		require.JSONEq(t, `{"message":"a succeeded job cannot run again; submit a new job"}`, body)
 		j = waitJob(t, c, j.ID, inState(jobs.StateSucceeded, ledger.HoldCharged))
 		require.Equal(t, 1, m.Sim().Stats().Submits)
 		requireCredits(t, c, 2, 0)

@@ -161,7 +161,8 @@ INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index,
 VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_flight', now() - interval '10 minutes', now() - interval '10 minutes')`, ids[0], userB)
 	require.NoError(t, err)
 
-	vars := map[string]string{"user_id": userA, "job_id": g1.ID}
+	vars := map[string]string{"user_id": userA, "job_id": g1.ID,
+		"since": time.Now().Add(-time.Hour).Format(time.RFC3339), "until": time.Now().Add(time.Hour).Format(time.RFC3339)}
 	checks := map[string]func(t *testing.T, rows []docRow){
 		"job": func(t *testing.T, rows []docRow) {
 			require.Len(t, rows, 1)
@@ -218,6 +219,16 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_f
 			require.Equal(t, []string{"0", "0", "1"}, column(rows, "cancelled"))
 			require.Equal(t, []string{"100.0", "0", "0"}, column(rows, "failed_pct"))
 			require.Equal(t, []string{"invalid_params", "<nil>", "<nil>"}, column(rows, "top_error"))
+		},
+		"fal-failures": func(t *testing.T, rows []docRow) {
+			// The upscale fal refused (422 at submit): its key is known
+			// though fal never accepted a request. The cancelled video is
+			// no failure.
+			require.Len(t, rows, 1)
+			require.Equal(t, "invalid_params", rows[0]["error_code"])
+			require.Regexp(t, `^key-[123]$`, rows[0]["fal_key"])
+			require.Equal(t, "1", rows[0]["jobs"])
+			require.Equal(t, "["+up.ID+"]", rows[0]["job_ids"])
 		},
 		"slowest": func(t *testing.T, rows []docRow) {
 			require.Equal(t, []string{"generate"}, column(rows, "operation"))

@@ -93,11 +93,11 @@ func RiverState(t testing.TB, pool *pgxpool.Pool, id int64) string {
 	return state
 }
 
-// HoldState returns the state of a job's hold.
+// HoldState returns the state of the hold of a job's latest run.
 func HoldState(t testing.TB, pool *pgxpool.Pool, id int64) string {
 	t.Helper()
 	var state string
-	require.NoError(t, pool.QueryRow(context.Background(), `SELECT state FROM credit_holds WHERE job_id = $1`, id).Scan(&state))
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT state FROM credit_holds WHERE job_id = $1 ORDER BY run DESC LIMIT 1`, id).Scan(&state))
 	return state
 }
 

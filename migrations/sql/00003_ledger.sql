@@ -1,8 +1,8 @@
 -- +goose Up
 -- The ledger: credit accounts, holds (one per run of an AI job) and an
 -- append-only journal. Credits are reserved by inserting an AI job into
--- river_job and settled by the job reaching its final state, both by
--- triggers here, so money moves in the same transaction as the job whatever
+-- river_job (and again by an admin retrying it) and settled by the job
+-- reaching its final state, all by triggers here, so money moves in the same transaction as the job whatever
 -- moves it (the API, a worker, River UI, River's rescuer or cleaner).
 --
 -- An account keeps only what can still be spent (available). Reserving
@@ -20,7 +20,7 @@ CREATE TABLE credit_accounts (
 COMMENT ON TABLE credit_accounts IS 'One row per user: the credits available to spend. balance = available + open holds (credit_balances).';
 
 -- Holds: one per run of an AI job (job_id is river_job.id; a job runs again
--- only when an admin retries it, with a new reservation), reserved until
+-- only when an admin retries it: river_job_reserve_rerun), reserved until
 -- the run ends, then charged or refunded exactly once. Never deleted: a
 -- settled hold is the job's receipt after River's cleaner removes the job.
 CREATE TABLE credit_holds (
@@ -97,8 +97,8 @@ CREATE TRIGGER credit_accounts_no_truncate BEFORE TRUNCATE ON credit_accounts
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse('the ledger keeps its history');
 CREATE TRIGGER credit_holds_no_delete BEFORE DELETE ON credit_holds
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse('holds are receipts');
--- Holds are written by inserting their AI job (river_job_reserve_credits),
--- never by hand.
+-- Holds are written by inserting their AI job (river_job_reserve_credits)
+-- or retrying it (river_job_reserve_rerun), never by hand.
 CREATE TRIGGER credit_holds_only_by_reserve BEFORE INSERT ON credit_holds
     FOR EACH ROW WHEN (pg_trigger_depth() = 0)
     EXECUTE FUNCTION ledger_refuse('holds are written by inserting their AI job');
@@ -254,26 +254,69 @@ CREATE TRIGGER river_job_refund_truncated AFTER TRUNCATE ON river_job
     FOR EACH STATEMENT
     EXECUTE FUNCTION river_job_refund_truncated();
 
--- A finished AI job whose hold is settled cannot be put back in the queue
--- (River UI's retry): running it again would be unpaid work.
+-- An admin putting a finished AI job back in the queue (River UI's Retry,
+-- River's JobRetry) starts a new run of it, paid by a new hold taken in the
+-- same statement: run = the latest run + 1, the same user and amount, from
+-- the user's available credits. So the job can reach fal again only with an
+-- open hold, and each run is settled once, when the job ends again. Refused,
+-- changing nothing: a succeeded job (SQLSTATE AQ409: a new job is the way to
+-- another result), and a retry the user cannot pay for (AQ402 with detail
+-- {"needed": N, "available": M}, as a submission). A job whose latest hold
+-- is still open goes back without a new one.
 -- +goose StatementBegin
-CREATE FUNCTION river_job_refuse_rerun() RETURNS trigger
+CREATE FUNCTION river_job_reserve_rerun() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    h    credit_holds;
+    have bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM credit_holds WHERE job_id = NEW.id AND state = 'reserved') THEN
-        RAISE EXCEPTION 'AI job % is % and its credits are settled: it cannot run again; submit a new job', NEW.id, OLD.state
+    SELECT * INTO h FROM credit_holds WHERE job_id = NEW.id ORDER BY run DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'AI job % has no credit hold: it cannot run again; submit a new job', NEW.id
             USING ERRCODE = 'check_violation';
+    END IF;
+    IF h.state = 'charged' OR ai_job_outcome(OLD.state, OLD.errors) = 'succeeded' THEN
+        RAISE EXCEPTION 'a succeeded job cannot run again; submit a new job'
+            USING ERRCODE = 'AQ409',
+                  DETAIL = format('job %s run %s is %s', NEW.id, h.run, h.state);
+    END IF;
+    IF h.state = 'reserved' THEN
+        RETURN NEW;
+    END IF;
+    UPDATE credit_accounts SET available = available - h.amount
+     WHERE user_id = h.user_id AND available >= h.amount;
+    IF NOT FOUND THEN
+        have := COALESCE((SELECT available FROM credit_accounts WHERE user_id = h.user_id), 0);
+        RAISE EXCEPTION 'not enough credits to retry: needed %, available %', h.amount, have
+            USING ERRCODE = 'AQ402',
+                  DETAIL = json_build_object('needed', h.amount, 'available', have)::text,
+                  HINT = format('job %s of user %s', NEW.id, h.user_id);
+    END IF;
+    INSERT INTO credit_holds (job_id, run, user_id, amount) VALUES (NEW.id, h.run + 1, h.user_id, h.amount);
+    INSERT INTO credit_entries (user_id, kind, amount, job_id, run) VALUES (h.user_id, 'reserve', h.amount, NEW.id, h.run + 1);
+    -- River keeps a job's errors across a retry, and ai_job_outcome reads a
+    -- last error wrapped in JobCancelError as the worker failing the job: so
+    -- a new run a person cancels before it records an error of its own
+    -- would read as failed. The earlier runs' errors keep their text
+    -- without River's wrapper.
+    IF NEW.errors IS NOT NULL THEN
+        NEW.errors := ARRAY(
+            SELECT CASE WHEN e ->> 'error' LIKE 'JobCancelError: %'
+                        THEN jsonb_set(e, '{error}', to_jsonb(substr(e ->> 'error', length('JobCancelError: ') + 1)))
+                        ELSE e END
+              FROM unnest(NEW.errors) WITH ORDINALITY AS u (e, i)
+             ORDER BY i);
     END IF;
     RETURN NEW;
 END;
 $$;
 -- +goose StatementEnd
-CREATE TRIGGER river_job_refuse_rerun BEFORE UPDATE OF state ON river_job
+CREATE TRIGGER river_job_reserve_rerun BEFORE UPDATE OF state ON river_job
     FOR EACH ROW
     WHEN (NEW.kind = 'ai'
           AND OLD.state IN ('completed', 'discarded', 'cancelled')
           AND NEW.state NOT IN ('completed', 'discarded', 'cancelled'))
-    EXECUTE FUNCTION river_job_refuse_rerun();
+    EXECUTE FUNCTION river_job_reserve_rerun();
 
 -- credit_balances: one row per account, in the API's words.
 CREATE VIEW credit_balances AS
@@ -284,15 +327,15 @@ SELECT a.user_id,
        COALESCE(h.open_holds, 0)             AS open_holds
   FROM credit_accounts a
   LEFT JOIN LATERAL (
-      SELECT sum(amount) AS reserved, count(*) AS open_holds
+      SELECT sum(amount)::bigint AS reserved, count(*) AS open_holds
         FROM credit_holds WHERE user_id = a.user_id AND state = 'reserved'
   ) h ON true;
 COMMENT ON VIEW credit_balances IS 'Credits per user: balance = available + reserved; reserved = the open holds.';
 
 -- +goose Down
 DROP VIEW IF EXISTS credit_balances;
-DROP TRIGGER IF EXISTS river_job_refuse_rerun ON river_job;
-DROP FUNCTION IF EXISTS river_job_refuse_rerun();
+DROP TRIGGER IF EXISTS river_job_reserve_rerun ON river_job;
+DROP FUNCTION IF EXISTS river_job_reserve_rerun();
 DROP TRIGGER IF EXISTS river_job_refund_truncated ON river_job;
 DROP FUNCTION IF EXISTS river_job_refund_truncated();
 DROP TRIGGER IF EXISTS river_job_refund_deleted ON river_job;

@@ -168,6 +168,29 @@ CREATE TABLE worker_heartbeats (
 );
 COMMENT ON TABLE worker_heartbeats IS 'Worker processes and their last beat; a process silent for 8 s (or gone from its host) is taken for dead and its running jobs handed back.';
 
+-- A job an admin puts back in the queue gets a new run
+-- (river_job_reserve_rerun, in the ledger) and takes along the requests it
+-- still holds at fal: one its end left open (the sweeper had not cancelled
+-- it yet) is followed by the new run, which pays fal nothing more, and
+-- shows as that run's (ai_jobs).
+-- +goose StatementBegin
+CREATE FUNCTION river_job_rerun_requests() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE fal_requests
+       SET run = (SELECT max(run) FROM credit_holds WHERE job_id = NEW.id)
+     WHERE job_id = NEW.id AND finished_at IS NULL;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER river_job_rerun_requests AFTER UPDATE OF state ON river_job
+    FOR EACH ROW
+    WHEN (NEW.kind = 'ai'
+          AND OLD.state IN ('completed', 'discarded', 'cancelled')
+          AND NEW.state NOT IN ('completed', 'discarded', 'cancelled'))
+    EXECUTE FUNCTION river_job_rerun_requests();
+
 -- fal_key_in_flight: slots in use per key, as the dispatcher sees them.
 CREATE VIEW fal_key_in_flight AS
 SELECT k.key_index, 'key-' || k.key_index AS key, k.capacity,
@@ -183,6 +206,8 @@ COMMENT ON VIEW fal_key_in_flight IS 'fal slots per key: capacity, requests in f
 
 -- +goose Down
 DROP VIEW IF EXISTS fal_key_in_flight;
+DROP TRIGGER IF EXISTS river_job_rerun_requests ON river_job;
+DROP FUNCTION IF EXISTS river_job_rerun_requests();
 DROP FUNCTION IF EXISTS fal_line_position(bigint, int);
 DROP TABLE IF EXISTS worker_heartbeats;
 DROP TABLE IF EXISTS fal_webhooks_seen;

@@ -4,7 +4,8 @@
 // its own private Postgres under a temporary DATA_DIR; the built-in fal
 // simulator in fast mode), submits a job through the API, then drives
 // Debian's chromium with playwright-core: logged in, River UI shows the three
-// queues and the job; without credentials it answers 401. Screenshots go to
+// queues and the job, and its Retry of the succeeded job shows the
+// database's refusal; without credentials it answers 401. Screenshots go to
 // SCREENSHOT_DIR (default riverui/e2e/out).
 //
 // Environment: SERVER_BIN (default bin/server from the repository root),
@@ -193,6 +194,13 @@ async function main() {
   await page.getByText("Completed", { exact: true }).first().waitFor({ timeout: 30000 });
   check(true, `River UI shows job ${job.id}: operation generate, completed`);
   await page.screenshot({ path: join(outDir, "riverui-job.png"), fullPage: true });
+
+  // Retry of the succeeded job: refused, and River UI says why.
+  await page.getByRole("button", { name: "Retry" }).first().click();
+  await page.getByText("Job retry failed").first().waitFor({ timeout: 30000 });
+  await page.getByText("a succeeded job cannot run again; submit a new job").first().waitFor({ timeout: 30000 });
+  check(true, `River UI's Retry of succeeded job ${job.id} shows why the database refuses it`);
+  await page.screenshot({ path: join(outDir, "riverui-retry-refused.png"), fullPage: true });
   await ctx.close();
 
   const secrets = [password, token];

@@ -24,6 +24,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/jobs/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run failed or cancelled jobs again
+         * @description Admin only (role service_role, or app_metadata.role admin). Puts failed or cancelled jobs back in the queue, selected by ids or by a filter (exactly one; at most 500 jobs), each on a new reservation of its cost from its owner's available credits, in one transaction. All or nothing per user: a user who cannot pay for all of their jobs gets none retried, and users says by how much they are short. Jobs that are queued, running or succeeded (charged: submit a new job instead) are skipped. dry_run answers the same without writing. Idempotent by Idempotency-Key.
+         */
+        post: operations["retry-jobs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/batches": {
         parameters: {
             query?: never;
@@ -1460,6 +1480,131 @@ export interface components {
             /** @description Where the file is; fal keeps it for a limited time. */
             url: string;
         };
+        RetryBody: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/RetryBody.json
+             */
+            readonly $schema?: string;
+            /** @description Answer what the retry would do and what it would cost, writing nothing. */
+            dry_run?: boolean;
+            /** @description Selects failed jobs (not cancelled ones: retry those by id), oldest finished first, at most 500 per call. Exactly one of ids and filter. */
+            filter?: components["schemas"]["RetryFilter"];
+            /**
+             * @description The jobs to run again (failed or cancelled ones are; the others are listed in skipped). Exactly one of ids and filter.
+             * @example [
+             *       "101",
+             *       "102",
+             *       "103"
+             *     ]
+             */
+            ids?: string[];
+        };
+        RetryFilter: {
+            /**
+             * @description Only jobs whose last error has this code (upstream_error, invalid_params, model_error, result_expired, timeout, deadline_exceeded, internal).
+             * @example upstream_error
+             */
+            error_code?: string;
+            /**
+             * Format: date-time
+             * @description Only jobs that ended at or after this time.
+             * @example 2026-11-28T12:00:00Z
+             */
+            finished_after?: string;
+            /**
+             * Format: date-time
+             * @description Only jobs that ended before this time.
+             * @example 2026-11-28T13:00:00Z
+             */
+            finished_before?: string;
+            /**
+             * @description Only jobs of this operation.
+             * @example generate
+             */
+            operation?: string;
+        };
+        RetryResult: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/RetryResult.json
+             */
+            readonly $schema?: string;
+            /**
+             * Format: int64
+             * @description Credits reserved for the retried jobs in total (or that would be).
+             * @example 3
+             */
+            credits_reserved: number;
+            /** @description true: nothing was written; retried and users say what the same request would do now. */
+            dry_run: boolean;
+            /** @description The filter matched more than 500 failed jobs: call again for the next ones (jobs retried now no longer match; jobs skipped for credits do). */
+            more: boolean;
+            /**
+             * @description Ids of the jobs put back in the queue, each with a new reservation (or that would be, on a dry run).
+             * @example [
+             *       "101",
+             *       "102"
+             *     ]
+             */
+            retried: string[];
+            /** @description The jobs not retried, and why. */
+            skipped: components["schemas"]["RetrySkip"][];
+            /** @description Per owner of retryable jobs: how many, what they cost, what the user has, and whether they were retried (all of a user's jobs or none). */
+            users: components["schemas"]["RetryUser"][];
+        };
+        RetrySkip: {
+            /**
+             * @description The job id as given.
+             * @example 103
+             */
+            id: string;
+            /**
+             * @description not_found: no such job; not_finished: queued or running; succeeded: charged, submit a new job instead; insufficient_credits: its user cannot pay for all of their jobs (see users).
+             * @enum {string}
+             */
+            reason: "not_found" | "not_finished" | "succeeded" | "insufficient_credits";
+            /**
+             * Format: uuid
+             * @description The job's owner, when the job exists.
+             */
+            user_id?: string;
+        };
+        RetryUser: {
+            /**
+             * Format: int64
+             * @description The user's available credits before the retry.
+             * @example 5
+             */
+            credits_available: number;
+            /**
+             * Format: int64
+             * @description What running them all again costs.
+             * @example 2
+             */
+            credits_needed: number;
+            /**
+             * Format: int64
+             * @description Jobs of this user the request could run again.
+             * @example 2
+             */
+            jobs: number;
+            /** @description The user's jobs were retried (would be, on a dry run): all of them, or none when the user cannot pay for all. */
+            retried: boolean;
+            /**
+             * Format: int64
+             * @description needed - available when the user cannot pay, else 0.
+             * @example 0
+             */
+            shortfall: number;
+            /**
+             * Format: uuid
+             * @description The owner.
+             */
+            user_id: string;
+        };
         Size: {
             /**
              * Format: int64
@@ -1891,6 +2036,209 @@ export interface operations {
                      *           "location": "body.priority",
                      *           "message": "expected value to be one of \"urgent, normal, background\"",
                      *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "retry-jobs": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description A retried request with the same key and body retries nothing more and gets the first response again (for 24 hours); the same key with another body is refused (422), and 409 while the first request is still running. */
+                "Idempotency-Key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RetryBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    "Idempotent-Replayed"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RetryResult"];
+                };
+            };
+            /** @description The body is not JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "invalid character 'o' in literal null (expecting 'u')",
+                     *           "value": "not json"
+                     *         }
+                     *       ],
+                     *       "status": 400,
+                     *       "title": "Bad Request",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request with this Idempotency-Key is still in progress; retry after Retry-After to get its response. */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "a request with Idempotency-Key \"3f7c2a1e-submit-ring-42\" is still in progress; retry after it finished to get its response",
+                     *       "status": 409,
+                     *       "title": "Conflict",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over 1 MB (1,048,576 bytes): send large images by URL. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "request body is too large: 2097152 bytes, the limit is 1048576 bytes (send large images by URL)",
+                     *       "status": 413,
+                     *       "title": "Request Entity Too Large",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "status": 415,
+                     *       "title": "Unsupported Media Type",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. Also: the Idempotency-Key was already used with another body. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "needs exactly one of ids and filter"
                      *         }
                      *       ],
                      *       "status": 422,
