@@ -38,11 +38,11 @@ type Job struct {
 
 // Progress is where an unfinished job is, as far as fal says.
 type Progress struct {
-	Stage            string          `json:"stage,omitempty" enum:"waiting,in_queue,in_progress,finishing" doc:"waiting (for a fal slot, or for fal to accept the request), in_queue or in_progress (fal's status), finishing (fetching the result); absent once the job ended."`
-	FalQueuePosition *int            `json:"fal_queue_position,omitempty" minimum:"0" doc:"The request's place in fal's own queue, while fal queues it."`
-	Logs             []LogLine       `json:"logs,omitempty" doc:"fal's latest log lines of the request (with logs=1)."`
-	StartedAt        *time.Time      `json:"started_at,omitempty" doc:"When fal first accepted a request of the job."`
-	ETASeconds       *int            `json:"eta_seconds,omitempty" minimum:"0" doc:"Estimated seconds to the job's end, from what the operation recently took at fal and the line ahead; absent until a few such jobs finished."`
+	Stage            string     `json:"stage,omitempty" enum:"waiting,in_queue,in_progress,finishing" doc:"waiting (for a fal slot, or for fal to accept the request), in_queue or in_progress (fal's status), finishing (fetching the result); absent once the job ended."`
+	FalQueuePosition *int       `json:"fal_queue_position,omitempty" minimum:"0" doc:"The request's place in fal's own queue, while fal queues it."`
+	Logs             []LogLine  `json:"logs,omitempty" doc:"fal's latest log lines of the request (with logs=1)."`
+	StartedAt        *time.Time `json:"started_at,omitempty" doc:"When fal first accepted a request of the job."`
+	ETASeconds       *int       `json:"eta_seconds,omitempty" minimum:"0" doc:"Estimated seconds to the job's end, from what the operation recently took at fal and the line ahead; absent until a few such jobs finished."`
 }
 
 // LogLine is one of fal's log lines of a request.
