@@ -12,8 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// StateChannel is the notification channel on which the river_job trigger
-// (migration 00030) sends the id of an AI job whose API state changed.
+// StateChannel is the notification channel on which the database's
+// triggers (on river_job and fal_requests) send the id of an AI job when
+// something the studio sees of it changed: its state, or fal's progress.
 const StateChannel = "aiqueue_job_state"
 
 // WatcherApplicationName is the application_name of the Watcher's
@@ -55,28 +56,32 @@ func NewWatcher(config *pgx.ConnConfig, logger *slog.Logger) *Watcher {
 }
 
 // Subscription receives a value on C (buffered, never blocks the Watcher)
-// after the job's state may have changed. Close it when done.
+// after one of its jobs may have changed. Close it when done.
 type Subscription struct {
 	C <-chan struct{}
 
-	c  chan struct{}
-	w  *Watcher
-	id int64
+	c   chan struct{}
+	w   *Watcher
+	ids []int64
 }
 
-// Subscribe starts watching job id (a River job id). Subscribe before
-// reading the job, so a change between the read and the wait is not lost.
-func (w *Watcher) Subscribe(id int64) *Subscription {
+// Subscribe starts watching jobs ids (River job ids): one job for a job's
+// long poll or stream, every job of a batch for the batch's. Subscribe
+// before reading them, so a change between the read and the wait is not
+// lost.
+func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 	c := make(chan struct{}, 1)
-	s := &Subscription{C: c, c: c, w: w, id: id}
+	s := &Subscription{C: c, c: c, w: w, ids: ids}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	set := w.subs[id]
-	if set == nil {
-		set = map[*Subscription]struct{}{}
-		w.subs[id] = set
+	for _, id := range ids {
+		set := w.subs[id]
+		if set == nil {
+			set = map[*Subscription]struct{}{}
+			w.subs[id] = set
+		}
+		set[s] = struct{}{}
 	}
-	set[s] = struct{}{}
 	return s
 }
 
@@ -84,10 +89,12 @@ func (w *Watcher) Subscribe(id int64) *Subscription {
 func (s *Subscription) Close() {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
-	if set := s.w.subs[s.id]; set != nil {
-		delete(set, s)
-		if len(set) == 0 {
-			delete(s.w.subs, s.id)
+	for _, id := range s.ids {
+		if set := s.w.subs[id]; set != nil {
+			delete(set, s)
+			if len(set) == 0 {
+				delete(s.w.subs, id)
+			}
 		}
 	}
 }
@@ -112,7 +119,7 @@ func (w *Watcher) wakeAll() {
 	defer w.mu.Unlock()
 	for _, set := range w.subs {
 		for s := range set {
-			s.wake()
+			s.wake() // a subscription of several jobs is woken once: C holds one value
 		}
 	}
 }
@@ -127,11 +134,13 @@ func (w *Watcher) Notifications() int64 { return w.notifications.Load() }
 func (w *Watcher) Subscribers() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := 0
+	subs := map[*Subscription]struct{}{}
 	for _, set := range w.subs {
-		n += len(set)
+		for s := range set {
+			subs[s] = struct{}{}
+		}
 	}
-	return n
+	return len(subs)
 }
 
 // Run listens until ctx ends, reconnecting after failures with back-off

@@ -100,6 +100,36 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 		}, 10*time.Second, 10*time.Millisecond)
 	})
 
+	t.Run("OneSubscriptionForManyJobs", func(t *testing.T) {
+		t.Parallel()
+		b, w := setupWatcher(t)
+		uid := grant(t, b.pool, 5)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b"), generate("c")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		sub := w.Subscribe(ids[:2]...)
+		defer sub.Close()
+		require.Equal(t, 1, w.Subscribers())
+		// The job it does not watch ends: nothing.
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(ids[2]))
+		require.NoError(t, err)
+		// Either of its jobs wakes it.
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(ids[1]))
+		require.NoError(t, err)
+		woken(t, sub)
+		require.Eventually(t, func() bool { return w.Notifications() == 2 }, 10*time.Second, 5*time.Millisecond)
+		select {
+		case <-sub.C:
+			t.Fatal("woken twice for one change")
+		default:
+		}
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(ids[0]))
+		require.NoError(t, err)
+		woken(t, sub)
+		sub.Close()
+		require.Zero(t, w.Subscribers())
+		requireInvariants(t, b.pool)
+	})
+
 	t.Run("CloseUnsubscribes", func(t *testing.T) {
 		t.Parallel()
 		_, w := setupWatcher(t)
