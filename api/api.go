@@ -32,8 +32,9 @@ type Config struct {
 	Auth    AuthConfig
 	Logger  *slog.Logger
 	Version string
-	// Watcher wakes long polls and event streams when a job's state
-	// changes. Without one they only end at their timeout.
+	// Watcher wakes long polls and event streams when something the
+	// studio sees of a job changes. Without one they only end at their
+	// timeout (queued jobs are still read again now and then).
 	Watcher *Watcher
 	// DBTimeout bounds the database work of one request (acquiring a
 	// connection included), so an unreachable database answers 503
@@ -53,6 +54,7 @@ type Server struct {
 	api       huma.API
 	watcher   *Watcher
 	dbTimeout time.Duration
+	pacing    pacing
 
 	// stopping is closed by Shutdown: long polls answer at once and
 	// event streams end, so a graceful shutdown does not wait for them.
@@ -76,7 +78,7 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
-		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), stopping: make(chan struct{})}
+		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), pacing: defaultPacing, stopping: make(chan struct{})}
 	s.api = humago.New(mux, Document(cfg.Version))
 	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
 	s.register()

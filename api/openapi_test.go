@@ -62,7 +62,7 @@ func TestOpenAPI(t *testing.T) {
 			}
 		}
 		for _, id := range []string{"submit-job", "get-job", "cancel-job", "list-jobs", "submit-batch", "get-batch",
-			"get-credits", "list-operations", "grant-credits", "get-job-events"} {
+			"get-credits", "list-operations", "grant-credits", "get-job-events", "get-batch-events"} {
 			require.Contains(t, ids, id)
 		}
 	})
@@ -78,6 +78,7 @@ func TestOpenAPI(t *testing.T) {
 		require.Contains(t, oapi.Paths["/v1/admin/credits/grants"].Post.Responses, "403")
 		require.Contains(t, oapi.Paths["/v1/batches"].Post.Responses, "402")
 		require.Contains(t, oapi.Paths["/v1/jobs/{id}/events"].Get.Responses["200"].Content, "text/event-stream")
+		require.Contains(t, oapi.Paths["/v1/batches/{id}/events"].Get.Responses["200"].Content, "text/event-stream")
 	})
 
 	t.Run("ParamsSchemaPerOperation", func(t *testing.T) {
