@@ -142,8 +142,9 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 	})
 }
 
-// BenchmarkWatcherWake is the time from the commit of a job's state change
-// to its subscriber being woken through LISTEN/NOTIFY.
+// BenchmarkWatcherWake is the time from the commit of a change the studio
+// sees (fal's stage of a job's request, moved back and forth) to its
+// subscriber being woken through LISTEN/NOTIFY.
 func BenchmarkWatcherWake(b *testing.B) {
 	tb := setup(b)
 	pool, svc := tb.pool, tb.svc
@@ -162,14 +163,22 @@ func BenchmarkWatcherWake(b *testing.B) {
 	require.NoError(b, tx.Commit(ctx))
 	ids, err := svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 	require.NoError(b, err)
+	_, err = pool.Exec(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model, request_id, state, submitted_at, stage)
+VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev', 'r-1', 'in_flight', now(), 'in_queue')`, ids[0], uid)
+	require.NoError(b, err)
 	sub := w.Subscribe(ids[0])
 	defer sub.Close()
-	states := []string{"running", "available"}
+	stages := []string{"in_progress", "in_queue"}
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
-		if _, err := pool.Exec(ctx, `UPDATE river_job SET state = $2::river_job_state WHERE id = $1`, ids[0], states[i%2]); err != nil {
+		if _, err := pool.Exec(ctx, `UPDATE fal_requests SET stage = $2 WHERE job_id = $1`, ids[0], stages[i%2]); err != nil {
 			b.Fatal(err)
 		}
-		<-sub.C
+		select {
+		case <-sub.C:
+		case <-time.After(10 * time.Second):
+			b.Fatal("not woken")
+		}
 	}
 }

@@ -21,8 +21,9 @@ import (
 
 // BenchmarkClickToResult measures what a person clicking "generate" waits
 // for (issue 19): one urgent job at a time, no fal webhook, submitted and
-// then followed by long polls (GET /v1/jobs/{id}?wait=30, asked again at
-// once after each answer) until it succeeded. Each iteration is one job.
+// then followed until it succeeded, by long polls (LongPoll: GET
+// /v1/jobs/{id}?wait=30, asked again at once after each answer) or by its
+// event stream (Events). Each iteration is one job.
 //
 // Scenarios: Fast (the simulator's fast mode: fal completes a request at
 // its first status read), Instant (fal completes at submit) and 1s (fal
@@ -30,8 +31,9 @@ import (
 // overhead-p50/p99 (client-seen submit to succeeded, minus fal's own time
 // from its submit to its completion), slot-past-fal-p50/p99 (the fal slot
 // held past fal's completion: fal_requests.finished_at minus the
-// simulator's completion time), status-reads (status calls and streams per
-// job) and the median of each step (see breakdown). Run with
+// simulator's completion time), status-reads-p99 (status calls and streams
+// per job), answers-p50 (long-poll answers or events per job) and the
+// median of each step (steps, logged). Run with
 //
 //	go test ./cmd/server -run '^$' -bench ClickToResult -benchtime 50x
 //
@@ -45,7 +47,9 @@ func BenchmarkClickToResult(b *testing.B) {
 		{"Instant", falsim.Options{Latency: map[string]time.Duration{simImageModel: 0}}},
 		{"1s", falsim.Options{Latency: map[string]time.Duration{simImageModel: time.Second}}},
 	} {
-		b.Run(sc.name, func(b *testing.B) { benchClickToResult(b, sc.opts) })
+		for _, via := range []string{"LongPoll", "Events"} {
+			b.Run(sc.name+"/"+via, func(b *testing.B) { benchClickToResult(b, sc.opts, via) })
+		}
 	}
 }
 
@@ -65,7 +69,7 @@ var steps = []string{
 	"client-saw-final",   // the long poll answered succeeded
 }
 
-func benchClickToResult(b *testing.B, opts falsim.Options) {
+func benchClickToResult(b *testing.B, opts falsim.Options, via string) {
 	rec := &simRecorder{}
 	opts.Keys = simKeys
 	sim := falsim.New(opts)
@@ -86,11 +90,20 @@ func benchClickToResult(b *testing.B, opts falsim.Options) {
 		require.Equal(b, http.StatusAccepted, r.Status, string(r.Body))
 		j := r.job(b)
 		n := 0
-		for !jobs.Final(j.State) {
-			r := c.get("/v1/jobs/" + j.ID + "?wait=30")
-			require.Equal(b, http.StatusOK, r.Status)
-			j = r.job(b)
-			n++
+		switch via {
+		case "LongPoll":
+			for !jobs.Final(j.State) {
+				r := c.get("/v1/jobs/" + j.ID + "?wait=30")
+				require.Equal(b, http.StatusOK, r.Status)
+				j = r.job(b)
+				n++
+			}
+		case "Events":
+			_, events := openEvents(b, c, j.ID)
+			for e := range events {
+				j = e.Job
+				n++
+			}
 		}
 		saw := time.Now()
 		require.Equal(b, jobs.StateSucceeded, j.State)
@@ -128,7 +141,7 @@ SELECT f.claimed_at, f.submitted_at, f.finished_at, j.attempted_at, j.finalized_
 	b.ReportMetric(percentile(slotPast, 50), "slot-past-fal-p50-ms")
 	b.ReportMetric(percentile(slotPast, 99), "slot-past-fal-p99-ms")
 	b.ReportMetric(percentile(reads, 99), "status-reads-p99")
-	b.ReportMetric(percentile(polls, 50), "long-polls-p50")
+	b.ReportMetric(percentile(polls, 50), "answers-p50")
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%d jobs; median time since the client's submit, and the step from the previous line (ms):\n", len(overhead))
 	prev := 0.0
