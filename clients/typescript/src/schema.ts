@@ -2116,7 +2116,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the batch as it is now. */
+                /** @description The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the batch as it is now (a value that is not such an id starts them at 1). */
                 "Last-Event-ID"?: string;
             };
             path: {
@@ -3015,7 +3015,7 @@ export interface operations {
                 logs?: boolean;
             };
             header?: {
-                /** @description The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the job as it is now. */
+                /** @description The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the job as it is now (a value that is not such an id starts them at 1). */
                 "Last-Event-ID"?: string;
             };
             path: {
