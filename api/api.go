@@ -32,8 +32,9 @@ type Config struct {
 	Auth    AuthConfig
 	Logger  *slog.Logger
 	Version string
-	// Watcher wakes long polls and event streams when a job's state
-	// changes. Without one they only end at their timeout.
+	// Watcher wakes long polls and event streams when something the
+	// studio sees of a job changes. Without one they only end at their
+	// timeout (queued jobs are still read again now and then).
 	Watcher *Watcher
 	// FalWebhooks takes in fal's webhooks; without a Verifier the endpoint
 	// answers 404.
@@ -57,6 +58,7 @@ type Server struct {
 	api      huma.API
 	watcher  *Watcher
 	falHooks FalWebhooks
+	pacing   pacing
 
 	// stopping is closed by Shutdown: long polls answer at once and
 	// event streams end, so a graceful shutdown does not wait for them.
@@ -80,7 +82,7 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
-		watcher: cfg.Watcher, falHooks: cfg.FalWebhooks, stopping: make(chan struct{})}
+		watcher: cfg.Watcher, falHooks: cfg.FalWebhooks, pacing: defaultPacing, stopping: make(chan struct{})}
 	s.api = humago.New(mux, Document(cfg.Version))
 	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
 	s.register()

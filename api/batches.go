@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"reflect"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/jackc/pgx/v5"
@@ -39,8 +41,14 @@ type batchOutput struct {
 	Body *jobs.Batch
 }
 
-type batchIDInput struct {
-	ID string `path:"id" doc:"Batch id." maxLength:"40" example:"0b9e6c1e-1b7e-4c39-9a3e-2f1d0c7a5e11"`
+type getBatchInput struct {
+	ID   string `path:"id" doc:"Batch id." maxLength:"40" example:"0b9e6c1e-1b7e-4c39-9a3e-2f1d0c7a5e11"`
+	Wait int    `query:"wait" minimum:"0" maximum:"30" doc:"Long poll: hold the request up to this many seconds until the batch's counts change (a batch whose jobs have all ended returns at once)." example:"25"`
+}
+
+type batchEventsInput struct {
+	ID          string `path:"id" doc:"Batch id." maxLength:"40" example:"0b9e6c1e-1b7e-4c39-9a3e-2f1d0c7a5e11"`
+	LastEventID string `header:"Last-Event-ID" doc:"The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the batch as it is now (a value that is not such an id starts them at 1)."`
 }
 
 func (s *Server) registerBatches(body *huma.Schema) {
@@ -68,11 +76,33 @@ func (s *Server) registerBatches(body *huma.Schema) {
 		Method:      http.MethodGet,
 		Path:        "/v1/batches/{id}",
 		Summary:     "Get a batch",
-		Description: "The caller's batch: its jobs counted per state, and their ids in item order. List the jobs themselves with GET /v1/jobs?batch_id=.",
-		Tags:        []string{tagBatches},
-		Security:    bearer,
-		Errors:      []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusServiceUnavailable},
+		Description: "The caller's batch: its jobs counted per state, and their ids in item order. List the jobs themselves with " +
+			"GET /v1/jobs?batch_id=. With wait=N the request is held until the counts change or N seconds pass (woken by the " +
+			"database's notification, not by polling); a batch whose jobs have all ended returns at once.",
+		Tags:     []string{tagBatches},
+		Security: bearer,
+		Errors:   []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusServiceUnavailable},
 	}, s.getBatch)
+
+	batchSchema := s.api.OpenAPI().Components.Schemas.Schema(reflect.TypeFor[jobs.Batch](), true, "Batch")
+	huma.Register(s.api, huma.Operation{
+		OperationID: "get-batch-events",
+		Method:      http.MethodGet,
+		Path:        "/v1/batches/{id}/events",
+		Summary:     "Follow a batch",
+		Description: "Server-Sent Events: a `batch` event with the batch at once, then one each time its counts change (read at most " +
+			"4 times a second, woken by the database's notification), and the stream closes once every job has ended (`done`). " +
+			"Idle streams get a `: keep-alive` comment every 15 seconds. A client reconnecting with Last-Event-ID gets the batch " +
+			"as it is now, with the next id.",
+		Tags:     []string{tagBatches},
+		Security: bearer,
+		Responses: eventsResponse("A stream of `batch` events, each carrying the batch as JSON.",
+			"id: 1\nevent: batch\ndata: {\"id\":\"0b9e6c1e-...\",\"total\":3,\"counts\":{\"queued\":3,\"running\":0,...},\"done\":false,...}\n\n"+
+				"id: 2\nevent: batch\ndata: {\"id\":\"0b9e6c1e-...\",\"total\":3,\"counts\":{\"queued\":1,\"running\":2,...},\"done\":false,...}\n\n"+
+				"id: 3\nevent: batch\ndata: {\"id\":\"0b9e6c1e-...\",\"total\":3,\"counts\":{\"succeeded\":3,...},\"done\":true,...}\n\n",
+			eventDoc{EventBatch, "The batch, first and after each change of its counts.", batchSchema}),
+		Errors: []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusServiceUnavailable},
+	}, s.batchEvents)
 }
 
 func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submitBatchOutput, error) {
@@ -95,12 +125,201 @@ func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submit
 	return &submitBatchOutput{Location: w.Location, Replayed: w.replayedHeader(), Body: w.Body}, nil
 }
 
-func (s *Server) getBatch(ctx context.Context, in *batchIDInput) (*batchOutput, error) {
-	dbCtx, cancel := s.db(ctx)
-	defer cancel()
-	b, err := s.jobs.GetBatch(dbCtx, principalFrom(ctx).UserID, in.ID)
+func (s *Server) getBatch(ctx context.Context, in *getBatchInput) (*batchOutput, error) {
+	uid := principalFrom(ctx).UserID
+	b, err := s.findBatch(ctx, uid, in.ID)
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
+	var sub *Subscription
+	if in.Wait > 0 {
+		// Subscribe before counting, so a change in between wakes us.
+		sub = s.subscribeBatch(b)
+		defer closeSub(sub)
+	}
+	if err := s.countBatch(ctx, b); err != nil {
+		return nil, s.toProblem(ctx, err)
+	}
+	if in.Wait > 0 && !b.Done {
+		if b, err = s.waitForBatch(ctx, sub, b, min(time.Duration(in.Wait)*time.Second, MaxWait)); err != nil {
+			return nil, s.toProblem(ctx, err)
+		}
+	}
 	return &batchOutput{Body: b}, nil
+}
+
+func (s *Server) batchEvents(ctx context.Context, in *batchEventsInput) (*huma.StreamResponse, error) {
+	b, err := s.findBatch(ctx, principalFrom(ctx).UserID, in.ID)
+	if err != nil {
+		return nil, s.toProblem(ctx, err)
+	}
+	sub := s.subscribeBatch(b)
+	if err := s.countBatch(ctx, b); err != nil {
+		closeSub(sub)
+		return nil, s.toProblem(ctx, err)
+	}
+	return &huma.StreamResponse{Body: func(hctx huma.Context) {
+		defer closeSub(sub)
+		es := openEventStream(hctx, lastEventID(in.LastEventID))
+		defer es.close()
+		s.followBatch(hctx.Context(), es, sub, b)
+	}}, nil
+}
+
+// findBatch reads the caller's batch, without its counts, within the
+// database timeout.
+func (s *Server) findBatch(ctx context.Context, userID, id string) (*jobs.Batch, error) {
+	ctx, cancel := s.db(ctx)
+	defer cancel()
+	return s.jobs.FindBatch(ctx, userID, id)
+}
+
+// countBatch counts the jobs of b within the database timeout.
+func (s *Server) countBatch(ctx context.Context, b *jobs.Batch) error {
+	ctx, cancel := s.db(ctx)
+	defer cancel()
+	return s.jobs.CountBatch(ctx, b)
+}
+
+// recount returns a copy of b with its counts now.
+func (s *Server) recount(ctx context.Context, b *jobs.Batch) (*jobs.Batch, error) {
+	latest := *b
+	if err := s.countBatch(ctx, &latest); err != nil {
+		return nil, err
+	}
+	return &latest, nil
+}
+
+// subscribeBatch watches every job of b when there is a watcher; the
+// subscription is nil otherwise (its channel then never fires).
+func (s *Server) subscribeBatch(b *jobs.Batch) *Subscription {
+	if s.watcher == nil {
+		return nil
+	}
+	ids := make([]int64, 0, len(b.JobIDs))
+	for _, id := range b.JobIDs {
+		if n, ok := jobs.JobID(id); ok {
+			ids = append(ids, n)
+		}
+	}
+	return s.watcher.Subscribe(ids...)
+}
+
+func batchChanged(a, b *jobs.Batch) bool { return a.Counts != b.Counts || a.Done != b.Done }
+
+// readPacer spaces the reads a watcher's wake-ups ask for to one per gap:
+// a batch's jobs can change many times a second between them.
+type readPacer struct {
+	gap   time.Duration
+	last  time.Time
+	timer *time.Timer
+	armed bool
+}
+
+// newReadPacer lets the first wake-up read at once.
+func newReadPacer(gap time.Duration) *readPacer {
+	t := time.NewTimer(gap)
+	t.Stop()
+	return &readPacer{gap: gap, timer: t}
+}
+
+// woken reports whether a read may happen now; if not, C fires when it may.
+func (p *readPacer) woken() bool {
+	if p.armed {
+		return false
+	}
+	if wait := p.gap - time.Since(p.last); wait > 0 {
+		p.timer.Reset(wait)
+		p.armed = true
+		return false
+	}
+	return true
+}
+
+// C fires when a read put off by woken may happen.
+func (p *readPacer) C() <-chan time.Time { return p.timer.C }
+
+// reading records a read now.
+func (p *readPacer) reading() {
+	p.timer.Stop()
+	p.armed = false
+	p.last = time.Now()
+}
+
+func (p *readPacer) stop() { p.timer.Stop() }
+
+// waitForBatch waits until the counts of batch b change, or timeout
+// passes, and returns the latest batch.
+func (s *Server) waitForBatch(ctx context.Context, sub *Subscription, b *jobs.Batch, timeout time.Duration) (*jobs.Batch, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	pace := newReadPacer(s.pacing.gap)
+	defer pace.stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			return b, nil
+		case <-s.stopping:
+			return b, nil
+		case <-wakeups(sub):
+			if !pace.woken() {
+				continue
+			}
+		case <-pace.C():
+		}
+		pace.reading()
+		latest, err := s.recount(ctx, b)
+		if err != nil {
+			return nil, err
+		}
+		if batchChanged(b, latest) {
+			return latest, nil
+		}
+	}
+}
+
+// followBatch sends batch b at once, then the batch each time its counts
+// change, until every job has ended, the client leaves or the server shuts
+// down.
+func (s *Server) followBatch(ctx context.Context, es *eventStream, sub *Subscription, b *jobs.Batch) {
+	if es.send(EventBatch, b) != nil || b.Done {
+		return
+	}
+	heartbeat := time.NewTicker(s.pacing.heartbeat)
+	defer heartbeat.Stop()
+	pace := newReadPacer(s.pacing.gap)
+	defer pace.stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return
+		case <-heartbeat.C:
+			if es.comment("keep-alive") != nil {
+				return
+			}
+			continue
+		case <-wakeups(sub):
+			if !pace.woken() {
+				continue
+			}
+		case <-pace.C():
+		}
+		pace.reading()
+		latest, err := s.recount(ctx, b)
+		if err != nil {
+			s.logger.WarnContext(ctx, "batch event stream: cannot count jobs", "batch_id", b.ID, "error", err.Error())
+			continue
+		}
+		if !batchChanged(b, latest) {
+			continue
+		}
+		b = latest
+		if es.send(EventBatch, b) != nil || b.Done {
+			return
+		}
+	}
 }

@@ -42,7 +42,7 @@ type jobIDInput struct {
 type getJobInput struct {
 	ID   string `path:"id" doc:"Job id." maxLength:"40" example:"101"`
 	Logs bool   `query:"logs" doc:"Include fal's latest log lines of the request in progress.logs."`
-	Wait int    `query:"wait" minimum:"0" maximum:"30" doc:"Long poll: hold the request up to this many seconds until the job's state changes (a job already in a final state returns at once)." example:"25"`
+	Wait int    `query:"wait" minimum:"0" maximum:"30" doc:"Long poll: hold the request up to this many seconds until something the studio sees of the job changes (its state, progress, queue position, attempt or estimated end, as the events of GET /v1/jobs/{id}/events); a job already in a final state returns at once." example:"25"`
 }
 
 type listJobsInput struct {
@@ -89,7 +89,8 @@ func (s *Server) registerJobs(jobSchema *huma.Schema) {
 		Method:      http.MethodGet,
 		Path:        "/v1/jobs/{id}",
 		Summary:     "Get a job",
-		Description: "The job, if it is the caller's. With wait=N the request is held until the job's state changes or N seconds pass " +
+		Description: "The job, if it is the caller's. With wait=N the request is held until something the studio sees of the job " +
+			"changes (its state, progress, queue position, attempt, or its estimated end by more than 5 seconds) or N seconds pass " +
 			"(woken by the database's notification, not by polling); a job already in a final state returns at once.",
 		Tags:     []string{tagJobs},
 		Security: bearer,
@@ -198,18 +199,14 @@ func (s *Server) getJob(ctx context.Context, in *getJobInput) (*jobOutput, error
 	return &jobOutput{Body: j}, nil
 }
 
-// lineRead is how often a waiting job is read again while it waits in the
-// line: its place changes as other jobs get slots, which no notification
-// announces.
-const lineRead = 2 * time.Second
-
-// waitForChange waits until job j shows something new (jobs.Job.Moved),
-// or timeout passes, and returns the latest job. It reads the job when the
-// watcher says it changed, and every lineRead while it is queued.
+// waitForChange waits until job j shows something new (changeOf), or
+// timeout passes, and returns the latest job. It reads the job when the
+// watcher says it changed, and every pacing.lineRead while it is queued.
 func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID string, j *jobs.Job, logs bool, timeout time.Duration) (*jobs.Job, error) {
+	readAt := time.Now()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	line := time.NewTicker(lineRead)
+	line := time.NewTicker(s.pacing.lineRead)
 	defer line.Stop()
 	for {
 		select {
@@ -229,7 +226,7 @@ func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID st
 		if err != nil {
 			return nil, err
 		}
-		if j.Moved(latest) {
+		if changeOf(j, readAt, latest, time.Now()) != unchanged {
 			return latest, nil
 		}
 	}

@@ -67,7 +67,7 @@ func TestOpenAPI(t *testing.T) {
 			}
 		}
 		for _, id := range []string{"submit-job", "get-job", "cancel-job", "list-jobs", "submit-batch", "get-batch",
-			"get-credits", "list-operations", "grant-credits", "get-job-events", "retry-jobs"} {
+			"get-credits", "list-operations", "grant-credits", "get-job-events", "retry-jobs", "get-batch-events"} {
 			require.Contains(t, ids, id)
 		}
 	})
@@ -85,6 +85,7 @@ func TestOpenAPI(t *testing.T) {
 		require.Equal(t, []string{"admin"}, oapi.Paths["/v1/admin/jobs/retry"].Post.Tags)
 		require.Contains(t, oapi.Paths["/v1/batches"].Post.Responses, "402")
 		require.Contains(t, oapi.Paths["/v1/jobs/{id}/events"].Get.Responses["200"].Content, "text/event-stream")
+		require.Contains(t, oapi.Paths["/v1/batches/{id}/events"].Get.Responses["200"].Content, "text/event-stream")
 	})
 
 	t.Run("ParamsSchemaPerOperation", func(t *testing.T) {

@@ -15,7 +15,8 @@ import (
 )
 
 // StateChannel is the notification channel on which the database sends the
-// id of a watched AI job that changed (migrations/sql/00005_api.sql).
+// id of a watched AI job when something the studio sees of it changed: its
+// state, or fal's progress (migrations/sql/00005_api.sql).
 const StateChannel = "aiqueue_job_state"
 
 // WatcherApplicationName is the application_name of the Watcher's
@@ -68,34 +69,44 @@ func NewWatcher(config *pgx.ConnConfig, logger *slog.Logger) *Watcher {
 }
 
 // Subscription receives a value on C (buffered, never blocks the Watcher)
-// after the job's state may have changed. Close it when done.
+// after one of its jobs may have changed. Close it when done.
 type Subscription struct {
 	C <-chan struct{}
 
-	c  chan struct{}
-	w  *Watcher
-	id int64
+	c   chan struct{}
+	w   *Watcher
+	ids []int64
 }
 
-// Subscribe starts watching job id (a River job id): the job is recorded as
-// watched before Subscribe returns. Subscribe before reading the job, so a
-// change between the read and the wait is not lost.
-func (w *Watcher) Subscribe(id int64) *Subscription {
+// Subscribe starts watching jobs ids (River job ids): one job for a job's
+// long poll or stream, every job of a batch for the batch's. The jobs are
+// recorded as watched before Subscribe returns. Subscribe before reading
+// them, so a change between the read and the wait is not lost.
+func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 	c := make(chan struct{}, 1)
-	s := &Subscription{C: c, c: c, w: w, id: id}
+	s := &Subscription{C: c, c: c, w: w, ids: ids}
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
 	w.mu.Lock()
-	set := w.subs[id]
-	if set == nil {
-		set = map[*Subscription]struct{}{}
-		w.subs[id] = set
+	var first []int64
+	for _, id := range ids {
+		set := w.subs[id]
+		if set == nil {
+			set = map[*Subscription]struct{}{}
+			w.subs[id] = set
+		}
+		if _, ok := set[s]; ok {
+			continue // the same id twice
+		}
+		set[s] = struct{}{}
+		if len(set) == 1 {
+			first = append(first, id)
+		}
 	}
-	set[s] = struct{}{}
-	first := len(set) == 1
 	w.mu.Unlock()
-	if first {
-		w.record(`INSERT INTO job_watchers (job_id, watcher) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id)
+	if len(first) > 0 {
+		w.record(`INSERT INTO job_watchers (job_id, watcher)
+			SELECT id, $2 FROM unnest($1::bigint[]) AS id ON CONFLICT DO NOTHING`, first)
 	}
 	return s
 }
@@ -106,30 +117,35 @@ func (s *Subscription) Close() {
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
 	w.mu.Lock()
-	last := false
-	if set := w.subs[s.id]; set != nil {
-		if _, ok := set[s]; ok {
-			delete(set, s)
-			if len(set) == 0 {
-				delete(w.subs, s.id)
-				last = true
-			}
+	var last []int64
+	for _, id := range s.ids {
+		set := w.subs[id]
+		if set == nil {
+			continue
+		}
+		if _, ok := set[s]; !ok {
+			continue // already closed, or the same id twice
+		}
+		delete(set, s)
+		if len(set) == 0 {
+			delete(w.subs, id)
+			last = append(last, id)
 		}
 	}
 	w.mu.Unlock()
-	if last {
-		w.record(`DELETE FROM job_watchers WHERE job_id = $1 AND watcher = $2`, s.id)
+	if len(last) > 0 {
+		w.record(`DELETE FROM job_watchers WHERE job_id = ANY($1) AND watcher = $2`, last)
 	}
 }
 
 // recordTimeout bounds recording a watched job.
 const recordTimeout = 2 * time.Second
 
-// record runs sql (with the job id and this Watcher's token) on the
+// record runs sql (with the job ids and this Watcher's token) on the
 // registration connection, opening it when needed; regMu is held. A
 // failure is logged: the subscriber then hears of the job's changes only
 // when it reads it again.
-func (w *Watcher) record(sql string, id int64) {
+func (w *Watcher) record(sql string, ids []int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), recordTimeout)
 	defer cancel()
 	if w.reg == nil || w.reg.IsClosed() {
@@ -137,7 +153,7 @@ func (w *Watcher) record(sql string, id int64) {
 		cfg.RuntimeParams["application_name"] = WatcherApplicationName + "-register"
 		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
-			w.logger.WarnContext(ctx, "could not record a watched job", slog.Int64("job_id", id), slog.Any("error", err))
+			w.logger.WarnContext(ctx, "could not record watched jobs", slog.Int("jobs", len(ids)), slog.Any("error", err))
 			return
 		}
 		w.reg = conn
@@ -146,9 +162,9 @@ func (w *Watcher) record(sql string, id int64) {
 	// notifications, and the LISTEN reconnect wakes everyone anyway.
 	b := &pgx.Batch{}
 	b.Queue(`SELECT set_config('synchronous_commit', 'off', false)`)
-	b.Queue(sql, id, w.token)
+	b.Queue(sql, ids, w.token)
 	if err := w.reg.SendBatch(ctx, b).Close(); err != nil {
-		w.logger.WarnContext(ctx, "could not record a watched job", slog.Int64("job_id", id), slog.Any("error", err))
+		w.logger.WarnContext(ctx, "could not record watched jobs", slog.Int("jobs", len(ids)), slog.Any("error", err))
 		_ = w.reg.Close(ctx)
 		w.reg = nil
 	}
@@ -174,7 +190,7 @@ func (w *Watcher) wakeAll() {
 	defer w.mu.Unlock()
 	for _, set := range w.subs {
 		for s := range set {
-			s.wake()
+			s.wake() // a subscription of several jobs is woken once: C holds one value
 		}
 	}
 }
@@ -189,11 +205,13 @@ func (w *Watcher) Notifications() int64 { return w.notifications.Load() }
 func (w *Watcher) Subscribers() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := 0
+	subs := map[*Subscription]struct{}{}
 	for _, set := range w.subs {
-		n += len(set)
+		for s := range set {
+			subs[s] = struct{}{}
+		}
 	}
-	return n
+	return len(subs)
 }
 
 // Run listens until ctx ends, reconnecting after failures with back-off

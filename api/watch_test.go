@@ -100,6 +100,37 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 		}, 10*time.Second, 10*time.Millisecond)
 	})
 
+	t.Run("OneSubscriptionForManyJobs", func(t *testing.T) {
+		t.Parallel()
+		b, w := setupWatcher(t)
+		uid := grant(t, b.pool, 5)
+		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b"), generate("c")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+		sub := w.Subscribe(ids[:2]...)
+		defer sub.Close()
+		require.Equal(t, 1, w.Subscribers())
+		// The job it does not watch ends: nothing, not even a notification,
+		// since nobody watches it.
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(ids[2]))
+		require.NoError(t, err)
+		// Either of its jobs wakes it.
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(ids[1]))
+		require.NoError(t, err)
+		woken(t, sub)
+		require.Eventually(t, func() bool { return w.Notifications() == 1 }, 10*time.Second, 5*time.Millisecond)
+		select {
+		case <-sub.C:
+			t.Fatal("woken twice for one change")
+		default:
+		}
+		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(ids[0]))
+		require.NoError(t, err)
+		woken(t, sub)
+		sub.Close()
+		require.Zero(t, w.Subscribers())
+		requireInvariants(t, b.pool)
+	})
+
 	t.Run("CloseUnsubscribes", func(t *testing.T) {
 		t.Parallel()
 		_, w := setupWatcher(t)
@@ -112,8 +143,9 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 	})
 }
 
-// BenchmarkWatcherWake is the time from the commit of a job's state change
-// to its subscriber being woken through LISTEN/NOTIFY.
+// BenchmarkWatcherWake is the time from the commit of a change the studio
+// sees (fal's stage of a job's request, moved back and forth) to its
+// subscriber being woken through LISTEN/NOTIFY.
 func BenchmarkWatcherWake(b *testing.B) {
 	tb := setup(b)
 	pool, svc := tb.pool, tb.svc
@@ -132,14 +164,22 @@ func BenchmarkWatcherWake(b *testing.B) {
 	require.NoError(b, tx.Commit(ctx))
 	ids, err := svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 	require.NoError(b, err)
+	_, err = pool.Exec(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model, request_id, state, submitted_at, stage)
+VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev', 'r-1', 'in_flight', now(), 'in_queue')`, ids[0], uid)
+	require.NoError(b, err)
 	sub := w.Subscribe(ids[0])
 	defer sub.Close()
-	states := []string{"running", "available"}
+	stages := []string{"in_progress", "in_queue"}
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
-		if _, err := pool.Exec(ctx, `UPDATE river_job SET state = $2::river_job_state WHERE id = $1`, ids[0], states[i%2]); err != nil {
+		if _, err := pool.Exec(ctx, `UPDATE fal_requests SET stage = $2 WHERE job_id = $1`, ids[0], stages[i%2]); err != nil {
 			b.Fatal(err)
 		}
-		<-sub.C
+		select {
+		case <-sub.C:
+		case <-time.After(10 * time.Second):
+			b.Fatal("not woken")
+		}
 	}
 }

@@ -8,8 +8,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-
-	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // MaxBatchItems bounds the items of one batch.
@@ -74,6 +72,21 @@ func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID string, i
 // GetBatch returns the user's batch with its counts, or ENOTFOUND when it
 // does not exist or belongs to someone else.
 func (s *Service) GetBatch(ctx context.Context, userID, id string) (*Batch, error) {
+	b, err := s.FindBatch(ctx, userID, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.CountBatch(ctx, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// FindBatch returns the user's batch with its job ids but no counts
+// (CountBatch fills them in), or ENOTFOUND when it does not exist or
+// belongs to someone else. A batch's jobs never change, so a caller can
+// subscribe to them before counting.
+func (s *Service) FindBatch(ctx context.Context, userID, id string) (*Batch, error) {
 	if _, err := uuid.Parse(id); err != nil {
 		return nil, errorf(ENOTFOUND, "batch %q not found", id)
 	}
@@ -92,7 +105,7 @@ func (s *Service) GetBatch(ctx context.Context, userID, id string) (*Batch, erro
 	if prio != nil {
 		priority = *prio
 	}
-	return s.batch(ctx, s.pool, id, priority, created, ids)
+	return newBatch(id, priority, created, ids), nil
 }
 
 func newBatch(id, priority string, created time.Time, ids []int64) *Batch {
@@ -103,36 +116,44 @@ func newBatch(id, priority string, created time.Time, ids []int64) *Batch {
 	return b
 }
 
-func (s *Service) batch(ctx context.Context, q ledger.Querier, id, priority string, created time.Time, ids []int64) (*Batch, error) {
-	b := newBatch(id, priority, created, ids)
-	rows, err := q.Query(ctx, `SELECT state, count(*) FROM ai_jobs WHERE river_job_id = ANY($1) GROUP BY state`, ids)
+// CountBatch sets b's counts and Done from its jobs' states now.
+func (s *Service) CountBatch(ctx context.Context, b *Batch) error {
+	ids := make([]int64, 0, len(b.JobIDs))
+	for _, id := range b.JobIDs {
+		if n, ok := JobID(id); ok {
+			ids = append(ids, n)
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM ai_jobs WHERE river_job_id = ANY($1) GROUP BY state`, ids)
 	if err != nil {
-		return nil, unavailable(err)
+		return unavailable(err)
 	}
 	defer rows.Close()
+	var c BatchCounts
 	for rows.Next() {
 		var state string
 		var n int
 		if err := rows.Scan(&state, &n); err != nil {
-			return nil, unavailable(err)
+			return unavailable(err)
 		}
 		switch state {
 		case StateQueued:
-			b.Counts.Queued = n
+			c.Queued = n
 		case StateRunning:
-			b.Counts.Running = n
+			c.Running = n
 		case StateSucceeded:
-			b.Counts.Succeeded = n
+			c.Succeeded = n
 		case StateFailed:
-			b.Counts.Failed = n
+			c.Failed = n
 		case StateCancelled:
-			b.Counts.Cancelled = n
+			c.Cancelled = n
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, unavailable(err)
+		return unavailable(err)
 	}
+	b.Counts = c
 	// A job deleted by retention has ended.
-	b.Done = b.Counts.Queued == 0 && b.Counts.Running == 0
-	return b, nil
+	b.Done = c.Queued == 0 && c.Running == 0
+	return nil
 }

@@ -169,26 +169,52 @@ const (
 // fal and the number of usable slots.
 type etaCache struct {
 	mu      sync.Mutex
-	medians map[string]etaEntry
+	medians map[string]*etaEntry
 	slots   etaEntry
 }
 
 type etaEntry struct {
-	value float64 // seconds, or slots; NaN when unknown
-	at    time.Time
+	value   float64 // seconds, or slots; NaN when unknown
+	at      time.Time
+	reading bool // a caller is reading it again
 }
 
-// cached returns the entry of key, reading it with read when it is older
-// than etaTTL.
-func (c *etaCache) cached(ctx context.Context, e *etaEntry, read func(context.Context) (float64, error)) (float64, error) {
-	if time.Since(e.at) < etaTTL {
-		return e.value, nil
+// entry returns the median entry of operation.
+func (c *etaCache) entry(operation string) *etaEntry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.medians == nil {
+		c.medians = map[string]*etaEntry{}
 	}
+	e := c.medians[operation]
+	if e == nil {
+		e = &etaEntry{}
+		c.medians[operation] = e
+	}
+	return e
+}
+
+// cached returns e's value, reading it with read when it is older than
+// etaTTL. The read runs without the lock, so job reads (long polls and
+// event streams woken together) never wait for another's query: while one
+// caller reads an entry again, the others take its older value.
+func (c *etaCache) cached(ctx context.Context, e *etaEntry, read func(context.Context) (float64, error)) (float64, error) {
+	c.mu.Lock()
+	if time.Since(e.at) < etaTTL || (e.reading && !e.at.IsZero()) {
+		v := e.value
+		c.mu.Unlock()
+		return v, nil
+	}
+	e.reading = true
+	c.mu.Unlock()
 	v, err := read(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.reading = false
 	if err != nil {
 		return 0, err
 	}
-	*e = etaEntry{value: v, at: time.Now()}
+	e.value, e.at = v, time.Now()
 	return v, nil
 }
 
@@ -201,13 +227,7 @@ func (s *Service) setETA(ctx context.Context, j *Job) error {
 		return nil
 	}
 	c := &s.eta
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.medians == nil {
-		c.medians = map[string]etaEntry{}
-	}
-	e := c.medians[j.Operation]
-	median, err := c.cached(ctx, &e, func(ctx context.Context) (float64, error) {
+	median, err := c.cached(ctx, c.entry(j.Operation), func(ctx context.Context) (float64, error) {
 		var m *float64
 		var n int
 		err := s.pool.QueryRow(ctx, `
@@ -223,7 +243,6 @@ SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_
 	if err != nil {
 		return unavailable(err)
 	}
-	c.medians[j.Operation] = e
 	if math.IsNaN(median) {
 		return nil
 	}

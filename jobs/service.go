@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
@@ -285,6 +286,7 @@ func (s *Service) insert(ctx context.Context, tx pgx.Tx, ps []prepared) ([]*rive
 			Queue:       p.queue,
 			MaxAttempts: p.op.MaxAttempts,
 			Pending:     true,
+			Tags:        riverTags(p.op.Name), // River UI shows the operation at a glance
 		}}
 	}
 	rows, err := s.river.InsertManyTx(ctx, tx, params)
@@ -299,6 +301,19 @@ func (s *Service) insert(ctx context.Context, tx pgx.Tx, ps []prepared) ([]*rive
 		jobRows[i] = r.Job
 	}
 	return jobRows, nil
+}
+
+// riverTag is what River accepts as a tag.
+var riverTag = regexp.MustCompile(`\A[\w][\w\-]+[\w]\z`)
+
+// riverTags are the River tags of a job of operation: the operation's
+// name, when River takes it as a tag (a name it refuses, such as "x", is
+// left out rather than failing every insert).
+func riverTags(operation string) []string {
+	if len(operation) > 255 || !riverTag.MatchString(operation) {
+		return nil
+	}
+	return []string{operation}
 }
 
 // unavailable marks database errors as EUNAVAILABLE unless the context

@@ -244,6 +244,14 @@ func TestSquashedSchema(t *testing.T) {
 		"trigger river_job.river_job_notify_final",
 		"function ai_job_notify()",
 		"trigger fal_requests.fal_requests_notify",
+		// Only watched jobs are notified about: the jobs someone waits on.
+		"function ai_job_notify_watchers(p_job_id bigint)",
+		"table job_watchers",
+		"column job_watchers.job_id",
+		"column job_watchers.watcher",
+		"column job_watchers.since",
+		"constraint job_watchers.job_watchers_pkey",
+		"index job_watchers_pkey",
 		// ai_jobs shows the run, River's latest attempt and fal's progress;
 		// credit_balances the number of open holds.
 		"view column ai_jobs.run",

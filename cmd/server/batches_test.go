@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
@@ -263,4 +265,121 @@ func operationJSON(t *testing.T, body []byte, name string) []byte {
 	}
 	require.Failf(t, "no such operation", "%s", name)
 	return nil
+}
+
+// TestBatchLive: a batch's long poll and event stream are woken by its
+// jobs' changes, as a job's are.
+func TestBatchLive(t *testing.T) {
+	t.Parallel()
+	m := MustRunMain(t, map[string]string{"ROLE": "api", "RATE_LIMIT_BURST": "100"})
+	submitBatch := func(t *testing.T, c *client, n int) jobs.Batch {
+		t.Helper()
+		items := make([]any, n)
+		for i := range items {
+			items[i] = generateJob(fmt.Sprint(i))
+		}
+		r := c.post("/v1/batches", map[string]any{"items": items}, nil)
+		require.Equal(t, http.StatusAccepted, r.Status, string(r.Body))
+		var b jobs.Batch
+		require.NoError(t, json.Unmarshal(r.Body, &b))
+		return b
+	}
+	batchOf := func(t *testing.T, r timedReply) jobs.Batch {
+		t.Helper()
+		require.NoError(t, r.err)
+		require.Equal(t, http.StatusOK, r.Status, string(r.Body))
+		var b jobs.Batch
+		require.NoError(t, json.Unmarshal(r.Body, &b))
+		return b
+	}
+
+	t.Run("LongPollWokenByCounts", func(t *testing.T) {
+		t.Parallel()
+		c, _ := newUser(t, m, 5)
+		b := submitBatch(t, c, 2)
+		pending := c.getAsync("/v1/batches/" + b.ID + "?wait=30")
+		require.Eventually(t, func() bool { return m.Watcher().Subscribers() >= 1 }, 10*time.Second, 5*time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
+		setState(t, m, b.JobIDs[1], "running")
+		r := <-pending
+		got := batchOf(t, r)
+		require.Equal(t, jobs.BatchCounts{Queued: 1, Running: 1}, got.Counts)
+		require.False(t, got.Done)
+		require.Less(t, r.took, 20*time.Second, "woken by the notification")
+	})
+
+	t.Run("LongPollTimesOutUnchanged", func(t *testing.T) {
+		t.Parallel()
+		c, _ := newUser(t, m, 5)
+		b := submitBatch(t, c, 2)
+		r := <-c.getAsync("/v1/batches/" + b.ID + "?wait=1")
+		require.Equal(t, jobs.BatchCounts{Queued: 2}, batchOf(t, r).Counts)
+		require.GreaterOrEqual(t, r.took, time.Second)
+		require.Equal(t, http.StatusUnprocessableEntity, c.get("/v1/batches/"+b.ID+"?wait=31").Status)
+	})
+
+	t.Run("DoneReturnsAtOnce", func(t *testing.T) {
+		t.Parallel()
+		c, _ := newUser(t, m, 5)
+		b := submitBatch(t, c, 1)
+		require.Equal(t, http.StatusOK, c.post("/v1/jobs/"+b.JobIDs[0]+"/cancel", nil, nil).Status)
+		r := <-c.getAsync("/v1/batches/" + b.ID + "?wait=30")
+		got := batchOf(t, r)
+		require.True(t, got.Done)
+		require.Less(t, r.took, 10*time.Second)
+	})
+
+	t.Run("EventsUntilDone", func(t *testing.T) {
+		t.Parallel()
+		c, uid := newUser(t, m, 5)
+		b := submitBatch(t, c, 3)
+		status, events := openStream(t, c, "/v1/batches/"+b.ID+"/events", nil)
+		require.Equal(t, http.StatusOK, status)
+		counts := func(n int) jobs.Batch {
+			t.Helper()
+			e, ok := next(t, events)
+			require.True(t, ok, "the stream ended early")
+			require.Equal(t, api.EventBatch, e.Name)
+			require.Equal(t, fmt.Sprint(n), e.ID)
+			var got jobs.Batch
+			require.NoError(t, json.Unmarshal(e.Data, &got))
+			require.Equal(t, b.ID, got.ID)
+			return got
+		}
+		require.Equal(t, jobs.BatchCounts{Queued: 3}, counts(1).Counts)
+		require.Eventually(t, func() bool { return m.Watcher().Subscribers() >= 1 }, 10*time.Second, 5*time.Millisecond)
+
+		setState(t, m, b.JobIDs[0], "running")
+		require.Equal(t, jobs.BatchCounts{Queued: 2, Running: 1}, counts(2).Counts)
+		require.Equal(t, http.StatusOK, c.post("/v1/jobs/"+b.JobIDs[1]+"/cancel", nil, nil).Status)
+		require.Equal(t, jobs.BatchCounts{Queued: 1, Running: 1, Cancelled: 1}, counts(3).Counts)
+		// Two changes at once come as one event or two; the last is done.
+		setState(t, m, b.JobIDs[0], "completed")
+		require.Equal(t, http.StatusOK, c.post("/v1/jobs/"+b.JobIDs[2]+"/cancel", nil, nil).Status)
+		var last jobs.Batch
+		for n := 4; !last.Done; n++ {
+			last = counts(n)
+		}
+		require.Equal(t, jobs.BatchCounts{Succeeded: 1, Cancelled: 2}, last.Counts)
+		_, ok := next(t, events)
+		require.False(t, ok, "the stream closes once every job ended")
+		require.Eventually(t, func() bool { return m.Watcher().Subscribers() == 0 }, 10*time.Second, 5*time.Millisecond)
+
+		// A reconnect gets the batch now, with the next id; a finished
+		// batch's stream closes after it.
+		_, again := openStream(t, c, "/v1/batches/"+b.ID+"/events", map[string]string{"Last-Event-ID": "9"})
+		e, ok := next(t, again)
+		require.True(t, ok)
+		require.Equal(t, "10", e.ID)
+		_, ok = next(t, again)
+		require.False(t, ok)
+
+		other, _ := newUser(t, m, 0)
+		status, _ = openStream(t, other, "/v1/batches/"+b.ID+"/events", nil)
+		require.Equal(t, http.StatusNotFound, status)
+		bal, err := ledger.Get(context.Background(), m.Pool(), uid)
+		require.NoError(t, err)
+		require.Equal(t, int64(4), bal.Balance)
+		requireInvariants(t, m)
+	})
 }

@@ -1,14 +1,22 @@
 import type { AIQueueClient } from "./client.js";
 import { problemFromResponse } from "./problem.js";
+import type { paths } from "./schema.js";
 import type { Batch } from "./types.js";
 import { follow, type WaitOptions } from "./wait.js";
+
+/** One event of GET /v1/batches/{id}/events, as the document describes it. */
+type BatchEvent = paths["/v1/batches/{id}/events"]["get"]["responses"][200]["content"]["text/event-stream"][number];
+
+/** The event name of a batch's counts (EventBatch in the server); its data is the batch. */
+const batchEvent: BatchEvent["event"] = "batch";
 
 /**
  * Waits until every job of the batch has ended (`done`) and resolves with
  * the batch: its counts per state and job ids. Like waitForJob it follows
- * the event stream `GET /v1/batches/{id}/events` when the server answers it
- * with 200 text/event-stream (any event whose data is this batch counts),
- * and otherwise long-polls `GET /v1/batches/{id}?wait=N`, pausing between
+ * the event stream `GET /v1/batches/{id}/events` (a `batch` event with the
+ * batch at once and after each change of its counts), and long-polls
+ * `GET /v1/batches/{id}?wait=N` when the stream cannot be opened (a proxy
+ * that refuses streams, an older server) or keeps dropping, pausing between
  * polls the server answered at once without a change. onUpdate sees the
  * batch each time its counts change.
  */
@@ -18,19 +26,15 @@ export function waitForBatch(client: AIQueueClient, id: string, opts: WaitOption
     {
       what: `batch ${id}`,
       async read(wait, signal) {
-        // ?wait= is sent whether or not this server's document declares it
-        // (a server without batch long polls answers at once).
-        const query = wait !== undefined ? { wait } : undefined;
         const { data, error, response } = await raw.GET("/v1/batches/{id}", {
-          params: { path: { id }, query } as { path: { id: string } },
+          params: { path: { id }, query: wait !== undefined ? { wait } : undefined },
           signal,
         });
-        if (!response.ok) throw problemFromResponse(response, error);
-        return data as Batch;
+        if (data === undefined) throw problemFromResponse(response, error);
+        return data;
       },
       async openEvents(signal) {
-        // Not every server has batch events: the path is built by hand.
-        const { data, error, response } = await (raw.GET as untypedGet)("/v1/batches/{id}/events", {
+        const { data, error, response } = await raw.GET("/v1/batches/{id}/events", {
           params: { path: { id } },
           headers: { Accept: "text/event-stream" },
           parseAs: "stream",
@@ -42,9 +46,10 @@ export function waitForBatch(client: AIQueueClient, id: string, opts: WaitOption
           await response.body?.cancel().catch(() => {});
           throw new Error(`aiqueue: GET /v1/batches/${id}/events answered ${type || "no content type"}, not an event stream`);
         }
-        return data as ReadableStream<Uint8Array>;
+        return data;
       },
       fromEvent(ev) {
+        if (ev.event !== batchEvent) return undefined;
         let v: unknown;
         try {
           v = JSON.parse(ev.data);
@@ -59,16 +64,6 @@ export function waitForBatch(client: AIQueueClient, id: string, opts: WaitOption
     opts,
   );
 }
-
-type untypedGet = (
-  path: string,
-  init: {
-    params: { path: Record<string, string> };
-    headers: Record<string, string>;
-    parseAs: "stream";
-    signal: AbortSignal;
-  },
-) => Promise<{ data?: unknown; error?: unknown; response: Response }>;
 
 function isBatch(v: unknown): v is Batch {
   return (

@@ -73,9 +73,29 @@ export interface paths {
         };
         /**
          * Get a batch
-         * @description The caller's batch: its jobs counted per state, and their ids in item order. List the jobs themselves with GET /v1/jobs?batch_id=.
+         * @description The caller's batch: its jobs counted per state, and their ids in item order. List the jobs themselves with GET /v1/jobs?batch_id=. With wait=N the request is held until the counts change or N seconds pass (woken by the database's notification, not by polling); a batch whose jobs have all ended returns at once.
          */
         get: operations["get-batch"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/batches/{id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow a batch
+         * @description Server-Sent Events: a `batch` event with the batch at once, then one each time its counts change (read at most 4 times a second, woken by the database's notification), and the stream closes once every job has ended (`done`). Idle streams get a `: keep-alive` comment every 15 seconds. A client reconnecting with Last-Event-ID gets the batch as it is now, with the next id.
+         */
+        get: operations["get-batch-events"];
         put?: never;
         post?: never;
         delete?: never;
@@ -154,7 +174,7 @@ export interface paths {
         };
         /**
          * Get a job
-         * @description The job, if it is the caller's. With wait=N the request is held until the job's state changes or N seconds pass (woken by the database's notification, not by polling); a job already in a final state returns at once.
+         * @description The job, if it is the caller's. With wait=N the request is held until something the studio sees of the job changes (its state, progress, queue position, attempt, or its estimated end by more than 5 seconds) or N seconds pass (woken by the database's notification, not by polling); a job already in a final state returns at once.
          */
         get: operations["get-job"];
         put?: never;
@@ -193,8 +213,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Follow a job's state
-         * @description Server-Sent Events: an event `state` with the job at once, then one per state change (woken by the database's notification), and the stream closes after the final state. Idle streams get a `: keep-alive` comment every 15 seconds.
+         * Follow a job
+         * @description Server-Sent Events: a `state` event with the job at once, then a `state` event when its state changes and a `progress` event when something else the studio sees changes (stage, fal's queue position, queue position, attempt, the estimated end moving by more than 5 seconds, new log lines with logs=1), at most 4 `progress` events a second. Woken by the database's notification, not by polling. Every event carries the whole job. The stream closes after the final state; idle streams get a `: keep-alive` comment every 15 seconds. A client reconnecting with Last-Event-ID gets the job as it is now, with the next id.
          */
         get: operations["get-job-events"];
         put?: never;
@@ -2523,7 +2543,10 @@ export interface operations {
     };
     "get-batch": {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Long poll: hold the request up to this many seconds until the batch's counts change (a batch whose jobs have all ended returns at once). */
+                wait?: number;
+            };
             header?: never;
             path: {
                 /** @description Batch id. */
@@ -2540,6 +2563,162 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Batch"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such job or batch of the caller (someone else's is not found either). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "get-batch-events": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the batch as it is now (a value that is not such an id starts them at 1). */
+                "Last-Event-ID"?: string;
+            };
+            path: {
+                /** @description Batch id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description A stream of `batch` events, each carrying the batch as JSON.
+             *
+             *     On the wire:
+             *
+             *     ```text
+             *     id: 1
+             *     event: batch
+             *     data: {"id":"0b9e6c1e-...","total":3,"counts":{"queued":3,"running":0,...},"done":false,...}
+             *
+             *     id: 2
+             *     event: batch
+             *     data: {"id":"0b9e6c1e-...","total":3,"counts":{"queued":1,"running":2,...},"done":false,...}
+             *
+             *     id: 3
+             *     event: batch
+             *     data: {"id":"0b9e6c1e-...","total":3,"counts":{"succeeded":3,...},"done":true,...}
+             *     ```
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        data: components["schemas"]["Batch"];
+                        /** @enum {string} */
+                        event: "batch";
+                        /** @description Event id: counts up from 1, or from the Last-Event-ID the client sent. */
+                        id: number;
+                    }[];
                 };
             };
             /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
@@ -3224,7 +3403,7 @@ export interface operations {
             query?: {
                 /** @description Include fal's latest log lines of the request in progress.logs. */
                 logs?: boolean;
-                /** @description Long poll: hold the request up to this many seconds until the job's state changes (a job already in a final state returns at once). */
+                /** @description Long poll: hold the request up to this many seconds until something the studio sees of the job changes (its state, progress, queue position, attempt or estimated end, as the events of GET /v1/jobs/{id}/events); a job already in a final state returns at once. */
                 wait?: number;
             };
             header?: never;
@@ -3529,8 +3708,14 @@ export interface operations {
     };
     "get-job-events": {
         parameters: {
-            query?: never;
-            header?: never;
+            query?: {
+                /** @description Include fal's latest log lines in progress.logs, and send a progress event when new ones come. */
+                logs?: boolean;
+            };
+            header?: {
+                /** @description The id of the last event received, sent by EventSource when it reconnects: the new stream's ids go on after it, starting with the job as it is now (a value that is not such an id starts them at 1). */
+                "Last-Event-ID"?: string;
+            };
             path: {
                 /** @description Job id. */
                 id: string;
@@ -3540,18 +3725,32 @@ export interface operations {
         requestBody?: never;
         responses: {
             /**
-             * @description A stream of `state` events, each carrying the job as JSON.
+             * @description A stream of `state` and `progress` events, each carrying the job as JSON.
              *
              *     On the wire:
              *
              *     ```text
              *     id: 1
              *     event: state
-             *     data: {"id":"101","state":"queued",...}
+             *     data: {"id":"101","state":"queued","queue_position":2,...}
              *
              *     id: 2
+             *     event: progress
+             *     data: {"id":"101","state":"queued","queue_position":0,...}
+             *
+             *     id: 3
              *     event: state
-             *     data: {"id":"101","state":"running",...}
+             *     data: {"id":"101","state":"running","progress":{"stage":"in_queue","fal_queue_position":1,...},...}
+             *
+             *     : keep-alive
+             *
+             *     id: 4
+             *     event: progress
+             *     data: {"id":"101","state":"running","progress":{"stage":"in_progress",...},...}
+             *
+             *     id: 5
+             *     event: state
+             *     data: {"id":"101","state":"succeeded","result":{...},...}
              *     ```
              */
             200: {
@@ -3559,13 +3758,19 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": {
+                    "text/event-stream": ({
                         data: components["schemas"]["Job"];
                         /** @enum {string} */
                         event: "state";
-                        /** @description Event number, from 1. */
-                        id?: number;
-                    }[];
+                        /** @description Event id: counts up from 1, or from the Last-Event-ID the client sent. */
+                        id: number;
+                    } | {
+                        data: components["schemas"]["Job"];
+                        /** @enum {string} */
+                        event: "progress";
+                        /** @description Event id: counts up from 1, or from the Last-Event-ID the client sent. */
+                        id: number;
+                    })[];
                 };
             };
             /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */

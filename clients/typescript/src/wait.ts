@@ -41,8 +41,13 @@ type StreamOutcome = "final" | "ended" | "idle";
 /** One event of GET /v1/jobs/{id}/events, as the document describes it. */
 type JobEvent = paths["/v1/jobs/{id}/events"]["get"]["responses"][200]["content"]["text/event-stream"][number];
 
-/** The event name of a job's state (EventState in api/events.go); its data is the job. */
-const stateEvent: JobEvent["event"] = "state";
+/**
+ * The events of a job's stream, each carrying the whole job: `state` (the
+ * first event, and each state change) and `progress` (any other change the
+ * studio sees). Every name the document lists must be here: the compiler
+ * says so when the server gains one.
+ */
+const jobEvents: Record<JobEvent["event"], true> = { state: true, progress: true };
 
 /** Event-stream drops in a row (with no event between them) before "auto" switches to long polls. */
 const maxDrops = 3;
@@ -77,7 +82,7 @@ export function waitForJob(t: WaitTransport, id: string, opts: WaitOptions = {})
       what: `job ${id}`,
       read: (wait, signal) => t.getJob(id, wait, signal),
       openEvents: (signal) => t.openEvents(id, signal),
-      fromEvent: (ev) => (ev.event === stateEvent ? jobFromEvent(id, ev.data) : undefined),
+      fromEvent: (ev) => (ev.event !== undefined && Object.hasOwn(jobEvents, ev.event) ? jobFromEvent(id, ev.data) : undefined),
       isFinal,
       hasChanged,
     },
@@ -166,11 +171,10 @@ export async function follow<T>(f: Follower<T>, opts: WaitOptions<T> = {}): Prom
 /**
  * Follows the event stream until a final value ("final"), the server
  * closes it ("ended"), or nothing arrives for idleTimeout ms ("idle").
- * The server (api/events.go) sends `id: <n>`, `event: state` and `data:
- * <the job as JSON>` for the job at once and then for each state change, and
- * `: keep-alive` comments (which only re-arm the idle timer); each event
- * f.fromEvent recognizes is passed to onValue, which returns true to stop.
- * Other events are ignored.
+ * The server sends `id: <n>`, `event: <name>` and `data: <the job or batch
+ * as JSON>` at once and then for each change, and `: keep-alive` comments
+ * (which only re-arm the idle timer); each event f.fromEvent recognizes is
+ * passed to onValue, which returns true to stop. Other events are ignored.
  */
 async function followEvents<T>(
   f: Follower<T>,

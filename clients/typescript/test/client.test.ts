@@ -178,13 +178,16 @@ describe("Wait", { concurrency: true }, () => {
     const client = createClient({ baseUrl: slow.url, token: user.token, fetch: rec.fetch });
     const job = await client.submitJob(generate());
     const states: string[] = [];
+    const stages: string[] = [];
     const done = await client.waitForJob(job.id, {
       transport: "sse",
-      onUpdate: (j) => states.push(j.state),
+      onUpdate: (j) => (states.push(j.state), stages.push(j.progress.stage ?? "")),
       signal: AbortSignal.timeout(45_000),
     });
     assert.equal(done.state, "succeeded");
     assert.equal(states.at(-1), "succeeded");
+    // progress events: fal's stage while the state stays running.
+    assert.ok(stages.includes("in_progress"), `the stream delivered fal's progress: ${stages.join(",")}`);
     const events = rec.seen.filter((r) => r.url.pathname === `/v1/jobs/${job.id}/events`);
     assert.ok(events.length >= 1);
     assert.equal(events[0]!.status, 200);
@@ -306,12 +309,11 @@ describe("Batch", () => {
     assert.equal(done.done, true);
     assert.deepEqual(done.counts, { queued: 0, running: 0, succeeded: 3, failed: 0, cancelled: 0 });
     assert.equal(updates.at(-1)?.done, true);
-    // The event stream when the server has one, else long polls (?wait=25).
+    // It follows the batch's event stream.
     const events = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}/events`);
-    assert.equal(events.length, 1, "the stream is tried once");
-    const streamed = events[0]!.status === 200 && events[0]!.contentType.startsWith("text/event-stream");
-    const polls = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}`).map((r) => r.url.searchParams.get("wait"));
-    assert.ok(streamed || polls.includes("25"), `polls: ${polls.join(",")}`);
+    assert.equal(events.length, 1, "the stream is opened once");
+    assert.equal(events[0]!.status, 200);
+    assert.match(events[0]!.contentType, /^text\/event-stream/);
 
     // Each job's result, by kind: two images, one image, one video.
     const jobs = await Promise.all(done.job_ids.map((id) => client.getJob(id)));
@@ -320,43 +322,38 @@ describe("Batch", () => {
     assert.match(urls[2]![0]!, /^https:\/\/.*\.mp4$/);
   });
 
-  it("FollowsBatchEventsWhenServed", t, async () => {
-    // A stand-in for GET /v1/batches/{id}/events (the batch as read from
-    // the server, as each event's data), to check waitForBatch takes the
-    // stream when a server has it.
-    const { token } = await slow.newUser(5);
-    const auth = { Authorization: `Bearer ${token}` };
-    const stream = (id: string) =>
-      new ReadableStream<Uint8Array>({
-        async start(ctrl) {
-          const enc = new TextEncoder();
-          for (let n = 1; ; n++) {
-            const b = (await (await fetch(`${slow.url}/v1/batches/${id}`, { headers: auth })).json()) as Batch;
-            ctrl.enqueue(enc.encode(`id: ${n}\nevent: batch\ndata: ${JSON.stringify(b)}\n\n: keep-alive\n\n`));
-            if (b.done) break;
-            await new Promise((r) => setTimeout(r, 200));
-          }
-          ctrl.close();
-        },
+  for (const transport of ["sse", "poll"] as const) {
+    it(`FollowsTheBatchCounts_${transport}`, t, async () => {
+      // Two images at the simulator's own pace: the counts move from
+      // queued through running to succeeded, and each move is an update.
+      const { token } = await slow.newUser(5);
+      const rec = recordingFetch();
+      const client = createClient({ baseUrl: slow.url, token, fetch: rec.fetch });
+      const batch = await client.submitBatch({ items: [generate("a"), generate("b")] });
+      const counts: string[] = [];
+      const done = await waitForBatch(client, batch.id, {
+        transport,
+        onUpdate: (b) => counts.push(`${b.counts.queued}/${b.counts.running}/${b.counts.succeeded}`),
+        signal: AbortSignal.timeout(45_000),
       });
-    const rec = recordingFetch((req) => {
-      const m = new URL(req.url).pathname.match(/^\/v1\/batches\/([^/]+)\/events$/);
-      return m ? new Response(stream(m[1]!), { headers: { "Content-Type": "text/event-stream" } }) : undefined;
+      assert.equal(done.counts.succeeded, 2);
+      assert.equal(counts.at(-1), "0/0/2");
+      assert.ok(counts.length >= 2, counts.join(" "));
+      assert.ok(counts.some((c) => c.split("/")[1] !== "0"), `a running job was seen: ${counts.join(" ")}`);
+      const reads = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}`).map((r) => r.url.searchParams.get("wait"));
+      const streams = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}/events`);
+      if (transport === "sse") {
+        assert.deepEqual(reads, [null], "one plain read, then the stream");
+        assert.equal(streams.length, 1);
+      } else {
+        assert.equal(streams.length, 0, "poll never opens the stream");
+        assert.equal(reads[0], null);
+        assert.ok(reads.slice(1).every((w) => w === "25"), `long polls carry ?wait=25: ${reads.join(",")}`);
+        // Woken by each change, not by timeouts: about one poll per update.
+        assert.ok(reads.length <= counts.length + 2, `${reads.length} reads for ${counts.length} updates`);
+      }
     });
-    const client = createClient({ baseUrl: slow.url, token, fetch: rec.fetch });
-    const batch = await client.submitBatch({ items: [generate("a"), generate("b")] });
-    const counts: string[] = [];
-    const done = await waitForBatch(client, batch.id, {
-      transport: "sse",
-      onUpdate: (b) => counts.push(`${b.counts.queued}/${b.counts.running}/${b.counts.succeeded}`),
-      signal: AbortSignal.timeout(45_000),
-    });
-    assert.equal(done.counts.succeeded, 2);
-    assert.equal(counts.at(-1), "0/0/2");
-    assert.ok(counts.length >= 2, counts.join(" "));
-    const reads = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}`);
-    assert.deepEqual(reads.map((r) => r.url.searchParams.get("wait")), [null], "one plain read, then the stream");
-  });
+  }
 
   it("ReservesNothingWhenCreditsFallShort", t, async () => {
     const { client } = await fast.newUser(2);

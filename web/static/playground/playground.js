@@ -742,7 +742,7 @@ function isFinal(job) {
 }
 
 // ../clients/typescript/src/wait.ts
-var stateEvent = "state";
+var jobEvents = { state: true, progress: true };
 var maxDrops = 3;
 function waitForJob(t, id, opts = {}) {
   return follow(
@@ -750,7 +750,7 @@ function waitForJob(t, id, opts = {}) {
       what: `job ${id}`,
       read: (wait, signal) => t.getJob(id, wait, signal),
       openEvents: (signal) => t.openEvents(id, signal),
-      fromEvent: (ev) => ev.event === stateEvent ? jobFromEvent(id, ev.data) : void 0,
+      fromEvent: (ev) => ev.event !== void 0 && Object.hasOwn(jobEvents, ev.event) ? jobFromEvent(id, ev.data) : void 0,
       isFinal,
       hasChanged
     },

@@ -1,0 +1,70 @@
+package jobs
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestETACache(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	value := func(v float64) func(context.Context) (float64, error) {
+		return func(context.Context) (float64, error) { return v, nil }
+	}
+
+	t.Run("ReadsWithoutTheLock", func(t *testing.T) {
+		t.Parallel()
+		var c etaCache
+		started, release := make(chan struct{}), make(chan struct{})
+		done := make(chan float64)
+		go func() {
+			v, _ := c.cached(ctx, c.entry("video"), func(context.Context) (float64, error) {
+				close(started)
+				<-release
+				return 30, nil
+			})
+			done <- v
+		}()
+		<-started
+		// Another operation is read while the first query is out.
+		v, err := c.cached(ctx, c.entry("generate"), value(2))
+		require.NoError(t, err)
+		require.Equal(t, 2.0, v)
+		close(release)
+		require.Equal(t, 30.0, <-done)
+	})
+
+	t.Run("OlderValueWhileReadAgain", func(t *testing.T) {
+		t.Parallel()
+		var c etaCache
+		e := c.entry("generate")
+		_, err := c.cached(ctx, e, value(2))
+		require.NoError(t, err)
+		c.mu.Lock()
+		e.at = time.Now().Add(-2 * etaTTL) // stale
+		c.mu.Unlock()
+		started, release := make(chan struct{}), make(chan struct{})
+		go func() {
+			_, _ = c.cached(ctx, e, func(context.Context) (float64, error) {
+				close(started)
+				<-release
+				return 5, nil
+			})
+		}()
+		<-started
+		v, err := c.cached(ctx, e, func(context.Context) (float64, error) {
+			t.Error("read twice at once")
+			return 0, nil
+		})
+		require.NoError(t, err)
+		require.Equal(t, 2.0, v)
+		close(release)
+		require.Eventually(t, func() bool {
+			v, _ := c.cached(ctx, e, value(-1))
+			return v == 5
+		}, 5*time.Second, time.Millisecond)
+	})
+}
