@@ -387,13 +387,16 @@ const maxLogs = 20
 const progressEvery = 500 * time.Millisecond
 
 // progressAfter is how long after fal accepted a request its progress is
-// first written: a request fal finishes sooner shows the studio nothing a
-// write would change, and costs none.
+// first written, unless fal queued it behind others: a request fal
+// finishes sooner shows the studio nothing a write would change, and costs
+// none.
 const progressAfter = 250 * time.Millisecond
 
 // onProgress records fal's progress of an unfinished request when it
 // changed: its stage and queue position at once, new log lines at most
-// every progressEvery, nothing in its first progressAfter.
+// every progressEvery, nothing in its first progressAfter but a place
+// behind others in fal's queue (which is not seen again if it does not
+// change).
 func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status) {
 	stage := stageInQueue
 	if st.State == falclient.StateInProgress {
@@ -403,7 +406,8 @@ func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status
 	if st.State == falclient.StateInQueue {
 		position = &st.QueuePosition
 	}
-	if st.State == falclient.StateCompleted || time.Since(a.s.submittedAt) < progressAfter {
+	behind := position != nil && *position > 0
+	if st.State == falclient.StateCompleted || (!behind && time.Since(a.s.submittedAt) < progressAfter) {
 		return // the completion itself records the end
 	}
 	p := &a.progress
