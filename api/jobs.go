@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -144,6 +145,15 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 		})
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
+	}
+	if !w.Replayed {
+		// Its place in the line, read after the commit; the job is there
+		// without it, so a failed read only leaves it out.
+		dbCtx, cancel := s.db(ctx)
+		if err := s.jobs.Place(dbCtx, w.Body); err != nil {
+			s.logger.DebugContext(ctx, "could not read a submitted job's place in line", slog.Any("error", err))
+		}
+		cancel()
 	}
 	return &submitJobOutput{Location: w.Location, Replayed: w.replayedHeader(), Body: w.Body}, nil
 }

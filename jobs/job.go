@@ -125,6 +125,19 @@ func FormatID(id int64) string { return strconv.FormatInt(id, 10) }
 // line is only said to be at least that long.
 const positionCap = 1000
 
+// Place sets the queue position of j, a job just submitted (Submission's
+// Jobs), the way Get reads it. It is a read of its own after the submit
+// committed: the submit's transaction, which holds the user's account row,
+// does not wait on it.
+func (s *Service) Place(ctx context.Context, j *Job) error {
+	var position *int
+	if err := s.pool.QueryRow(ctx, `SELECT fal_line_position($1, $2)`, j.riverJobID, positionCap).Scan(&position); err != nil {
+		return unavailable(err)
+	}
+	j.QueuePosition = position
+	return nil
+}
+
 // Get returns the user's job, or ENOTFOUND when it does not exist or
 // belongs to someone else. A queued job has its place in the line for fal
 // slots (queue_position); every unfinished job its estimated time to the

@@ -211,7 +211,7 @@ type Submission struct {
 	IDs []int64
 	// Jobs are the inserted jobs as the API shows them (queued, credits
 	// reserved), in item order, built from what the insert returned; their
-	// place in the line is for reads (Get) to say.
+	// place in the line is read after the commit (Place).
 	Jobs []*Job
 
 	svc *Service
