@@ -80,10 +80,16 @@ func (d *Dispatch) Start(ctx context.Context) error {
 	}
 	d.Line.Start(ctx, d.River)
 	if d.work {
+		// The first beat is in before River works a job: a process killed
+		// at its first job is known, and its job handed back in seconds.
+		hb := newHeartbeat(d.pool, d.River, d.Line, d.log)
+		if err := hb.beat(ctx); err != nil {
+			return fmt.Errorf("first heartbeat: %w", err)
+		}
 		if err := d.River.Start(ctx); err != nil {
 			return fmt.Errorf("start river: %w", err)
 		}
-		go newHeartbeat(d.pool, d.River, d.Line, d.log).run(ctx)
+		go hb.run(ctx)
 	}
 	return nil
 }

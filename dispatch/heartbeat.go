@@ -53,15 +53,13 @@ func newHeartbeat(pool *pgxpool.Pool, client *river.Client[pgx.Tx], line *Line, 
 	return &heartbeat{pool: pool, client: client, line: line, log: log, clientID: client.ID(), host: host, pid: os.Getpid()}
 }
 
-// run beats until ctx ends, then removes this process's beat (a process
+// run beats every beatEvery (after the first beat, which Start makes)
+// until ctx ends, then removes this process's beat (a process
 // that stops cleanly has handed its jobs back itself).
 func (h *heartbeat) run(ctx context.Context) {
 	t := time.NewTicker(beatEvery)
 	defer t.Stop()
 	for {
-		if err := h.beat(ctx); err != nil && ctx.Err() == nil {
-			h.log.WarnContext(ctx, "could not beat or rescue", slog.Any("error", err))
-		}
 		select {
 		case <-ctx.Done():
 			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -69,6 +67,9 @@ func (h *heartbeat) run(ctx context.Context) {
 			cancel()
 			return
 		case <-t.C:
+		}
+		if err := h.beat(ctx); err != nil && ctx.Err() == nil {
+			h.log.WarnContext(ctx, "could not beat or rescue", slog.Any("error", err))
 		}
 	}
 }
