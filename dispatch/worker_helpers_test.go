@@ -200,7 +200,7 @@ func (b *workerBundle) waitRiverState(t *testing.T, uid, id string, state rivert
 		j, err := b.svc.Get(context.Background(), uid, id, false)
 		require.NoError(t, err)
 		return j.RiverState == string(state)
-	}, 10*time.Second, 10*time.Millisecond, "job %s never reached %s", id, state)
+	}, 20*time.Second, 10*time.Millisecond, "job %s never reached %s", id, state)
 }
 
 func (b *workerBundle) metricsText(t *testing.T) string {
