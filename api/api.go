@@ -39,6 +39,9 @@ type Config struct {
 	// connection included), so an unreachable database answers 503
 	// quickly instead of hanging. Default 5 seconds.
 	DBTimeout time.Duration
+	// UserMaxStreams caps the event streams and long polls a user holds
+	// open in this process (429 beyond it). Default DefaultUserMaxStreams.
+	UserMaxStreams int
 }
 
 // MaxBodyBytes is the largest request body accepted (413 above it).
@@ -53,6 +56,8 @@ type Server struct {
 	api       huma.API
 	watcher   *Watcher
 	dbTimeout time.Duration
+	streams   *streamCounts
+	rereads   rereads
 
 	// stopping is closed by Shutdown: long polls answer at once and
 	// event streams end, so a graceful shutdown does not wait for them.
@@ -76,9 +81,10 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
-		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), stopping: make(chan struct{})}
+		watcher: cfg.Watcher, dbTimeout: cmp.Or(cfg.DBTimeout, 5*time.Second), stopping: make(chan struct{}),
+		streams: &streamCounts{limit: cmp.Or(cfg.UserMaxStreams, DefaultUserMaxStreams), open: map[string]int{}}}
 	s.api = humago.New(mux, Document(cfg.Version))
-	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
+	s.api.UseMiddleware(s.limitBody, s.authMiddleware, s.checkText, s.streamMiddleware)
 	s.register()
 	documentAPI(s.api.OpenAPI())
 	return s, nil
@@ -109,6 +115,11 @@ func Document(version string) huma.Config {
 		"bearer": {Type: "http", Scheme: "bearer", BearerFormat: "JWT", Description: "Supabase access token (HS256, or RS256/ES256 via JWKS)."},
 	}
 	cfg.Transformers = append(cfg.Transformers, clipErrorValues)
+	// After huma's own hook, which adds the transformer writing $schema.
+	cfg.CreateHooks = append(cfg.CreateHooks, func(c huma.Config) huma.Config {
+		c.Transformers = append(c.Transformers, relativeSchemaLink)
+		return c
+	})
 	cfg.Tags = []*huma.Tag{
 		{Name: tagJobs, Description: "AI jobs"},
 		{Name: tagBatches, Description: "Batches of AI jobs"},

@@ -108,7 +108,7 @@ func (s *Server) stream(ctx context.Context, w io.Writer, sub *Subscription, use
 				return
 			}
 		case <-wakeups(sub):
-			latest, err := s.readJob(ctx, userID, j.ID, false)
+			latest, err := s.rereadJob(ctx, userID, j.ID, false)
 			if err != nil {
 				// The database is away: the watcher wakes us again when it
 				// reconnects.
