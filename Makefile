@@ -10,7 +10,7 @@ TS_CLIENT := clients/typescript
 REDOCLY := tools/redocly
 WEB := web
 
-.PHONY: all build run test vet lint unit test-browser openapi openapi-check openapi-lint redocly-deps web web-deps web-check web-vendor bench drills fmt clean gen ts-deps ts-check ts-test
+.PHONY: all build run test vet lint unit fuzz test-browser openapi openapi-check openapi-lint redocly-deps web web-deps web-check web-vendor bench drills fmt clean gen ts-deps ts-check ts-test
 
 all: build
 
@@ -24,9 +24,9 @@ run: build
 	$(BIN)/server serve --demo
 
 ## test: vet, lint, the committed OpenAPI document and TypeScript types, every
-## Go test with the race detector, the TypeScript client against a live server,
-## and the River UI browser test.
-test: vet lint openapi-check openapi-lint ts-check web-check unit ts-test test-browser
+## Go test with the race detector, the fuzz tests briefly, the TypeScript client
+## against a live server, and the River UI browser test.
+test: vet lint openapi-check openapi-lint ts-check web-check unit fuzz ts-test test-browser
 
 vet:
 	$(GO) vet ./...
@@ -40,6 +40,14 @@ lint: $(GOLANGCI_LINT)
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+## fuzz: the fuzz tests (submit body, Authorization header) for FUZZTIME each,
+## on top of their committed seed corpora (api/testdata/fuzz); a failing input
+## is written there. `make fuzz FUZZTIME=10m` for a real run.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzSubmitBody$$' -fuzztime=$(FUZZTIME) ./api
+	$(GO) test -run='^$$' -fuzz='^FuzzAuthorization$$' -fuzztime=$(FUZZTIME) ./api
 
 ## test-browser: River UI, and /playground (across origins, with CORS) and
 ## /docs (network blocked), in Debian's chromium (playwright-core) against the

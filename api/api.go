@@ -4,6 +4,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -39,6 +40,9 @@ type Config struct {
 	// FalWebhooks takes in fal's webhooks; without a Verifier the endpoint
 	// answers 404.
 	FalWebhooks FalWebhooks
+	// UserMaxStreams caps the event streams and long polls a user holds
+	// open in this process (429 beyond it). Default DefaultUserMaxStreams.
+	UserMaxStreams int
 }
 
 // dbTimeout bounds the database work of one request (acquiring a
@@ -59,6 +63,8 @@ type Server struct {
 	watcher  *Watcher
 	falHooks FalWebhooks
 	pacing   pacing
+	streams  *streamCounts
+	rereads  rereads
 
 	// stopping is closed by Shutdown: long polls answer at once and
 	// event streams end, so a graceful shutdown does not wait for them.
@@ -82,9 +88,10 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
-		watcher: cfg.Watcher, falHooks: cfg.FalWebhooks, pacing: defaultPacing, stopping: make(chan struct{})}
+		watcher: cfg.Watcher, falHooks: cfg.FalWebhooks, pacing: defaultPacing, stopping: make(chan struct{}),
+		streams: &streamCounts{limit: cmp.Or(cfg.UserMaxStreams, DefaultUserMaxStreams), open: map[string]int{}}}
 	s.api = humago.New(mux, Document(cfg.Version))
-	s.api.UseMiddleware(s.limitBody, s.authMiddleware)
+	s.api.UseMiddleware(s.limitBody, s.authMiddleware, s.checkText, s.streamMiddleware)
 	s.register()
 	documentAPI(s.api.OpenAPI())
 	return s, nil
@@ -115,6 +122,11 @@ func Document(version string) huma.Config {
 		"bearer": {Type: "http", Scheme: "bearer", BearerFormat: "JWT", Description: "Supabase access token (HS256, or RS256/ES256 via JWKS)."},
 	}
 	cfg.Transformers = append(cfg.Transformers, clipErrorValues)
+	// After huma's own hook, which adds the transformer writing $schema.
+	cfg.CreateHooks = append(cfg.CreateHooks, func(c huma.Config) huma.Config {
+		c.Transformers = append(c.Transformers, relativeSchemaLink)
+		return c
+	})
 	cfg.Tags = []*huma.Tag{
 		{Name: tagJobs, Description: "AI jobs"},
 		{Name: tagBatches, Description: "Batches of AI jobs"},

@@ -11,7 +11,6 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/google/uuid"
 
 	"github.com/aiqueue/aiqueue/internal/logging"
 )
@@ -110,18 +109,33 @@ func (a *authenticator) keyfunc(t *jwt.Token) (any, error) {
 	}
 }
 
-// errNoToken is a request without a bearer token.
+// errNoToken is a request without an Authorization header.
 var errNoToken = errors.New("missing bearer token")
+
+// errNotBearer is an Authorization header that is not "Bearer <token>".
+var errNotBearer = errors.New("malformed Authorization header: expected Bearer")
+
+// errSubject is a token whose sub is not a user id in canonical form.
+var errSubject = errors.New("token subject is not a user id (a UUID in canonical form: lower-case, hyphenated)")
 
 // serviceUserID is the user id of a service_role token without a sub
 // (Supabase's service key): it may only call admin endpoints, and its
 // idempotency keys are scoped to this id.
 const serviceUserID = "00000000-0000-0000-0000-000000000000"
 
+// authenticate checks the Authorization header. The principal's UserID is
+// the token's sub, which must be a UUID in canonical form (lower-case,
+// hyphenated, as Supabase writes it): other spellings of a UUID (upper
+// case, braces, "urn:uuid:", no hyphens) are refused rather than
+// normalised, so one user has exactly one id as text.
 func (a *authenticator) authenticate(header string) (Principal, error) {
-	scheme, raw, ok := strings.Cut(strings.TrimSpace(header), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {
+	header = strings.TrimSpace(header)
+	if header == "" {
 		return Principal{}, errNoToken
+	}
+	scheme, raw, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {
+		return Principal{}, errNotBearer
 	}
 	var c Claims
 	if _, err := a.parser.ParseWithClaims(strings.TrimSpace(raw), &c, a.keyfunc); err != nil {
@@ -131,10 +145,10 @@ func (a *authenticator) authenticate(header string) (Principal, error) {
 	if c.Subject == "" && c.Role == "service_role" {
 		return Principal{UserID: serviceUserID, Admin: true, Service: true}, nil
 	}
-	if _, err := uuid.Parse(c.Subject); err != nil {
-		return Principal{}, errors.New("token subject is not a user id")
+	if !canonicalUUID(c.Subject) {
+		return Principal{}, errSubject
 	}
-	return Principal{UserID: strings.ToLower(c.Subject), Admin: admin}, nil
+	return Principal{UserID: c.Subject, Admin: admin}, nil
 }
 
 // authMiddleware authenticates the callers of operations that declare the
@@ -150,12 +164,20 @@ func (s *Server) authMiddleware(ctx huma.Context, next func(huma.Context)) {
 	if err != nil {
 		// RFC 6750: no error code when the request had no token at all.
 		challenge := `Bearer realm="aiqueue"`
-		if !errors.Is(err, errNoToken) {
+		switch {
+		case errors.Is(err, errNoToken):
+		case errors.Is(err, errNotBearer):
+			challenge += `, error="invalid_request"`
+		default:
 			challenge += `, error="invalid_token"`
 		}
 		ctx.SetHeader("WWW-Authenticate", challenge)
 		// The reason is safe to show: it never includes the token.
-		_ = huma.WriteErr(s.api, ctx, http.StatusUnauthorized, "invalid or missing bearer token: "+reason(err))
+		detail := "invalid or missing bearer token: " + reason(err)
+		if errors.Is(err, errNotBearer) {
+			detail = reason(err) + " <token>"
+		}
+		_ = huma.WriteErr(s.api, ctx, http.StatusUnauthorized, detail)
 		return
 	}
 	logging.SetUser(ctx.Context(), p.UserID)
@@ -183,6 +205,8 @@ func reason(err error) string {
 		return "wrong issuer"
 	case errors.Is(err, errNoToken):
 		return "no token"
+	case errors.Is(err, errNotBearer), errors.Is(err, errSubject):
+		return err.Error()
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return "bad signature"
 	case errors.Is(err, jwt.ErrTokenUnverifiable):

@@ -3,9 +3,11 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/danielgtaylor/huma/v2"
@@ -40,6 +42,13 @@ func init() {
 	// Problems too, so every error body is the schema the document names.
 	base := huma.NewError
 	huma.NewError = func(status int, msg string, errs ...error) huma.StatusError {
+		if status == http.StatusRequestEntityTooLarge && strings.HasPrefix(msg, "request body is too large limit=") {
+			// huma's own 413 (a body without Content-Length cut off at
+			// the operation's MaxBodyBytes, one more than the limit so a
+			// body of exactly the limit passes) names that count as the
+			// limit; limitBody names the real one.
+			return newProblem(status, fmt.Sprintf("request body is too large: the limit is %d bytes (send large images by URL)", MaxBodyBytes))
+		}
 		if em, ok := base(status, msg, errs...).(*huma.ErrorModel); ok {
 			return newProblem(em.Status, em.Detail, em.Errors...)
 		}
@@ -131,5 +140,5 @@ func (s *Server) dbProblem(ctx context.Context, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return s.toProblem(ctx, err)
 	}
-	return s.toProblem(ctx, &jobs.Error{Code: jobs.EUNAVAILABLE, Message: err.Error()})
+	return s.toProblem(ctx, jobs.DBError(err))
 }

@@ -245,17 +245,18 @@ func (s *Server) registerEvents() {
 func (s *Server) jobEvents(ctx context.Context, in *jobEventsInput) (*huma.StreamResponse, error) {
 	uid := principalFrom(ctx).UserID
 	sub := s.subscribe(in.ID)
-	read := func(ctx context.Context) (*jobs.Job, error) { return s.readJob(ctx, uid, in.ID, in.Logs) }
-	j, err := read(ctx)
+	j, err := s.readJob(ctx, uid, in.ID, in.Logs)
 	if err != nil {
 		closeSub(sub)
 		return nil, s.toProblem(ctx, err)
 	}
+	// Later reads are shared with the job's other followers.
+	reread := func(ctx context.Context) (*jobs.Job, error) { return s.rereadJob(ctx, uid, in.ID, in.Logs) }
 	return &huma.StreamResponse{Body: func(hctx huma.Context) {
 		defer closeSub(sub)
 		es := openEventStream(hctx, lastEventID(in.LastEventID))
 		defer es.close()
-		s.followJob(hctx.Context(), es, sub, read, j)
+		s.followJob(hctx.Context(), es, sub, reread, j)
 	}}, nil
 }
 

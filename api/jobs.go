@@ -232,7 +232,7 @@ func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID st
 			}
 		case <-wakeups(sub):
 		}
-		latest, err := s.readJob(ctx, userID, j.ID, logs)
+		latest, err := s.rereadJob(ctx, userID, j.ID, logs)
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,8 @@
 package api_test
 
 import (
+	"flag"
+	"os"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -12,6 +14,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// go test -fuzz: the fuzz targets need no database.
+		os.Exit(m.Run())
+	}
 	pgtest.Migrate = migrations.Up
 	pgtest.Main(m)
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/aiqueue/aiqueue/jobs"
 )
 
 // StateChannel is the notification channel on which the database sends the
@@ -46,6 +48,12 @@ type Watcher struct {
 
 	mu   sync.Mutex
 	subs map[int64]map[*Subscription]struct{}
+	// Versions: seq counts the wake-ups; changed holds, per watched job,
+	// the seq of its last wake-up (or of its first subscription), and
+	// reset the seq of the last wake-up of every job (Version).
+	seq     uint64
+	changed map[int64]uint64
+	reset   uint64
 
 	connected     atomic.Bool
 	notifications atomic.Int64
@@ -65,7 +73,7 @@ func NewWatcher(config *pgx.ConnConfig, logger *slog.Logger) *Watcher {
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
-	return &Watcher{config: cfg, logger: logger, token: uuid.NewString(), subs: map[int64]map[*Subscription]struct{}{}}
+	return &Watcher{config: cfg, logger: logger, token: uuid.NewString(), subs: map[int64]map[*Subscription]struct{}{}, changed: map[int64]uint64{}}
 }
 
 // Subscription receives a value on C (buffered, never blocks the Watcher)
@@ -94,6 +102,7 @@ func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 		if set == nil {
 			set = map[*Subscription]struct{}{}
 			w.subs[id] = set
+			w.changed[id] = w.seq
 		}
 		if _, ok := set[s]; ok {
 			continue // the same id twice
@@ -109,6 +118,26 @@ func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 			SELECT id, $2 FROM unnest($1::bigint[]) AS id ON CONFLICT DO NOTHING`, first)
 	}
 	return s
+}
+
+// Version is a number that grows each time the watcher wakes the
+// subscribers of job id (an API job id): a read of the job that began at
+// version v shows every change the watcher announced, as long as the
+// version is still v. For a job nobody watches it is the newest version.
+// A nil Watcher's version is always 0. Subscribers share reads with it
+// (Server.rereadJob).
+func (w *Watcher) Version(id string) uint64 {
+	if w == nil {
+		return 0
+	}
+	n, ok := jobs.JobID(id)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	v, watched := w.changed[n]
+	if !ok || !watched {
+		return w.seq // not watched: only a read from now on is current
+	}
+	return max(v, w.reset)
 }
 
 // Close stops the subscription.
@@ -129,6 +158,7 @@ func (s *Subscription) Close() {
 		delete(set, s)
 		if len(set) == 0 {
 			delete(w.subs, id)
+			delete(w.changed, id)
 			last = append(last, id)
 		}
 	}
@@ -180,6 +210,10 @@ func (s *Subscription) wake() {
 func (w *Watcher) wake(id int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.seq++
+	if _, ok := w.changed[id]; ok {
+		w.changed[id] = w.seq
+	}
 	for s := range w.subs[id] {
 		s.wake()
 	}
@@ -188,6 +222,8 @@ func (w *Watcher) wake(id int64) {
 func (w *Watcher) wakeAll() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.seq++
+	w.reset = w.seq
 	for _, set := range w.subs {
 		for s := range set {
 			s.wake() // a subscription of several jobs is woken once: C holds one value

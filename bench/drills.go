@@ -318,6 +318,7 @@ func (dr *drill) setup(ctx context.Context) error {
 	envFor := func(role string) map[string]string {
 		m := map[string]string{
 			"DATABASE_URL":          dr.dbURL,
+			"METRICS_ADDR":          "127.0.0.1:0", // several servers on one machine
 			"AUTH_JWT_SECRET":       dr.env.secret,
 			"AUTO_MIGRATE":          "false",
 			"LOG_LEVEL":             "info",

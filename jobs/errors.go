@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Error codes. The api package maps each to one HTTP status.
@@ -43,6 +46,19 @@ func ErrorCode(err error) string {
 		return e.Code
 	}
 	return ""
+}
+
+// DBError classifies an error of the database. Data it refused (SQLSTATE
+// class 22, data exception: a NUL character or invalid UTF-8 in text,
+// text that is not a valid value of its type, a number out of range) is
+// the request's fault: EINVALID (422), never worth a retry. Anything else
+// is EUNAVAILABLE (503), with the cause kept for the log.
+func DBError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22") {
+		return &Error{Code: EINVALID, Message: "the request holds a value the database cannot store (" + pgErr.Message + ")"}
+	}
+	return &Error{Code: EUNAVAILABLE, Message: "the database is unavailable: " + err.Error()}
 }
 
 func errorf(code, format string, args ...any) *Error {

@@ -317,12 +317,13 @@ func riverTags(operation string) []string {
 }
 
 // unavailable marks database errors as EUNAVAILABLE unless the context
-// ended, keeping the cause for logs.
+// ended, keeping the cause for logs; data the database refused is
+// EINVALID (DBError).
 func unavailable(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return &Error{Code: EUNAVAILABLE, Message: "the database is unavailable: " + err.Error()}
+	return DBError(err)
 }
 
 // ListFilter narrows List.
@@ -355,7 +356,7 @@ func (s *Service) List(ctx context.Context, userID string, f ListFilter) ([]*Job
    AND ($2 = '' OR state = $2)
    AND ($3 = '' OR operation = $3)
    AND ($4 = '' OR batch_id = $4)
-   AND ($5 = 0 OR river_job_id < $5)
+   AND ($5::bigint = 0 OR river_job_id < $5::bigint)
  ORDER BY river_job_id DESC
  LIMIT $6`, userID, f.State, f.Operation, f.BatchID, before, limit+1)
 	if err != nil {

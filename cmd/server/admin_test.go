@@ -30,7 +30,7 @@ import (
 // Secrets the admin tests configure and then look for where they must not be.
 const (
 	riverUser      = "admin"
-	riverPass      = "river-pass-9f8e7d6c5b4a"
+	riverPass      = "river-pass-9f8e7d6c5b4a-0123456789abcdef"
 	falKeyA        = "fal-secret-aaaaaaaaaaaaaaaaaaaa"
 	falKeyB        = "fal-secret-bbbbbbbbbbbbbbbbbbbb"
 	wrongRiverPass = "not-the-password"
@@ -55,7 +55,7 @@ func get(t *testing.T, rawURL string, auth ...string) (int, http.Header, string)
 // scrape reads /metrics and parses it.
 func scrape(t *testing.T, m *Main) (map[string]*dto.MetricFamily, string) {
 	t.Helper()
-	status, _, body := get(t, m.URL()+"/metrics")
+	status, _, body := get(t, m.MetricsURL())
 	require.Equal(t, http.StatusOK, status)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
@@ -411,11 +411,13 @@ func TestRoles(t *testing.T) {
 	t.Run("WorkerServesOnlyOps", func(t *testing.T) {
 		t.Parallel()
 		m := MustRunMain(t, map[string]string{"ROLE": "worker", "RIVER_BASIC_AUTH_USER": riverUser, "RIVER_BASIC_AUTH_PASS": riverPass})
-		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		for _, path := range []string{"/healthz", "/readyz"} {
 			status, _, body := get(t, m.URL()+path)
 			require.Equal(t, http.StatusOK, status, "%s: %s", path, body)
 		}
-		for _, path := range []string{"/v1/jobs", "/v1/operations", "/v1/credits", "/openapi.json", "/openapi.yaml", "/docs", "/riverui/"} {
+		status, _, body := get(t, m.MetricsURL())
+		require.Equal(t, http.StatusOK, status, body)
+		for _, path := range []string{"/v1/jobs", "/v1/operations", "/v1/credits", "/openapi.json", "/openapi.yaml", "/docs", "/riverui/", "/metrics"} {
 			status, _, _ := get(t, m.URL()+path, riverUser, riverPass)
 			require.Equal(t, http.StatusNotFound, status, path)
 		}

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -27,6 +30,7 @@ type composeService struct {
 	Environment     map[string]string            `yaml:"environment"`
 	Ports           []string                     `yaml:"ports"`
 	Profiles        []string                     `yaml:"profiles"`
+	Restart         string                       `yaml:"restart"`
 	StopGracePeriod string                       `yaml:"stop_grace_period"`
 	DependsOn       map[string]map[string]string `yaml:"depends_on"`
 	Healthcheck     struct {
@@ -34,11 +38,13 @@ type composeService struct {
 	} `yaml:"healthcheck"`
 }
 
-// interpolate expands ${NAME}, ${NAME:-default} and ${NAME-default} as
-// Compose does, from env.
-func interpolate(s string, env map[string]string) string {
-	re := regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}`)
-	return re.ReplaceAllStringFunc(s, func(m string) string {
+// interpolate expands ${NAME}, ${NAME:-default}, ${NAME-default},
+// ${NAME:?message} and ${NAME?message} as Compose does, from env; a
+// required variable that is missing is an error naming it, with its message.
+func interpolate(s string, env map[string]string) (string, error) {
+	re := regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}`)
+	var errs []error
+	out := re.ReplaceAllStringFunc(s, func(m string) string {
 		p := re.FindStringSubmatch(m)
 		v, set := env[p[1]]
 		switch {
@@ -46,9 +52,30 @@ func interpolate(s string, env map[string]string) string {
 			return p[3]
 		case p[2] == "-" && !set:
 			return p[3]
+		case (p[2] == ":?" && v == "") || (p[2] == "?" && !set):
+			errs = append(errs, fmt.Errorf("required variable %s is missing a value: %s", p[1], p[3]))
 		}
 		return v
 	})
+	return out, errors.Join(errs...)
+}
+
+// envFile reads KEY=VALUE lines (comments and blank lines skipped).
+func envFile(t *testing.T, path string) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	env := map[string]string{}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		require.True(t, ok, "%s: %q is not KEY=VALUE", path, line)
+		env[k] = v
+	}
+	return env
 }
 
 func TestCompose(t *testing.T) {
@@ -103,16 +130,67 @@ func TestCompose(t *testing.T) {
 		require.Contains(t, srv.Environment, name)
 	}
 
-	configFor := func(hostEnv map[string]string) Config {
+	require.Equal(t, "unless-stopped", srv.Restart)
+	require.Equal(t, "unless-stopped", pg.Restart)
+
+	// What docker compose up would give the server with hostEnv (the
+	// shell and .env), or the error compose would stop with.
+	composeEnv := func(hostEnv map[string]string) (map[string]string, error) {
 		env := map[string]string{}
+		var errs []error
 		for k, v := range srv.Environment {
-			env[k] = interpolate(v, hostEnv)
+			var err error
+			env[k], err = interpolate(v, hostEnv)
+			errs = append(errs, err)
 		}
+		return env, errors.Join(errs...)
+	}
+	// Secrets of the kind a real .env holds.
+	secrets := map[string]string{"AUTH_JWT_SECRET": strings.Repeat("7f", 32), "RIVER_BASIC_AUTH_PASS": strings.Repeat("a9", 32)}
+	configFor := func(hostEnv map[string]string) Config {
+		env, err := composeEnv(withEnv(secrets, hostEnv))
+		require.NoError(t, err)
 		cfg, err := ConfigFromEnv(func(k string) string { return env[k] })
 		require.NoError(t, err)
 		require.NoError(t, cfg.Validate())
 		return cfg
 	}
+
+	t.Run("AsksForSecrets", func(t *testing.T) {
+		t.Parallel()
+		_, err := composeEnv(nil)
+		require.ErrorContains(t, err, "AUTH_JWT_SECRET")
+		require.ErrorContains(t, err, "RIVER_BASIC_AUTH_PASS")
+		require.ErrorContains(t, err, ".env.example")
+	})
+
+	t.Run("EnvExample", func(t *testing.T) {
+		t.Parallel()
+		example := envFile(t, "../../.env.example")
+		env, err := composeEnv(example)
+		require.NoError(t, err, "the example has every variable compose asks for")
+		cfg, err := ConfigFromEnv(func(k string) string { return env[k] })
+		require.NoError(t, err)
+		require.NoError(t, cfg.Validate(), "the simulator runs with the example as it is")
+
+		// With real keys its placeholders are refused.
+		env, err = composeEnv(withEnv(example, map[string]string{"FAL_KEYS": "k1,k2"}))
+		require.NoError(t, err)
+		cfg, err = ConfigFromEnv(func(k string) string { return env[k] })
+		require.NoError(t, err)
+		err = cfg.Validate()
+		require.ErrorContains(t, err, "AUTH_JWT_SECRET is a published default")
+		require.ErrorContains(t, err, "RIVER_BASIC_AUTH_PASS is a published default")
+
+		if exec.Command("git", "rev-parse", "--git-dir").Run() != nil {
+			t.Log("not in a git checkout: .gitignore not checked")
+			return
+		}
+		for _, name := range []string{".env", ".env.local", ".env.production"} {
+			require.NoError(t, exec.Command("git", "check-ignore", "-q", "../../"+name).Run(), "%s is not ignored by git", name)
+		}
+		require.Error(t, exec.Command("git", "check-ignore", "-q", "../../.env.example").Run(), ".env.example is ignored by git")
+	})
 
 	t.Run("NoKeyRunsTheSimulator", func(t *testing.T) {
 		t.Parallel()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,7 +30,13 @@ type Config struct {
 	DatabaseMaxConns int32
 	DataDir          string // where the private Postgres lives when DatabaseURL is empty
 	ListenAddr       string
-	Role             string
+	// MetricsAddr is where /metrics is served: its own listener, unless it
+	// equals ListenAddr.
+	MetricsAddr string
+	Role        string
+	// HTTP bounds the API listener's connections; zero fields take the
+	// defaults (DefaultHTTPTimeouts). Tests shorten them.
+	HTTP HTTPTimeouts
 
 	FalKeys     []string
 	FalQueueURL string
@@ -61,8 +68,11 @@ type Config struct {
 
 	Limits dispatch.QueueLimits
 
-	QueueMaxPending    int
-	UserMaxPending     int
+	QueueMaxPending int
+	UserMaxPending  int
+	// UserMaxStreams caps the event streams and long polls one user holds
+	// open in this process (429 beyond it).
+	UserMaxStreams     int
 	RateLimitPerMinute int
 	RateLimitBurst     int
 
@@ -138,6 +148,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		DatabaseMaxConns:  int32(num("DATABASE_MAX_CONNS", 40)), //nolint:gosec // range-checked below
 		DataDir:           cmp.Or(getenv("DATA_DIR"), ".data"),
 		ListenAddr:        cmp.Or(getenv("LISTEN_ADDR"), ":8080"),
+		MetricsAddr:       cmp.Or(getenv("METRICS_ADDR"), DefaultMetricsAddr),
 		Role:              cmp.Or(getenv("ROLE"), RoleAll),
 		FalKeys:           falclient.KeysFromEnv(getenv),
 		FalQueueURL:       cmp.Or(getenv("FAL_QUEUE_URL"), "https://queue.fal.run"),
@@ -155,6 +166,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		},
 		QueueMaxPending:    num("QUEUE_MAX_PENDING", 10000),
 		UserMaxPending:     num("USER_MAX_PENDING", 200),
+		UserMaxStreams:     num("USER_MAX_STREAMS", 20),
 		RateLimitPerMinute: num("RATE_LIMIT_PER_MINUTE", 10),
 		RateLimitBurst:     num("RATE_LIMIT_BURST", 10),
 		JWTSecret:          getenv("AUTH_JWT_SECRET"),
@@ -254,7 +266,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("DATABASE_MAX_CONNS=%d is out of range 4-1000", c.DatabaseMaxConns))
 	}
 	for name, n := range map[string]int{"QUEUE_MAX_PENDING": c.QueueMaxPending, "USER_MAX_PENDING": c.UserMaxPending,
-		"RATE_LIMIT_PER_MINUTE": c.RateLimitPerMinute, "RATE_LIMIT_BURST": c.RateLimitBurst} {
+		"RATE_LIMIT_PER_MINUTE": c.RateLimitPerMinute, "RATE_LIMIT_BURST": c.RateLimitBurst, "USER_MAX_STREAMS": c.UserMaxStreams} {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s=%d must be at least 1", name, n))
 		}
@@ -263,9 +275,15 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("no auth configured: set AUTH_JWT_SECRET or AUTH_JWKS_URL"))
 	}
 	if c.JWKSURL != "" {
-		if u, err := url.Parse(c.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			errs = append(errs, errors.New("AUTH_JWKS_URL is not an http(s) URL"))
+		if err := validJWKSURL(c.JWKSURL); err != nil {
+			errs = append(errs, err)
 		}
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+		errs = append(errs, fmt.Errorf("METRICS_ADDR=%q is not host:port", c.MetricsAddr))
+	}
+	if !c.FalSimulate {
+		errs = append(errs, c.validSecrets()...)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
@@ -290,10 +308,89 @@ func httpsOrLoopback(raw string) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if u.Scheme == "https" {
+	return u.Scheme == "https" || (u.Scheme == "http" && isLoopbackHost(u.Hostname()))
+}
+
+// DefaultMetricsAddr is where /metrics is served when METRICS_ADDR is not
+// set: loopback only, on a port of its own.
+const DefaultMetricsAddr = "127.0.0.1:9090"
+
+// metricsOnAPI reports whether /metrics is served on the API listener:
+// METRICS_ADDR is LISTEN_ADDR, and not a port picked at start (":0").
+func (c Config) metricsOnAPI() bool {
+	_, port, err := net.SplitHostPort(c.MetricsAddr)
+	return c.MetricsAddr == c.ListenAddr && err == nil && port != "0"
+}
+
+// validJWKSURL accepts https, and plain http only to a loopback host (a
+// JWKS served on the same machine, tests): keys fetched over plain http
+// from the network could be replaced on the way, and with them every
+// token's signature.
+func validJWKSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return errors.New("AUTH_JWKS_URL is not an https URL")
+	}
+	switch {
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
+		return nil
+	case u.Scheme == "http":
+		return errors.New("AUTH_JWKS_URL must be https (plain http is accepted only for a loopback host)")
+	default:
+		return errors.New("AUTH_JWKS_URL is not an https URL")
+	}
+}
+
+// isLoopbackHost reports whether host is localhost or a loopback IP.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
-	host := u.Hostname()
 	ip := net.ParseIP(host)
-	return u.Scheme == "http" && (host == "localhost" || (ip != nil && ip.IsLoopback()))
+	return ip != nil && ip.IsLoopback()
+}
+
+// minSecretBytes is the shortest JWT secret or River UI password a server
+// calling the real fal.ai accepts.
+const minSecretBytes = 32
+
+// publishedSecrets are values this repository has published as defaults or
+// examples (compose.yaml, .env.example, the README): anyone who read them
+// could mint admin tokens or open River UI.
+var publishedSecrets = []string{
+	"dev-secret-change-me-0123456789abcdef",
+	"admin-change-me",
+}
+
+// weakSecret says why secret must not guard a server that spends real
+// money, or "" when it may.
+func weakSecret(secret string) string {
+	lower := strings.ToLower(secret)
+	switch {
+	case slices.Contains(publishedSecrets, secret), strings.Contains(lower, "change-me"), strings.Contains(lower, "changeme"):
+		return "is a published default"
+	case len(secret) < minSecretBytes:
+		return fmt.Sprintf("is shorter than %d bytes", minSecretBytes)
+	}
+	return ""
+}
+
+// validSecrets refuses a published default or short AUTH_JWT_SECRET or
+// River UI password once real fal keys are set (with the simulator nothing
+// is paid for, so tests and demos may use anything).
+func (c Config) validSecrets() []error {
+	var errs []error
+	if c.JWTSecret != "" {
+		if why := weakSecret(c.JWTSecret); why != "" {
+			errs = append(errs, fmt.Errorf("AUTH_JWT_SECRET %s: with real fal keys the server needs a secret of its own, at least %d random bytes (openssl rand -hex 32)", why, minSecretBytes))
+		}
+	}
+	if c.RiverPass != "" {
+		if why := weakSecret(c.RiverPass); why != "" {
+			errs = append(errs, fmt.Errorf("RIVER_BASIC_AUTH_PASS %s: with real fal keys River UI needs a password of its own, at least %d bytes (openssl rand -hex 32)", why, minSecretBytes))
+		}
+	}
+	return errs
 }

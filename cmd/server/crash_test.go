@@ -49,6 +49,7 @@ func TestCrashResumesTheSameFalRequest(t *testing.T) {
 		"DATABASE_URL":        dbURL,
 		"ROLE":                RoleWorker,
 		"LISTEN_ADDR":         "127.0.0.1:0",
+		"METRICS_ADDR":        "127.0.0.1:0",
 		"JOB_ATTEMPT_TIMEOUT": "8s",
 		"RIVER_RESCUE_AFTER":  "8s",
 		"LOG_LEVEL":           "info",

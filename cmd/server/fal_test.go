@@ -159,7 +159,7 @@ func TestLongJobsFreeTheirWorker(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return sim.Stats().InProgress == 6 }, 15*time.Second, 20*time.Millisecond,
 		"all six videos reach fal through two workers")
-	require.Equal(t, 6, inFlightMetric(t, getText(t, m.URL()+"/metrics")))
+	require.Equal(t, 6, inFlightMetric(t, getText(t, m.MetricsURL())))
 
 	short := c.submit("generate", imageParams, jobs.QueueNormal)
 	require.Equal(t, jobs.QueueNormal, short.Priority)
@@ -179,7 +179,7 @@ func TestLongJobsFreeTheirWorker(t *testing.T) {
 		require.Contains(t, string(v.Result), `"video"`)
 	}
 	require.Equal(t, 7, sim.Stats().Submits)
-	require.Zero(t, inFlightMetric(t, getText(t, m.URL()+"/metrics")))
+	require.Zero(t, inFlightMetric(t, getText(t, m.MetricsURL())))
 	requireInvariants(t, m)
 }
 
@@ -229,7 +229,7 @@ func TestCancelCancelsAtFal(t *testing.T) {
 		require.True(t, requestOf(id).Cancelled, "job %s's fal request is cancelled", id)
 		require.Equal(t, "cancelled", m.falRequestState(t, id))
 	}
-	require.Zero(t, inFlightMetric(t, getText(t, m.URL()+"/metrics")))
+	require.Zero(t, inFlightMetric(t, getText(t, m.MetricsURL())))
 	var credits struct{ Balance, Reserved, Available int64 }
 	c.do(http.MethodGet, "/v1/credits", nil, &credits)
 	require.Equal(t, int64(100), credits.Available)
@@ -274,7 +274,7 @@ func TestNoFalKeyInLogsOrMetrics(t *testing.T) {
 	fmt.Fprintf(&answers, "%+v\n", j)
 
 	text := logs.String()
-	metrics := getText(t, m.URL()+"/metrics")
+	metrics := getText(t, m.MetricsURL())
 	require.Contains(t, text, `"key":"key-1"`, "the logs name keys by index")
 	require.Contains(t, text, "fal key rejected, taken out")
 	require.Contains(t, metrics, `aiqueue_fal_requests_total{code="401",key="key-1",op="submit"} 1`)

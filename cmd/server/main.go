@@ -90,7 +90,7 @@ aiqueue is running (Ctrl-C stops it; the data stays in %s)
   Playground %s/playground  (offers the demo token to browsers on this machine)
   OpenAPI    %s/openapi.yaml
   River UI   %s
-  Metrics    %s/metrics
+  Metrics    %s
   Database   %s
 
 Demo user %s has credits. Bearer token (24h, admin):
@@ -101,5 +101,5 @@ Demo user %s has credits. Bearer token (24h, admin):
        -H 'Content-Type: application/json' \
        -d '{"operation":"generate","params":{"prompt":"a gold ring on marble"}}'
 
-`, m.Config.DataDir, u, u, u, ui, u, redactDSN(m.Config.DatabaseURL), DemoUserID, m.DemoToken, u)
+`, m.Config.DataDir, u, u, u, ui, m.MetricsURL(), redactDSN(m.Config.DatabaseURL), DemoUserID, m.DemoToken, u)
 }

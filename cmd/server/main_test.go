@@ -42,6 +42,13 @@ func MustRunMain(t testing.TB, env map[string]string) *Main {
 // mustRunMain is MustRunMain with the program's log written to logs.
 func mustRunMain(t testing.TB, env map[string]string, logs io.Writer) *Main {
 	t.Helper()
+	return runMainWith(t, env, logs, nil)
+}
+
+// runMainWith is mustRunMain with configure changing the configuration
+// read from env before the program starts (settings with no variable).
+func runMainWith(t testing.TB, env map[string]string, logs io.Writer, configure func(*Config)) *Main {
+	t.Helper()
 	if _, ok := env["DATABASE_URL"]; !ok {
 		env = maps.Clone(env)
 		if env == nil {
@@ -51,6 +58,7 @@ func mustRunMain(t testing.TB, env map[string]string, logs io.Writer) *Main {
 	}
 	base := map[string]string{
 		"LISTEN_ADDR":       "127.0.0.1:0",
+		"METRICS_ADDR":      "127.0.0.1:0",
 		"AUTH_JWT_SECRET":   testSecret,
 		"FAL_SIMULATE":      "true",
 		"FAL_SIMULATE_FAST": "true",
@@ -61,6 +69,9 @@ func mustRunMain(t testing.TB, env map[string]string, logs io.Writer) *Main {
 	}
 	cfg, err := ConfigFromEnv(func(k string) string { return base[k] })
 	require.NoError(t, err)
+	if configure != nil {
+		configure(&cfg)
+	}
 	m := NewMain(cfg)
 	m.Logger = logging.New(cfg.LogLevel, logs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

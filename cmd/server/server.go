@@ -69,10 +69,14 @@ type Main struct {
 	simURL   string
 	pprof    *http.Server
 	pprofURL string
-	http     *http.Server
-	listener net.Listener
-	serveErr chan error
-	cancel   context.CancelFunc
+	// metricsSrv serves /metrics on METRICS_ADDR (nil when it is the API
+	// listener).
+	metricsSrv *http.Server
+	metricsURL string
+	http       *http.Server
+	listener   net.Listener
+	serveErr   chan error
+	cancel     context.CancelFunc
 
 	// DemoToken is a bearer token for the demo user (Config.Demo).
 	DemoToken string
@@ -174,11 +178,19 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if !cfg.metricsOnAPI() {
+		if err := m.startMetrics(ctx); err != nil {
+			return err
+		}
+	}
 	m.listener, err = new(net.ListenConfig).Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
 		return err
 	}
-	m.http = &http.Server{Handler: logging.Middleware(m.Logger, api.CORS(cfg.CORSAllowedOrigins, mux)), ReadHeaderTimeout: 10 * time.Second}
+	if cfg.metricsOnAPI() {
+		m.metricsURL = m.URL() + "/metrics"
+	}
+	m.http = newHTTPServer(logging.Middleware(m.Logger, api.CORS(cfg.CORSAllowedOrigins, api.Harden(mux))), cfg.HTTP)
 	if m.api != nil {
 		m.http.RegisterOnShutdown(m.api.Shutdown) // end long polls and event streams
 	}
@@ -269,6 +281,9 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 		Version:     Version,
 		Watcher:     m.watcher,
 		FalWebhooks: webhooks,
+		// Counted in this process: with several api processes a user may
+		// hold this many in each.
+		UserMaxStreams: cfg.UserMaxStreams,
 	}); err != nil {
 		return err
 	}
@@ -302,8 +317,12 @@ func (m *Main) falWebhooks() (api.FalWebhooks, error) {
 }
 
 // URL is the base URL the server listens on.
-func (m *Main) URL() string {
-	addr := m.listener.Addr().(*net.TCPAddr)
+func (m *Main) URL() string { return baseURL(m.listener.Addr()) }
+
+// baseURL is the http URL of a listener's address, on loopback when it
+// listens on every address.
+func baseURL(a net.Addr) string {
+	addr := a.(*net.TCPAddr)
 	host := addr.IP.String()
 	if addr.IP.IsUnspecified() {
 		host = "127.0.0.1"
@@ -428,9 +447,29 @@ func (m *Main) registerOps(mux *http.ServeMux) {
 		}
 		_, _ = w.Write([]byte(`{"status":"ready"}`))
 	})
-	metrics := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
-	mux.Handle("GET /metrics", metrics)
+	if m.Config.metricsOnAPI() {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	}
 }
+
+// startMetrics serves /metrics on METRICS_ADDR, a listener of its own
+// (loopback by default), so the job volumes, credits and key counts it
+// shows are not public with the API.
+func (m *Main) startMetrics(ctx context.Context) error {
+	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", m.Config.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("METRICS_ADDR=%s: %w (is another server running on this machine? give each its own METRICS_ADDR)", m.Config.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	m.metricsSrv = newHTTPServer(logging.Middleware(m.Logger, mux), m.Config.HTTP)
+	m.metricsURL = baseURL(ln.Addr()) + "/metrics"
+	go func() { _ = m.metricsSrv.Serve(ln) }()
+	return nil
+}
+
+// MetricsURL is the URL of /metrics.
+func (m *Main) MetricsURL() string { return m.metricsURL }
 
 // setupDemo grants the demo user credits once and mints a token.
 func (m *Main) setupDemo(ctx context.Context) error {
@@ -534,6 +573,9 @@ func (m *Main) Close() error {
 		}
 		if m.pprof != nil {
 			_ = m.pprof.Close()
+		}
+		if m.metricsSrv != nil {
+			_ = m.metricsSrv.Close()
 		}
 		if m.pool != nil {
 			m.pool.Close()

@@ -173,6 +173,7 @@ func TestGracefulShutdown(t *testing.T) {
 	env := map[string]string{
 		"DATABASE_URL":          dbURL,
 		"LISTEN_ADDR":           "127.0.0.1:0",
+		"METRICS_ADDR":          "127.0.0.1:0",
 		"AUTH_JWT_SECRET":       testSecret,
 		"FAL_KEYS":              falKeyA + "," + falKeyB,
 		"FAL_QUEUE_URL":         simSrv.URL,

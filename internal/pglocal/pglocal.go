@@ -19,13 +19,18 @@
 // The server is started through pg_ctl, so it is not a child of the calling
 // process: it keeps running if the caller dies without calling Stop. It stays
 // in the caller's process group, so a Ctrl-C in a terminal stops it too.
-// A later Start on the same data directory stops a leftover server first.
+// A Cluster owns its data directory while it lives: it holds an exclusive
+// lock on the file Dir + ".lock" (flock, released by the kernel when the
+// process dies), which names its pid and port. A Start on a data directory
+// another live process owns fails and names that process; a later Start on
+// a data directory whose owner died stops the leftover server first.
 //
 // pglocal is Unix-only.
 package pglocal
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -107,6 +112,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	port    int
 	running bool
+	owner   *os.File // the locked Dir + ".lock", until Stop
 }
 
 type binaries struct {
@@ -164,13 +170,24 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	owner, err := own(dir)
+	if err != nil {
+		return nil, err
+	}
 	c := &Cluster{
 		dir:     dir,
 		logFile: filepath.Join(dir, LogFileName),
 		bins:    bins,
 		log:     logger,
 		opts:    serverOptions(settings),
+		owner:   owner,
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.disown()
+		}
+	}()
 	if os.Geteuid() == 0 {
 		name := opts.User
 		if name == "" {
@@ -196,6 +213,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if err := c.start(ctx); err != nil {
 			return nil, err
 		}
+		ok = true
 		return c, nil
 	}
 	const attempts = 5
@@ -205,6 +223,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 		err = c.start(ctx)
 		if err == nil {
+			ok = true
 			return c, nil
 		}
 		if i == attempts || ctx.Err() != nil || !errors.Is(err, errPortInUse) {
@@ -246,10 +265,14 @@ func (c *Cluster) Running() bool {
 	return c.running
 }
 
-// Stop stops the server (pg_ctl stop -m fast), disconnecting all clients.
-// It is idempotent and also succeeds when the server already died. The data
-// directory is kept.
-func (c *Cluster) Stop() error { return c.StopServer() }
+// Stop stops the server (pg_ctl stop -m fast), disconnecting all clients,
+// and gives up the data directory. It is idempotent and also succeeds when
+// the server already died. The data directory is kept.
+func (c *Cluster) Stop() error {
+	err := c.StopServer()
+	c.disown()
+	return err
+}
 
 // StopServer stops the server like Stop; use StartServer to start it again
 // on the same port, for example to keep Postgres down for a while in a
@@ -289,8 +312,9 @@ func (c *Cluster) Restart(ctx context.Context) error {
 
 // StopDataDir stops a server running in data directory dir, if any, with
 // pg_ctl stop -m immediate. It is meant to clean up servers left behind by
-// killed processes. It does nothing when no server runs there, and it never
-// signals a process that is not a postgres server. When the current process
+// killed processes: it fails when a live process owns dir (see Start). It
+// does nothing when no server runs there, and it never signals a process
+// that is not a postgres server. When the current process
 // is root, pg_ctl runs as the "postgres" OS user.
 func StopDataDir(ctx context.Context, dir string, logger *slog.Logger) error {
 	if logger == nil {
@@ -303,7 +327,12 @@ func StopDataDir(ctx context.Context, dir string, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	c := &Cluster{dir: dir, bins: bins, log: logger.With("pgdata", dir)}
+	owner, err := own(dir)
+	if err != nil {
+		return err
+	}
+	c := &Cluster{dir: dir, bins: bins, log: logger.With("pgdata", dir), owner: owner}
+	defer c.disown()
 	if os.Geteuid() == 0 {
 		if c.runAs, err = lookupCredential("postgres"); err != nil {
 			return err
@@ -356,8 +385,75 @@ func (c *Cluster) startLocked(ctx context.Context) error {
 			c.port, err, c.logFile, indent(tail))
 	}
 	c.running = true
+	if c.owner != nil {
+		writeOwner(c.owner, c.port)
+	}
 	c.log.Info("pglocal: server started", "port", c.port, "took", time.Since(begin).Round(time.Millisecond))
 	return nil
+}
+
+// own locks dir + ".lock" for this process, or fails naming the live
+// process that holds it.
+func own(dir string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o750); err != nil {
+		return nil, fmt.Errorf("pglocal: %w", err)
+	}
+	path := dir + ".lock"
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644) //nolint:gosec // the path is the caller's data directory
+	if err != nil {
+		return nil, fmt.Errorf("pglocal: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil { //nolint:gosec // a file descriptor fits in an int
+		holder, _ := io.ReadAll(io.LimitReader(f, 256))
+		_ = f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("pglocal: the PostgreSQL in %s belongs to another live process: %s (another make run?); stop that process first, or use another data directory",
+				dir, describeOwner(string(holder)))
+		}
+		return nil, fmt.Errorf("pglocal: lock %s: %w", path, err)
+	}
+	writeOwner(f, 0)
+	return f, nil
+}
+
+// describeOwner renders the lock file's "pid=N port=P" for a person.
+func describeOwner(s string) string {
+	fields := map[string]string{}
+	for f := range strings.FieldsSeq(s) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			fields[k] = v
+		}
+	}
+	desc := "pid " + cmp.Or(fields["pid"], "unknown")
+	if fields["cmd"] != "" {
+		desc += " (" + fields["cmd"] + ")"
+	}
+	if fields["port"] != "" {
+		desc += ", PostgreSQL on 127.0.0.1:" + fields["port"]
+	}
+	return desc
+}
+
+// writeOwner records this process (and the server's port, once known) in
+// the lock file f, for the message of a Start that is refused.
+func writeOwner(f *os.File, port int) {
+	line := fmt.Sprintf("pid=%d cmd=%s", os.Getpid(), filepath.Base(os.Args[0]))
+	if port != 0 {
+		line += fmt.Sprintf(" port=%d", port)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(line+"\n"), 0)
+	}
+}
+
+// disown releases the data directory's lock (closing the file unlocks it).
+func (c *Cluster) disown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.owner != nil {
+		_ = c.owner.Close()
+		c.owner = nil
+	}
 }
 
 // waitReady connects and pings until the server answers or ctx ends.

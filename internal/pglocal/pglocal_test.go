@@ -165,6 +165,7 @@ func TestLeftoverServer(t *testing.T) {
 	orphan := startCluster(t, opts)
 	_, err := connect(t, orphan).Exec(t.Context(), "CREATE TABLE t (id int)")
 	require.NoError(t, err)
+	orphan.disown() // its process "dies": the kernel drops its lock
 
 	// The "killed" process never calls Stop: a new Start stops the server
 	// that is still running in Dir and starts its own.
@@ -196,6 +197,34 @@ func TestLeftoverServer(t *testing.T) {
 	require.NoError(t, StopDataDir(t.Context(), dir, nil))
 }
 
+// TestOwnedByALiveProcess: a second Start on a data directory whose
+// Cluster is alive (another make run) is refused, naming the owner's pid
+// and port, and leaves the first server running; StopDataDir refuses too.
+// Once the owner stops, the data directory is free again.
+func TestOwnedByALiveProcess(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	opts := Options{Dir: dir, Settings: map[string]string{"fsync": "off"}}
+	first := startCluster(t, opts)
+	conn := connect(t, first)
+
+	_, err := Start(t.Context(), opts)
+	require.Error(t, err)
+	t.Logf("expected error: %v", err)
+	require.ErrorContains(t, err, "belongs to another live process")
+	require.ErrorContains(t, err, fmt.Sprintf("pid %d", os.Getpid()))
+	require.ErrorContains(t, err, fmt.Sprintf("PostgreSQL on 127.0.0.1:%d", first.Port()))
+	require.NotContains(t, err.Error(), "\n", "one line")
+	require.Error(t, StopDataDir(t.Context(), dir, testLogger(t)))
+
+	// The first server was left alone.
+	require.NoError(t, conn.Ping(t.Context()))
+	assert.Equal(t, 1, queryInt(t, conn, "SELECT 1"))
+
+	require.NoError(t, first.Stop())
+	second := startCluster(t, opts)
+	assert.Equal(t, 1, queryInt(t, connect(t, second), "SELECT 1"))
+}
+
 // writePidFile writes a postmaster.pid naming pid, owned like the data
 // directory (the server user when the tests run as root).
 func writePidFile(t *testing.T, dir string, pid int) {
@@ -211,6 +240,7 @@ func writePidFile(t *testing.T, dir string, pid int) {
 func TestStopDataDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	c := startCluster(t, Options{Dir: dir, Settings: map[string]string{"fsync": "off"}})
+	c.disown() // its process "died"
 	require.NoError(t, StopDataDir(t.Context(), dir, testLogger(t)))
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	_, err := pgx.Connect(ctx, c.URL("postgres"))

@@ -66,6 +66,7 @@ function startServer(port) {
   Object.assign(env, {
     DATA_DIR: dataDir,
     LISTEN_ADDR: `127.0.0.1:${port}`,
+    METRICS_ADDR: "127.0.0.1:0",
     AUTH_JWT_SECRET: randomBytes(32).toString("hex"),
     RIVER_BASIC_AUTH_USER: user,
     RIVER_BASIC_AUTH_PASS: password,

@@ -72,6 +72,7 @@ function startServer(port, pageOrigin) {
   Object.assign(env, {
     DATA_DIR: dataDir,
     LISTEN_ADDR: `127.0.0.1:${port}`,
+    METRICS_ADDR: "127.0.0.1:0",
     AUTH_JWT_SECRET: randomBytes(32).toString("hex"),
     FAL_SIMULATE: "true",
     FAL_SIMULATE_LATENCY_SCALE: "0.1", // images 0.2 s, videos 3 s

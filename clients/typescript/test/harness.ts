@@ -104,6 +104,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Tes
     DATA_DIR: dataDir,
     AUTH_JWT_SECRET: secret,
     LISTEN_ADDR: `127.0.0.1:${port}`,
+    METRICS_ADDR: "127.0.0.1:0",
     FAL_SIMULATE: "true",
     FAL_SIMULATE_FAST: "true",
     LOG_LEVEL: "warn",
