@@ -384,7 +384,7 @@ func (l *Line) serveOnce(ctx context.Context) (int, time.Time, error) {
 	if len(given) == 0 {
 		return 0, c.next, tx.Commit(ctx)
 	}
-	if err := l.assign(ctx, tx, client, given); err != nil {
+	if given, err = l.assign(ctx, tx, client, given); err != nil {
 		return 0, c.next, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -516,7 +516,25 @@ SELECT u::text,
 }
 
 // assign records the slots given and makes their jobs available to River.
-func (l *Line) assign(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], list []given) error {
+// It first locks the chosen jobs that still wait: one cancelled since it
+// was chosen is left out (River's JobRetry would run it again, on a new
+// reservation), and a cancel that comes now waits for this transaction.
+// It returns the slots given.
+func (l *Line) assign(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], list []given) ([]given, error) {
+	ids := make([]int64, len(list))
+	for i, g := range list {
+		ids[i] = g.w.jobID
+	}
+	rows, err := tx.Query(ctx, `
+SELECT id FROM river_job WHERE id = ANY($1) AND state IN ('pending', 'scheduled') ORDER BY id FOR UPDATE`, ids)
+	if err != nil {
+		return nil, err
+	}
+	waits, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, err
+	}
+	list = slices.DeleteFunc(list, func(g given) bool { return !slices.Contains(waits, g.w.jobID) })
 	b := &pgx.Batch{}
 	for _, g := range list {
 		b.Queue(`
@@ -528,14 +546,14 @@ VALUES ($1, COALESCE((SELECT max(run) FROM credit_holds WHERE job_id = $1), 1), 
 		}
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return err
+		return nil, err
 	}
 	for _, g := range list {
 		if _, err := client.JobRetryTx(ctx, tx, g.w.jobID); err != nil {
-			return fmt.Errorf("make job %d available: %w", g.w.jobID, err)
+			return nil, fmt.Errorf("make job %d available: %w", g.w.jobID, err)
 		}
 	}
-	return nil
+	return list, nil
 }
 
 // claim gives job a slot outside the line's turn, when a job that has none

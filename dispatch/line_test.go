@@ -191,6 +191,51 @@ func TestLine(t *testing.T) {
 		requireInvariants(t, b.pool)
 	})
 
+	t.Run("JobCancelledWhileChosenIsNotRunAgain", func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		b := setupWorker(t, &workerOpts{Capacities: []int{1, 0, 0}})
+		// Hold the line between choosing a job and recording its slot:
+		// the slot's INSERT waits for this lock.
+		hold, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer hold.Rollback(ctx) //nolint:errcheck // committed below
+		_, err = hold.Exec(ctx, `LOCK TABLE fal_requests IN SHARE MODE`)
+		require.NoError(t, err)
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		require.Eventually(t, func() bool {
+			return count(t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO fal_requests%'`) == 1
+		}, 10*time.Second, 5*time.Millisecond, "the line never chose the job")
+		// The user cancels the job the line has chosen.
+		cancelled := make(chan error, 1)
+		go func() {
+			_, err := b.river.JobCancel(ctx, mustID(t, ids[0]))
+			cancelled <- err
+		}()
+		select {
+		case err := <-cancelled: // the line did not lock the job: the cancel went through
+			require.NoError(t, err)
+			cancelled <- nil
+		case <-time.After(time.Second): // the cancel waits for the line
+		}
+		require.NoError(t, hold.Commit(ctx))
+		require.NoError(t, <-cancelled)
+		// Cancelled either before the line took it or once it was given a
+		// slot: it ends cancelled and refunded, and never runs again.
+		j := b.waitFinal(t, uid, ids, 10*time.Second)[0]
+		require.Equal(t, jobs.StateCancelled, j.State)
+		require.Equal(t, ledger.HoldRefunded, j.Credits.State)
+		time.Sleep(300 * time.Millisecond) // what a resurrected job would have done by now
+		j, err = b.svc.Get(ctx, uid, ids[0], false)
+		require.NoError(t, err)
+		require.Equal(t, jobs.StateCancelled, j.State, "the cancelled job ran again")
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE job_id = $1`, mustID(t, ids[0])), "one reservation")
+		// Cancelled once the line gave it its slot, it may have reached fal
+		// (and was cancelled there), once.
+		require.LessOrEqual(t, b.sim.Stats().Submits, 1)
+		requireInvariants(t, b.pool)
+	})
+
 	t.Run("RevokedKeyLosesItsSlots", func(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{imageModel: 300 * time.Millisecond}}

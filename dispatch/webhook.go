@@ -53,6 +53,11 @@ RETURNING f.job_id, j.queue, j.state::text`, wh.RequestID, wh.Status == falclien
 	if err != nil {
 		return err
 	}
+	// Locked and read again before it is woken: a job cancelled since the
+	// read above must stay cancelled (River's JobRetry would run it again).
+	if err := tx.QueryRow(ctx, `SELECT state::text FROM river_job WHERE id = $1 FOR UPDATE`, jobID).Scan(&state); err != nil {
+		return err
+	}
 	woken := false
 	if state == "scheduled" || state == "available" || state == "retryable" {
 		if _, err := d.River.JobRetryTx(ctx, tx, jobID); err != nil {
