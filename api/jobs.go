@@ -146,15 +146,13 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 	if err != nil {
 		return nil, s.toProblem(ctx, err)
 	}
-	if !w.Replayed {
-		// Its place in the line, read after the commit; the job is there
-		// without it, so a failed read only leaves it out.
-		dbCtx, cancel := s.db(ctx)
-		if err := s.jobs.Place(dbCtx, w.Body); err != nil {
-			s.logger.DebugContext(ctx, "could not read a submitted job's place in line", slog.Any("error", err))
-		}
-		cancel()
+	// Its place in the line now (a replay's too), read after the commit;
+	// the job is there without it, so a failed read only leaves it out.
+	dbCtx, cancel := s.db(ctx)
+	if err := s.jobs.Place(dbCtx, w.Body); err != nil {
+		s.logger.DebugContext(ctx, "could not read a submitted job's place in line", slog.Any("error", err))
 	}
+	cancel()
 	return &submitJobOutput{Location: w.Location, Replayed: w.replayedHeader(), Body: w.Body}, nil
 }
 

@@ -126,12 +126,16 @@ func FormatID(id int64) string { return strconv.FormatInt(id, 10) }
 const positionCap = 1000
 
 // Place sets the queue position of j, a job just submitted (Submission's
-// Jobs), the way Get reads it. It is a read of its own after the submit
+// Jobs, or a replay of its answer), the way Get reads it now. It is a read of its own after the submit
 // committed: the submit's transaction, which holds the user's account row,
 // does not wait on it.
 func (s *Service) Place(ctx context.Context, j *Job) error {
+	n, ok := JobID(j.ID) // a replayed answer has only its id
+	if !ok {
+		return errorf(ENOTFOUND, "job %q not found", j.ID)
+	}
 	var position *int
-	if err := s.pool.QueryRow(ctx, `SELECT fal_line_position($1, $2)`, j.riverJobID, positionCap).Scan(&position); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT fal_line_position($1, $2)`, n, positionCap).Scan(&position); err != nil {
 		return unavailable(err)
 	}
 	j.QueuePosition = position
