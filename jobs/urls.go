@@ -77,16 +77,20 @@ func checkInputURL(v any, dataURI bool) string {
 	if u.User != nil {
 		return "must not carry a user name or password"
 	}
-	return checkHost(u.Hostname())
+	return CheckPublicHost(u.Hostname())
 }
 
-// checkHost says what is wrong with host as the host of an input URL.
-func checkHost(host string) string {
+// CheckPublicHost says what is wrong with host as the host of a URL that
+// must lead out of the network (an input file, a webhook endpoint), or ""
+// when nothing is: an IP literal of a non-public address (NonPublicKind),
+// a number resolvers read as an address, a local name or a name without a
+// domain. Names are not resolved.
+func CheckPublicHost(host string) string {
 	if host == "" {
 		return "must be an https URL with a host"
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
-		if kind := nonPublicKind(ip.Unmap()); kind != "" {
+		if kind := NonPublicKind(ip.Unmap()); kind != "" {
 			return fmt.Sprintf("must name a public host: %s is %s address", host, kind)
 		}
 		return ""
@@ -104,9 +108,9 @@ func checkHost(host string) string {
 	return ""
 }
 
-// nonPublicKind names the kind of a non-public address ("a private"), or
-// returns "" for a public one.
-func nonPublicKind(ip netip.Addr) string {
+// NonPublicKind names the kind of a non-public address ("a private"), or
+// returns "" for a public one. ip must be unmapped (netip.Addr.Unmap).
+func NonPublicKind(ip netip.Addr) string {
 	switch {
 	case ip.IsUnspecified():
 		return "an unspecified"
