@@ -1,6 +1,6 @@
 // Package api is the huma HTTP API of aiqueue: submit, status and cancel of
-// AI jobs, credits, the operations catalog, admin grants and retries, with bearer
-// auth and RFC 9457 problem details.
+// AI jobs, credits, the operations catalog, admin grants, retries and
+// webhook endpoints, with bearer auth and RFC 9457 problem details.
 package api
 
 import (
@@ -43,6 +43,9 @@ type Config struct {
 	// UserMaxStreams caps the event streams and long polls a user holds
 	// open in this process (429 beyond it). Default DefaultUserMaxStreams.
 	UserMaxStreams int
+	// WebhookAllowPrivate lets admins register webhook endpoints on http
+	// and on private hosts (WEBHOOK_ALLOW_PRIVATE).
+	WebhookAllowPrivate bool
 }
 
 // dbTimeout bounds the database work of one request (acquiring a
@@ -65,6 +68,8 @@ type Server struct {
 	pacing   pacing
 	streams  *streamCounts
 	rereads  rereads
+	// webhookAllowPrivate is Config.WebhookAllowPrivate.
+	webhookAllowPrivate bool
 
 	// stopping is closed by Shutdown: long polls answer at once and
 	// event streams end, so a graceful shutdown does not wait for them.
@@ -89,7 +94,8 @@ func New(mux *http.ServeMux, pool *pgxpool.Pool, svc *jobs.Service, cfg Config) 
 	}
 	s := &Server{pool: pool, jobs: svc, auth: newAuthenticator(cfg.Auth), logger: logger,
 		watcher: cfg.Watcher, falHooks: cfg.FalWebhooks, pacing: defaultPacing, stopping: make(chan struct{}),
-		streams: &streamCounts{limit: cmp.Or(cfg.UserMaxStreams, DefaultUserMaxStreams), open: map[string]int{}}}
+		webhookAllowPrivate: cfg.WebhookAllowPrivate,
+		streams:             &streamCounts{limit: cmp.Or(cfg.UserMaxStreams, DefaultUserMaxStreams), open: map[string]int{}}}
 	s.api = humago.New(mux, Document(cfg.Version))
 	s.api.UseMiddleware(s.limitBody, s.authMiddleware, s.checkText, s.streamMiddleware)
 	s.register()
@@ -145,6 +151,7 @@ func (s *Server) register() {
 	s.registerBatches(batchSchema(reg, item))
 	s.registerCredits()
 	s.registerRetry()
+	s.registerWebhooks()
 	s.registerOperations()
 	s.registerFalWebhook()
 }

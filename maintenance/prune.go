@@ -13,8 +13,9 @@ import (
 
 // PruneArgs is the periodic River job that deletes idempotency records
 // past their time to live, rate-limit rows that no longer limit anyone,
-// ended jobs no /metrics scrape took (PruneOutcomes) and expired fal
-// webhook signatures.
+// ended jobs no /metrics scrape took (PruneOutcomes), expired fal
+// webhook signatures and finished outbound webhook deliveries
+// (PruneWebhookDeliveries).
 type PruneArgs struct{}
 
 // Kind is the River job kind.
@@ -48,13 +49,17 @@ func (w *PruneWorker) Work(ctx context.Context, job *river.Job[PruneArgs]) error
 	if err != nil {
 		return fmt.Errorf("prune fal webhook signatures: %w", err)
 	}
+	deliveries, err := PruneWebhookDeliveries(ctx, w.DB)
+	if err != nil {
+		return fmt.Errorf("prune webhook deliveries: %w", err)
+	}
 	// Watchers of a process that died (a live one removes its own).
 	watchers, err := w.DB.Exec(ctx, `DELETE FROM job_watchers WHERE since < now() - interval '1 day'`)
 	if err != nil {
 		return fmt.Errorf("prune job watchers: %w", err)
 	}
 	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits, "metrics_job_outcomes": outcomes,
-		"fal_webhooks_seen": seen.RowsAffected(), "job_watchers": watchers.RowsAffected()})
+		"fal_webhooks_seen": seen.RowsAffected(), "job_watchers": watchers.RowsAffected(), "webhook_outbox": deliveries})
 }
 
 // PrunePeriodicJob runs PruneArgs every hour, and at start.
@@ -109,4 +114,30 @@ const outcomeRetention = time.Hour
 func PruneOutcomes(ctx context.Context, db *pgxpool.Pool) (int64, error) {
 	tag, err := db.Exec(ctx, `DELETE FROM metrics_job_outcomes WHERE created_at < now() - $1::interval`, outcomeRetention.String())
 	return tag.RowsAffected(), err
+}
+
+// WebhookDeliveryRetention is how long a delivered or given-up outbound
+// webhook delivery stays visible (webhook_deliveries, the admin API, and
+// replayable) before PruneWebhookDeliveries deletes it.
+const WebhookDeliveryRetention = 7 * 24 * time.Hour
+
+// PruneWebhookDeliveries deletes outbound webhook deliveries that were
+// delivered or given up, of events older than WebhookDeliveryRetention, in
+// batches of pruneBatch rows; pending ones stay whatever their age. It
+// returns how many rows it deleted.
+func PruneWebhookDeliveries(ctx context.Context, db *pgxpool.Pool) (int64, error) {
+	var n int64
+	for {
+		tag, err := db.Exec(ctx, `
+DELETE FROM webhook_outbox WHERE id IN (
+    SELECT id FROM webhook_outbox WHERE state <> 'pending' AND created_at < now() - $1 * interval '1 second' LIMIT $2)`,
+			int64(WebhookDeliveryRetention/time.Second), pruneBatch)
+		if err != nil {
+			return n, err
+		}
+		n += tag.RowsAffected()
+		if tag.RowsAffected() < pruneBatch {
+			return n, nil
+		}
+	}
 }

@@ -32,4 +32,32 @@ func TestPrune(t *testing.T) {
 		require.Equal(t, int64(1), pruned)
 		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM metrics_job_outcomes`))
 	})
+
+	t.Run("PrunesFinishedWebhookDeliveriesAfterTheirRetention", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		_, err := b.pool.Exec(ctx, `INSERT INTO webhook_endpoints (url, events, secret) VALUES ('https://a.example.com/', '{job.cancelled}', 'whsec_c2VjcmV0')`)
+		require.NoError(t, err)
+		uid := grant(t, b.pool, 100)
+		for range 4 {
+			_, err = b.river.JobCancel(ctx, submit(t, b, uid))
+			require.NoError(t, err)
+		}
+		// Old: one delivered, one given up, one still pending; and one
+		// delivered recently.
+		_, err = b.pool.Exec(ctx, `
+UPDATE webhook_outbox o
+   SET created_at = CASE WHEN n <= 3 THEN now() - interval '8 days' ELSE now() END,
+       state = CASE n WHEN 2 THEN 'failed' WHEN 3 THEN 'pending' ELSE 'delivered' END,
+       delivered_at = CASE WHEN n IN (1, 4) THEN now() END
+  FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM webhook_outbox) r
+ WHERE r.id = o.id`)
+		require.NoError(t, err)
+		pruned, err := maintenance.PruneWebhookDeliveries(ctx, b.pool)
+		require.NoError(t, err)
+		require.Equal(t, int64(2), pruned)
+		require.Equal(t, 2, count(t, b.pool, `SELECT count(*) FROM webhook_outbox`))
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM webhook_outbox WHERE state = 'pending'`))
+		requireInvariants(t, b.pool)
+	})
 }

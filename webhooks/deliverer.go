@@ -92,8 +92,9 @@ type Deliverer struct {
 	attempts *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	stopLoop    context.CancelFunc
+	cancelCalls context.CancelFunc
+	done        chan struct{}
 }
 
 // Results of an attempt, the result label of aiqueue_webhook_deliveries_total.
@@ -139,22 +140,31 @@ func New(cfg Config) (*Deliverer, error) {
 
 // Start runs the delivery loop until Stop.
 func (d *Deliverer) Start(ctx context.Context) {
-	ctx, d.cancel = context.WithCancel(ctx)
+	calls, cancelCalls := context.WithCancel(ctx)
+	loop, stopLoop := context.WithCancel(calls)
+	d.stopLoop, d.cancelCalls = stopLoop, cancelCalls
 	d.done = make(chan struct{})
 	go func() {
 		defer close(d.done)
-		d.run(ctx)
+		d.run(loop, calls)
 	}()
 }
 
-// Stop ends the loop and waits for the calls in flight, which are cut off.
-// Their deliveries stay claimed until their lease ends, then any process
-// makes them again, with the same webhook-id.
-func (d *Deliverer) Stop() {
-	if d.cancel == nil {
+// Stop stops claiming deliveries and waits for the calls in flight until
+// ctx ends, then cuts them off. A call cut off records nothing: its
+// delivery stays claimed until its lease ends (the HTTP timeout plus 5
+// seconds), then any process makes it again, with the same webhook-id, as
+// after a crash.
+func (d *Deliverer) Stop(ctx context.Context) {
+	if d.done == nil {
 		return
 	}
-	d.cancel()
+	d.stopLoop()
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+	}
+	d.cancelCalls()
 	<-d.done
 }
 
@@ -174,7 +184,9 @@ type claimed struct {
 	secret     string
 }
 
-func (d *Deliverer) run(ctx context.Context) {
+// run claims and makes deliveries until ctx ends; calls is the context of
+// the HTTP calls, which outlive ctx until Stop cuts them off.
+func (d *Deliverer) run(ctx, calls context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	slots := make(chan struct{}, d.workers)
@@ -202,7 +214,7 @@ func (d *Deliverer) run(ctx context.Context) {
 						default:
 						}
 					}()
-					d.deliver(ctx, c)
+					d.deliver(calls, c)
 				})
 			}
 		}

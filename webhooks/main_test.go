@@ -77,7 +77,7 @@ func (b *testBundle) start(t *testing.T, cfg webhooks.Config) *webhooks.Delivere
 	d, err := webhooks.New(cfg)
 	require.NoError(t, err)
 	d.Start(context.Background())
-	t.Cleanup(d.Stop)
+	t.Cleanup(func() { d.Stop(context.Background()) })
 	return d
 }
 

@@ -367,7 +367,9 @@ func TestDeliver(t *testing.T) {
 		_, err = b.river.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		b.rec.wait(t, 1)
-		first.Stop() // the process dies mid-call: nothing recorded
+		cut, cancel := context.WithCancel(ctx)
+		cancel()
+		first.Stop(cut) // the process dies mid-call: nothing recorded
 		d := b.deliveries(t)[0]
 		require.Equal(t, webhooks.StatePending, d.State)
 		require.Equal(t, 1, d.Attempts)

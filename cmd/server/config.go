@@ -60,6 +60,13 @@ type Config struct {
 	// FalSweepInterval is how often a worker process cancels fal requests no
 	// job waits for any more and frees their in-flight slots.
 	FalSweepInterval time.Duration
+	// WebhookAllowPrivate lets admins register webhook endpoints on http
+	// and private hosts, and deliveries connect to private, loopback and
+	// link-local addresses (tests, internal networks).
+	WebhookAllowPrivate bool
+	// WebhookTimeout bounds one webhook delivery's HTTP call; zero is
+	// webhooks.DefaultTimeout. Tests shorten it.
+	WebhookTimeout time.Duration
 
 	// JobAttemptTimeout bounds one attempt of a job; RescueAfter is how long
 	// a job may run before River's rescuer takes it for a dead worker's.
@@ -191,6 +198,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		c.FalSimScale = f
 	}
 	c.RiverPollOnly = boolean("RIVER_POLL_ONLY", false)
+	c.WebhookAllowPrivate = boolean("WEBHOOK_ALLOW_PRIVATE", false)
 	nkeys := len(c.FalKeys)
 	if nkeys == 0 {
 		nkeys = len(builtinSimKeys)
@@ -261,6 +269,9 @@ func (c Config) Validate() error {
 	}
 	if c.RescueAfter < c.JobAttemptTimeout {
 		errs = append(errs, fmt.Errorf("RIVER_RESCUE_AFTER=%s must be at least JOB_ATTEMPT_TIMEOUT=%s", c.RescueAfter, c.JobAttemptTimeout))
+	}
+	if c.WebhookTimeout < 0 || c.WebhookTimeout > time.Minute {
+		errs = append(errs, fmt.Errorf("webhook timeout %s is out of range 0-1m", c.WebhookTimeout))
 	}
 	if c.DatabaseMaxConns < 4 || c.DatabaseMaxConns > 1000 {
 		errs = append(errs, fmt.Errorf("DATABASE_MAX_CONNS=%d is out of range 4-1000", c.DatabaseMaxConns))

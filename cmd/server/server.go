@@ -38,6 +38,7 @@ import (
 	"github.com/aiqueue/aiqueue/migrations"
 	"github.com/aiqueue/aiqueue/riverui"
 	"github.com/aiqueue/aiqueue/web"
+	"github.com/aiqueue/aiqueue/webhooks"
 )
 
 // Version is set at build time.
@@ -64,6 +65,8 @@ type Main struct {
 	api      *api.Server
 	fal      *falclient.Client
 	dispatch *dispatch.Dispatch
+	// webhooks delivers outbound webhooks (nil with ROLE=api).
+	webhooks *webhooks.Deliverer
 	sim      *falsim.Server
 	simSrv   *http.Server
 	simURL   string
@@ -244,7 +247,38 @@ func (m *Main) startDispatch(ctx context.Context, catalog *jobs.Catalog, jobMetr
 	if err := m.Registry.Register(dispatch.NewCollector(m.pool, m.dispatch.Line, m.dispatch.Requests(), m.Logger)); err != nil {
 		return err
 	}
-	return m.dispatch.Start(ctx)
+	if err := m.dispatch.Start(ctx); err != nil {
+		return err
+	}
+	if cfg.Role != RoleAPI {
+		return m.startWebhooks(ctx, catalog)
+	}
+	return nil
+}
+
+// startWebhooks starts the delivery of outbound webhooks, in the processes
+// that work jobs.
+func (m *Main) startWebhooks(ctx context.Context, catalog *jobs.Catalog) error {
+	cfg := &m.Config
+	logger := m.Logger.With(slog.String("component", "webhooks"))
+	if cfg.WebhookAllowPrivate {
+		logger.Warn("WEBHOOK_ALLOW_PRIVATE=true: webhook endpoints may be on http and on private, loopback and link-local addresses")
+	}
+	var err error
+	m.webhooks, err = webhooks.New(webhooks.Config{
+		Pool:         m.pool,
+		Reader:       jobs.NewService(jobs.Config{Pool: m.pool, River: m.river, Catalog: catalog}),
+		Logger:       logger,
+		Registerer:   m.Registry,
+		AllowPrivate: cfg.WebhookAllowPrivate,
+		Timeout:      cfg.WebhookTimeout,
+		UserAgent:    "aiqueue-webhooks/" + Version,
+	})
+	if err != nil {
+		return err
+	}
+	m.webhooks.Start(ctx)
+	return nil
 }
 
 // startAPI mounts the API and River UI on mux.
@@ -271,7 +305,7 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 		},
 		Hooks: jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: m.dispatch.Line.Committed, Cancelled: m.dispatch.Requests().Cancelled},
 	})
-	webhooks, err := m.falWebhooks()
+	falHooks, err := m.falWebhooks()
 	if err != nil {
 		return err
 	}
@@ -280,10 +314,11 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 		Logger:      m.Logger,
 		Version:     Version,
 		Watcher:     m.watcher,
-		FalWebhooks: webhooks,
+		FalWebhooks: falHooks,
 		// Counted in this process: with several api processes a user may
 		// hold this many in each.
-		UserMaxStreams: cfg.UserMaxStreams,
+		UserMaxStreams:      cfg.UserMaxStreams,
+		WebhookAllowPrivate: cfg.WebhookAllowPrivate,
 	}); err != nil {
 		return err
 	}
@@ -551,6 +586,9 @@ func (m *Main) Close() error {
 					_ = m.http.Close()
 				}
 			})
+		}
+		if m.webhooks != nil {
+			wg.Go(func() { m.webhooks.Stop(ctx) })
 		}
 		if m.river != nil && m.Config.Role != RoleAPI {
 			wg.Go(func() {
