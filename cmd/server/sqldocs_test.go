@@ -102,7 +102,12 @@ func TestSQLDocs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dbURL := pgtest.NewDBURL(t)
-	m := MustRunMain(t, map[string]string{"DATABASE_URL": dbURL})
+	m := MustRunMain(t, map[string]string{"DATABASE_URL": dbURL, "WEBHOOK_ALLOW_PRIVATE": "true"})
+	// The studio's backend fails every job.failed webhook.
+	hooks := newHookReceiver(t)
+	hooks.setAnswer(func(int, *http.Request) int { return http.StatusInternalServerError })
+	hookURL := hooks.srv.URL + "/hooks"
+	registerEndpoint(t, newAdmin(t, m), hookURL, "job.failed")
 
 	// Real work through the API: successes, a failure, a cancel.
 	m.Sim().FailModel("fal-ai/clarity-upscaler", falsim.Failure{Status: http.StatusUnprocessableEntity, Ops: []string{falsim.OpSubmit}})
@@ -128,6 +133,9 @@ func TestSQLDocs(t *testing.T) {
 	}, 30*time.Second, 20*time.Millisecond)
 	require.Equal(t, http.StatusOK, b.do(http.MethodPost, "/v1/jobs/"+vid.ID+"/cancel", nil, nil).StatusCode)
 	waitState(t, b, vid.ID, jobs.StateCancelled)
+	require.Eventually(t, func() bool {
+		return count(t, m, `SELECT count(*) FROM webhook_deliveries WHERE last_status = 500`) == 1
+	}, 30*time.Second, 20*time.Millisecond, "the job.failed webhook was never attempted")
 	require.NoError(t, m.Close()) // no worker from here on
 
 	// Jobs no worker touches: two waiting in the line for a fal slot (one
@@ -266,6 +274,16 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_f
 			}
 			delete(byOp, "video")
 			require.Len(t, byOp, 2, rows)
+		},
+		"webhooks-failing": func(t *testing.T, rows []docRow) {
+			require.Len(t, rows, 1)
+			r := rows[0]
+			require.Equal(t, hookURL, r["endpoint_url"])
+			require.Equal(t, "job.failed", r["event"])
+			require.Equal(t, "pending", r["state"])
+			require.Equal(t, "1", r["deliveries"])
+			require.Equal(t, "500", r["last_status"])
+			require.Equal(t, "HTTP 500", r["last_error"])
 		},
 		"ledger-check": func(t *testing.T, rows []docRow) {
 			require.Empty(t, rows)

@@ -20,6 +20,7 @@ import (
 	"github.com/aiqueue/aiqueue/internal/logtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/webhooks"
 )
 
 // hookReceiver is the studio's backend in the test process: it records
@@ -226,6 +227,11 @@ func TestWebhookEvents(t *testing.T) {
 	time.Sleep(time.Second)
 	require.Len(t, rc.hooks(""), 6)
 	require.Equal(t, 6, count(t, m, `SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered' AND attempts = 1`))
+	var median, slowest float64
+	require.NoError(t, m.Pool().QueryRow(context.Background(), `
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM delivery_time)), max(extract(epoch FROM delivery_time))
+  FROM webhook_deliveries`).Scan(&median, &slowest))
+	t.Logf("from a job's ending to its webhook's 2xx: median %.3f s, max %.3f s (poll every %s)", median, slowest, webhooks.DefaultPollInterval)
 	fams, _ := scrape(t, m)
 	require.Equal(t, 3.0, series(t, fams, "aiqueue_webhook_deliveries_total", map[string]string{"event": "job.succeeded", "result": "delivered"}))
 	require.Equal(t, 1.0, series(t, fams, "aiqueue_webhook_deliveries_total", map[string]string{"event": "batch.completed", "result": "delivered"}))
