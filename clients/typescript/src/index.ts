@@ -1,7 +1,8 @@
 /**
  * The aiqueue API client: types generated from openapi.yaml (schema.ts),
  * calls through openapi-fetch, a submit-and-wait helper, and typed problem
- * details. The React hook is in "@aiqueue/client/react".
+ * details, and verifyWebhook for the studio's backend. The React hook is in
+ * "@aiqueue/client/react".
  */
 export {
   createClient,
@@ -40,4 +41,18 @@ export {
 export type { WaitOptions } from "./wait.js";
 export { waitForBatch } from "./batch.js";
 export { resultUrls } from "./results.js";
+export {
+  verifyWebhook,
+  WebhookVerificationError,
+  WEBHOOK_TOLERANCE_SECONDS,
+  type BatchEvent,
+  type DeletedJob,
+  type JobEvent,
+  type JobEventType,
+  type VerifyWebhookOptions,
+  type WebhookBody,
+  type WebhookEvent,
+  type WebhookEventType,
+  type WebhookHeaders,
+} from "./webhook.js";
 export type { components, operations, paths } from "./schema.js";

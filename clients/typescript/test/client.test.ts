@@ -3,9 +3,11 @@
 // `slow` keeps the simulator's latencies (image ~2 s, video 30 s) so a job
 // can be watched while it runs or cancelled before it ends, and allows one
 // submit per user per minute (RATE_LIMIT_PER_MINUTE=1, RATE_LIMIT_BURST=1),
-// so every test on it uses a fresh user for each submit.
+// so every test on it uses a fresh user for each submit. `fast` takes
+// webhook endpoints on loopback (WEBHOOK_ALLOW_PRIVATE=true).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { createServer, type IncomingHttpHeaders } from "node:http";
 import { after, before, describe, it } from "node:test";
 
 import {
@@ -18,6 +20,8 @@ import {
   type Job,
   type ParamsOf,
   type SubmitJobBody,
+  verifyWebhook,
+  WebhookVerificationError,
 } from "@aiqueue/client";
 import { AIQueueProvider, useAIQueue, type AIQueue } from "@aiqueue/client/react";
 import { act, createElement } from "react";
@@ -34,7 +38,7 @@ let slow: TestServer;
 before(
   async () => {
     const [f, s] = await Promise.allSettled([
-      startServer({ RATE_LIMIT_PER_MINUTE: "6000", RATE_LIMIT_BURST: "1000" }),
+      startServer({ RATE_LIMIT_PER_MINUTE: "6000", RATE_LIMIT_BURST: "1000", WEBHOOK_ALLOW_PRIVATE: "true" }),
       startServer({ FAL_SIMULATE_FAST: "false", RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "1" }),
     ]);
     if (f.status === "fulfilled") fast = f.value;
@@ -441,6 +445,81 @@ describe("Problems", () => {
     const credits = await client.getCredits();
     assert.equal(credits.available, 0);
     assert.equal(calls, 2);
+  });
+});
+
+describe("Webhooks", () => {
+  it("VerifiesARealDelivery", t, async () => {
+    // The studio's backend: records every webhook's headers and raw body.
+    const got: { headers: IncomingHttpHeaders; body: Buffer }[] = [];
+    const receiver = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        got.push({ headers: req.headers, body: Buffer.concat(chunks) });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((res) => receiver.listen(0, "127.0.0.1", res));
+    const addr = receiver.address();
+    assert.ok(addr && typeof addr === "object");
+    const adminToken = await fast.token(randomUUID(), { admin: true });
+    const admin = (method: string, path: string, body?: unknown) =>
+      fetch(fast.url + path, {
+        method,
+        headers: { Authorization: `Bearer ${adminToken}`, "Content-Type": "application/json" },
+        body: body === undefined ? null : JSON.stringify(body),
+      });
+    const created = await admin("POST", "/v1/admin/webhook-endpoints", {
+      url: `http://127.0.0.1:${addr.port}/hooks`,
+      events: ["job.succeeded"],
+    });
+    assert.equal(created.status, 201, await created.clone().text());
+    const endpoint = (await created.json()) as { id: string; secret: string };
+    assert.match(endpoint.secret, /^whsec_/);
+    try {
+      const { client } = await fast.newUser(10);
+      const job = await client.submitJob(generate("a ring for the webhook"));
+      const done = await client.waitForJob(job.id, { signal: AbortSignal.timeout(30_000) });
+      assert.equal(done.state, "succeeded");
+
+      // Other tests' jobs end on this server too: wait for this job's event.
+      const deadline = Date.now() + 30_000;
+      let hook: (typeof got)[number] | undefined;
+      while (!hook) {
+        hook = got.find((h) => h.body.includes(`"id":"${job.id}"`));
+        if (!hook) {
+          assert.ok(Date.now() < deadline, `no webhook for job ${job.id} in 30 s:\n${fast.output()}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+
+      // Node's req.headers and the raw body, as a backend has them.
+      const event = await verifyWebhook(endpoint.secret, hook.headers, hook.body);
+      assert.equal(event.type, "job.succeeded");
+      const { $schema: _, ...shown } = (await client.getJob(job.id)) as Job & { $schema?: string };
+      assert.deepEqual(event.data, shown);
+      assert.match(String(hook.headers["webhook-id"]), /^evt_[0-9a-f]{32}$/);
+      // As a fetch-style handler has them.
+      const asHeaders = new Headers(Object.entries(hook.headers).map(([k, v]): [string, string] => [k, String(v)]));
+      assert.deepEqual(await verifyWebhook(endpoint.secret, asHeaders, hook.body.toString()), event);
+
+      // Forged: another secret, or a body changed on the way.
+      const other = "whsec_" + Buffer.from(randomUUID().replaceAll("-", ""), "hex").toString("base64");
+      await assert.rejects(verifyWebhook(other, hook.headers, hook.body), (e) => e instanceof WebhookVerificationError && e.code === "bad_signature");
+      const changed = hook.body.toString().replace('"succeeded"', '"failed"');
+      await assert.rejects(verifyWebhook(endpoint.secret, hook.headers, changed), (e) => e instanceof WebhookVerificationError && e.code === "bad_signature");
+      // Replayed: the same delivery 6 minutes later.
+      await assert.rejects(
+        verifyWebhook(endpoint.secret, hook.headers, hook.body, { now: Date.now() + 6 * minute }),
+        (e) => e instanceof WebhookVerificationError && e.code === "stale_timestamp",
+      );
+    } finally {
+      const del = await admin("DELETE", `/v1/admin/webhook-endpoints/${endpoint.id}`);
+      assert.equal(del.status, 204);
+      receiver.closeAllConnections();
+      await new Promise((res) => receiver.close(res));
+    }
   });
 });
 
