@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -163,6 +164,15 @@ type SaturatedResult struct {
 	// FalDoneToFinal is from fal completing a job's request to the job's
 	// final state (River's finalized_at).
 	FalDoneToFinal Summary `json:"fal_done_to_final"`
+	// MaxHeld and MaxFalBusy are the most slots held at once (open
+	// fal_requests) and the most requests fal worked on at once: at most
+	// Slots when the line keeps its capacity.
+	MaxHeld    int `json:"max_held"`
+	MaxFalBusy int `json:"max_fal_busy"`
+	// IdleCPUPerS is the server's and Postgres's CPU per second with no
+	// work, measured before the trace (heartbeats, the line's tick,
+	// River's polls and maintenance); CPU includes it.
+	IdleCPUPerS CPUPerJob `json:"idle_cpu_per_s"`
 	// Table writes per AI job (pg_stat_user_tables deltas).
 	WritesPerJob map[string]map[string]float64 `json:"writes_per_job"`
 	CPU          CPUPerJob                     `json:"cpu_per_job"`
@@ -203,6 +213,14 @@ func (e *env) runSaturated(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	idle0, idleFrom := e.cpuNow(srv), time.Now()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(5 * time.Second):
+	}
+	res.IdleCPUPerS = e.cpuNow(srv).per(idle0, 1)
+	res.IdleCPUPerS = res.IdleCPUPerS.scale(1 / time.Since(idleFrom).Seconds())
 	e.resetStatements(ctx, pool)
 	cpu0 := e.cpuNow(srv)
 	begin := time.Now()
@@ -437,6 +455,7 @@ SELECT j.id, j.queue, j.args ->> 'user_id', j.state::text, j.created_at, j.final
 
 	res.Measured = scheduleFigures(trace, measured, kinds)
 	res.Measured.BusyWhileWaiting, res.Measured.WaitedS = shareS(busyWhileWaiting(falBusy, waits, res.Slots))
+	res.MaxHeld, res.MaxFalBusy = maxOverlap(held), maxOverlap(falBusy)
 	res.HeldWhileWaiting, _ = busyWhileWaiting(held, waits, res.Slots)
 
 	res.Ideal = scheduleFigures(trace, ideal, kinds)
@@ -451,6 +470,29 @@ SELECT j.id, j.queue, j.args ->> 'user_id', j.state::text, j.created_at, j.final
 }
 
 func shareS(share float64, waited time.Duration) (float64, float64) { return share, waited.Seconds() }
+
+// maxOverlap is the most intervals that overlap at one moment.
+func maxOverlap(list []interval) int {
+	type edge struct {
+		at time.Time
+		d  int
+	}
+	edges := make([]edge, 0, 2*len(list))
+	for _, iv := range list {
+		if iv.To.After(iv.From) {
+			edges = append(edges, edge{iv.From, 1}, edge{iv.To, -1})
+		}
+	}
+	// Ends before starts at the same moment: a slot freed and given again
+	// at once is one slot.
+	slices.SortFunc(edges, func(a, b edge) int { return cmp.Or(a.at.Compare(b.at), a.d-b.d) })
+	n, most := 0, 0
+	for _, e := range edges {
+		n += e.d
+		most = max(most, n)
+	}
+	return most
+}
 
 // scheduleFigures summarizes one schedule of the trace's jobs.
 func scheduleFigures(trace []traceJob, s map[int64]scheduled, kinds map[int64]string) SaturatedSchedule {
@@ -539,7 +581,11 @@ func (e *env) reportSaturated(res SaturatedResult) {
 		e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "river_job updates per job", Value: w["upd"],
 			Reference: "made available, fetched, completed", RefValue: ptr(3.0), Target: "<= 6", Pass: ptr(w["upd"] <= 6)})
 	}
-	e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "CPU per job, server + Postgres", Value: res.CPU.Total(), Unit: "ms", Display: res.CPU.String()})
+	e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "CPU per job, server + Postgres", Value: res.CPU.Total(), Unit: "ms", Display: res.CPU.String(),
+		Note: fmt.Sprintf("idle: %s per second", res.IdleCPUPerS)})
+	e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "most slots held / fal requests running at once", Value: float64(res.MaxHeld),
+		Display: fmt.Sprintf("%d / %d", res.MaxHeld, res.MaxFalBusy), Reference: "slots", RefValue: ptr(float64(res.Slots)),
+		Target: "<= slots", Pass: ptr(res.MaxHeld <= res.Slots && res.MaxFalBusy <= res.Slots)})
 	var parts []string
 	for _, t := range []string{"river_job", "fal_requests", "credit_accounts", "credit_holds", "credit_entries"} {
 		if w, ok := res.WritesPerJob[t]; ok {
