@@ -88,3 +88,14 @@ func TestBusyWhileWaiting(t *testing.T) {
 	require.Zero(t, share)
 	require.Zero(t, waited)
 }
+
+func TestMaxOverlap(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	// A slot freed at 100 and given again at 100 is one slot; three
+	// overlap from 150 to 160.
+	most, over := maxOverlap([]interval{{at(0), at(100)}, {at(100), at(200)}, {at(50), at(160)}, {at(150), at(300)}}, 2)
+	require.Equal(t, 3, most)
+	require.Equal(t, 10*time.Millisecond, over)
+}

@@ -88,7 +88,8 @@ type arrival struct {
 }
 
 // saturatedTrace builds the arrivals: the batch at 0, the clicks (Poisson),
-// the videos spread over the click time, and the single job. Users: 0 the
+// the videos spread over the click time (in the middle of equal parts),
+// and the single job. Users: 0 the
 // batch, 1 the single job, 2.. the videos, then the clickers.
 func saturatedTrace(c SaturatedConfig) []arrival {
 	rng := rand.New(rand.NewPCG(c.Seed, c.Seed^0x5a7))
@@ -106,7 +107,7 @@ func saturatedTrace(c SaturatedConfig) []arrival {
 	out = append(out, arrival{At: c.SingleAt, Kind: arrivalSingle, User: 1,
 		Body: []byte(`{"operation":"generate","priority":"normal","params":{"prompt":"one more ring"}}`)})
 	for i := range c.Videos {
-		at := c.ClickFor * time.Duration(i+1) / time.Duration(c.Videos+1)
+		at := c.ClickFor * time.Duration(2*i+1) / time.Duration(2*c.Videos)
 		out = append(out, arrival{At: at, Kind: arrivalVideo, User: 2 + i, Body: []byte(saturatedVideo)})
 	}
 	clickers := 2 + c.Videos
@@ -164,11 +165,15 @@ type SaturatedResult struct {
 	// FalDoneToFinal is from fal completing a job's request to the job's
 	// final state (River's finalized_at).
 	FalDoneToFinal Summary `json:"fal_done_to_final"`
-	// MaxHeld and MaxFalBusy are the most slots held at once (open
-	// fal_requests) and the most requests fal worked on at once: at most
-	// Slots when the line keeps its capacity.
-	MaxHeld    int `json:"max_held"`
-	MaxFalBusy int `json:"max_fal_busy"`
+	// MaxFalBusy is the most requests fal worked on at once, at most Slots
+	// when the line keeps its capacity. MaxHeld is the most slots held at
+	// once by fal_requests' timestamps, and HeldOverS how long more than
+	// Slots were: claimed_at and finished_at are their transactions'
+	// start times (now()), so a slot freed and given again at once can
+	// show a few milliseconds of overlap that never was.
+	MaxFalBusy int     `json:"max_fal_busy"`
+	MaxHeld    int     `json:"max_held"`
+	HeldOverS  float64 `json:"held_over_slots_s"`
 	// IdleCPUPerS is the server's and Postgres's CPU per second with no
 	// work, measured before the trace (heartbeats, the line's tick,
 	// River's polls and maintenance); CPU includes it.
@@ -455,7 +460,10 @@ SELECT j.id, j.queue, j.args ->> 'user_id', j.state::text, j.created_at, j.final
 
 	res.Measured = scheduleFigures(trace, measured, kinds)
 	res.Measured.BusyWhileWaiting, res.Measured.WaitedS = shareS(busyWhileWaiting(falBusy, waits, res.Slots))
-	res.MaxHeld, res.MaxFalBusy = maxOverlap(held), maxOverlap(falBusy)
+	res.MaxFalBusy, _ = maxOverlap(falBusy, res.Slots)
+	var over time.Duration
+	res.MaxHeld, over = maxOverlap(held, res.Slots)
+	res.HeldOverS = over.Seconds()
 	res.HeldWhileWaiting, _ = busyWhileWaiting(held, waits, res.Slots)
 
 	res.Ideal = scheduleFigures(trace, ideal, kinds)
@@ -471,8 +479,9 @@ SELECT j.id, j.queue, j.args ->> 'user_id', j.state::text, j.created_at, j.final
 
 func shareS(share float64, waited time.Duration) (float64, float64) { return share, waited.Seconds() }
 
-// maxOverlap is the most intervals that overlap at one moment.
-func maxOverlap(list []interval) int {
+// maxOverlap is the most intervals that overlap at one moment, and how
+// long more than limit did.
+func maxOverlap(list []interval, limit int) (int, time.Duration) {
 	type edge struct {
 		at time.Time
 		d  int
@@ -487,11 +496,15 @@ func maxOverlap(list []interval) int {
 	// at once is one slot.
 	slices.SortFunc(edges, func(a, b edge) int { return cmp.Or(a.at.Compare(b.at), a.d-b.d) })
 	n, most := 0, 0
-	for _, e := range edges {
+	var over time.Duration
+	for i, e := range edges {
+		if n > limit {
+			over += e.at.Sub(edges[i-1].at)
+		}
 		n += e.d
 		most = max(most, n)
 	}
-	return most
+	return most, over
 }
 
 // scheduleFigures summarizes one schedule of the trace's jobs.
@@ -583,17 +596,18 @@ func (e *env) reportSaturated(res SaturatedResult) {
 	}
 	e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "CPU per job, server + Postgres", Value: res.CPU.Total(), Unit: "ms", Display: res.CPU.String(),
 		Note: fmt.Sprintf("idle: %s per second", res.IdleCPUPerS)})
-	e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "most slots held / fal requests running at once", Value: float64(res.MaxHeld),
-		Display: fmt.Sprintf("%d / %d", res.MaxHeld, res.MaxFalBusy), Reference: "slots", RefValue: ptr(float64(res.Slots)),
-		Target: "<= slots", Pass: ptr(res.MaxHeld <= res.Slots && res.MaxFalBusy <= res.Slots)})
+	e.rep.add(Row{Scenario: ScenarioSaturated, Figure: "most fal requests running at once", Value: float64(res.MaxFalBusy),
+		Reference: "slots", RefValue: ptr(float64(res.Slots)), Target: "<= slots", Pass: ptr(res.MaxFalBusy <= res.Slots),
+		Note: fmt.Sprintf("slots held by fal_requests' timestamps: at most %d, above %d for %.0f ms in all", res.MaxHeld, res.Slots, 1000*res.HeldOverS)})
 	var parts []string
 	for _, t := range []string{"river_job", "fal_requests", "credit_accounts", "credit_holds", "credit_entries"} {
 		if w, ok := res.WritesPerJob[t]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.2f ins + %.2f upd (%.2f HOT) + %.2f del", t, w["ins"], w["upd"], w["hot_upd"], w["del"]))
 		}
 	}
-	e.rep.note("saturated: %d jobs (%v), %d succeeded, %d fal requests, %.0f s; writes per job: %s; claims abandoned (metric) %.0f; the server's mean slot wait (metric) %v s",
-		res.Jobs, res.JobsKind, res.Succeeded, res.FalRequests, res.DurationS, strings.Join(parts, "; "), res.ClaimsAbandoned, res.MetricWaitMeanS)
+	e.rep.note("saturated: %d jobs (%v), %d succeeded, %d fal requests, %.0f s; writes per job: %s; claims abandoned (metric) %.0f; the server's mean slot wait (metric) %v s; slots held by fal_requests' timestamps at most %d, above %d for %.0f ms in all; idle CPU per second %s",
+		res.Jobs, res.JobsKind, res.Succeeded, res.FalRequests, res.DurationS, strings.Join(parts, "; "), res.ClaimsAbandoned, res.MetricWaitMeanS,
+		res.MaxHeld, res.Slots, 1000*res.HeldOverS, res.IdleCPUPerS)
 }
 
 // tableCounts are pg_stat_user_tables' write counters per table.
