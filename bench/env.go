@@ -223,6 +223,7 @@ func (e *env) serverEnv(dbURL string, extra map[string]string) map[string]string
 		"QUEUE_URGENT_WORKERS":     strconv.Itoa(e.cfg.Limits.Urgent),
 		"QUEUE_NORMAL_WORKERS":     strconv.Itoa(e.cfg.Limits.Normal),
 		"QUEUE_BACKGROUND_WORKERS": strconv.Itoa(e.cfg.Limits.Background),
+		"METRICS_ADDR":             "auto",
 	}
 	if e.cfg.ProfileDir != "" {
 		m["PPROF_ADDR"] = "auto"
