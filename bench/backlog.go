@@ -14,7 +14,8 @@ import (
 type BacklogRun struct {
 	Case  string `json:"case"`
 	Round int    `json:"round"`
-	// Waiting is the number of jobs waiting in urgent when wrk started.
+	// Waiting is the number of jobs waiting in urgent when wrk started: in
+	// the line for a fal slot, or given one and not yet fetched.
 	Waiting int       `json:"waiting"`
 	Wrk     WrkResult `json:"wrk"`
 	CPU     CPUPerJob `json:"cpu_per_job"`
@@ -72,9 +73,13 @@ func (e *env) runBacklog(ctx context.Context) error {
 	if err := writeTokens(tokens, e.users[:cfg.VersusUsers]); err != nil {
 		return err
 	}
-	// reset deletes what a run added (refunding it) and vacuums.
+	// reset deletes what a run added (refunding it) and the fal slots the
+	// line gave it, and vacuums.
 	reset := func(s *side) error {
 		if _, err := s.pool.Exec(ctx, `DELETE FROM river_job WHERE id > $1`, s.base); err != nil {
+			return err
+		}
+		if _, err := s.pool.Exec(ctx, `DELETE FROM fal_requests WHERE job_id > $1`, s.base); err != nil {
 			return err
 		}
 		_, err := s.pool.Exec(ctx, `VACUUM ANALYZE river_job`)
@@ -99,7 +104,10 @@ func (e *env) runBacklog(ctx context.Context) error {
 func (e *env) backlogRun(ctx context.Context, name string, round int, url string, pool *pgxpool.Pool, tokens string, reset func() error) (BacklogRun, error) {
 	cfg := e.cfg
 	run := BacklogRun{Case: name, Round: round}
-	srv, err := e.startServer(ctx, "backlog-"+name, url, map[string]string{"ROLE": "api"})
+	// The line runs in the API process too; with 6 fal slots (the default
+	// 2 per key) they are taken at once, as with any deep backlog, and
+	// nothing works the jobs: every submit joins the line.
+	srv, err := e.startServer(ctx, "backlog-"+name, url, map[string]string{"ROLE": "api", "FAL_KEY_MAX_IN_FLIGHT": "2"})
 	if err != nil {
 		return run, err
 	}
@@ -115,7 +123,7 @@ func (e *env) backlogRun(ctx context.Context, name string, round int, url string
 			return run, err
 		}
 	}
-	if run.Waiting, err = queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE queue = 'urgent' AND state = 'available'`); err != nil {
+	if run.Waiting, err = queryInt(ctx, pool, `SELECT count(*) FROM river_job WHERE queue = 'urgent' AND state IN ('pending', 'available')`); err != nil {
 		return run, err
 	}
 	last := round == cfg.Rounds
@@ -182,5 +190,5 @@ func (e *env) reportBacklog(res BacklogResult) {
 				c, i+1, st.MeanMS, st.Calls, shorten(st.Query, 120))
 		}
 	}
-	e.rep.note("backlog: the server runs with ROLE=api; each case has its own database, and what a run added is deleted (refunded) and vacuumed off the clock, so each run starts with the same queue")
+	e.rep.note("backlog: the server runs with ROLE=api and 6 fal slots (taken at once; nothing works the jobs); each case has its own database, and what a run added is deleted (refunded) with its fal slots and vacuumed off the clock, so each run starts with the same queue")
 }

@@ -24,10 +24,17 @@ const (
 	// ScenarioBacklog measures submits with a deep queue against an empty
 	// one.
 	ScenarioBacklog = "backlog"
+	// ScenarioSaturated gives more work than fal's slots take and compares
+	// the schedule with the ideal one.
+	ScenarioSaturated = "saturated"
+	// ScenarioOverhead measures what the system adds to fal's own time for
+	// one click at a time.
+	ScenarioOverhead = "overhead"
 )
 
 // AllScenarios lists every scenario.
-var AllScenarios = []string{ScenarioSubmit, ScenarioPickup, ScenarioSettle, ScenarioUsers, ScenarioVersusSeed, ScenarioBacklog}
+var AllScenarios = []string{ScenarioSubmit, ScenarioPickup, ScenarioSettle, ScenarioUsers, ScenarioVersusSeed, ScenarioBacklog,
+	ScenarioSaturated, ScenarioOverhead}
 
 // Config sizes a benchmark run. FullConfig is make bench; SmokeConfig is
 // the few-second version the tests run.
@@ -83,6 +90,13 @@ type Config struct {
 	// BacklogJobs wait in urgent during the deep half of backlog.
 	BacklogJobs int `json:"backlog_jobs"`
 
+	// Saturated sizes the saturated scenario.
+	Saturated SaturatedConfig `json:"saturated"`
+	// OverheadJobs urgent jobs, one at a time, run against an instant fal
+	// and against one taking OverheadLatency.
+	OverheadJobs    int           `json:"overhead_jobs"`
+	OverheadLatency time.Duration `json:"overhead_latency"`
+
 	// ServerBin is the server binary; built from ./cmd/server when empty.
 	ServerBin string `json:"-"`
 	// FalsimBin is the fal simulator binary the seed design calls; built
@@ -123,6 +137,10 @@ func FullConfig() Config {
 		DrainLimit:          60 * time.Second,
 		SeedConcurrency:     32,
 		BacklogJobs:         50000,
+		Saturated: SaturatedConfig{SlotsPerKey: 2, BatchJobs: 200, ClickUsers: 50, ClickRate: 1.5, ClickFor: 60 * time.Second,
+			Videos: 3, SingleAt: 15 * time.Second, LatencyScale: 0.25, Seed: 12},
+		OverheadJobs:    100,
+		OverheadLatency: time.Second,
 	}
 }
 
@@ -149,6 +167,10 @@ func SmokeConfig() Config {
 	c.DrainLimit = 30 * time.Second
 	c.SeedConcurrency = 8
 	c.BacklogJobs = 500
+	c.Saturated = SaturatedConfig{SlotsPerKey: 2, BatchJobs: 30, ClickUsers: 5, ClickRate: 5, ClickFor: 2 * time.Second,
+		Videos: 1, SingleAt: 500 * time.Millisecond, LatencyScale: 0.02, Seed: 12}
+	c.OverheadJobs = 5
+	c.OverheadLatency = 200 * time.Millisecond
 	return c
 }
 
@@ -174,6 +196,13 @@ func (c Config) validate() error {
 	if c.Wrk.Threads < 1 || c.Wrk.Connections < c.Wrk.Threads || c.Wrk.Duration < time.Second || c.Rounds < 1 ||
 		c.VersusUsers < 1 || c.VersusUsers > c.maxUsers() || c.SeedConcurrency < 1 || c.DrainLimit <= 0 || c.BacklogJobs < 1 {
 		errs = append(errs, errors.New("need wrk threads >= 1, connections >= threads, a duration >= 1s, rounds >= 1, 1..1000 versus users, seed concurrency >= 1, a drain limit and backlog jobs >= 1"))
+	}
+	if s := c.Saturated; s.SlotsPerKey < 1 || s.BatchJobs < 1 || s.ClickUsers < 1 || s.ClickRate <= 0 || s.ClickFor <= 0 ||
+		s.Videos < 0 || s.SingleAt < 0 || s.LatencyScale <= 0 || 2+s.Videos+s.ClickUsers > c.maxUsers() {
+		errs = append(errs, errors.New("need saturated slots per key, batch jobs, click users >= 1, a click rate and time, a latency scale, and at most 1000 users in all"))
+	}
+	if c.OverheadJobs < 1 || c.OverheadLatency <= 0 {
+		errs = append(errs, errors.New("need overhead jobs >= 1 and an overhead fal latency"))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
@@ -211,6 +240,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{ScenarioUsers, e.runUsers},
 		{ScenarioVersusSeed, e.runVersusSeed},
 		{ScenarioBacklog, e.runBacklog},
+		{ScenarioSaturated, e.runSaturated},
+		{ScenarioOverhead, e.runOverhead},
 	} {
 		if !cfg.runs(s.name) {
 			continue

@@ -31,6 +31,11 @@ type CPUPerJob struct {
 // Total is the server's and Postgres's share: the system's own cost.
 func (c CPUPerJob) Total() float64 { return c.ServerMS + c.PostgresMS }
 
+// scale multiplies every figure by f.
+func (c CPUPerJob) scale(f float64) CPUPerJob {
+	return CPUPerJob{ServerMS: c.ServerMS * f, PostgresMS: c.PostgresMS * f, LoadgenMS: c.LoadgenMS * f}
+}
+
 func (c CPUPerJob) String() string {
 	if c.ServerMS == 0 {
 		return fmt.Sprintf("Postgres %.2f ms (+ client %.2f ms)", c.PostgresMS, c.LoadgenMS)

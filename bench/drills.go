@@ -10,17 +10,20 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -30,26 +33,22 @@ import (
 const (
 	DrillKill      = "kill"
 	DrillPGRestart = "pg-restart"
-	DrillFal       = "fal"
-	DrillSIGTERM   = "sigterm"
+	// DrillPGCrash crashes Postgres (pg_ctl stop -m immediate: no shutdown
+	// checkpoint, every backend killed) and starts it again a few seconds
+	// later, under load; the servers are not restarted.
+	DrillPGCrash = "pg-crash"
+	DrillFal     = "fal"
+	DrillSIGTERM = "sigterm"
 )
 
 // AllDrills lists every drill.
-var AllDrills = []string{DrillKill, DrillPGRestart, DrillFal, DrillSIGTERM}
+var AllDrills = []string{DrillKill, DrillPGRestart, DrillPGCrash, DrillFal, DrillSIGTERM}
 
-// Rescue settings the server may read (issue 4). When the binary knows them
-// the drills shorten River's rescue of a killed worker's jobs; otherwise they
-// wait for the compiled-in default.
+// The server's settings of River's own rescue, which the drills shorten
+// with DrillConfig.ShortRescue.
 const (
 	envRescueAfter    = "RIVER_RESCUE_AFTER"
 	envAttemptTimeout = "JOB_ATTEMPT_TIMEOUT"
-)
-
-// A server that does not read RIVER_RESCUE_AFTER rescues a crashed worker's
-// job after these (the walking skeleton's compiled-in values).
-const (
-	fixedRescueAfter    = 2 * time.Minute
-	fixedAttemptTimeout = time.Minute
 )
 
 // riverRescuerInterval and riverLeaderTTL are River's defaults: how often the
@@ -65,10 +64,13 @@ type DrillConfig struct {
 	Drills []string `json:"drills,omitempty"`
 	// Kills is how many times the kill drill kills -9 a worker.
 	Kills int `json:"kills"`
-	// Restarts is how many times Postgres restarts; Rounds how many SIGTERM
-	// rounds (every worker and the API once per round).
-	Restarts int `json:"restarts"`
-	Rounds   int `json:"rounds"`
+	// Restarts is how many times Postgres restarts; Crashes how many times
+	// it crashes, staying down CrashDown (+-50%) each time; Rounds how many
+	// SIGTERM rounds (every worker and the API once per round).
+	Restarts  int           `json:"restarts"`
+	Crashes   int           `json:"crashes"`
+	CrashDown time.Duration `json:"crash_down"`
+	Rounds    int           `json:"rounds"`
 	// Rate is the submits per second during a drill.
 	Rate float64 `json:"rate"`
 	// FalLatency is the simulated fal latency of every request.
@@ -85,6 +87,11 @@ type DrillConfig struct {
 	// Settle is the longest a drill waits for every job to end after the
 	// load stopped; 0 means long enough for River's rescuer.
 	Settle time.Duration `json:"settle"`
+	// ShortRescue sets RIVER_RESCUE_AFTER=15s and JOB_ATTEMPT_TIMEOUT=10s,
+	// shortening River's own rescue of a killed worker's jobs; by default
+	// the servers keep their defaults and the worker heartbeat hands a dead
+	// process's jobs back.
+	ShortRescue bool `json:"short_rescue"`
 
 	ServerBin string    `json:"-"`
 	WorkDir   string    `json:"-"`
@@ -93,15 +100,16 @@ type DrillConfig struct {
 
 // FullDrillConfig is make drills.
 func FullDrillConfig() DrillConfig {
-	return DrillConfig{Scale: "full", Kills: 10, Restarts: 3, Rounds: 3, Rate: 20, FalLatency: time.Second,
-		Workers: 2, Gap: 3 * time.Second, Storm: 5 * time.Second}
+	return DrillConfig{Scale: "full", Kills: 10, Restarts: 3, Crashes: 6, CrashDown: 3 * time.Second, Rounds: 3, Rate: 20,
+		FalLatency: time.Second, Workers: 2, Gap: 3 * time.Second, Storm: 5 * time.Second}
 }
 
 // SmokeDrillConfig runs every drill once in seconds. Its kill drill does not
 // wait for River's rescuer unless the server's rescue delay is short.
 func SmokeDrillConfig() DrillConfig {
-	return DrillConfig{Scale: "smoke", Kills: 1, Restarts: 1, Rounds: 1, Rate: 15, FalLatency: 300 * time.Millisecond,
-		Workers: 2, Gap: 1200 * time.Millisecond, Storm: 1500 * time.Millisecond, RevokeFor: 1500 * time.Millisecond, Settle: 15 * time.Second}
+	return DrillConfig{Scale: "smoke", Kills: 1, Restarts: 1, Crashes: 1, CrashDown: time.Second, Rounds: 1, Rate: 15,
+		FalLatency: 300 * time.Millisecond, Workers: 2, Gap: 1200 * time.Millisecond, Storm: 1500 * time.Millisecond,
+		RevokeFor: 1500 * time.Millisecond, Settle: 15 * time.Second}
 }
 
 // DrillResult is what one drill did and what it left behind.
@@ -143,29 +151,49 @@ type DrillResult struct {
 	FalOrphans int `json:"fal_orphans"`
 	// FalWasted counts fal requests that ran (not cancelled) for jobs that
 	// ended failed or cancelled: paid to fal, refunded to the user.
-	FalWasted  int      `json:"fal_wasted"`
+	FalWasted int `json:"fal_wasted"`
+	// ClaimsAbandoned counts fal claims given up with fal possibly holding
+	// their request, from the servers' logs (the metric
+	// aiqueue_fal_claims_abandoned_total dies with a killed process).
+	ClaimsAbandoned int `json:"claims_abandoned"`
+	// Interrupted are the jobs a kill -9 caught running; Recovery is from
+	// the kill to each one's success, RecoveryAfterRestart from the killed
+	// process's restart (negative when the other worker finished it
+	// first); InterruptedNotSucceeded did not succeed.
+	Interrupted             int     `json:"interrupted,omitempty"`
+	InterruptedNotSucceeded int     `json:"interrupted_not_succeeded,omitempty"`
+	Recovery                Summary `json:"recovery,omitzero"`
+	RecoveryAfterRestart    Summary `json:"recovery_after_restart,omitzero"`
+	// UrgentRecoveryAfterRestart is the same for urgent jobs, whose target
+	// is 15 s.
+	UrgentRecoveryAfterRestart Summary `json:"urgent_recovery_after_restart,omitzero"`
+	// Outages are the Postgres crashes or restarts: how long the database
+	// was away and when every server process answered /readyz 200 again.
+	Outages    []Outage `json:"outages,omitempty"`
 	Violations []string `json:"violations"`
 	DurationS  float64  `json:"duration_s"`
 	Notes      []string `json:"notes,omitempty"`
 	Error      string   `json:"error,omitempty"`
 }
 
-// OK reports whether the drill met its expectations: nothing lost, no
-// credits stuck, no fal request paid twice, the ledger invariants intact.
+// OK reports whether the drill met its expectations: every accepted job
+// succeeded (none lost, failed or unfinished; jobs a short wait left to
+// River's rescuer aside), no credits stuck, no fal request paid twice, the
+// ledger invariants intact.
 func (r DrillResult) OK() bool {
-	return r.Error == "" && r.Lost == 0 && r.Unfinished == 0 && r.CreditsStuck == 0 && r.PaidTwice == 0 && r.FalOrphans == 0 && len(r.Violations) == 0
+	return r.Error == "" && r.Lost == 0 && r.Unfinished == 0 && r.Failed == 0 && r.Cancelled == 0 && r.InterruptedNotSucceeded == 0 &&
+		r.CreditsStuck == 0 && r.PaidTwice == 0 && r.FalOrphans == 0 && len(r.Violations) == 0
 }
 
 // DrillReport is the result of RunDrills.
 type DrillReport struct {
-	Started      time.Time       `json:"started"`
-	Machine      Machine         `json:"machine"`
-	Config       DrillConfig     `json:"config"`
-	RescueWait   string          `json:"rescue_wait"`
-	EnvKnown     map[string]bool `json:"env_known"`
-	Results      []DrillResult   `json:"results"`
-	Notes        []string        `json:"notes,omitempty"`
-	FinishedWall time.Time       `json:"finished"`
+	Started      time.Time     `json:"started"`
+	Machine      Machine       `json:"machine"`
+	Config       DrillConfig   `json:"config"`
+	RescueWait   string        `json:"rescue_wait"`
+	Results      []DrillResult `json:"results"`
+	Notes        []string      `json:"notes,omitempty"`
+	FinishedWall time.Time     `json:"finished"`
 }
 
 // RunDrills runs the configured drills, each on a fresh database with its
@@ -178,8 +206,8 @@ func RunDrills(ctx context.Context, cfg DrillConfig) (*DrillReport, error) {
 			return nil, fmt.Errorf("unknown drill %q (one of %v)", d, AllDrills)
 		}
 	}
-	if cfg.Workers < 1 || cfg.Rate <= 0 || cfg.Kills < 1 || cfg.Restarts < 1 || cfg.Rounds < 1 {
-		return nil, errors.New("need workers, rate, kills, restarts and rounds >= 1")
+	if cfg.Workers < 1 || cfg.Rate <= 0 || cfg.Kills < 1 || cfg.Restarts < 1 || cfg.Crashes < 1 || cfg.Rounds < 1 || cfg.CrashDown <= 0 {
+		return nil, errors.New("need workers, rate, kills, restarts, crashes and rounds >= 1 and a crash down time")
 	}
 	rep := &DrillReport{Started: time.Now().UTC(), Machine: machineInfo(), Config: cfg}
 	benv, err := newEnv(ctx, Config{Scale: cfg.Scale, ServerBin: cfg.ServerBin, WorkDir: cfg.WorkDir, Log: cfg.Log, Users: 50}, newReport(Config{}))
@@ -189,22 +217,14 @@ func RunDrills(ctx context.Context, cfg DrillConfig) (*DrillReport, error) {
 	defer benv.close()
 	rep.Machine.Postgres = benv.pg.Version
 
-	rep.EnvKnown, err = binaryKnows(benv.bin, envRescueAfter, envAttemptTimeout)
-	if err != nil {
-		return nil, err
-	}
-	d := &drills{env: benv, cfg: cfg, rescueEnv: map[string]string{}}
-	d.rescueWait = fixedRescueAfter
-	switch {
-	case rep.EnvKnown[envRescueAfter] && rep.EnvKnown[envAttemptTimeout]:
+	d := &drills{env: benv, cfg: cfg, rescueEnv: map[string]string{}, rescueWait: dispatch.DefaultRescueAfter}
+	if cfg.ShortRescue {
 		d.rescueWait = 15 * time.Second
 		d.rescueEnv = map[string]string{envAttemptTimeout: "10s", envRescueAfter: "15s"}
-	case rep.EnvKnown[envRescueAfter]:
-		d.rescueWait = fixedAttemptTimeout + 5*time.Second
-		d.rescueEnv = map[string]string{envRescueAfter: d.rescueWait.String()}
-	default:
-		rep.Notes = append(rep.Notes, fmt.Sprintf("the server binary does not read %s: a killed worker's jobs are rescued after River's RescueStuckJobsAfter (%s) plus up to %s for the rescuer's next run",
-			envRescueAfter, fixedRescueAfter, riverRescuerInterval))
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%s=15s and %s=10s: River's own rescue shortened", envRescueAfter, envAttemptTimeout))
+	} else {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%s and %s at the server's defaults (%s, %s): a killed worker's jobs come back through the worker heartbeat; River's rescuer would take %s",
+			envRescueAfter, envAttemptTimeout, dispatch.DefaultRescueAfter, dispatch.DefaultAttemptTimeout, dispatch.DefaultRescueAfter))
 	}
 	// After a kill: the dead leader's lease, the rescue delay, the
 	// rescuer's period, and time to finish.
@@ -270,7 +290,17 @@ type drill struct {
 	// lastFault is when the last fault that can strand a running job (a
 	// kill, a Postgres restart) happened.
 	lastFault time.Time
-	mu        sync.Mutex // guards the processes while faults restart them
+	// interrupted are the jobs a kill -9 caught running, by id.
+	interrupted map[int64]interruption
+	logDir      string
+	mu          sync.Mutex // guards the processes while faults restart them
+}
+
+// interruption is a job a kill -9 caught running: its queue, when its
+// process was killed and when that process was back.
+type interruption struct {
+	queue             string
+	killed, restarted time.Time
 }
 
 func (d *drills) run(ctx context.Context, name string) DrillResult {
@@ -306,6 +336,11 @@ func (dr *drill) setup(ctx context.Context) error {
 	if dr.pool, err = openPool(ctx, dr.dbURL, 8); err != nil {
 		return err
 	}
+	// A checkpoint now, so a crash replays the drill's own writes and not
+	// the copy of the template it was cloned from.
+	if _, err := dr.pool.Exec(ctx, `CHECKPOINT`); err != nil {
+		return err
+	}
 	dr.sim = falsim.New(falsim.Options{Keys: drillKeys, DefaultLatency: dr.cfg.FalLatency})
 	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
@@ -337,6 +372,7 @@ func (dr *drill) setup(ctx context.Context) error {
 		return m
 	}
 	logDir := filepath.Join(dr.env.dir, "logs", "drill-"+dr.name)
+	dr.logDir = logDir
 	if dr.api, err = StartServer(ctx, &ServerSpec{Bin: dr.env.bin, Name: "api", LogDir: logDir, Env: envFor("api")}); err != nil {
 		return err
 	}
@@ -424,23 +460,9 @@ func (dr *drill) faults(ctx context.Context) error {
 	switch dr.name {
 	case DrillKill:
 		for k := range dr.cfg.Kills {
-			i := rand.IntN(len(dr.workers))
-			dr.mu.Lock()
-			w := dr.workers[i]
-			dr.mu.Unlock()
-			running := dr.running(ctx)
-			if err := w.Kill(); err != nil {
+			if err := dr.kill(ctx, rand.IntN(len(dr.workers))); err != nil {
 				return err
 			}
-			dr.lastFault = time.Now()
-			dr.fault("kill -9 %s (pid %d), %d jobs running", w.Spec.Name, w.PID(), running)
-			nw, err := StartServer(ctx, &w.Spec)
-			if err != nil {
-				return err
-			}
-			dr.mu.Lock()
-			dr.workers[i] = nw
-			dr.mu.Unlock()
 			if k < dr.cfg.Kills-1 {
 				if err := dr.sleep(ctx, dr.gap()); err != nil {
 					return err
@@ -449,14 +471,24 @@ func (dr *drill) faults(ctx context.Context) error {
 		}
 	case DrillPGRestart:
 		for r := range dr.cfg.Restarts {
-			running := dr.running(ctx)
-			begin := time.Now()
-			if err := dr.env.pg.Cluster.Restart(ctx); err != nil {
+			c := dr.env.pg.Cluster
+			o, err := dr.outage(ctx, c.StopServer, 0, c.StartServer)
+			if err != nil {
 				return fmt.Errorf("restart postgres: %w", err)
 			}
-			dr.lastFault = time.Now()
-			dr.fault("postgres restarted (pg_ctl stop -m fast + start) in %s, %d jobs running", time.Since(begin).Round(time.Millisecond), running)
+			dr.fault("postgres restarted (pg_ctl stop -m fast + start), %d jobs running: %s", o.Running, o)
 			if r < dr.cfg.Restarts-1 {
+				if err := dr.sleep(ctx, dr.gap()); err != nil {
+					return err
+				}
+			}
+		}
+	case DrillPGCrash:
+		for r := range dr.cfg.Crashes {
+			if err := dr.crashPostgres(ctx); err != nil {
+				return err
+			}
+			if r < dr.cfg.Crashes-1 {
 				if err := dr.sleep(ctx, dr.gap()); err != nil {
 					return err
 				}
@@ -503,6 +535,197 @@ func (dr *drill) faults(ctx context.Context) error {
 	return dr.sleep(ctx, dr.gap())
 }
 
+// kill kills worker i with SIGKILL, noting the jobs it was running, and
+// starts it again.
+func (dr *drill) kill(ctx context.Context, i int) error {
+	dr.mu.Lock()
+	w := dr.workers[i]
+	dr.mu.Unlock()
+	// The process's River client id, from its heartbeat, names the jobs it
+	// runs (the last entry of attempted_by).
+	var clientID string
+	_ = dr.pool.QueryRow(ctx, `SELECT client_id FROM worker_heartbeats WHERE pid = $1 ORDER BY beat_at DESC LIMIT 1`, w.PID()).Scan(&clientID)
+	type job struct {
+		id    int64
+		queue string
+	}
+	var caught []job
+	if clientID != "" {
+		rows, err := dr.pool.Query(ctx, `SELECT id, queue FROM river_job
+ WHERE kind = 'ai' AND state = 'running' AND attempted_by[array_length(attempted_by, 1)] = $1`, clientID)
+		if err == nil {
+			for rows.Next() {
+				var j job
+				if rows.Scan(&j.id, &j.queue) == nil {
+					caught = append(caught, j)
+				}
+			}
+			rows.Close()
+		}
+	}
+	running := dr.running(ctx)
+	if err := w.Kill(); err != nil {
+		return err
+	}
+	killed := time.Now()
+	dr.lastFault = killed
+	dr.fault("kill -9 %s (pid %d), %d jobs running, %d of them its own", w.Spec.Name, w.PID(), running, len(caught))
+	if clientID == "" {
+		dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("kill at %.1fs: %s had no heartbeat yet; its jobs are not in the recovery times", killed.Sub(dr.begin).Seconds(), w.Spec.Name))
+	}
+	nw, err := StartServer(ctx, &w.Spec)
+	if err != nil {
+		return err
+	}
+	restarted := time.Now()
+	dr.mu.Lock()
+	dr.workers[i] = nw
+	dr.mu.Unlock()
+	if dr.interrupted == nil {
+		dr.interrupted = map[int64]interruption{}
+	}
+	for _, j := range caught {
+		dr.interrupted[j.id] = interruption{queue: j.queue, killed: killed, restarted: restarted}
+	}
+	return nil
+}
+
+// crashPostgres stops Postgres as pg_ctl stop -m immediate does (SIGQUIT
+// to the postmaster: every backend is killed, no shutdown checkpoint, crash
+// recovery at the next start), keeps it down for CrashDown +-50% and starts
+// it again; the servers stay up.
+func (dr *drill) crashPostgres(ctx context.Context) error {
+	c := dr.env.pg.Cluster
+	crash := func() error {
+		pid, err := postmasterPID(c.Dir())
+		if err != nil {
+			return err
+		}
+		if err := syscall.Kill(pid, syscall.SIGQUIT); err != nil {
+			return fmt.Errorf("crash postgres: %w", err)
+		}
+		if err := waitFor(ctx, 30*time.Second, func() (bool, error) { return syscall.Kill(pid, 0) != nil, nil }); err != nil {
+			return fmt.Errorf("postmaster %d did not exit after SIGQUIT: %w", pid, err)
+		}
+		return c.StopServer() // pglocal finds no server to stop and takes note
+	}
+	down := dr.cfg.CrashDown/2 + time.Duration(rand.Int64N(int64(dr.cfg.CrashDown)+1))
+	o, err := dr.outage(ctx, crash, down, c.StartServer)
+	if err != nil {
+		return err
+	}
+	dr.fault("postgres crashed (pg_ctl stop -m immediate), %d jobs running: %s", o.Running, o)
+	return nil
+}
+
+// Outage is one time Postgres went away during a drill: how long it was
+// down, how long it took to accept connections again once started (crash
+// recovery), and when every server process was ready again (/readyz 200),
+// counted from the start of the outage and from Postgres accepting
+// connections. The servers are not restarted.
+type Outage struct {
+	Running int     `json:"running"`
+	DownS   float64 `json:"down_s"`
+	// StartS is from starting Postgres to it accepting connections.
+	StartS float64 `json:"start_s"`
+	// ReadyS is from the start of the outage to every server ready;
+	// ReadyAfterPostgresS from Postgres accepting connections to that.
+	ReadyS              float64 `json:"ready_s"`
+	ReadyAfterPostgresS float64 `json:"ready_after_postgres_s"`
+}
+
+func (o Outage) String() string {
+	return fmt.Sprintf("down %.1fs, accepting connections %.1fs after the start, every server ready %.1fs after the outage began (%.0f ms after Postgres)",
+		o.DownS, o.StartS, o.ReadyS, 1000*o.ReadyAfterPostgresS)
+}
+
+// outage stops Postgres with stop, keeps it down for down, starts it with
+// start and measures, with its own probes (pg_ctl's wait is slow on a busy
+// machine), when Postgres and then every server answer again.
+func (dr *drill) outage(ctx context.Context, stop func() error, down time.Duration, start func(context.Context) error) (Outage, error) {
+	o := Outage{Running: dr.running(ctx)}
+	begin := time.Now()
+	if err := stop(); err != nil {
+		return o, err
+	}
+	if err := dr.sleep(ctx, down); err != nil {
+		return o, err
+	}
+	started := time.Now()
+	o.DownS = started.Sub(begin).Seconds()
+	type probe struct{ pg, ready time.Time }
+	probed := make(chan probe, 1)
+	go func() {
+		var p probe
+		_ = waitFor(ctx, 2*time.Minute, func() (bool, error) {
+			if p.pg.IsZero() {
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				up := dr.pool.Ping(pctx) == nil
+				cancel()
+				if !up {
+					return false, nil
+				}
+				p.pg = time.Now()
+			}
+			if !dr.serversReady(ctx) {
+				return false, nil
+			}
+			p.ready = time.Now()
+			return true, nil
+		})
+		probed <- p
+	}()
+	if err := start(ctx); err != nil {
+		return o, err
+	}
+	dr.lastFault = time.Now()
+	p := <-probed
+	if p.pg.IsZero() || p.ready.IsZero() {
+		return o, errors.New("postgres or a server was not ready again within 2 minutes")
+	}
+	o.StartS = p.pg.Sub(started).Seconds()
+	o.ReadyS = p.ready.Sub(begin).Seconds()
+	o.ReadyAfterPostgresS = p.ready.Sub(p.pg).Seconds()
+	dr.res.Outages = append(dr.res.Outages, o)
+	return o, nil
+}
+
+// serversReady reports whether every server process answers /readyz 200.
+func (dr *drill) serversReady(ctx context.Context) bool {
+	dr.mu.Lock()
+	procs := append([]*Server{dr.api}, dr.workers...)
+	dr.mu.Unlock()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for _, p := range procs {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/readyz", nil)
+		if err != nil {
+			return false
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false
+		}
+	}
+	return true
+}
+
+// postmasterPID reads the postmaster's pid from its data directory.
+func postmasterPID(dataDir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("postmaster.pid: no pid (%q)", string(b))
+	}
+	return pid, nil
+}
+
 // term stops a process with SIGTERM, checks it exits cleanly, and starts it
 // again.
 func (dr *drill) term(ctx context.Context, p **Server) error {
@@ -523,6 +746,13 @@ func (dr *drill) term(ctx context.Context, p **Server) error {
 	*p = nw
 	dr.mu.Unlock()
 	return nil
+}
+
+func passText(ok bool) string {
+	if ok {
+		return "pass"
+	}
+	return "miss"
 }
 
 func exitText(err error) string {
@@ -711,6 +941,10 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 		dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("%d jobs (%d credits) are still marked running since the last fault: River's rescuer hands them back after %s, longer than this drill waited (%s)",
 			dr.res.AwaitingRescue, dr.res.CreditsAwaitingRescue, dr.rescueWait, dr.settle))
 	}
+	if err := dr.recoveryTimes(ctx); err != nil {
+		return err
+	}
+	dr.res.ClaimsAbandoned = countLogLines(dr.logDir, `"msg":"abandoned a fal claim`)
 	vs, err := ledger.CheckInvariants(ctx, dr.pool)
 	if err != nil {
 		return err
@@ -722,12 +956,58 @@ SELECT j.id, j.state::text, COALESCE(j.args->'params'->>'prompt', ''), j.attempt
 	return nil
 }
 
+// countLogLines counts the lines containing s in the log files of dir.
+func countLogLines(dir, s string) int {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		n += strings.Count(string(b), s)
+	}
+	return n
+}
+
+// recoveryTimes measures, for every job a kill -9 caught running, how
+// long after the kill and after the killed process's restart it succeeded.
+func (dr *drill) recoveryTimes(ctx context.Context) error {
+	if len(dr.interrupted) == 0 {
+		return nil
+	}
+	var sinceKill, sinceRestart, urgent []time.Duration
+	for id, in := range dr.interrupted {
+		var state string
+		var finalized *time.Time
+		if err := dr.pool.QueryRow(ctx, `SELECT state::text, finalized_at FROM river_job WHERE id = $1`, id).Scan(&state, &finalized); err != nil {
+			return fmt.Errorf("interrupted job %d: %w", id, err)
+		}
+		if finalized != nil && finalized.Before(in.killed) {
+			continue // it ended just before the kill
+		}
+		dr.res.Interrupted++
+		if state != "completed" || finalized == nil {
+			dr.res.InterruptedNotSucceeded++
+			dr.res.Notes = append(dr.res.Notes, fmt.Sprintf("job %d, caught running by a kill -9, is %s", id, state))
+			continue
+		}
+		sinceKill = append(sinceKill, finalized.Sub(in.killed))
+		sinceRestart = append(sinceRestart, finalized.Sub(in.restarted))
+		if in.queue == jobs.QueueUrgent {
+			urgent = append(urgent, finalized.Sub(in.restarted))
+		}
+	}
+	dr.res.Recovery, dr.res.RecoveryAfterRestart, dr.res.UrgentRecoveryAfterRestart = Summarize(sinceKill), Summarize(sinceRestart), Summarize(urgent)
+	return nil
+}
+
 // Table prints one line per drill and then the faults and notes of each.
 func (r *DrillReport) Table(w io.Writer) {
 	fmt.Fprintf(w, "\naiqueue fault drills, %s scale, %s, %d CPUs, load average %s at start and %s at end; waited up to %s for jobs to end\n\n",
 		r.Config.Scale, r.Started.Format("2006-01-02 15:04 MST"), r.Machine.CPUs, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.RescueWait)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "DRILL\tSUBMITTED\tREFUSED\tSUCCEEDED\tFAILED\tLOST\tUNFINISHED\tAWAITING RESCUE\tCHARGED\tREFUNDED\tSTUCK\tFAL SUBMITS\tPAID TWICE\tFAL WASTED\tINVARIANTS\tRESULT\t")
+	fmt.Fprintln(tw, "DRILL\tSUBMITTED\tREFUSED\tSUCCEEDED\tFAILED\tLOST\tUNFINISHED\tAWAITING RESCUE\tCHARGED\tREFUNDED\tSTRANDED\tFAL SUBMITS\tPAID TWICE\tFAL WASTED\tABANDONED\tINVARIANTS\tRESULT\t")
 	for _, d := range r.Results {
 		inv := "ok"
 		if len(d.Violations) > 0 {
@@ -737,8 +1017,9 @@ func (r *DrillReport) Table(w io.Writer) {
 		if !d.OK() {
 			result = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", d.Name, d.Submitted, d.Refused, d.Succeeded, d.Failed,
-			d.Lost, d.Unfinished, d.AwaitingRescue, d.CreditsCharged, d.CreditsRefunded, d.CreditsStuck, d.FalSubmits, d.PaidTwice, d.FalWasted, inv, result)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", d.Name, d.Submitted, d.Refused, d.Succeeded, d.Failed,
+			d.Lost, d.Unfinished, d.AwaitingRescue, d.CreditsCharged, d.CreditsRefunded, d.CreditsStuck, d.FalSubmits, d.PaidTwice, d.FalWasted,
+			d.ClaimsAbandoned, inv, result)
 	}
 	_ = tw.Flush()
 	for _, d := range r.Results {
@@ -749,6 +1030,13 @@ func (r *DrillReport) Table(w io.Writer) {
 		if len(d.RefusedKinds) > 0 {
 			fmt.Fprintf(w, "  refused submits: %v\n", d.RefusedKinds)
 		}
+		if d.Interrupted > 0 {
+			fmt.Fprintf(w, "  %d jobs caught running by a kill -9, %d did not succeed; kill -> success p50/p99/max %.1f/%.1f/%.1f s; restart -> success %.1f/%.1f/%.1f s (urgent max %.1f s, target 15 s: %s)\n",
+				d.Interrupted, d.InterruptedNotSucceeded, d.Recovery.P50/1000, d.Recovery.P99/1000, d.Recovery.Max/1000,
+				d.RecoveryAfterRestart.P50/1000, d.RecoveryAfterRestart.P99/1000, d.RecoveryAfterRestart.Max/1000,
+				d.UrgentRecoveryAfterRestart.Max/1000, passText(d.UrgentRecoveryAfterRestart.N > 0 && d.UrgentRecoveryAfterRestart.Max <= 15000))
+		}
+
 		for _, n := range d.Notes {
 			fmt.Fprintf(w, "  note: %s\n", n)
 		}
@@ -764,8 +1052,16 @@ func (r *DrillReport) Table(w io.Writer) {
 	}
 }
 
-// WriteJSON writes the report to dir/drills-<start time>.json and returns
-// the path.
+// WriteJSON writes the report to dir/drills-<start time>.json, or
+// dir/drills-<drills>[+short-rescue]-<start time>.json for a subset or
+// with River's rescue shortened, and returns the path.
 func (r *DrillReport) WriteJSON(dir string) (string, error) {
-	return writeJSON(dir, "drills-"+r.Started.Format("2006-01-02T15-04-05Z")+".json", r)
+	name := "drills-"
+	if len(r.Config.Drills) > 0 {
+		name += strings.Join(r.Config.Drills, "+") + "-"
+	}
+	if r.Config.ShortRescue {
+		name += "short-rescue-"
+	}
+	return writeJSON(dir, name+r.Started.Format("2006-01-02T15-04-05Z")+".json", r)
 }

@@ -208,7 +208,6 @@ func (e *env) newFal() *falsim.Server {
 func (e *env) serverEnv(dbURL string, extra map[string]string) map[string]string {
 	m := map[string]string{
 		"DATABASE_URL":             dbURL,
-		"METRICS_ADDR":             "127.0.0.1:0", // several servers on one machine
 		"AUTH_JWT_SECRET":          e.secret,
 		"AUTO_MIGRATE":             "false",
 		"LOG_LEVEL":                "warn",
@@ -223,6 +222,7 @@ func (e *env) serverEnv(dbURL string, extra map[string]string) map[string]string
 		"QUEUE_URGENT_WORKERS":     strconv.Itoa(e.cfg.Limits.Urgent),
 		"QUEUE_NORMAL_WORKERS":     strconv.Itoa(e.cfg.Limits.Normal),
 		"QUEUE_BACKGROUND_WORKERS": strconv.Itoa(e.cfg.Limits.Background),
+		"METRICS_ADDR":             "auto",
 	}
 	if e.cfg.ProfileDir != "" {
 		m["PPROF_ADDR"] = "auto"

@@ -321,6 +321,11 @@ func (e *env) insertBacklog(ctx context.Context, pool *pgxpool.Pool, n int, queu
 
 // waitFor polls cond every 50ms until it is true, it fails, or timeout.
 func waitFor(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	return waitForEvery(ctx, timeout, 50*time.Millisecond, cond)
+}
+
+// waitForEvery is waitFor asking cond every interval.
+func waitForEvery(ctx context.Context, timeout, every time.Duration, cond func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, err := cond()
@@ -336,7 +341,7 @@ func waitFor(ctx context.Context, timeout time.Duration, cond func() (bool, erro
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(every):
 		}
 	}
 }

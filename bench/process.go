@@ -21,8 +21,8 @@ import (
 // its log file) and its environment. The process gets only this
 // environment plus PATH, HOME and TMPDIR, so nothing leaks in from the
 // caller's shell. LISTEN_ADDR is picked once (a free loopback port) and kept
-// across restarts, so clients keep their URL; PPROF_ADDR "auto" picks a
-// free loopback port too.
+// across restarts, so clients keep their URL; PPROF_ADDR and METRICS_ADDR
+// "auto" pick a free loopback port too.
 type ServerSpec struct {
 	Bin    string
 	Name   string
@@ -35,6 +35,9 @@ type Server struct {
 	Spec     ServerSpec
 	URL      string
 	PprofURL string
+	// MetricsURL is where /metrics is served when the server honours
+	// METRICS_ADDR; Metrics falls back to the API listener.
+	MetricsURL string
 
 	cmd     *exec.Cmd
 	logPath string
@@ -56,12 +59,14 @@ func StartServer(ctx context.Context, spec *ServerSpec) (*Server, error) {
 		}
 		spec.Env["LISTEN_ADDR"] = "127.0.0.1:" + strconv.Itoa(port)
 	}
-	if spec.Env["PPROF_ADDR"] == "auto" {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
+	for _, k := range []string{"PPROF_ADDR", "METRICS_ADDR"} {
+		if spec.Env[k] == "auto" {
+			port, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			spec.Env[k] = "127.0.0.1:" + strconv.Itoa(port)
 		}
-		spec.Env["PPROF_ADDR"] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	if err := os.MkdirAll(spec.LogDir, 0o750); err != nil {
 		return nil, err
@@ -89,6 +94,9 @@ func StartServer(ctx context.Context, spec *ServerSpec) (*Server, error) {
 	s := &Server{Spec: *spec, URL: "http://" + spec.Env["LISTEN_ADDR"], cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	if a := spec.Env["PPROF_ADDR"]; a != "" {
 		s.PprofURL = "http://" + a
+	}
+	if a := spec.Env["METRICS_ADDR"]; a != "" {
+		s.MetricsURL = "http://" + a
 	}
 	go func() {
 		err := cmd.Wait()

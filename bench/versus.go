@@ -84,7 +84,7 @@ type VersusRun struct {
 
 // PgbenchJob is pgbench running the bare SQL of one aiqueue job.
 type PgbenchJob struct {
-	// Notify is false for the run with the river_job_notify_state trigger
+	// Notify is false for the run with the river_job_notify_final trigger
 	// disabled (no NOTIFY at a job's completion).
 	Notify        bool    `json:"notify"`
 	Clients       int     `json:"clients"`
@@ -396,10 +396,10 @@ func (e *env) pgbenchJob(ctx context.Context, bare *Postgres, notify bool) (Pgbe
 	}
 	defer pool.Close()
 	if !notify {
-		if _, err := pool.Exec(ctx, `ALTER TABLE river_job DISABLE TRIGGER river_job_notify_state`); err != nil {
+		if _, err := pool.Exec(ctx, `ALTER TABLE river_job DISABLE TRIGGER river_job_notify_final`); err != nil {
 			return res, err
 		}
-		defer func() { _, _ = pool.Exec(ctx, `ALTER TABLE river_job ENABLE TRIGGER river_job_notify_state`) }()
+		defer func() { _, _ = pool.Exec(ctx, `ALTER TABLE river_job ENABLE TRIGGER river_job_notify_final`) }()
 	}
 	bin, err := findPgbench(bare.Cluster.BinDir())
 	if err != nil {

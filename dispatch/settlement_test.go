@@ -28,14 +28,14 @@ func TestSettlementByRiverMaintenance(t *testing.T) {
 		if attemptsLeft {
 			attempt = `1`
 		}
-		_, err := b.pool.Exec(ctx, `
+		_, err := b.Pool.Exec(ctx, `
 UPDATE river_job
    SET state = 'running', attempt = `+attempt+`, attempted_at = now() - interval '1 hour',
        attempted_by = ARRAY['crashed-worker']
  WHERE id = $1`, id)
 		require.NoError(t, err)
-		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
-		requireInvariants(t, b.pool)
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, id))
+		requireInvariants(t, b.Pool)
 	}
 	// fastRescuer makes the rescuer treat a job as stuck after a second
 	// (RescueStuckJobsAfter must be >= JobTimeout); it runs once when the
@@ -48,124 +48,124 @@ UPDATE river_job
 	t.Run("RescuerDiscardsCrashedJobAndRefunds", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 5)
+		uid := grant(t, b.Pool, 5)
 		id := submit(t, b, uid)
 		crash(t, b, id, false)
 
-		w := startWorkers(t, b.pool, fastRescuer)
-		requireJobState(t, b.pool, id, "discarded")
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		w := startWorkers(t, b.Pool, fastRescuer)
+		requireJobState(t, b.Pool, id, "discarded")
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, id))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
 		require.Zero(t, w.Sim.Stats().Submits) // never run again
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("RescuerRetriesCrashedJobWhichThenCharges", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 5)
+		uid := grant(t, b.Pool, 5)
 		id := submit(t, b, uid)
 		crash(t, b, id, true)
 
-		w := startWorkers(t, b.pool, fastRescuer)
-		requireJobState(t, b.pool, id, "completed")
-		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, id))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		w := startWorkers(t, b.Pool, fastRescuer)
+		requireJobState(t, b.Pool, id, "completed")
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.Pool, id))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
 		require.Equal(t, 1, w.Sim.Stats().Submits)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("CleanerDeletesFinishedJobsAndRefundsOpenHold", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 5)
+		uid := grant(t, b.Pool, 5)
 
 		// A: completed by the worker, its hold charged.
 		done := submit(t, b, uid)
-		w := startWorkers(t, b.pool, nil)
-		requireJobState(t, b.pool, done, "completed")
+		w := startWorkers(t, b.Pool, nil)
+		requireJobState(t, b.Pool, done, "completed")
 		w.Stop(t)
-		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, done))
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.Pool, done))
 		var settledAt time.Time
-		require.NoError(t, b.pool.QueryRow(ctx, `SELECT settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&settledAt))
+		require.NoError(t, b.Pool.QueryRow(ctx, `SELECT settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&settledAt))
 
 		// B: cancelled behind the ledger's back, its hold still open.
 		open := submit(t, b, uid)
-		breakSettlement(t, b.pool, func() {
-			_, err := b.river.JobCancel(ctx, open)
+		breakSettlement(t, b.Pool, func() {
+			_, err := b.River.JobCancel(ctx, open)
 			require.NoError(t, err)
 		})
-		require.Equal(t, "cancelled", riverState(t, b.pool, open))
-		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, open))
-		vs, err := ledger.CheckInvariants(ctx, b.pool)
+		require.Equal(t, "cancelled", riverState(t, b.Pool, open))
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, open))
+		vs, err := ledger.CheckInvariants(ctx, b.Pool)
 		require.NoError(t, err)
 		require.NotEmpty(t, vs)
 
 		// River's cleaner deletes both rows (it runs once when the client
 		// becomes leader).
-		startWorkers(t, b.pool, func(c *river.Config) {
+		startWorkers(t, b.Pool, func(c *river.Config) {
 			c.CompletedJobRetentionPeriod = time.Millisecond
 			c.CancelledJobRetentionPeriod = time.Millisecond
 		})
-		requireJobState(t, b.pool, done, "gone")
-		requireJobState(t, b.pool, open, "gone")
+		requireJobState(t, b.Pool, done, "gone")
+		requireJobState(t, b.Pool, open, "gone")
 
 		// A's settled hold did not change; B's open hold was refunded.
 		var state string
 		var after time.Time
-		require.NoError(t, b.pool.QueryRow(ctx, `SELECT state, settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&state, &after))
+		require.NoError(t, b.Pool.QueryRow(ctx, `SELECT state, settled_at FROM credit_holds WHERE job_id = $1`, done).Scan(&state, &after))
 		require.Equal(t, ledger.HoldCharged, state)
 		require.True(t, settledAt.Equal(after))
-		require.Equal(t, 2, count(t, b.pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1`, done)) // reserve, charge
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, open))
-		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1 AND kind = 'refund'`, open))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.Equal(t, 2, count(t, b.Pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1`, done)) // reserve, charge
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, open))
+		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1 AND kind = 'refund'`, open))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("TruncateRefundsOpenHolds", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 5)
+		uid := grant(t, b.Pool, 5)
 		id := submit(t, b, uid)
-		_, err := b.pool.Exec(ctx, `TRUNCATE river_job`)
+		_, err := b.Pool.Exec(ctx, `TRUNCATE river_job`)
 		require.NoError(t, err)
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, id))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("RetryRunsACancelledJobAgainOnANewHold", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 5)
+		uid := grant(t, b.Pool, 5)
 		id := submit(t, b, uid)
-		_, err := b.river.JobCancel(ctx, id)
+		_, err := b.River.JobCancel(ctx, id)
 		require.NoError(t, err)
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, id))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, id))
 
 		// The retry reserves run 2 and makes the job available without a
 		// fal slot: the worker takes one (or waits in the line) itself.
-		_, err = b.river.JobRetry(ctx, id)
+		_, err = b.River.JobRetry(ctx, id)
 		require.NoError(t, err)
-		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
-		requireInvariants(t, b.pool)
-		startWorkers(t, b.pool, nil)
-		requireJobState(t, b.pool, id, "completed")
-		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, id))
-		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE job_id = $1 AND run = 2 AND state = 'completed'`, id))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, id))
+		requireInvariants(t, b.Pool)
+		startWorkers(t, b.Pool, nil)
+		requireJobState(t, b.Pool, id, "completed")
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.Pool, id))
+		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM fal_requests WHERE job_id = $1 AND run = 2 AND state = 'completed'`, id))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 }
 
@@ -175,24 +175,24 @@ func TestSubmitKilledMidTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t)
-	uid := grant(t, b.pool, 5)
-	tx, err := b.pool.Begin(ctx)
+	uid := grant(t, b.Pool, 5)
+	tx, err := b.Pool.Begin(ctx)
 	require.NoError(t, err)
-	sub, err := b.svc.SubmitTx(ctx, tx, uid, []jobs.Item{generate("ring"), generate("band")}, jobs.SubmitOpts{})
+	sub, err := b.Svc.SubmitTx(ctx, tx, uid, []jobs.Item{generate("ring"), generate("band")}, jobs.SubmitOpts{})
 	require.NoError(t, err)
 	require.Len(t, sub.IDs, 2)
 	require.Equal(t, 2, count(t, tx, `SELECT count(*) FROM credit_holds`))
 	var pid int
 	require.NoError(t, tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
 	var killed bool
-	require.NoError(t, b.pool.QueryRow(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid).Scan(&killed))
+	require.NoError(t, b.Pool.QueryRow(ctx, `SELECT pg_terminate_backend($1, 5000)`, pid).Scan(&killed))
 	require.True(t, killed)
 	require.Error(t, tx.Commit(ctx), "the killed transaction cannot commit")
-	require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
-	require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
-	require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries`)) // the grant
-	bal, err := ledger.Get(ctx, b.pool, uid)
+	require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
+	require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
+	require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_entries`)) // the grant
+	bal, err := ledger.Get(ctx, b.Pool, uid)
 	require.NoError(t, err)
 	require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
-	requireInvariants(t, b.pool)
+	requireInvariants(t, b.Pool)
 }

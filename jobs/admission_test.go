@@ -31,52 +31,52 @@ func TestAdmission(t *testing.T) {
 	t.Run("RateLimitBurstThenOnePerInterval", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.limit(jobs.Limits{RatePerMinute: 60, Burst: 3}) // one per second
-		uid := grant(t, b.pool, 50)
+		limit(b, jobs.Limits{RatePerMinute: 60, Burst: 3}) // one per second
+		uid := grant(t, b.Pool, 50)
 		for range 3 {
-			_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+			_, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 			require.NoError(t, err)
 		}
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		je := codeOf(t, err, jobs.ELIMIT)
 		require.Greater(t, je.RetryAfter, time.Duration(0))
 		require.LessOrEqual(t, je.RetryAfter, time.Second)
 
 		// One interval later there is exactly one token again.
-		_, err = b.pool.Exec(ctx, `UPDATE submit_rate_limits SET tat = tat - interval '1 second' WHERE user_id = $1`, uid)
+		_, err = b.Pool.Exec(ctx, `UPDATE submit_rate_limits SET tat = tat - interval '1 second' WHERE user_id = $1`, uid)
 		require.NoError(t, err)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		requireCode(t, err, jobs.ELIMIT)
-		require.Equal(t, 4, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
-		requireInvariants(t, b.pool)
+		require.Equal(t, 4, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("RefusedSubmissionTakesNoToken", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.limit(jobs.Limits{RatePerMinute: 1, Burst: 1})
-		uid := grant(t, b.pool, 3)
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: []byte(`{"prompt":"orbit","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		limit(b, jobs.Limits{RatePerMinute: 1, Burst: 1})
+		uid := grant(t, b.Pool, 3)
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: []byte(`{"prompt":"orbit","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		var insufficient *ledger.InsufficientError
 		require.ErrorAs(t, err, &insufficient)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		requireCode(t, err, jobs.ELIMIT)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("ConcurrentSubmitsTakeExactlyTheBurst", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.limit(jobs.Limits{RatePerMinute: 1, Burst: 4, UserMaxPending: 100})
-		uid := grant(t, b.pool, 100)
+		limit(b, jobs.Limits{RatePerMinute: 1, Burst: 4, UserMaxPending: 100})
+		uid := grant(t, b.Pool, 100)
 		var wg sync.WaitGroup
 		errs := make([]error, 12)
 		for i := range errs {
-			wg.Go(func() { _, errs[i] = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{}) })
+			wg.Go(func() { _, errs[i] = b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{}) })
 		}
 		wg.Wait()
 		ok := 0
@@ -88,7 +88,7 @@ func TestAdmission(t *testing.T) {
 			requireCode(t, err, jobs.ELIMIT)
 		}
 		require.Equal(t, 4, ok)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	for name, limits := range map[string]jobs.Limits{
@@ -98,12 +98,12 @@ func TestAdmission(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			b.limit(limits)
-			uid := grant(t, b.pool, 100)
+			limit(b, limits)
+			uid := grant(t, b.Pool, 100)
 			var wg sync.WaitGroup
 			errs := make([]error, 12)
 			for i := range errs {
-				wg.Go(func() { _, errs[i] = b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{}) })
+				wg.Go(func() { _, errs[i] = b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{}) })
 			}
 			wg.Wait()
 			ok := 0
@@ -116,50 +116,50 @@ func TestAdmission(t *testing.T) {
 				require.Positive(t, je.RetryAfter)
 			}
 			require.Equal(t, 5, ok)
-			require.Equal(t, 5, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
-			requireInvariants(t, b.pool)
+			require.Equal(t, 5, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
+			requireInvariants(t, b.Pool)
 		})
 	}
 
 	t.Run("QueueCapCountsEveryQueueOfABatch", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.limit(jobs.Limits{QueueMaxPending: 2})
-		uid := grant(t, b.pool, 100)
+		limit(b, jobs.Limits{QueueMaxPending: 2})
+		uid := grant(t, b.Pool, 100)
 		video := jobs.Item{Operation: "video", Params: []byte(`{"prompt":"orbit","image_url":"https://x.test/a.png"}`)}
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), video}, jobs.SubmitOpts{})
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("a"), video}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		// urgent has room for one more, normal too, but not for two.
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("b"), video, video}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("b"), video, video}, jobs.SubmitOpts{})
 		je := codeOf(t, err, jobs.EFULL)
 		require.Contains(t, je.Message, "normal queue is full")
 		require.Positive(t, je.RetryAfter)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("b"), video}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("b"), video}, jobs.SubmitOpts{})
 		require.NoError(t, err)
-		require.Equal(t, 4, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
-		requireInvariants(t, b.pool)
+		require.Equal(t, 4, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("QueueCapRecountsBeforeRefusing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.limit(jobs.Limits{QueueMaxPending: 2})
-		uid := grant(t, b.pool, 100)
-		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
+		limit(b, jobs.Limits{QueueMaxPending: 2})
+		uid := grant(t, b.Pool, 100)
+		ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("c")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("c")}, jobs.SubmitOpts{})
 		requireCode(t, err, jobs.EFULL)
 		// A job leaves the queue; a refusal is never based on a count
 		// older than 100 ms, so the place is seen soon.
-		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'cancelled', finalized_at = now() WHERE id = $1`, ids[0])
+		_, err = b.Pool.Exec(ctx, `UPDATE river_job SET state = 'cancelled', finalized_at = now() WHERE id = $1`, ids[0])
 		require.NoError(t, err)
 		require.Eventually(t, func() bool {
-			_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("c")}, jobs.SubmitOpts{})
+			_, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("c")}, jobs.SubmitOpts{})
 			return err == nil
 		}, 5*time.Second, 20*time.Millisecond)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("d")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("d")}, jobs.SubmitOpts{})
 		requireCode(t, err, jobs.EFULL)
-		require.Equal(t, 2, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
-		requireInvariants(t, b.pool)
+		require.Equal(t, 2, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
+		requireInvariants(t, b.Pool)
 	})
 }

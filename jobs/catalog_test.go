@@ -185,18 +185,18 @@ func TestCatalog(t *testing.T) {
 	t.Run("NothingReservedForInvalidParams", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 100)
+		uid := grant(t, b.Pool, 100)
 		ctx := context.Background()
 		for _, s := range specOps {
-			_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: s.name, Params: json.RawMessage(`{}`)}}, jobs.SubmitOpts{})
+			_, err := b.Svc.Submit(ctx, uid, []jobs.Item{{Operation: s.name, Params: json.RawMessage(`{}`)}}, jobs.SubmitOpts{})
 			require.Equal(t, jobs.EINVALID, jobs.ErrorCode(err), s.name)
 		}
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 100, Available: 100}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("LoadsYAMLOverrides", func(t *testing.T) {

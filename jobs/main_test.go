@@ -3,40 +3,21 @@ package jobs_test
 import (
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river"
-
 	"github.com/aiqueue/aiqueue/internal/jobtest"
-	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
-	"github.com/aiqueue/aiqueue/migrations"
 )
 
-func TestMain(m *testing.M) {
-	pgtest.Migrate = migrations.Up
-	pgtest.Main(m)
-}
+func TestMain(m *testing.M) { jobtest.Main(m) }
 
-type testBundle struct {
-	pool  *pgxpool.Pool
-	river *river.Client[pgx.Tx]
-	svc   *jobs.Service
-}
+type testBundle = jobtest.Bundle
 
 // setup gives a test its own database and a service on an insert-only
 // River client.
-func setup(t testing.TB) *testBundle {
-	t.Helper()
-	pool := pgtest.NewDB(t)
-	b := &testBundle{pool: pool, river: jobtest.InsertOnly(t, pool)}
-	b.limit(jobs.Limits{})
-	return b
-}
+var setup = jobtest.Setup
 
 // limit replaces the bundle's service by one with limits l.
-func (b *testBundle) limit(l jobs.Limits) {
-	b.svc = jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: jobs.DefaultCatalog(), Limits: l})
+func limit(b *testBundle, l jobs.Limits) {
+	b.Svc = jobs.NewService(jobs.Config{Pool: b.Pool, River: b.River, Catalog: jobs.DefaultCatalog(), Limits: l})
 }
 
 var (

@@ -85,12 +85,12 @@ func TestPrices(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			op, _ := catalog.Get(name)
-			uid := grant(t, b.pool, 1000)
+			uid := grant(t, b.Pool, 1000)
 			for _, tc := range priceTable[name] {
-				ids, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: name, Params: json.RawMessage(tc.params)}}, jobs.SubmitOpts{})
+				ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{{Operation: name, Params: json.RawMessage(tc.params)}}, jobs.SubmitOpts{})
 				require.NoError(t, err, tc.params)
 				var held int64
-				require.NoError(t, b.pool.QueryRow(ctx, `SELECT amount FROM credit_holds WHERE job_id = $1`, ids[0]).Scan(&held))
+				require.NoError(t, b.Pool.QueryRow(ctx, `SELECT amount FROM credit_holds WHERE job_id = $1`, ids[0]).Scan(&held))
 				require.Equal(t, tc.want, held, "%s %s", name, tc.params)
 
 				var params map[string]any
@@ -103,7 +103,7 @@ func TestPrices(t *testing.T) {
 			}
 		})
 	}
-	t.Cleanup(func() { requireInvariants(t, b.pool) })
+	t.Cleanup(func() { requireInvariants(t, b.Pool) })
 }
 
 func TestParamBounds(t *testing.T) {

@@ -21,11 +21,11 @@ func failed(t *testing.T, b *testBundle, uid string, n int) []string {
 	for i := range items {
 		items[i] = generate("ring")
 	}
-	ids, err := b.svc.Submit(ctx, uid, items, jobs.SubmitOpts{})
+	ids, err := b.Svc.Submit(ctx, uid, items, jobs.SubmitOpts{})
 	require.NoError(t, err)
 	out := make([]string, n)
 	for i, id := range ids {
-		_, err := b.pool.Exec(ctx, `
+		_, err := b.Pool.Exec(ctx, `
 UPDATE river_job SET state = 'cancelled', finalized_at = now(),
        errors = ARRAY[jsonb_build_object('at', now(), 'attempt', 1, 'error', 'JobCancelError: upstream_error: fal answered 500', 'trace', '')]
  WHERE id = $1`, id)
@@ -38,10 +38,10 @@ UPDATE river_job SET state = 'cancelled', finalized_at = now(),
 func retry(t *testing.T, b *testBundle, req jobs.RetryRequest) (*jobs.RetryResult, error) {
 	t.Helper()
 	ctx := context.Background()
-	tx, err := b.pool.Begin(ctx)
+	tx, err := b.Pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-	res, err := b.svc.RetryTx(ctx, tx, req)
+	res, err := b.Svc.RetryTx(ctx, tx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -72,14 +72,14 @@ func TestRetry(t *testing.T) {
 	t.Run("FilterSelectsFailedJobs", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 10)
+		uid := grant(t, b.Pool, 10)
 		ids := failed(t, b, uid, 3)
 		// A job cancelled by a person is no failure: retried by id only.
-		cancelled, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		cancelled, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
-		_, err = b.river.JobCancel(ctx, cancelled[0])
+		_, err = b.River.JobCancel(ctx, cancelled[0])
 		require.NoError(t, err)
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("still queued")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("still queued")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 
 		for _, f := range []jobs.RetryFilter{{ErrorCode: "invalid_params"}, {Operation: "edit"}} {
@@ -92,12 +92,12 @@ func TestRetry(t *testing.T) {
 		require.Equal(t, ids, res.Retried)
 		require.Equal(t, int64(3), res.Credits)
 		require.Equal(t, []jobs.RetryUser{{UserID: uid, Jobs: 3, Needed: 3, Available: 9, Retried: true}}, res.Users)
-		require.Equal(t, 0, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE run = 2`), "a dry run writes nothing")
+		require.Equal(t, 0, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE run = 2`), "a dry run writes nothing")
 
 		res, err = retry(t, b, jobs.RetryRequest{IDs: []string{jobs.FormatID(cancelled[0])}})
 		require.NoError(t, err)
 		require.Equal(t, []string{jobs.FormatID(cancelled[0])}, res.Retried)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	// The user spends the credits between the retry's look at the account
@@ -106,15 +106,15 @@ func TestRetry(t *testing.T) {
 	t.Run("CreditsSpentMeanwhile", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		rich, poor := grant(t, b.pool, 5), grant(t, b.pool, 3)
+		rich, poor := grant(t, b.Pool, 5), grant(t, b.Pool, 3)
 		richJobs, poorJobs := failed(t, b, rich, 1), failed(t, b, poor, 2)
 
 		// Another transaction spends 2 of the poor user's 3 credits and keeps
 		// the account row locked until it commits.
-		spend, err := b.pool.Begin(ctx)
+		spend, err := b.Pool.Begin(ctx)
 		require.NoError(t, err)
 		defer spend.Rollback(ctx) //nolint:errcheck // no-op after commit
-		_, err = b.svc.SubmitTx(ctx, spend, poor, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
+		_, err = b.Svc.SubmitTx(ctx, spend, poor, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 
 		type result struct {
@@ -123,13 +123,13 @@ func TestRetry(t *testing.T) {
 		}
 		done := make(chan result, 1)
 		go func() {
-			tx, err := b.pool.Begin(ctx)
+			tx, err := b.Pool.Begin(ctx)
 			if err != nil {
 				done <- result{err: err}
 				return
 			}
 			defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-			res, err := b.svc.RetryTx(ctx, tx, jobs.RetryRequest{IDs: append(append([]string{}, richJobs...), poorJobs...)})
+			res, err := b.Svc.RetryTx(ctx, tx, jobs.RetryRequest{IDs: append(append([]string{}, richJobs...), poorJobs...)})
 			if err == nil {
 				err = tx.Commit(ctx)
 			}
@@ -137,7 +137,7 @@ func TestRetry(t *testing.T) {
 		}()
 		// The retry saw 3 available, enough, and waits on the account row.
 		require.Eventually(t, func() bool {
-			return count(t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`) > 0
+			return count(t, b.Pool, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`) > 0
 		}, 10*time.Second, 10*time.Millisecond)
 		require.NoError(t, spend.Commit(ctx))
 
@@ -156,18 +156,18 @@ func TestRetry(t *testing.T) {
 		}
 		require.Equal(t, jobs.RetryUser{UserID: poor, Jobs: 2, Needed: 2, Available: 1, Shortfall: 1}, poorUser)
 		for _, id := range poorJobs {
-			require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE job_id = $1::bigint`, id))
+			require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE job_id = $1::bigint`, id))
 		}
-		bal, err := ledger.Get(ctx, b.pool, poor)
+		bal, err := ledger.Get(ctx, b.Pool, poor)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 3, Reserved: 2, Available: 1}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("ConcurrentRetriesOfTheSameJobsReserveOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 10)
+		uid := grant(t, b.Pool, 10)
 		ids := failed(t, b, uid, 4)
 		rev := []string{ids[3], ids[2], ids[1], ids[0]}
 		errs := make(chan error, 4)
@@ -177,13 +177,13 @@ func TestRetry(t *testing.T) {
 				if i%2 == 1 {
 					req.IDs = rev
 				}
-				tx, err := b.pool.Begin(ctx)
+				tx, err := b.Pool.Begin(ctx)
 				if err != nil {
 					errs <- err
 					return
 				}
 				defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-				if _, err := b.svc.RetryTx(ctx, tx, req); err != nil {
+				if _, err := b.Svc.RetryTx(ctx, tx, req); err != nil {
 					errs <- fmt.Errorf("retry %d: %w", i, err)
 					return
 				}
@@ -193,8 +193,8 @@ func TestRetry(t *testing.T) {
 		for range 4 {
 			require.NoError(t, <-errs)
 		}
-		require.Equal(t, 4, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE run = 2`))
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE run = 3`))
-		requireInvariants(t, b.pool)
+		require.Equal(t, 4, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE run = 2`))
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE run = 3`))
+		requireInvariants(t, b.Pool)
 	})
 }

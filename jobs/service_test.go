@@ -18,55 +18,55 @@ func TestSubmit(t *testing.T) {
 	t.Run("ReservesAndInserts", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 3)
-		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		uid := grant(t, b.Pool, 3)
+		ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		require.Len(t, ids, 1)
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 3, Reserved: 1, Available: 2}, bal)
-		j, err := b.svc.Get(ctx, uid, jobs.FormatID(ids[0]), false)
+		j, err := b.Svc.Get(ctx, uid, jobs.FormatID(ids[0]), false)
 		require.NoError(t, err)
 		require.Equal(t, jobs.StateQueued, j.State)
 		require.Equal(t, ledger.HoldReserved, j.Credits.State)
 		require.NotNil(t, j.QueuePosition)
 		require.Equal(t, 0, *j.QueuePosition)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("RolledBackTransactionLeavesNothing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 3)
-		tx, err := b.pool.Begin(ctx)
+		uid := grant(t, b.Pool, 3)
+		tx, err := b.Pool.Begin(ctx)
 		require.NoError(t, err)
-		sub, err := b.svc.SubmitTx(ctx, tx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		sub, err := b.Svc.SubmitTx(ctx, tx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		// Inside the transaction both exist...
 		require.Equal(t, 1, count(t, tx, `SELECT count(*) FROM credit_holds WHERE job_id = $1`, sub.IDs[0]))
 		require.NoError(t, tx.Rollback(ctx))
 		// ...and after the rollback neither does.
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
-		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_entries`)) // the grant
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
+		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_entries`)) // the grant
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 3, Available: 3}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("InsufficientCreditsWritesNothing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 1)
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: json.RawMessage(`{"prompt":"spin","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		uid := grant(t, b.Pool, 1)
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{{Operation: "video", Params: json.RawMessage(`{"prompt":"spin","image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		var insufficient *ledger.InsufficientError
 		require.ErrorAs(t, err, &insufficient)
 		require.Equal(t, int64(10), insufficient.Needed)
 		require.Equal(t, int64(1), insufficient.Available)
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM credit_holds`))
-		requireInvariants(t, b.pool)
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("EveryAIJobInsertReserves", func(t *testing.T) {
@@ -75,10 +75,10 @@ func TestSubmit(t *testing.T) {
 		// A River insert that bypasses the service still reserves: refused
 		// for a user without credits, a hold for one with them.
 		insert := func(uid string) error {
-			tx, err := b.pool.Begin(ctx)
+			tx, err := b.Pool.Begin(ctx)
 			require.NoError(t, err)
 			defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-			if _, err := b.river.InsertTx(ctx, tx, jobs.Args{UserID: uid, Operation: "generate", Model: "fal-ai/flux/dev", Params: json.RawMessage(`{}`), Cost: 1}, nil); err != nil {
+			if _, err := b.River.InsertTx(ctx, tx, jobs.Args{UserID: uid, Operation: "generate", Model: "fal-ai/flux/dev", Params: json.RawMessage(`{}`), Cost: 1}, nil); err != nil {
 				return err
 			}
 			return tx.Commit(ctx)
@@ -86,18 +86,18 @@ func TestSubmit(t *testing.T) {
 		insufficient, ok := ledger.AsInsufficient(insert("00000000-0000-4000-8000-000000000009"))
 		require.True(t, ok)
 		require.Equal(t, ledger.InsufficientError{Needed: 1, Available: 0}, *insufficient)
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
-		uid := grant(t, b.pool, 1)
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
+		uid := grant(t, b.Pool, 1)
 		require.NoError(t, insert(uid))
-		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM credit_holds WHERE user_id = $1 AND state = 'reserved'`, uid))
-		requireInvariants(t, b.pool)
+		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE user_id = $1 AND state = 'reserved'`, uid))
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("ValidationListsEveryError", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 10)
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "edit", Params: json.RawMessage(`{"image_urls":["http://insecure.test/a.png"],"num_images":9}`), Priority: "asap"}}, jobs.SubmitOpts{})
+		uid := grant(t, b.Pool, 10)
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{{Operation: "edit", Params: json.RawMessage(`{"image_urls":["http://insecure.test/a.png"],"num_images":9}`), Priority: "asap"}}, jobs.SubmitOpts{})
 		var je *jobs.Error
 		require.ErrorAs(t, err, &je)
 		require.Equal(t, jobs.EINVALID, je.Code)
@@ -106,7 +106,7 @@ func TestSubmit(t *testing.T) {
 			locs = append(locs, f.Location)
 		}
 		require.ElementsMatch(t, []string{"body.params.image_urls[0]", "body.params.num_images", "body.params.prompt", "body.priority"}, locs)
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
 	})
 }
 
@@ -119,7 +119,7 @@ func TestPriority(t *testing.T) {
 	queueOf := func(t *testing.T, b *testBundle, id int64) string {
 		t.Helper()
 		var q string
-		require.NoError(t, b.pool.QueryRow(ctx, `SELECT queue FROM river_job WHERE id = $1`, id).Scan(&q))
+		require.NoError(t, b.Pool.QueryRow(ctx, `SELECT queue FROM river_job WHERE id = $1`, id).Scan(&q))
 		return q
 	}
 	refused := func(t *testing.T, err error, loc string) {
@@ -135,7 +135,7 @@ func TestPriority(t *testing.T) {
 	t.Run("UsersKeepOrLower", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 100)
+		uid := grant(t, b.Pool, 100)
 		for _, tc := range []struct {
 			item jobs.Item
 			want string
@@ -147,7 +147,7 @@ func TestPriority(t *testing.T) {
 			{video(""), jobs.QueueNormal},
 			{video(jobs.QueueBackground), jobs.QueueBackground},
 		} {
-			ids, err := b.svc.Submit(ctx, uid, []jobs.Item{tc.item}, jobs.SubmitOpts{})
+			ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{tc.item}, jobs.SubmitOpts{})
 			require.NoError(t, err)
 			require.Equal(t, tc.want, queueOf(t, b, ids[0]), tc.item)
 		}
@@ -156,26 +156,26 @@ func TestPriority(t *testing.T) {
 	t.Run("OnlyAdminsRaise", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 100)
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{video(jobs.QueueUrgent)}, jobs.SubmitOpts{})
+		uid := grant(t, b.Pool, 100)
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{video(jobs.QueueUrgent)}, jobs.SubmitOpts{})
 		refused(t, err, "body.priority")
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM river_job`))
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
 
-		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{video(jobs.QueueUrgent)}, jobs.SubmitOpts{MayRaise: true})
+		ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{video(jobs.QueueUrgent)}, jobs.SubmitOpts{MayRaise: true})
 		require.NoError(t, err)
 		require.Equal(t, jobs.QueueUrgent, queueOf(t, b, ids[0]))
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("BatchesDefaultToNormal", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		uid := grant(t, b.pool, 100)
+		uid := grant(t, b.Pool, 100)
 		batch := func(opts jobs.SubmitOpts, items ...jobs.Item) ([]int64, error) {
-			tx, err := b.pool.Begin(ctx)
+			tx, err := b.Pool.Begin(ctx)
 			require.NoError(t, err)
 			defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
-			_, sub, err := b.svc.SubmitBatchTx(ctx, tx, uid, items, opts)
+			_, sub, err := b.Svc.SubmitBatchTx(ctx, tx, uid, items, opts)
 			if err != nil {
 				return nil, err
 			}
@@ -198,7 +198,7 @@ func TestPriority(t *testing.T) {
 		ids, err = batch(jobs.SubmitOpts{Priority: jobs.QueueUrgent, MayRaise: true}, generate("a"), video(""))
 		require.NoError(t, err)
 		require.Equal(t, []string{jobs.QueueUrgent, jobs.QueueUrgent}, []string{queueOf(t, b, ids[0]), queueOf(t, b, ids[1])})
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("BatchKeepsALessUrgentDefault", func(t *testing.T) {
@@ -212,9 +212,9 @@ func TestPriority(t *testing.T) {
 		}
 		c, err := jobs.NewCatalog(ops)
 		require.NoError(t, err)
-		svc := jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: c})
-		uid := grant(t, b.pool, 100)
-		tx, err := b.pool.Begin(ctx)
+		svc := jobs.NewService(jobs.Config{Pool: b.Pool, River: b.River, Catalog: c})
+		uid := grant(t, b.Pool, 100)
+		tx, err := b.Pool.Begin(ctx)
 		require.NoError(t, err)
 		defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 		_, sub, err := svc.SubmitBatchTx(ctx, tx, uid, []jobs.Item{video("")}, jobs.SubmitOpts{})

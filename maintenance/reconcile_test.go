@@ -35,7 +35,7 @@ func TestReconciler(t *testing.T) {
 		b := setup(t)
 		logs := &logtest.Buffer{}
 		reg := prometheus.NewRegistry()
-		r, err := maintenance.NewReconciler(b.pool, maintenance.ReconcilerConfig{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Registerer: reg})
+		r, err := maintenance.NewReconciler(b.Pool, maintenance.ReconcilerConfig{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Registerer: reg})
 		require.NoError(t, err)
 		return &reconcileBundle{testBundle: b, reconciler: r, logs: logs, registry: reg}
 	}
@@ -48,21 +48,21 @@ func TestReconciler(t *testing.T) {
 	t.Run("HealthyDatabaseNeedsNoFix", func(t *testing.T) {
 		t.Parallel()
 		b := setupReconciler(t)
-		uid := grant(t, b.pool, 20)
-		w := startWorkers(t, b.pool, nil)
+		uid := grant(t, b.Pool, 20)
+		w := startWorkers(t, b.Pool, nil)
 		w.Sim.FailModel("fal-ai/birefnet", falsim.Failure{Status: 422, Ops: []string{falsim.OpSubmit}})
 
 		completed := submit(t, b.testBundle, uid)
-		discarded, err := b.svc.Submit(ctx, uid, []jobs.Item{{Operation: "remove-bg", Params: []byte(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
+		discarded, err := b.Svc.Submit(ctx, uid, []jobs.Item{{Operation: "remove-bg", Params: []byte(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		require.NoError(t, err)
-		requireJobState(t, b.pool, completed, "completed")
-		requireJobState(t, b.pool, discarded[0], "cancelled") // failed for good: River's JobCancel with the error code
+		requireJobState(t, b.Pool, completed, "completed")
+		requireJobState(t, b.Pool, discarded[0], "cancelled") // failed for good: River's JobCancel with the error code
 		w.Stop(t)
 		cancelled := submit(t, b.testBundle, uid)
-		_, err = b.svc.Cancel(ctx, uid, jobs.FormatID(cancelled))
+		_, err = b.Svc.Cancel(ctx, uid, jobs.FormatID(cancelled))
 		require.NoError(t, err)
 		deleted := submit(t, b.testBundle, uid)
-		_, err = b.river.JobDelete(ctx, deleted)
+		_, err = b.River.JobDelete(ctx, deleted)
 		require.NoError(t, err)
 		queued := submit(t, b.testBundle, uid)
 
@@ -72,8 +72,8 @@ func TestReconciler(t *testing.T) {
 		require.Zero(t, fixed(b.reconciler, maintenance.ReconcileCharge))
 		require.Zero(t, fixed(b.reconciler, maintenance.ReconcileRefund))
 		require.Empty(t, b.logs.Level(t, "WARN"))
-		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, queued))
-		requireInvariants(t, b.pool)
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, queued))
+		requireInvariants(t, b.Pool)
 
 		// The metric is exported with both actions at zero.
 		families, err := b.registry.Gather()
@@ -86,24 +86,24 @@ func TestReconciler(t *testing.T) {
 	t.Run("SettlesHoldsOfFinalOrGoneJobs", func(t *testing.T) {
 		t.Parallel()
 		b := setupReconciler(t)
-		uid := grant(t, b.pool, 20)
+		uid := grant(t, b.Pool, 20)
 		completed := submit(t, b.testBundle, uid)
 		discarded := submit(t, b.testBundle, uid)
 		cancelled := submit(t, b.testBundle, uid)
 		deleted := submit(t, b.testBundle, uid)
 		queued := submit(t, b.testBundle, uid)
 
-		breakSettlement(t, b.pool, func() {
-			_, err := b.pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, completed)
+		breakSettlement(t, b.Pool, func() {
+			_, err := b.Pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, completed)
 			require.NoError(t, err)
-			_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, discarded)
+			_, err = b.Pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, discarded)
 			require.NoError(t, err)
-			_, err = b.river.JobCancel(ctx, cancelled)
+			_, err = b.River.JobCancel(ctx, cancelled)
 			require.NoError(t, err)
-			_, err = b.river.JobDelete(ctx, deleted)
+			_, err = b.River.JobDelete(ctx, deleted)
 			require.NoError(t, err)
 		})
-		vs, err := ledger.CheckInvariants(ctx, b.pool)
+		vs, err := ledger.CheckInvariants(ctx, b.Pool)
 		require.NoError(t, err)
 		require.NotEmpty(t, vs) // broken on purpose
 
@@ -125,15 +125,15 @@ func TestReconciler(t *testing.T) {
 			require.Equal(t, fixes[i].JobState, w["job_state"])
 		}
 
-		require.Equal(t, ledger.HoldCharged, holdState(t, b.pool, completed))
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, discarded))
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, cancelled))
-		require.Equal(t, ledger.HoldRefunded, holdState(t, b.pool, deleted))
-		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, queued))
-		bal, err := ledger.Get(ctx, b.pool, uid)
+		require.Equal(t, ledger.HoldCharged, holdState(t, b.Pool, completed))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, discarded))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, cancelled))
+		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, deleted))
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, queued))
+		bal, err := ledger.Get(ctx, b.Pool, uid)
 		require.NoError(t, err)
 		require.Equal(t, ledger.Balance{Balance: 19, Reserved: 1, Available: 18}, bal)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 
 		// Fixed once: the next run finds nothing.
 		fixes, err = b.reconciler.Reconcile(ctx)
@@ -145,20 +145,20 @@ func TestReconciler(t *testing.T) {
 	t.Run("RunsAsRiverPeriodicJob", func(t *testing.T) {
 		t.Parallel()
 		b := setupReconciler(t)
-		uid := grant(t, b.pool, 5)
+		uid := grant(t, b.Pool, 5)
 		id := submit(t, b.testBundle, uid)
-		breakSettlement(t, b.pool, func() {
-			_, err := b.river.JobCancel(ctx, id)
+		breakSettlement(t, b.Pool, func() {
+			_, err := b.River.JobCancel(ctx, id)
 			require.NoError(t, err)
 		})
-		require.Equal(t, ledger.HoldReserved, holdState(t, b.pool, id))
+		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, id))
 
 		// The server's wiring: dispatch.NewClient with the reconciler's
 		// periodic job and worker; it runs once at start.
-		client, err := dispatch.NewClient(b.pool, dispatch.ClientConfig{
+		client, err := dispatch.NewClient(b.Pool, dispatch.ClientConfig{
 			Limits:   dispatch.QueueLimits{Urgent: 1, Normal: 1, Background: 1},
 			Work:     true,
-			Worker:   dispatch.NewWorker(b.pool, nil, jobs.DefaultCatalog(), dispatch.NewLine(b.pool, dispatch.DefaultCaps, nil), nil, dispatch.WorkerConfig{}),
+			Worker:   dispatch.NewWorker(b.Pool, nil, jobs.DefaultCatalog(), dispatch.NewLine(b.Pool, dispatch.DefaultCaps, nil), nil, dispatch.WorkerConfig{}),
 			Periodic: []*river.PeriodicJob{b.reconciler.PeriodicJob(maintenance.ReconcileInterval)},
 			Workers:  []func(*river.Workers){b.reconciler.AddWorker},
 		})
@@ -169,12 +169,12 @@ func TestReconciler(t *testing.T) {
 			defer cancel()
 			require.NoError(t, client.Stop(stopCtx))
 		})
-		require.Eventually(t, func() bool { return holdState(t, b.pool, id) == ledger.HoldRefunded },
+		require.Eventually(t, func() bool { return holdState(t, b.Pool, id) == ledger.HoldRefunded },
 			20*time.Second, 20*time.Millisecond)
 		require.Eventually(t, func() bool {
-			return count(t, b.pool, `SELECT count(*) FROM river_job WHERE kind = 'ledger_reconcile' AND state = 'completed' AND queue = $1`, jobs.QueueBackground) == 1
+			return count(t, b.Pool, `SELECT count(*) FROM river_job WHERE kind = 'ledger_reconcile' AND state = 'completed' AND queue = $1`, jobs.QueueBackground) == 1
 		}, 10*time.Second, 20*time.Millisecond)
 		require.InDelta(t, 1, fixed(b.reconciler, maintenance.ReconcileRefund), 0)
-		requireInvariants(t, b.pool)
+		requireInvariants(t, b.Pool)
 	})
 }

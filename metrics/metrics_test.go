@@ -77,7 +77,7 @@ func TestMetrics(t *testing.T) {
 
 	newMetrics := func(t *testing.T, b *testBundle) (*metrics.Metrics, *prometheus.Registry) {
 		t.Helper()
-		m := metrics.NewMetrics(b.pool, nil)
+		m := metrics.NewMetrics(b.Pool, nil)
 		reg := prometheus.NewRegistry()
 		require.NoError(t, m.Register(reg))
 		return m, reg
@@ -90,23 +90,23 @@ func TestMetrics(t *testing.T) {
 		_, reg1 := newMetrics(t, b)
 		_, reg2 := newMetrics(t, b)
 		m3, reg3 := newMetrics(t, b)
-		b.svc = jobs.NewService(jobs.Config{Pool: b.pool, River: b.river, Catalog: jobs.DefaultCatalog(), Hooks: jobs.Hooks{Submitted: m3.Submitted}})
+		b.Svc = jobs.NewService(jobs.Config{Pool: b.Pool, River: b.River, Catalog: jobs.DefaultCatalog(), Hooks: jobs.Hooks{Submitted: m3.Submitted}})
 
-		uid := grant(t, b.pool, 100)
-		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b"), generate("c"),
+		uid := grant(t, b.Pool, 100)
+		ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b"), generate("c"),
 			{Operation: "upscale", Params: json.RawMessage(`{"image_url":"https://x.test/a.png"}`)}}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 
 		// The four ways a job ends outside the worker's own completion: the
 		// rescuer or completer marks it completed or discarded, a cancel
 		// (API or River UI), a delete (River UI, cleaner).
-		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, ids[0])
+		_, err = b.Pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, ids[0])
 		require.NoError(t, err)
-		_, err = b.pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, ids[3])
+		_, err = b.Pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = $1`, ids[3])
 		require.NoError(t, err)
-		_, err = b.river.JobCancel(ctx, ids[1])
+		_, err = b.River.JobCancel(ctx, ids[1])
 		require.NoError(t, err)
-		_, err = b.river.JobDelete(ctx, ids[2])
+		_, err = b.River.JobDelete(ctx, ids[2])
 		require.NoError(t, err)
 
 		g1 := gather(t, reg1)
@@ -133,8 +133,8 @@ func TestMetrics(t *testing.T) {
 		require.Equal(t, 2.0, sum("aiqueue_credits_refunded_total", map[string]string{"operation": "upscale"}, gs...))
 		// Only the first scrape took the rows; the others saw none of them.
 		require.Equal(t, -1.0, g2.value("aiqueue_jobs_finished_total", map[string]string{"operation": "generate", "queue": "urgent", "outcome": "succeeded"}))
-		require.Zero(t, count(t, b.pool, `SELECT count(*) FROM metrics_job_outcomes`))
-		requireInvariants(t, b.pool)
+		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM metrics_job_outcomes`))
+		requireInvariants(t, b.Pool)
 	})
 
 	t.Run("ReadsPostgresAtMostOncePerInterval", func(t *testing.T) {
@@ -142,13 +142,13 @@ func TestMetrics(t *testing.T) {
 		b := setup(t)
 		m, reg := newMetrics(t, b)
 		m.RefreshInterval = time.Hour
-		uid := grant(t, b.pool, 100)
-		_, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a")}, jobs.SubmitOpts{})
+		uid := grant(t, b.Pool, 100)
+		_, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("a")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 
 		pending := map[string]string{"queue": "urgent", "state": "pending"} // waiting in the line for a fal slot
 		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", pending))
-		_, err = b.svc.Submit(ctx, uid, []jobs.Item{generate("b")}, jobs.SubmitOpts{})
+		_, err = b.Svc.Submit(ctx, uid, []jobs.Item{generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		// Within the interval the cached answer is served.
 		require.Equal(t, 1.0, gather(t, reg).value("aiqueue_queue_jobs", pending))

@@ -12,49 +12,38 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/riverqueue/river"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/logtest"
-	"github.com/aiqueue/aiqueue/internal/pgtest"
-	"github.com/aiqueue/aiqueue/jobs"
-	"github.com/aiqueue/aiqueue/migrations"
 	"github.com/aiqueue/aiqueue/webhooks"
 )
 
-func TestMain(m *testing.M) {
-	pgtest.Migrate = migrations.Up
-	pgtest.Main(m)
-}
+func TestMain(m *testing.M) { jobtest.Main(m) }
 
+// testBundle is jobtest's bundle (a database, a service on an insert-only
+// River client) with a receiver, a log buffer and a registry.
 type testBundle struct {
-	pool  *pgxpool.Pool
-	river *river.Client[pgx.Tx]
-	svc   *jobs.Service
-	rec   *receiver
-	logs  *logtest.Buffer
-	reg   *prometheus.Registry
+	*jobtest.Bundle
+	rec  *receiver
+	logs *logtest.Buffer
+	reg  *prometheus.Registry
 }
 
 // setup gives a test its own database, a service on an insert-only River
 // client, and a receiver answering 204.
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	pool := pgtest.NewDB(t)
-	client := jobtest.InsertOnly(t, pool)
-	return &testBundle{pool: pool, river: client, svc: jobtest.Service(pool, client), rec: newReceiver(t),
-		logs: &logtest.Buffer{}, reg: prometheus.NewRegistry()}
+	return &testBundle{Bundle: jobtest.Setup(t), rec: newReceiver(t), logs: &logtest.Buffer{}, reg: prometheus.NewRegistry()}
 }
 
 // endpoint registers url for events (private addresses allowed) and
 // returns its id and secret.
 func (b *testBundle) endpoint(t *testing.T, url string, events ...string) (string, string) {
 	t.Helper()
-	e, secret, err := webhooks.Create(context.Background(), b.pool, url, events, true)
+	e, secret, err := webhooks.Create(context.Background(), b.Pool, url, events, true)
 	require.NoError(t, err)
 	return e.ID, secret
 }
@@ -63,8 +52,8 @@ func (b *testBundle) endpoint(t *testing.T, url string, events ...string) (strin
 // addresses allowed, a 20 ms poll), stopped at cleanup.
 func (b *testBundle) start(t *testing.T, cfg webhooks.Config) *webhooks.Deliverer {
 	t.Helper()
-	cfg.Pool = b.pool
-	cfg.Reader = b.svc
+	cfg.Pool = b.Pool
+	cfg.Reader = b.Svc
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -84,13 +73,13 @@ func (b *testBundle) start(t *testing.T, cfg webhooks.Config) *webhooks.Delivere
 // submit submits a generate job for a new user and returns its id.
 func (b *testBundle) submit(t *testing.T) int64 {
 	t.Helper()
-	return jobtest.Submit(t, b.svc, jobtest.User(t, b.pool, 10))
+	return jobtest.Submit(t, b.Svc, jobtest.User(t, b.Pool, 10))
 }
 
 // end moves job id to River state, as River's completer would.
 func (b *testBundle) end(t *testing.T, id int64, state string) {
 	t.Helper()
-	_, err := b.pool.Exec(context.Background(), `
+	_, err := b.Pool.Exec(context.Background(), `
 UPDATE river_job SET state = $2::river_job_state, finalized_at = now(),
        errors = CASE WHEN $2 = 'discarded' THEN ARRAY['{"error": "upstream_error: fal answered 500"}'::jsonb] END
  WHERE id = $1`, id, state)
@@ -108,7 +97,7 @@ type delivery struct {
 
 func (b *testBundle) deliveries(t *testing.T) []delivery {
 	t.Helper()
-	rows, err := b.pool.Query(context.Background(), `
+	rows, err := b.Pool.Query(context.Background(), `
 SELECT id::text, event_id, event, state, COALESCE(job_id, ''), COALESCE(batch_id::text, ''), attempts, last_status,
        COALESCE(last_error, ''), next_attempt_at, last_attempt_at
   FROM webhook_deliveries ORDER BY id`)

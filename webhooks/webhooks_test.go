@@ -68,27 +68,27 @@ func TestEndpoints(t *testing.T) {
 	t.Run("SecretOnceAndListWithout", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		e, secret, err := webhooks.Create(ctx, b.pool, "https://studio.example.com/hooks", []string{webhooks.EventJobSucceeded}, false)
+		e, secret, err := webhooks.Create(ctx, b.Pool, "https://studio.example.com/hooks", []string{webhooks.EventJobSucceeded}, false)
 		require.NoError(t, err)
 		require.True(t, strings.HasPrefix(secret, "whsec_"))
 		key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, len(key), 24)
-		list, err := webhooks.List(ctx, b.pool)
+		list, err := webhooks.List(ctx, b.Pool)
 		require.NoError(t, err)
 		require.Equal(t, []webhooks.Endpoint{*e}, list)
 		raw, err := json.Marshal(list)
 		require.NoError(t, err)
 		require.NotContains(t, string(raw), secret)
 		require.NotContains(t, string(raw), "whsec_")
-		require.NoError(t, webhooks.Delete(ctx, b.pool, e.ID))
-		require.Equal(t, jobs.ENOTFOUND, jobs.ErrorCode(webhooks.Delete(ctx, b.pool, e.ID)))
+		require.NoError(t, webhooks.Delete(ctx, b.Pool, e.ID))
+		require.Equal(t, jobs.ENOTFOUND, jobs.ErrorCode(webhooks.Delete(ctx, b.Pool, e.ID)))
 	})
 
 	t.Run("RefusesEveryProblemAtOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		_, _, err := webhooks.Create(ctx, b.pool, "http://10.0.0.1/", []string{"job.done", webhooks.EventJobFailed, webhooks.EventJobFailed}, false)
+		_, _, err := webhooks.Create(ctx, b.Pool, "http://10.0.0.1/", []string{"job.done", webhooks.EventJobFailed, webhooks.EventJobFailed}, false)
 		var je *jobs.Error
 		require.ErrorAs(t, err, &je)
 		require.Equal(t, jobs.EINVALID, je.Code)
@@ -97,7 +97,7 @@ func TestEndpoints(t *testing.T) {
 			locs = append(locs, f.Location)
 		}
 		require.Equal(t, []string{"body.url", "body.events[0]", "body.events[2]"}, locs)
-		require.Zero(t, jobtest.Count(t, b.pool, `SELECT count(*) FROM webhook_endpoints`))
+		require.Zero(t, jobtest.Count(t, b.Pool, `SELECT count(*) FROM webhook_endpoints`))
 	})
 }
 
@@ -110,10 +110,10 @@ func TestOutbox(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		id := b.submit(t)
-		_, err := b.river.JobCancel(ctx, id)
+		_, err := b.River.JobCancel(ctx, id)
 		require.NoError(t, err)
-		require.Zero(t, jobtest.Count(t, b.pool, `SELECT count(*) FROM webhook_outbox`))
-		jobtest.RequireInvariants(t, b.pool)
+		require.Zero(t, jobtest.Count(t, b.Pool, `SELECT count(*) FROM webhook_outbox`))
+		jobtest.RequireInvariants(t, b.Pool)
 	})
 
 	t.Run("OneDeliveryPerSubscribedEndpoint", func(t *testing.T) {
@@ -123,7 +123,7 @@ func TestOutbox(t *testing.T) {
 		b.endpoint(t, "https://b.example.com/", webhooks.EventJobCancelled)
 		b.endpoint(t, "https://c.example.com/", webhooks.EventJobFailed)
 		cancelled, succeeded, failed := b.submit(t), b.submit(t), b.submit(t)
-		_, err := b.river.JobCancel(ctx, cancelled)
+		_, err := b.River.JobCancel(ctx, cancelled)
 		require.NoError(t, err)
 		b.end(t, succeeded, "completed")
 		b.end(t, failed, "discarded")
@@ -145,7 +145,7 @@ func TestOutbox(t *testing.T) {
 			jobs.FormatID(succeeded): {webhooks.EventJobSucceeded},
 			jobs.FormatID(failed):    {webhooks.EventJobFailed},
 		}, events)
-		jobtest.RequireInvariants(t, b.pool)
+		jobtest.RequireInvariants(t, b.Pool)
 	})
 
 	t.Run("RolledBackEndingWritesNothing", func(t *testing.T) {
@@ -153,24 +153,24 @@ func TestOutbox(t *testing.T) {
 		b := setup(t)
 		b.endpoint(t, "https://a.example.com/", webhooks.EventJobCancelled)
 		id := b.submit(t)
-		tx, err := b.pool.Begin(ctx)
+		tx, err := b.Pool.Begin(ctx)
 		require.NoError(t, err)
-		_, err = b.river.JobCancelTx(ctx, tx, id)
+		_, err = b.River.JobCancelTx(ctx, tx, id)
 		require.NoError(t, err)
 		require.Equal(t, 1, jobtest.Count(t, tx, `SELECT count(*) FROM webhook_outbox`), "written with the ending")
 		require.NoError(t, tx.Rollback(ctx))
-		require.Zero(t, jobtest.Count(t, b.pool, `SELECT count(*) FROM webhook_outbox`))
-		jobtest.RequireInvariants(t, b.pool)
+		require.Zero(t, jobtest.Count(t, b.Pool, `SELECT count(*) FROM webhook_outbox`))
+		jobtest.RequireInvariants(t, b.Pool)
 	})
 
 	t.Run("BatchCompletesOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		_, secret := b.endpoint(t, b.rec.srv.URL, webhooks.EventBatchCompleted)
-		uid := jobtest.User(t, b.pool, 10)
-		tx, err := b.pool.Begin(ctx)
+		uid := jobtest.User(t, b.Pool, 10)
+		tx, err := b.Pool.Begin(ctx)
 		require.NoError(t, err)
-		batch, sub, err := b.svc.SubmitBatchTx(ctx, tx, uid, []jobs.Item{jobtest.Generate("a"), jobtest.Generate("b"), jobtest.Generate("c"), jobtest.Generate("d")}, jobs.SubmitOpts{})
+		batch, sub, err := b.Svc.SubmitBatchTx(ctx, tx, uid, []jobs.Item{jobtest.Generate("a"), jobtest.Generate("b"), jobtest.Generate("c"), jobtest.Generate("d")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		require.NoError(t, tx.Commit(ctx))
 		// Two deliverers, and the jobs ending at once.
@@ -179,7 +179,7 @@ func TestOutbox(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, id := range sub.IDs {
 			wg.Go(func() {
-				_, err := b.river.JobCancel(ctx, id)
+				_, err := b.River.JobCancel(ctx, id)
 				require.NoError(t, err)
 			})
 		}
@@ -190,15 +190,15 @@ func TestOutbox(t *testing.T) {
 		require.Equal(t, webhooks.EventBatchCompleted, body.Type)
 		var seen jobs.Batch
 		require.NoError(t, json.Unmarshal(body.Data, &seen))
-		want, err := b.svc.GetBatch(ctx, uid, batch.ID)
+		want, err := b.Svc.GetBatch(ctx, uid, batch.ID)
 		require.NoError(t, err)
 		requireJSON(t, want, body.Data, "the batch as GET /v1/batches/{id} shows it")
 		require.True(t, seen.Done)
 		require.Equal(t, 4, seen.Counts.Cancelled)
 		time.Sleep(300 * time.Millisecond) // room for a second one, which must not come
 		require.Len(t, b.rec.requests(), 1)
-		require.Zero(t, jobtest.Count(t, b.pool, `SELECT count(*) FROM webhook_batch_endings`))
-		jobtest.RequireInvariants(t, b.pool)
+		require.Zero(t, jobtest.Count(t, b.Pool, `SELECT count(*) FROM webhook_batch_endings`))
+		jobtest.RequireInvariants(t, b.Pool)
 	})
 }
 
@@ -212,7 +212,7 @@ func TestDeliver(t *testing.T) {
 		_, secret := b.endpoint(t, b.rec.srv.URL+"/hooks", webhooks.EventJobCancelled)
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		id := b.submit(t)
-		_, err := b.river.JobCancel(ctx, id)
+		_, err := b.River.JobCancel(ctx, id)
 		require.NoError(t, err)
 		got := b.rec.wait(t, 1)
 		r := got[0]
@@ -224,8 +224,8 @@ func TestDeliver(t *testing.T) {
 		var j jobs.Job
 		require.NoError(t, json.Unmarshal(body.Data, &j))
 		uid := ""
-		require.NoError(t, b.pool.QueryRow(ctx, `SELECT user_id::text FROM ai_jobs WHERE river_job_id = $1`, id).Scan(&uid))
-		want, err := b.svc.Get(ctx, uid, jobs.FormatID(id), false)
+		require.NoError(t, b.Pool.QueryRow(ctx, `SELECT user_id::text FROM ai_jobs WHERE river_job_id = $1`, id).Scan(&uid))
+		want, err := b.Svc.Get(ctx, uid, jobs.FormatID(id), false)
 		require.NoError(t, err)
 		requireJSON(t, want, body.Data, "the job as GET /v1/jobs/{id} shows it")
 		require.Equal(t, jobs.StateCancelled, j.State)
@@ -233,7 +233,7 @@ func TestDeliver(t *testing.T) {
 		require.Equal(t, 1.0, b.metric(t, webhooks.EventJobCancelled, "delivered"))
 		time.Sleep(200 * time.Millisecond)
 		require.Len(t, b.rec.requests(), 1)
-		jobtest.RequireInvariants(t, b.pool)
+		jobtest.RequireInvariants(t, b.Pool)
 	})
 
 	t.Run("RetriedWithTheSameIDUntil2xx", func(t *testing.T) {
@@ -247,7 +247,7 @@ func TestDeliver(t *testing.T) {
 			return http.StatusOK
 		})
 		b.start(t, webhooks.Config{AllowPrivate: true})
-		_, err := b.river.JobCancel(ctx, b.submit(t))
+		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		b.rec.wait(t, 1)
 		var failed delivery
@@ -287,9 +287,9 @@ func TestDeliver(t *testing.T) {
 		})
 		id := b.submit(t)
 		b.end(t, id, "discarded") // run 1 fails
-		_, err := b.river.JobRetry(ctx, id)
+		_, err := b.River.JobRetry(ctx, id)
 		require.NoError(t, err)
-		_, err = b.river.JobCancel(ctx, id) // run 2 is cancelled
+		_, err = b.River.JobCancel(ctx, id) // run 2 is cancelled
 		require.NoError(t, err)
 		require.Len(t, b.deliveries(t), 2)
 		b.start(t, webhooks.Config{AllowPrivate: true, Workers: 4})
@@ -299,7 +299,7 @@ func TestDeliver(t *testing.T) {
 			types = append(types, r.body(t).Type)
 		}
 		require.Equal(t, []string{webhooks.EventJobFailed, webhooks.EventJobFailed, webhooks.EventJobCancelled}, types)
-		jobtest.RequireInvariants(t, b.pool)
+		jobtest.RequireInvariants(t, b.Pool)
 	})
 
 	t.Run("RedirectNotFollowed", func(t *testing.T) {
@@ -313,7 +313,7 @@ func TestDeliver(t *testing.T) {
 			return http.StatusOK
 		})
 		b.start(t, webhooks.Config{AllowPrivate: true})
-		_, err := b.river.JobCancel(ctx, b.submit(t))
+		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		b.rec.wait(t, 1)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].LastStatus != nil }, 10*time.Second, 10*time.Millisecond)
@@ -332,11 +332,11 @@ func TestDeliver(t *testing.T) {
 		b := setup(t)
 		// Registered as if its name had resolved to a public address then:
 		// the delivery checks the address it connects to.
-		_, err := b.pool.Exec(ctx, `INSERT INTO webhook_endpoints (url, events, secret) VALUES ($1, '{job.cancelled}', 'whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0')`,
+		_, err := b.Pool.Exec(ctx, `INSERT INTO webhook_endpoints (url, events, secret) VALUES ($1, '{job.cancelled}', 'whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0')`,
 			strings.Replace(b.rec.srv.URL, "127.0.0.1", "localhost", 1))
 		require.NoError(t, err)
 		b.start(t, webhooks.Config{})
-		_, err = b.river.JobCancel(ctx, b.submit(t))
+		_, err = b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].LastError != "" }, 10*time.Second, 10*time.Millisecond)
 		d := b.deliveries(t)[0]
@@ -361,10 +361,10 @@ func TestDeliver(t *testing.T) {
 			return http.StatusNoContent
 		})
 		defer close(hang)
-		first, err := webhooks.New(webhooks.Config{Pool: b.pool, Reader: b.svc, AllowPrivate: true, Timeout: time.Second, PollInterval: 20 * time.Millisecond})
+		first, err := webhooks.New(webhooks.Config{Pool: b.Pool, Reader: b.Svc, AllowPrivate: true, Timeout: time.Second, PollInterval: 20 * time.Millisecond})
 		require.NoError(t, err)
 		first.Start(ctx)
-		_, err = b.river.JobCancel(ctx, b.submit(t))
+		_, err = b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		b.rec.wait(t, 1)
 		cut, cancel := context.WithCancel(ctx)
@@ -385,20 +385,20 @@ func TestDeliver(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		_, secret := b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled)
-		_, err := b.river.JobCancel(ctx, b.submit(t))
+		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		id := b.deliveries(t)[0].ID
-		_, err = webhooks.Replay(ctx, b.pool, id)
+		_, err = webhooks.Replay(ctx, b.Pool, id)
 		require.Equal(t, jobs.ECONFLICT, jobs.ErrorCode(err), "a pending delivery is on its way")
-		_, err = webhooks.Replay(ctx, b.pool, "999999")
+		_, err = webhooks.Replay(ctx, b.Pool, "999999")
 		require.Equal(t, jobs.ENOTFOUND, jobs.ErrorCode(err))
-		_, err = webhooks.Replay(ctx, b.pool, "x")
+		_, err = webhooks.Replay(ctx, b.Pool, "x")
 		require.Equal(t, jobs.ENOTFOUND, jobs.ErrorCode(err))
 
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		b.rec.wait(t, 1)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateDelivered }, 10*time.Second, 10*time.Millisecond)
-		d, err := webhooks.Replay(ctx, b.pool, id)
+		d, err := webhooks.Replay(ctx, b.Pool, id)
 		require.NoError(t, err)
 		require.Equal(t, webhooks.StatePending, d.State)
 		got := b.rec.wait(t, 2)
@@ -413,9 +413,9 @@ func TestDeliver(t *testing.T) {
 		b := setup(t)
 		b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled)
 		b.rec.setAnswer(func(int, *http.Request) int { return http.StatusBadGateway })
-		_, err := b.river.JobCancel(ctx, b.submit(t))
+		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
-		_, err = b.pool.Exec(ctx, `UPDATE webhook_outbox SET retry_until = now() - interval '1 second', created_at = now() - interval '1 day'`)
+		_, err = b.Pool.Exec(ctx, `UPDATE webhook_outbox SET retry_until = now() - interval '1 second', created_at = now() - interval '1 day'`)
 		require.NoError(t, err)
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateFailed }, 10*time.Second, 10*time.Millisecond)
@@ -432,7 +432,7 @@ func TestDeliver(t *testing.T) {
 		b.rec.setAnswer(func(int, *http.Request) int { return http.StatusInternalServerError })
 		_, badSecret := b.endpoint(t, "http://127.0.0.1:1/closed?token=receiver-token-0123", webhooks.EventJobCancelled)
 		b.start(t, webhooks.Config{AllowPrivate: true})
-		_, err := b.river.JobCancel(ctx, b.submit(t))
+		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		require.Eventually(t, func() bool {
 			ds := b.deliveries(t)

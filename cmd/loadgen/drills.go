@@ -18,6 +18,8 @@ func drillsCmd(ctx context.Context, args []string) error {
 	server := fs.String("server", "", "server binary (default: go build ./cmd/server)")
 	workDir := fs.String("workdir", "", "keep Postgres and server logs here (default: a temp dir, removed)")
 	kills := fs.Int("kills", 0, "kill -9 count of the kill drill (default 10)")
+	crashes := fs.Int("crashes", 0, "Postgres crashes of the pg-crash drill (default 6)")
+	shortRescue := fs.Bool("short-rescue", false, "RIVER_RESCUE_AFTER=15s and JOB_ATTEMPT_TIMEOUT=10s (default: the server's defaults; the worker heartbeat hands a dead process's jobs back)")
 	rate := fs.Float64("rate", 0, "submits per second during a drill (default 20)")
 	settle := fs.Duration("settle", 0, "longest wait for jobs to end after the load (default: long enough for River's rescuer)")
 	revokeFor := fs.Duration("revoke-for", -1, "how long key-2 stays revoked in the fal drill; 0 until the end (default 0, smoke 1.5s)")
@@ -31,6 +33,10 @@ func drillsCmd(ctx context.Context, args []string) error {
 	if *kills > 0 {
 		cfg.Kills = *kills
 	}
+	if *crashes > 0 {
+		cfg.Crashes = *crashes
+	}
+	cfg.ShortRescue = *shortRescue
 	if *rate > 0 {
 		cfg.Rate = *rate
 	}

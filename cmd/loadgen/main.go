@@ -1,8 +1,8 @@
 // Command loadgen runs aiqueue's benchmarks and fault drills against the
 // real server binary on a private PostgreSQL (make bench, make drills).
 //
-//	loadgen bench  [-smoke] [-scenarios submit,pickup,settle,users,versus-seed,backlog] [-results bench/results] [-profile] ...
-//	loadgen drills [-smoke] [-drills kill,pg-restart,fal,sigterm] [-kills 10] ...
+//	loadgen bench  [-smoke] [-scenarios submit,pickup,settle,users,versus-seed,backlog,saturated,overhead] [-results bench/results] [-profile] ...
+//	loadgen drills [-smoke] [-drills kill,pg-restart,pg-crash,fal,sigterm] [-kills 10] [-crashes 6] [-short-rescue] ...
 //
 // bench prints one table (each figure, its reference, their ratio, and the
 // target as pass or miss) and writes the same as JSON under -results.
@@ -97,6 +97,12 @@ func benchCmd(ctx context.Context, args []string) error {
 	seedConc := fs.Int("seed-concurrency", 0, fmt.Sprintf("versus-seed: the seed worker's BullMQ concurrency and aiqueue's urgent workers (default %d)", def.SeedConcurrency))
 	drainLimit := fs.Duration("drain-limit", 0, fmt.Sprintf("versus-seed: longest wait for the backlog to drain after wrk (default %s)", def.DrainLimit))
 	backlogJobs := fs.Int("backlog-jobs", 0, fmt.Sprintf("backlog: jobs waiting in urgent in the deep case (default %d)", def.BacklogJobs))
+	satBatch := fs.Int("saturated-batch", 0, fmt.Sprintf("saturated: images in the batch (default %d)", def.Saturated.BatchJobs))
+	satFor := fs.Duration("saturated-for", 0, fmt.Sprintf("saturated: how long users click (default %s)", def.Saturated.ClickFor))
+	satRate := fs.Float64("saturated-rate", 0, fmt.Sprintf("saturated: urgent clicks per second, all users (default %g)", def.Saturated.ClickRate))
+	satScale := fs.Float64("saturated-scale", 0, fmt.Sprintf("saturated: fal latency scale (images 2-8 s, videos 60 s, times this; default %g)", def.Saturated.LatencyScale))
+	satSlots := fs.Int("saturated-slots-per-key", 0, fmt.Sprintf("saturated: FAL_KEY_MAX_IN_FLIGHT of each of 3 keys (default %d)", def.Saturated.SlotsPerKey))
+	overheadJobs := fs.Int("overhead-jobs", 0, fmt.Sprintf("overhead: jobs per fal latency (default %d)", def.OverheadJobs))
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -110,6 +116,19 @@ func benchCmd(ctx context.Context, args []string) error {
 	set(&cfg.VersusUsers, *versusUsers)
 	set(&cfg.SeedConcurrency, *seedConc)
 	set(&cfg.BacklogJobs, *backlogJobs)
+	set(&cfg.Saturated.BatchJobs, *satBatch)
+	set(&cfg.Saturated.SlotsPerKey, *satSlots)
+	set(&cfg.OverheadJobs, *overheadJobs)
+	if *satFor > 0 {
+		cfg.Saturated.ClickFor = *satFor
+		cfg.Saturated.SingleAt = *satFor / 4
+	}
+	if *satRate > 0 {
+		cfg.Saturated.ClickRate = *satRate
+	}
+	if *satScale > 0 {
+		cfg.Saturated.LatencyScale = *satScale
+	}
 	if *wrkFor > 0 {
 		cfg.Wrk.Duration = *wrkFor
 	}

@@ -53,6 +53,7 @@ package falsim
 
 import (
 	"cmp"
+	"container/heap"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -203,19 +204,33 @@ type Server struct {
 	done     chan struct{} // closed by Close
 	wg       sync.WaitGroup
 
-	mu       sync.Mutex
-	reqs     map[string]*request
-	order    []*request // every request, oldest first
-	active   []*request // requests not yet COMPLETED, oldest first
-	running  int        // active requests holding a slot
-	rules    []*rule
-	stats    Stats
-	peak     map[string]int // peak not-completed requests per key name
-	changed  chan struct{}  // closed and replaced when a request changes
-	watchers int            // open status streams
-	hooksDue int            // active requests with a webhook
-	ticking  bool
-	closed   bool
+	mu    sync.Mutex
+	reqs  map[string]*request
+	order []*request // every request, oldest first
+	// active holds the requests not yet COMPLETED, oldest first, and ended
+	// ones not yet compacted away (activeEnded of them); activeN counts the
+	// live ones. Nothing on a submit or a poll walks it: the indexes below
+	// keep each of those O(log n) in the requests seen.
+	active      []*request
+	activeN     int
+	activeEnded int
+	// waitNormal and waitLow are the requests waiting for a slot, oldest
+	// first, by priority; ended ones are skipped when met.
+	waitNormal, waitLow []*request
+	waiting             int            // requests waiting for a slot
+	due                 dueHeap        // when active requests end on their own
+	openByKey           map[string]int // active requests per key name
+	seq                 uint64         // submits so far, for request.seq
+	maxStartup          time.Duration  // the longest IN_QUEUE time after getting a slot
+	running             int            // active requests holding a slot
+	rules               []*rule
+	stats               Stats
+	peak                map[string]int // peak not-completed requests per key name
+	changed             chan struct{}  // closed and replaced when a request changes
+	watchers            int            // open status streams
+	hooksDue            int            // active requests with a webhook
+	ticking             bool
+	closed              bool
 }
 
 // outcome is how a request ended.
@@ -231,6 +246,7 @@ const (
 
 // request is one simulated fal request.
 type request struct {
+	seq          uint64 // submit order
 	id           string
 	model        string
 	app          string
@@ -258,15 +274,16 @@ func (r *request) runFrom() time.Time { return r.startedAt.Add(r.latency / queue
 // New returns a Server for opts.
 func New(opts Options) *Server {
 	s := &Server{
-		opts:     opts,
-		now:      opts.Now,
-		log:      opts.Logger,
-		keyNames: make(map[string]string, len(opts.Keys)),
-		hookc:    &http.Client{Timeout: 10 * time.Second},
-		done:     make(chan struct{}),
-		reqs:     make(map[string]*request),
-		peak:     make(map[string]int),
-		changed:  make(chan struct{}),
+		opts:      opts,
+		now:       opts.Now,
+		log:       opts.Logger,
+		keyNames:  make(map[string]string, len(opts.Keys)),
+		hookc:     &http.Client{Timeout: 10 * time.Second},
+		done:      make(chan struct{}),
+		reqs:      make(map[string]*request),
+		peak:      make(map[string]int),
+		openByKey: make(map[string]int),
+		changed:   make(chan struct{}),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -544,9 +561,21 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, rt route, keyNam
 	if f, ok := s.matchLocked(OpRun, req.model, req.app, keyName); ok {
 		req.run = &f
 	}
+	s.seq++
+	req.seq = s.seq
+	s.maxStartup = max(s.maxStartup, req.latency/queueShare)
 	s.reqs[req.id] = req
 	s.order = append(s.order, req)
 	s.active = append(s.active, req)
+	s.activeN++
+	s.openByKey[keyName]++
+	if priority == "low" {
+		s.waitLow = append(s.waitLow, req)
+	} else {
+		s.waitNormal = append(s.waitNormal, req)
+	}
+	s.waiting++
+	s.scheduleLocked(req)
 	if webhook != "" {
 		s.hooksDue++
 	}
@@ -557,13 +586,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, rt route, keyNam
 	s.stats.SubmitsByKey[keyName]++
 	s.startWaitersLocked(now)
 	s.advanceLocked(now)
-	open := 0
-	for _, q := range s.active {
-		if q.keyName == keyName {
-			open++
-		}
-	}
-	s.peak[keyName] = max(s.peak[keyName], open)
+	s.peak[keyName] = max(s.peak[keyName], s.openByKey[keyName])
 	pos := s.queuePositionLocked(req, now)
 	s.notifyLocked()
 	s.ensureTickerLocked()
@@ -694,23 +717,52 @@ func (s *Server) expiredLocked(req *request, now time.Time) bool {
 // ends the requests whose run or start deadline is over, giving each freed
 // slot to the next waiting request at the time it was freed.
 func (s *Server) advanceLocked(now time.Time) {
-	for {
-		var (
-			next *request
-			at   time.Time
-			how  outcome
-		)
-		for _, r := range s.active {
-			t, o, ok := s.dueLocked(r)
-			if ok && !t.After(now) && (next == nil || t.Before(at)) {
-				next, at, how = r, t, o
-			}
+	for len(s.due) > 0 && !s.due[0].at.After(now) {
+		e := heap.Pop(&s.due).(dueEvent)
+		if !e.req.completedAt.IsZero() {
+			continue
 		}
-		if next == nil {
-			return
+		// An entry is stale when the request's end moved since it was
+		// pushed (it got a slot): the newer entry stands.
+		if t, how, ok := s.dueLocked(e.req); ok && t.Equal(e.at) {
+			s.finishLocked(e.req, t, how)
 		}
-		s.finishLocked(next, at, how)
 	}
+}
+
+// scheduleLocked records when an active request ends on its own, if it
+// does; called whenever that can change (at submit, when it gets a slot).
+func (s *Server) scheduleLocked(r *request) {
+	if t, _, ok := s.dueLocked(r); ok {
+		heap.Push(&s.due, dueEvent{at: t, req: r})
+	}
+}
+
+// dueEvent is when a request ends on its own, as last scheduled.
+type dueEvent struct {
+	at  time.Time
+	req *request
+}
+
+// dueHeap orders due events by time, then by submit order (as requests
+// ending at the same moment end in the order they were submitted).
+type dueHeap []dueEvent
+
+func (h dueHeap) Len() int { return len(h) }
+func (h dueHeap) Less(i, j int) bool {
+	if !h[i].at.Equal(h[j].at) {
+		return h[i].at.Before(h[j].at)
+	}
+	return h[i].req.seq < h[j].req.seq
+}
+func (h dueHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)   { *h = append(*h, x.(dueEvent)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = dueEvent{}
+	*h = old[:len(old)-1]
+	return e
 }
 
 // dueLocked returns when an active request ends on its own, and how; false
@@ -754,11 +806,26 @@ func (s *Server) readLocked(req *request, now time.Time) {
 // next waiting request, wakes status streams and starts its webhook.
 func (s *Server) finishLocked(r *request, at time.Time, how outcome) {
 	r.completedAt, r.outcome = at, how
-	if !r.startedAt.IsZero() {
+	if r.startedAt.IsZero() {
+		s.waiting--
+	} else {
 		s.running--
 	}
-	if i := slices.Index(s.active, r); i >= 0 {
-		s.active = slices.Delete(s.active, i, i+1)
+	s.activeN--
+	s.openByKey[r.keyName]--
+	if s.activeEnded++; s.activeEnded > 64 && s.activeEnded > s.activeN {
+		s.active = slices.DeleteFunc(s.active, func(q *request) bool { return !q.completedAt.IsZero() })
+		s.activeEnded = 0
+	}
+	if how == outcomeOK {
+		if s.stats.Billed == nil {
+			s.stats.Billed = map[string]map[string]float64{}
+		}
+		if s.stats.Billed[r.keyName] == nil {
+			s.stats.Billed[r.keyName] = map[string]float64{}
+		}
+		s.stats.Billed[r.keyName][r.model] += r.units
+		s.stats.BilledRequests++
 	}
 	if r.webhook != "" {
 		s.hooksDue--
@@ -780,25 +847,26 @@ func (s *Server) startWaitersLocked(at time.Time) {
 		if w.submittedAt.After(at) {
 			w.startedAt = w.submittedAt
 		}
+		s.waiting--
 		s.running++
+		s.scheduleLocked(w)
 	}
 }
 
-// nextWaiterLocked returns the waiting request that gets the next slot.
+// nextWaiterLocked takes the waiting request that gets the next slot off
+// its line: normal priority first, then low, each oldest first.
 func (s *Server) nextWaiterLocked() *request {
-	var low *request
-	for _, r := range s.active {
-		if !r.startedAt.IsZero() {
-			continue
-		}
-		if r.priority != "low" {
-			return r
-		}
-		if low == nil {
-			low = r
+	for _, line := range []*[]*request{&s.waitNormal, &s.waitLow} {
+		for len(*line) > 0 {
+			r := (*line)[0]
+			(*line)[0] = nil
+			*line = (*line)[1:]
+			if r.completedAt.IsZero() {
+				return r
+			}
 		}
 	}
-	return low
+	return nil
 }
 
 // stateLocked returns an active request's state at now (COMPLETED for an
@@ -826,11 +894,20 @@ func (s *Server) queuePositionLocked(req *request, now time.Time) int {
 		if s.opts.Fast {
 			return 0
 		}
-		for _, q := range s.active {
+		// Every request starts at its submit here, so the ones still
+		// starting up were submitted within the longest start-up time:
+		// walk back from the newest only that far.
+		found := false
+		for i := len(s.active) - 1; i >= 0; i-- {
+			q := s.active[i]
 			if q == req {
+				found = true
+				continue
+			}
+			if !q.submittedAt.Add(s.maxStartup).After(now) {
 				break
 			}
-			if q.app == req.app && s.stateLocked(q, now) == StateInQueue {
+			if found && q.app == req.app && q.completedAt.IsZero() && s.stateLocked(q, now) == StateInQueue {
 				n++
 			}
 		}
@@ -839,17 +916,17 @@ func (s *Server) queuePositionLocked(req *request, now time.Time) int {
 	if !req.startedAt.IsZero() {
 		return 0
 	}
-	var normal, low []*request
-	for _, q := range s.active {
-		switch {
-		case !q.startedAt.IsZero():
-		case q.priority == "low":
-			low = append(low, q)
-		default:
-			normal = append(normal, q)
+	for _, line := range [][]*request{s.waitNormal, s.waitLow} {
+		for _, q := range line {
+			if q == req {
+				return n
+			}
+			if q.completedAt.IsZero() {
+				n++
+			}
 		}
 	}
-	return slices.Index(append(normal, low...), req)
+	return n
 }
 
 // notifyLocked wakes every status stream.

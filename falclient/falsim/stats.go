@@ -82,22 +82,11 @@ func (s *Server) Stats() Stats {
 	if st.SubmitsByKey == nil {
 		st.SubmitsByKey = map[string]int{}
 	}
-	st.InProgress = len(s.active)
-	for _, r := range s.active {
-		if r.startedAt.IsZero() {
-			st.Waiting++
-		}
-	}
-	st.Billed = map[string]map[string]float64{}
-	for _, r := range s.order {
-		if r.outcome != outcomeOK {
-			continue
-		}
-		if st.Billed[r.keyName] == nil {
-			st.Billed[r.keyName] = map[string]float64{}
-		}
-		st.Billed[r.keyName][r.model] += r.units
-		st.BilledRequests++
+	st.InProgress = s.activeN
+	st.Waiting = s.waiting
+	st.Billed = make(map[string]map[string]float64, len(s.stats.Billed))
+	for k, m := range s.stats.Billed {
+		st.Billed[k] = maps.Clone(m)
 	}
 	return st
 }

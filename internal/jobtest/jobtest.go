@@ -15,8 +15,10 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/internal/pgtest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
+	"github.com/aiqueue/aiqueue/migrations"
 )
 
 // User creates a user with amount credits and returns its id.
@@ -65,4 +67,28 @@ func Count(t testing.TB, q ledger.Querier, sql string, args ...any) int {
 	var n int
 	require.NoError(t, q.QueryRow(context.Background(), sql, args...).Scan(&n))
 	return n
+}
+
+// Main is the TestMain of a package whose tests use Setup: one private
+// Postgres for the package, its template database migrated.
+func Main(m *testing.M) {
+	pgtest.Migrate = migrations.Up
+	pgtest.Main(m)
+}
+
+// Bundle is a test's own database with a service on an insert-only River
+// client (nothing works the jobs unless the test starts workers).
+type Bundle struct {
+	Pool  *pgxpool.Pool
+	River *river.Client[pgx.Tx]
+	Svc   *jobs.Service
+}
+
+// Setup gives a test its own database (cloned from the migrated template)
+// and a Bundle on it.
+func Setup(t testing.TB) *Bundle {
+	t.Helper()
+	pool := pgtest.NewDB(t)
+	client := InsertOnly(t, pool)
+	return &Bundle{Pool: pool, River: client, Svc: Service(pool, client)}
 }

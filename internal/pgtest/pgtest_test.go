@@ -276,7 +276,7 @@ func TestMainCleanup(t *testing.T) {
 		require.Equal(t, 1, code, out)
 		assert.Contains(t, out, "--- PASS: TestNewDBIsolated")
 		assert.Empty(t, testDBs(), "test databases and template dropped")
-		assert.Equal(t, []string{"external"}, listDir(t, tmp))
+		assert.Equal(t, []string{"external", "external.lock"}, listDir(t, tmp), "the external cluster and its owner lock only")
 	})
 
 	t.Run("private cluster, panicking, reaped later", func(t *testing.T) {
@@ -284,10 +284,10 @@ func TestMainCleanup(t *testing.T) {
 		require.Equal(t, 2, code, out)
 		assert.Contains(t, out, "panicking on purpose")
 		left := listDir(t, tmp)
-		require.Len(t, left, 2, "a panic in a test kills the process before Main can clean up")
+		require.Len(t, left, 3, "a panic in a test kills the process before Main can clean up")
 
 		t.Setenv(EnvTmpDir, tmp)
 		reapStale(t.Context(), nil)
-		assert.Equal(t, []string{"external"}, listDir(t, tmp), "stale cluster stopped and removed")
+		assert.Equal(t, []string{"external", "external.lock"}, listDir(t, tmp), "stale cluster stopped and removed")
 	})
 }
