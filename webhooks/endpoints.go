@@ -105,7 +105,7 @@ func CheckURL(raw string, allowPrivate bool) string {
 	switch {
 	case err != nil || u.Opaque != "" || u.Host == "":
 		return "must be an absolute https URL"
-	case u.Scheme != "https" && !(allowPrivate && u.Scheme == "http"):
+	case u.Scheme != "https" && (!allowPrivate || u.Scheme != "http"):
 		if allowPrivate {
 			return "must be an http or https URL"
 		}

@@ -44,6 +44,90 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/webhook-deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List webhook deliveries
+         * @description Admin only. Deliveries newest first, filtered by endpoint, job or state; follow next_cursor for the next page. The SQL view webhook_deliveries shows the same.
+         */
+        get: operations["list-webhook-deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/webhook-deliveries/{id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a webhook delivery again
+         * @description Admin only. Puts a delivered or failed delivery back in line: the same event (same webhook-id and body) is posted again at once and retried for 24 hours from now until a 2xx. A pending delivery is already on its way: 409.
+         */
+        post: operations["replay-webhook-delivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/webhook-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the webhook endpoints
+         * @description Admin only. Every registered endpoint, oldest first, without its secret.
+         */
+        get: operations["list-webhook-endpoints"];
+        put?: never;
+        /**
+         * Register a webhook endpoint
+         * @description Admin only. From now on, every event of the kinds listed (job.succeeded, job.failed, job.cancelled: a job ended; batch.completed: every job of a batch ended) is posted to the URL, signed the Standard Webhooks way (headers webhook-id, webhook-timestamp, webhook-signature), with the body {type, timestamp, data} where data is the job as GET /v1/jobs/{id} shows it (the batch as GET /v1/batches/{id} for batch.completed); retried with back-off for 24 hours until the endpoint answers 2xx. The answer carries the signing secret, which is never shown again.
+         */
+        post: operations["create-webhook-endpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/webhook-endpoints/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook endpoint
+         * @description Admin only. No event is posted to the endpoint any more; its deliveries, pending ones included, are deleted with it.
+         */
+        delete: operations["delete-webhook-endpoint"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/batches": {
         parameters: {
             query?: never;
@@ -425,6 +509,40 @@ export interface components {
             vertical_angle?: number;
             /** @description Camera distance: 0 wide, 5 medium, 10 close-up. */
             zoom?: number;
+        };
+        CreatedWebhookEndpoint: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/CreatedWebhookEndpoint.json
+             */
+            readonly $schema?: string;
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * @description The events it receives.
+             * @example [
+             *       "job.succeeded",
+             *       "job.failed"
+             *     ]
+             */
+            events: string[];
+            /**
+             * Format: uuid
+             * @description The endpoint's id.
+             * @example 7d1c0a52-3b8e-4f7e-9a51-2f0c9b1e6d40
+             */
+            id: string;
+            /**
+             * @description The signing secret (whsec_ and the base64 of 32 random bytes) to verify the webhook-signature header with. Shown in this answer only: store it now.
+             * @example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+             */
+            secret: string;
+            /**
+             * @description Where the events are posted.
+             * @example https://studio.example.com/hooks/aiqueue
+             */
+            url: string;
         };
         CreditEntry: {
             /**
@@ -1884,6 +2002,140 @@ export interface components {
         VideoResult: {
             video: components["schemas"]["ResultVideo"];
         };
+        WebhookDelivery: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/WebhookDelivery.json
+             */
+            readonly $schema?: string;
+            /**
+             * Format: int64
+             * @description HTTP calls made so far.
+             */
+            attempts: number;
+            /**
+             * @description The batch of a batch.completed event, or of the job.
+             * @example 0b9e6c1e-1b7e-4c39-9a3e-2f1d0c7a5e11
+             */
+            batch_id?: string;
+            /**
+             * Format: date-time
+             * @description When the event happened.
+             */
+            created_at: string;
+            /** Format: date-time */
+            delivered_at?: string;
+            /** Format: uuid */
+            endpoint_id: string;
+            /** @enum {string} */
+            event: "job.succeeded" | "job.failed" | "job.cancelled" | "batch.completed";
+            /**
+             * @description The event's id: the webhook-id header, the same on every retry and replay and for every endpoint of the event.
+             * @example evt_5f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f
+             */
+            event_id: string;
+            /**
+             * @description The delivery's id.
+             * @example 42
+             */
+            id: string;
+            /**
+             * @description The job of a job event.
+             * @example 101
+             */
+            job_id?: string;
+            /** Format: date-time */
+            last_attempt_at?: string;
+            /** @description Why the last attempt failed. */
+            last_error?: string;
+            /**
+             * Format: int64
+             * @description The HTTP status of the last answer.
+             */
+            last_status?: number;
+            /**
+             * Format: date-time
+             * @description When it is tried next, while pending.
+             */
+            next_attempt_at?: string;
+            /**
+             * Format: date-time
+             * @description When a pending delivery is given up: 24 hours after the event or the latest replay.
+             */
+            retry_until: string;
+            /**
+             * @description pending until the endpoint answers 2xx (delivered) or the retry window ends (failed).
+             * @enum {string}
+             */
+            state: "pending" | "delivered" | "failed";
+        };
+        WebhookDeliveryList: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/WebhookDeliveryList.json
+             */
+            readonly $schema?: string;
+            deliveries: components["schemas"]["WebhookDelivery"][];
+            /** @description Pass as cursor for the next page; absent on the last page. */
+            next_cursor?: string;
+        };
+        WebhookEndpoint: {
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * @description The events it receives.
+             * @example [
+             *       "job.succeeded",
+             *       "job.failed"
+             *     ]
+             */
+            events: string[];
+            /**
+             * Format: uuid
+             * @description The endpoint's id.
+             * @example 7d1c0a52-3b8e-4f7e-9a51-2f0c9b1e6d40
+             */
+            id: string;
+            /**
+             * @description Where the events are posted.
+             * @example https://studio.example.com/hooks/aiqueue
+             */
+            url: string;
+        };
+        WebhookEndpointBody: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/WebhookEndpointBody.json
+             */
+            readonly $schema?: string;
+            /**
+             * @description The events to receive.
+             * @example [
+             *       "job.succeeded",
+             *       "job.failed",
+             *       "job.cancelled",
+             *       "batch.completed"
+             *     ]
+             */
+            events: ("job.succeeded" | "job.failed" | "job.cancelled" | "batch.completed")[];
+            /**
+             * @description Where to post the events: an https URL of a public host (any http or https URL with WEBHOOK_ALLOW_PRIVATE=true), without user name, password or fragment. The address a name resolves to is checked again at every delivery.
+             * @example https://studio.example.com/hooks/aiqueue
+             */
+            url: string;
+        };
+        WebhookEndpointList: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/WebhookEndpointList.json
+             */
+            readonly $schema?: string;
+            endpoints: components["schemas"]["WebhookEndpoint"][];
+        };
     };
     responses: never;
     parameters: never;
@@ -2259,6 +2511,735 @@ export interface operations {
                      *         {
                      *           "location": "body",
                      *           "message": "needs exactly one of ids and filter"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "list-webhook-deliveries": {
+        parameters: {
+            query?: {
+                /** @description Only deliveries to this endpoint. */
+                endpoint_id?: string;
+                /** @description Only deliveries of this job's events. */
+                job_id?: string;
+                /** @description Only deliveries in this state. */
+                state?: "pending" | "delivered" | "failed";
+                /** @description Page size. */
+                limit?: number;
+                /** @description next_cursor of the previous page. */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryList"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "replay-webhook-delivery": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The delivery's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Accepted */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such job or batch of the caller (someone else's is not found either). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request with this Idempotency-Key is still in progress; retry after Retry-After to get its response. */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "a request with Idempotency-Key \"3f7c2a1e-submit-ring-42\" is still in progress; retry after it finished to get its response",
+                     *       "status": 409,
+                     *       "title": "Conflict",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "list-webhook-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointList"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "create-webhook-endpoint": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointBody"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedWebhookEndpoint"];
+                };
+            };
+            /** @description The body is not JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "invalid character 'o' in literal null (expecting 'u')",
+                     *           "value": "not json"
+                     *         }
+                     *       ],
+                     *       "status": 400,
+                     *       "title": "Bad Request",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over 1 MB (1,048,576 bytes): send large images by URL. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "request body is too large: 2097152 bytes, the limit is 1048576 bytes (send large images by URL)",
+                     *       "status": 413,
+                     *       "title": "Request Entity Too Large",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "status": 415,
+                     *       "title": "Unsupported Media Type",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "delete-webhook-endpoint": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description No Content */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such job or batch of the caller (someone else's is not found either). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "job \"101\" not found",
+                     *       "status": 404,
+                     *       "title": "Not Found",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
                      *         }
                      *       ],
                      *       "status": 422,
