@@ -24,6 +24,8 @@ type BatchItem struct {
 type BatchBody struct {
 	Items    []BatchItem `json:"items"`
 	Priority string      `json:"priority,omitempty"`
+	// StartBy is the deadline to start of every job of the batch.
+	StartBy json.RawMessage `json:"start_by,omitempty"`
 }
 
 type submitBatchInput struct {
@@ -58,8 +60,8 @@ func (s *Server) registerBatches(body *huma.Schema) {
 		Path:        "/v1/batches",
 		Summary:     "Submit a batch of jobs",
 		Description: "Validates 1-100 items (every error listed, located by item), then reserves the total cost and queues every job " +
-			"in one transaction: all of them or none (402 names the shortfall). The batch takes one rate-limit token; the " +
-			"pending-job cap and queue caps count every item.",
+			"in one transaction: all of them or none (402 names the shortfall, or the spend cap the total would pass). The batch " +
+			"takes one rate-limit token; the pending-job cap and queue caps count every item. start_by applies to every job.",
 		Tags:          []string{tagBatches},
 		Security:      bearer,
 		DefaultStatus: http.StatusAccepted,
@@ -113,7 +115,7 @@ func (s *Server) submitBatch(ctx context.Context, in *submitBatchInput) (*submit
 	}
 	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/batches", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Batch], error) {
-			b, sub, err := s.jobs.SubmitBatchTx(ctx, tx, p.UserID, items, jobs.SubmitOpts{Priority: in.Body.Priority, MayRaise: p.Admin})
+			b, sub, err := s.jobs.SubmitBatchTx(ctx, tx, p.UserID, items, jobs.SubmitOpts{Priority: in.Body.Priority, MayRaise: p.Admin, StartBy: in.Body.StartBy})
 			if err != nil {
 				return written[*jobs.Batch]{}, err
 			}

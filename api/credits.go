@@ -19,6 +19,7 @@ type CreditsBody struct {
 	Balance   int64         `json:"balance" doc:"Credits granted minus credits charged."`
 	Reserved  int64         `json:"reserved" doc:"Credits held by unfinished jobs."`
 	Available int64         `json:"available" doc:"balance - reserved: what new jobs can use."`
+	Caps      ledger.Caps   `json:"caps" doc:"The user's daily and monthly spend caps, what was spent in each period and when it resets: a submission that would pass a cap is refused (402 spend_cap_exceeded)."`
 	Entries   []CreditEntry `json:"entries" doc:"The latest journal entries, newest first."`
 }
 
@@ -67,6 +68,29 @@ type grantOutput struct {
 	Body     GrantResult
 }
 
+// CapsBody sets a user's spend caps.
+type CapsBody struct {
+	Daily   *int64 `json:"daily,omitempty" nullable:"true" minimum:"0" maximum:"1000000000" doc:"Credits the user may reserve per UTC day; null or absent: the default (SPEND_CAP_DAILY); 0: no spending at all." example:"200"`
+	Monthly *int64 `json:"monthly,omitempty" nullable:"true" minimum:"0" maximum:"1000000000" doc:"Credits the user may reserve per UTC month; null or absent: the default (SPEND_CAP_MONTHLY); 0: no spending at all." example:"3000"`
+}
+
+type setCapsInput struct {
+	ID   string `path:"id" format:"uuid" doc:"The user's id (the token's sub)." example:"00000000-0000-4000-8000-000000000001"`
+	Body CapsBody
+}
+
+type userIDInput struct {
+	ID string `path:"id" format:"uuid" doc:"The user's id (the token's sub)." example:"00000000-0000-4000-8000-000000000001"`
+}
+
+// UserCaps are a user's spend caps as an admin sees them.
+type UserCaps struct {
+	UserID string `json:"user_id" format:"uuid" doc:"The user."`
+	ledger.Caps
+}
+
+type userCapsOutput struct{ Body UserCaps }
+
 func (s *Server) registerCredits() {
 	huma.Register(s.api, huma.Operation{
 		OperationID: "get-credits",
@@ -91,6 +115,64 @@ func (s *Server) registerCredits() {
 		Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusConflict,
 			http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable},
 	}, s.grantCredits)
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "set-user-caps",
+		Method:      http.MethodPost,
+		Path:        "/v1/admin/users/{id}/caps",
+		Summary:     "Set a user's spend caps",
+		Description: "Admin only. Sets the user's daily and monthly spend caps in credits, creating the account when needed: null or " +
+			"absent is the server's default (SPEND_CAP_DAILY, SPEND_CAP_MONTHLY), 0 allows no spending at all. A user's spend in a " +
+			"period (UTC day, UTC month) is what their submissions reserved in it, less refunds; a submission that would pass a cap " +
+			"is refused with 402 spend_cap_exceeded. The answer is the caps as GET says them. Setting the same caps again changes nothing.",
+		Tags:         []string{tagAdmin},
+		Security:     bearer,
+		MaxBodyBytes: MaxBodyBytes + 1,
+		Errors: []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden,
+			http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable},
+	}, s.setUserCaps)
+
+	huma.Register(s.api, huma.Operation{
+		OperationID: "get-user-caps",
+		Method:      http.MethodGet,
+		Path:        "/v1/admin/users/{id}/caps",
+		Summary:     "Get a user's spend caps",
+		Description: "Admin only. The user's daily and monthly spend caps (their own, or the default), what they spent in each period and when it resets.",
+		Tags:        []string{tagAdmin},
+		Security:    bearer,
+		Errors:      []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusServiceUnavailable},
+	}, s.getUserCaps)
+}
+
+func (s *Server) setUserCaps(ctx context.Context, in *setCapsInput) (*userCapsOutput, error) {
+	dbCtx, cancel := s.db(ctx)
+	defer cancel()
+	tx, err := s.pool.Begin(dbCtx)
+	if err != nil {
+		return nil, s.dbProblem(ctx, err)
+	}
+	defer tx.Rollback(dbCtx) //nolint:errcheck // no-op after commit
+	if err := ledger.SetCaps(dbCtx, tx, in.ID, ledger.CapLimits{Daily: in.Body.Daily, Monthly: in.Body.Monthly}); err != nil {
+		return nil, s.dbProblem(ctx, err)
+	}
+	caps, err := ledger.GetCaps(dbCtx, tx, in.ID)
+	if err != nil {
+		return nil, s.dbProblem(ctx, err)
+	}
+	if err := tx.Commit(dbCtx); err != nil {
+		return nil, s.dbProblem(ctx, err)
+	}
+	return &userCapsOutput{Body: UserCaps{UserID: in.ID, Caps: caps}}, nil
+}
+
+func (s *Server) getUserCaps(ctx context.Context, in *userIDInput) (*userCapsOutput, error) {
+	dbCtx, cancel := s.db(ctx)
+	defer cancel()
+	caps, err := ledger.GetCaps(dbCtx, s.pool, in.ID)
+	if err != nil {
+		return nil, s.dbProblem(ctx, err)
+	}
+	return &userCapsOutput{Body: UserCaps{UserID: in.ID, Caps: caps}}, nil
 }
 
 func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, error) {
@@ -105,7 +187,12 @@ func (s *Server) getCredits(ctx context.Context, _ *struct{}) (*creditsOutput, e
 	if err != nil {
 		return nil, s.dbProblem(ctx, err)
 	}
-	out := &creditsOutput{Body: CreditsBody{Balance: b.Balance, Reserved: b.Reserved, Available: b.Available, Entries: make([]CreditEntry, 0, len(entries))}}
+	caps, err := ledger.GetCaps(dbCtx, s.pool, uid)
+	if err != nil {
+		return nil, s.dbProblem(ctx, err)
+	}
+	out := &creditsOutput{Body: CreditsBody{Balance: b.Balance, Reserved: b.Reserved, Available: b.Available, Caps: caps,
+		Entries: make([]CreditEntry, 0, len(entries))}}
 	for _, e := range entries {
 		out.Body.Entries = append(out.Body.Entries, creditEntry(e))
 	}

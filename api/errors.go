@@ -17,16 +17,27 @@ import (
 )
 
 // Problem is an RFC 9457 problem detail. It extends huma's ErrorModel with
-// the fields some errors carry: how many credits a 402 needed and had, and
-// the job a 409 is about.
+// the fields some errors carry: which 402 it is (code), how many credits a
+// 402 needed and had, the spend cap a 402 hit, and the job a 409 is about.
 type Problem struct {
 	huma.ErrorModel
+	// Code tells the two 402s apart: CodeInsufficientCredits,
+	// CodeSpendCapExceeded.
+	Code string `json:"code,omitempty" enum:"insufficient_credits,spend_cap_exceeded" doc:"Which 402: insufficient_credits (needed, available, shortfall) or spend_cap_exceeded (period, cap, spent, needed, resets_at)."`
 	// Needed is the number of credits the request needed (402).
 	Needed *int64 `json:"needed,omitempty" doc:"Credits the request needs (402 only)."`
 	// Available is the number of credits the user had (402).
-	Available *int64 `json:"available,omitempty" doc:"Credits available to the user (402 only)."`
+	Available *int64 `json:"available,omitempty" doc:"Credits available to the user (402 insufficient_credits only)."`
 	// Shortfall is needed - available (402).
-	Shortfall *int64 `json:"shortfall,omitempty" doc:"Credits missing (402 only)."`
+	Shortfall *int64 `json:"shortfall,omitempty" doc:"Credits missing (402 insufficient_credits only)."`
+	// Period is the spend cap's period (402 spend_cap_exceeded).
+	Period string `json:"period,omitempty" enum:"day,month" doc:"The period whose cap the request would pass: day or month, UTC (402 spend_cap_exceeded only)."`
+	// Cap is the user's cap of the period, in credits.
+	Cap *int64 `json:"cap,omitempty" doc:"The user's spend cap of the period, in credits (402 spend_cap_exceeded only)."`
+	// Spent is what the user spent in the period.
+	Spent *int64 `json:"spent,omitempty" doc:"Credits the user has spent in the period: reserved, less refunds (402 spend_cap_exceeded only)."`
+	// ResetsAt is when the period ends.
+	ResetsAt *time.Time `json:"resets_at,omitempty" doc:"When the period ends and its spend starts again at 0 (402 spend_cap_exceeded only; Retry-After says the same)."`
 	// Job is the unchanged job of a refused cancel (409).
 	Job *jobs.Job `json:"job,omitempty" doc:"The job, unchanged (409 on cancel only)."`
 
@@ -89,12 +100,22 @@ var statusOf = map[string]int{
 	jobs.EFULL:        http.StatusServiceUnavailable,
 }
 
+// Codes and types of the two 402s.
+const (
+	CodeInsufficientCredits = "insufficient_credits"
+	CodeSpendCapExceeded    = "spend_cap_exceeded"
+	// TypeSpendCapExceeded is the problem type of a 402 for a spend cap;
+	// not enough credits keeps about:blank, with its own code.
+	TypeSpendCapExceeded = "urn:aiqueue:problem:spend-cap-exceeded"
+)
+
 // dbRetryAfter is the Retry-After of a 503 for an unreachable database.
 const dbRetryAfter = 2 * time.Second
 
 // toProblem translates a service error into a problem detail, once, here.
 func (s *Server) toProblem(ctx context.Context, err error) error {
 	var insufficient *ledger.InsufficientError
+	var capped *ledger.CapError
 	var je *jobs.Error
 	var p *Problem
 	switch {
@@ -103,8 +124,15 @@ func (s *Server) toProblem(ctx context.Context, err error) error {
 	case errors.As(err, &insufficient):
 		p := newProblem(http.StatusPaymentRequired, insufficient.Error())
 		short := insufficient.Needed - insufficient.Available
+		p.Code = CodeInsufficientCredits
 		p.Needed, p.Available, p.Shortfall = &insufficient.Needed, &insufficient.Available, &short
 		return p
+	case errors.As(err, &capped):
+		p := newProblem(http.StatusPaymentRequired, capped.Error())
+		p.Type, p.Code, p.Period = TypeSpendCapExceeded, CodeSpendCapExceeded, capped.Period
+		resets := capped.ResetsAt.UTC()
+		p.Cap, p.Spent, p.Needed, p.ResetsAt = &capped.Cap, &capped.Spent, &capped.Needed, &resets
+		return p.retryAfter(time.Until(resets))
 	case errors.As(err, &je):
 		status, ok := statusOf[je.Code]
 		if !ok {

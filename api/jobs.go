@@ -19,6 +19,9 @@ type SubmitBody struct {
 	Operation string          `json:"operation"`
 	Params    json.RawMessage `json:"params"`
 	Priority  string          `json:"priority,omitempty"`
+	// StartBy is the job's deadline to start: seconds from now or an RFC
+	// 3339 time (jobs.ParseStartBy).
+	StartBy json.RawMessage `json:"start_by,omitempty"`
 }
 
 type submitInput struct {
@@ -72,8 +75,11 @@ func (s *Server) registerJobs(jobSchema *huma.Schema) {
 		Path:        "/v1/jobs",
 		Summary:     "Submit a job",
 		Description: "Validates the params, reserves the operation's cost and queues the job, in one transaction. " +
-			"Every validation error is listed in one 422. Refused with 429 over the user's rate limit or pending-job cap, " +
-			"and with 503 when the queue is full or the database unreachable (with Retry-After; nothing is written).",
+			"Every validation error is listed in one 422. Refused with 402 without the credits (code insufficient_credits) or past the " +
+			"user's daily or monthly spend cap (code spend_cap_exceeded, with the cap, what was spent and when it resets), with 429 " +
+			"over the user's rate limit or pending-job cap, and with 503 when the queue is full or the database unreachable (with " +
+			"Retry-After; nothing is written). start_by (or the queue's default) is the deadline to start: a job fal has not " +
+			"accepted by then is cancelled with error code deadline_exceeded and refunded.",
 		Tags:          []string{tagJobs},
 		Security:      bearer,
 		DefaultStatus: http.StatusAccepted,
@@ -136,7 +142,7 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
 	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
 		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Job], error) {
-			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{MayRaise: p.Admin})
+			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{MayRaise: p.Admin, StartBy: in.Body.StartBy})
 			if err != nil {
 				return written[*jobs.Job]{}, err
 			}

@@ -23,7 +23,9 @@ func documentAPI(oapi *huma.OpenAPI) {
 	reg := oapi.Components.Schemas
 	problem := reg.Schema(reflect.TypeFor[Problem](), true, "Problem")
 	if p := reg.Map()["Problem"]; p != nil {
-		p.Description = "An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job."
+		p.Description = "An RFC 9457 problem detail. errors lists every validation problem (422); a 402 has code insufficient_credits " +
+			"(needed, available, shortfall) or spend_cap_exceeded (type urn:aiqueue:problem:spend-cap-exceeded; period, cap, spent, " +
+			"needed, resets_at); job comes with a 409 of cancel-job."
 	}
 	// Every error body is a Problem, huma's own errors included (errors.go),
 	// so huma's ErrorModel is not part of the API.
@@ -154,9 +156,14 @@ func documentError(op *huma.Operation, status int, resp *huma.Response, problem 
 		headers["WWW-Authenticate"] = &huma.Param{Description: "The bearer challenge (RFC 6750).", Schema: &huma.Schema{Type: huma.TypeString},
 			Example: `Bearer realm="aiqueue", error="invalid_token"`}
 	case http.StatusPaymentRequired:
-		desc = "Not enough credits: needed, available and shortfall say how many. Nothing was reserved or queued."
+		desc = "Not enough credits (code insufficient_credits: needed, available and shortfall say how many), or the user's " +
+			"daily or monthly spend cap would be passed (code spend_cap_exceeded, type urn:aiqueue:problem:spend-cap-exceeded: " +
+			"period, cap, spent, needed and resets_at, and Retry-After until the reset). Nothing was reserved or queued."
 		ex["detail"] = "not enough credits: needed 10, available 4"
+		ex["code"] = CodeInsufficientCredits
 		ex["needed"], ex["available"], ex["shortfall"] = 10, 4, 6
+		headers["Retry-After"] = &huma.Param{Description: "Seconds until the spend cap's period resets (spend_cap_exceeded only).",
+			Schema: &huma.Schema{Type: huma.TypeInteger, Minimum: ptr(1.0)}}
 	case http.StatusForbidden:
 		desc = "The endpoint needs the admin role (role service_role or app_metadata.role admin)."
 		ex["detail"] = "this endpoint needs the admin role"

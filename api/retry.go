@@ -14,7 +14,7 @@ import (
 // RetryFilter selects failed jobs to run again.
 type RetryFilter struct {
 	Operation      string     `json:"operation,omitempty" maxLength:"100" doc:"Only jobs of this operation." example:"generate"`
-	ErrorCode      string     `json:"error_code,omitempty" maxLength:"100" doc:"Only jobs whose last error has this code (upstream_error, invalid_params, model_error, result_expired, timeout, deadline_exceeded, internal)." example:"upstream_error"`
+	ErrorCode      string     `json:"error_code,omitempty" maxLength:"100" doc:"Only jobs whose last error has this code (upstream_error, invalid_params, model_error, result_expired, timeout, internal; a job cancelled for its deadline, deadline_exceeded, is cancelled, not failed: retry it by id)." example:"upstream_error"`
 	FinishedAfter  *time.Time `json:"finished_after,omitempty" doc:"Only jobs that ended at or after this time." example:"2026-11-28T12:00:00Z"`
 	FinishedBefore *time.Time `json:"finished_before,omitempty" doc:"Only jobs that ended before this time." example:"2026-11-28T13:00:00Z"`
 }

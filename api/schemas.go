@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 
@@ -216,7 +217,7 @@ func operationSchemas(reg huma.Registry, op jobs.Operation) (jobRef, itemRef str
 	}
 	jobReq := member(op.Name+" job", fmt.Sprintf("Submit one %s job (%s).", op.Name, op.Description),
 		map[string]*huma.Schema{"operation": operation, "params": paramsRef, "priority": prioritySchema(fmt.Sprintf(
-			"The queue: %s (the default) or less urgent; only admins may raise it.", op.Priority))},
+			"The queue: %s (the default) or less urgent; only admins may raise it.", op.Priority)), "start_by": startBySchema()},
 		map[string]any{"operation": op.Name, "params": example})
 	batchItem := member(op.Name+" item", fmt.Sprintf("One %s job of a batch.", op.Name),
 		map[string]*huma.Schema{"operation": operation, "params": paramsRef},
@@ -226,6 +227,21 @@ func operationSchemas(reg huma.Registry, op jobs.Operation) (jobRef, itemRef str
 		s.PrecomputeMessages()
 	}
 	return "#/components/schemas/" + base + "JobRequest", "#/components/schemas/" + base + "BatchItem"
+}
+
+// startBySchema is a deadline to start: seconds from now, or a time.
+func startBySchema() *huma.Schema {
+	maxSecs := float64(jobs.MaxStartBy / time.Second)
+	return &huma.Schema{
+		Description: "The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code " +
+			"deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds " +
+			"from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's " +
+			"default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured).",
+		AnyOf: []*huma.Schema{
+			{Type: huma.TypeInteger, Minimum: ptr(1.0), Maximum: &maxSecs, Description: "Seconds from now.", Examples: []any{60}},
+			{Type: huma.TypeString, Format: "date-time", Description: "An RFC 3339 time.", Examples: []any{"2026-12-07T10:30:00Z"}},
+		},
+	}
 }
 
 func prioritySchema(desc string) *huma.Schema {
@@ -255,6 +271,7 @@ func (u *union) schema(names []any, withPriority bool, desc string) *huma.Schema
 	}
 	if withPriority {
 		props["priority"] = &huma.Schema{Description: "The queue: urgent, normal or background; the operation's priority by default, which only admins may raise."}
+		props["start_by"] = &huma.Schema{Description: "The deadline to start, in seconds from now or as an RFC 3339 time: see the member schema."}
 	}
 	return &huma.Schema{
 		Type:          huma.TypeObject,
@@ -301,6 +318,7 @@ func batchSchema(reg huma.Registry, item *huma.Schema) *huma.Schema {
 			"items": {Type: huma.TypeArray, MinItems: ptr(1), MaxItems: ptr(jobs.MaxBatchItems), Items: item,
 				Description: "The jobs, 1-100."},
 			"priority": prioritySchema("The queue of every job: normal by default (or the operation's own, when less urgent); only admins may queue a batch more urgently."),
+			"start_by": startBySchema(),
 		},
 		Required:             []string{"items"},
 		AdditionalProperties: false,

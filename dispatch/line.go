@@ -109,8 +109,14 @@ const tick = time.Second
 // JobRetryTx) in the same transaction that gives it the slot, and River's
 // producers are told at once (announcer).
 //
+// A job still waiting at its deadline to start (ai_job_deadlines) never
+// gets a slot: the line cancels it (deadline_exceeded, refunded) within
+// moments of its deadline, waking for the next one (expire), and checks
+// the jobs it gives slots to once more just before it does (assign).
+//
 // The line is served when a submission commits, when a slot frees in this
-// process, when a key comes back from cooling down, and every tick.
+// process, when a key comes back from cooling down, at the next deadline
+// of a waiting job, and every tick.
 type Line struct {
 	pool      *pgxpool.Pool
 	log       *slog.Logger
@@ -184,16 +190,33 @@ func (l *Line) run(ctx context.Context) {
 	}
 }
 
-// Serve gives every free slot to the best waiting job, as many rounds as it
-// takes, and returns when the soonest unusable key comes back (zero when
-// none is cooling down).
+// Serve ends the waiting jobs whose deadline passed, then gives every free
+// slot to the best waiting job, as many rounds as it takes, and returns
+// when it should be served again at the latest: when the soonest unusable
+// key comes back or the next deadline of a waiting job passes (zero when
+// neither).
 func (l *Line) Serve(ctx context.Context) (time.Time, error) {
+	deadline, expireErr := l.expire(ctx)
+	if expireErr != nil && ctx.Err() == nil {
+		// Serving goes on: the line leaves such jobs out (candidatesSQL,
+		// assign), and the next serve ends them.
+		l.log.WarnContext(ctx, "could not end jobs past their deadline; trying again", slog.Any("error", expireErr))
+		deadline = time.Now().Add(100 * time.Millisecond)
+	}
 	for {
 		n, next, err := l.serveOnce(ctx)
 		if err != nil || n == 0 {
-			return next, err
+			return soonest(next, deadline), err
 		}
 	}
+}
+
+// soonest is the earlier of two times, a zero time being none.
+func soonest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // capacity is what the line can give out now.
@@ -320,7 +343,8 @@ const perUserPrefetch = 32
 // candidatesSQL returns, for queue $1, up to $2 of each waiting user's
 // oldest jobs: pending ones through the line index (one index probe per
 // user, never the whole backlog) and parked ones whose snooze River has
-// recorded.
+// recorded; jobs past their deadline to start are left out (expire ends
+// them).
 const candidatesSQL = `
 WITH RECURSIVE users AS (
     (SELECT args ->> 'user_id' AS uid FROM river_job
@@ -333,14 +357,16 @@ WITH RECURSIVE users AS (
 )
 SELECT j.id, j.args ->> 'user_id', j.attempt, j.args ->> 'operation', j.args ->> 'model', false, j.created_at
   FROM users u, LATERAL (
-      SELECT id, args, attempt, created_at FROM river_job
+      SELECT id, args, attempt, created_at FROM river_job r
        WHERE state = 'pending' AND kind = 'ai' AND queue = $1 AND args ->> 'user_id' = u.uid
+         AND NOT EXISTS (SELECT 1 FROM ai_job_deadlines d WHERE d.job_id = r.id AND d.missed_at IS NULL AND d.start_by <= now())
        ORDER BY id LIMIT $2) j
  WHERE u.uid IS NOT NULL
 UNION ALL
 SELECT j.id, p.user_id, j.attempt, j.args ->> 'operation', j.args ->> 'model', true, p.parked_at
   FROM fal_parked p JOIN river_job j ON j.id = p.job_id
- WHERE p.queue = $1 AND j.state = 'scheduled'`
+ WHERE p.queue = $1 AND j.state = 'scheduled'
+   AND NOT EXISTS (SELECT 1 FROM ai_job_deadlines d WHERE d.job_id = j.id AND d.missed_at IS NULL AND d.start_by <= now())`
 
 // serveOnce serves the line once in one transaction and returns how many
 // jobs got a slot.
@@ -519,7 +545,9 @@ SELECT u::text,
 // It first locks the chosen jobs that still wait: one cancelled since it
 // was chosen is left out (River's JobRetry would run it again, on a new
 // reservation), and a cancel that comes now waits for this transaction.
-// It returns the slots given.
+// Last, just before the jobs are made available, one whose deadline to
+// start passed meanwhile is ended instead and its slot taken back. It
+// returns the slots given.
 func (l *Line) assign(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], list []given) ([]given, error) {
 	ids := make([]int64, len(list))
 	for i, g := range list {
@@ -536,11 +564,15 @@ SELECT id FROM river_job WHERE id = ANY($1) AND state IN ('pending', 'scheduled'
 	}
 	list = slices.DeleteFunc(list, func(g given) bool { return !slices.Contains(waits, g.w.jobID) })
 	b := &pgx.Batch{}
-	for _, g := range list {
+	slots := make([]int64, len(list))
+	for i, g := range list {
 		b.Queue(`
 INSERT INTO fal_requests (job_id, run, attempt, user_id, queue, operation, key_index, model)
-VALUES ($1, COALESCE((SELECT max(run) FROM credit_holds WHERE job_id = $1), 1), $2, $3, $4, $5, $6, $7)`,
-			g.w.jobID, g.w.attempt+1, g.w.userID, g.queue, g.w.operation, g.key, g.w.model)
+VALUES ($1, COALESCE((SELECT max(run) FROM credit_holds WHERE job_id = $1), 1), $2, $3, $4, $5, $6, $7)
+RETURNING id`,
+			g.w.jobID, g.w.attempt+1, g.w.userID, g.queue, g.w.operation, g.key, g.w.model).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&slots[i])
+		})
 		if g.w.parked {
 			b.Queue(`DELETE FROM fal_parked WHERE job_id = $1`, g.w.jobID)
 		}
@@ -548,12 +580,171 @@ VALUES ($1, COALESCE((SELECT max(run) FROM credit_holds WHERE job_id = $1), 1), 
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
+	ids = ids[:0]
+	for _, g := range list {
+		ids = append(ids, g.w.jobID)
+	}
+	missed, err := l.endMissed(ctx, tx, client, ids)
+	if err != nil {
+		return nil, err
+	}
+	if len(missed) > 0 {
+		var taken []int64
+		for i, g := range list {
+			if slices.Contains(missed, g.w.jobID) {
+				taken = append(taken, slots[i])
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM fal_requests WHERE id = ANY($1)`, taken); err != nil {
+			return nil, err
+		}
+		list = slices.DeleteFunc(list, func(g given) bool { return slices.Contains(missed, g.w.jobID) })
+	}
 	for _, g := range list {
 		if _, err := client.JobRetryTx(ctx, tx, g.w.jobID); err != nil {
 			return nil, fmt.Errorf("make job %d available: %w", g.w.jobID, err)
 		}
 	}
 	return list, nil
+}
+
+// deadlineBatch bounds the jobs past their deadline one transaction ends.
+const deadlineBatch = 500
+
+// expireSQL returns the next deadline to start of a waiting job (NULL when
+// none), and up to $1 of the jobs whose deadline passed, soonest first,
+// leaving out the jobs a worker holds (they are the worker's to end): a
+// range of the deadlines index, never the backlog.
+const expireSQL = `
+SELECT (SELECT min(start_by) FROM ai_job_deadlines WHERE missed_at IS NULL AND start_by > now()),
+       ARRAY(SELECT d.job_id FROM ai_job_deadlines d LEFT JOIN river_job j ON j.id = d.job_id
+              WHERE d.missed_at IS NULL AND d.start_by <= now()
+                AND (j.id IS NULL OR j.state NOT IN ('available', 'running'))
+              ORDER BY d.start_by LIMIT $1)`
+
+// expire ends the jobs whose deadline to start passed while they waited
+// (endMissed), and returns the next deadline of a job still waiting (zero
+// when none), for the line to wake at. Each batch is a transaction of its
+// own under the line lock, apart from serving: its refunds lock accounts,
+// which must not wait inside a transaction that holds jobs a user's
+// cancel may want.
+func (l *Line) expire(ctx context.Context) (time.Time, error) {
+	l.mu.Lock()
+	client := l.client
+	l.mu.Unlock()
+	if client == nil {
+		return time.Time{}, errors.New("the line is not started")
+	}
+	for {
+		var next *time.Time
+		var due []int64
+		if err := l.pool.QueryRow(ctx, expireSQL, deadlineBatch).Scan(&next, &due); err != nil {
+			return time.Time{}, err
+		}
+		if len(due) > 0 {
+			tx, err := l.pool.Begin(ctx)
+			if err != nil {
+				return time.Time{}, err
+			}
+			if _, err := l.endMissedTx(ctx, tx, client, due); err != nil {
+				tx.Rollback(ctx) //nolint:errcheck // the error is the one to return
+				return time.Time{}, err
+			}
+			if err := tx.Commit(ctx); err != nil {
+				return time.Time{}, err
+			}
+		}
+		if len(due) < deadlineBatch {
+			if next == nil {
+				return time.Time{}, nil
+			}
+			return *next, nil
+		}
+	}
+}
+
+// endMissedTx is endMissed in a transaction of its own, taking the line
+// lock first.
+func (l *Line) endMissedTx(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], ids []int64) ([]int64, error) {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lineLock); err != nil {
+		return nil, err
+	}
+	return l.endMissed(ctx, tx, client, ids)
+}
+
+// missedStates are the River states of a job that waits for a slot: in the
+// line (pending), parked, or retrying after its submit failed.
+var missedStates = []string{"pending", "scheduled", "retryable"}
+
+// endMissed ends those of the jobs of ids whose deadline to start has
+// passed (by the clock, now) while they wait for a slot before fal
+// accepted any request of them: each is cancelled with River's JobCancelTx
+// (refunded by the settlement trigger in the same transaction), its
+// deadline marked missed (the reason the job shows: deadline_exceeded) and
+// its place in the line given up. The deadlines of jobs that ended
+// otherwise, or are gone, are deleted; a job a worker holds is the
+// worker's to end. It locks the jobs (in id order) before reading their
+// deadlines, and returns the jobs it cancelled. The caller holds the line
+// lock.
+func (l *Line) endMissed(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], ids []int64) ([]int64, error) {
+	rows, err := tx.Query(ctx, `SELECT id, state::text FROM river_job WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+	if err != nil {
+		return nil, err
+	}
+	states := map[int64]string{}
+	for rows.Next() {
+		var id int64
+		var state string
+		if err := rows.Scan(&id, &state); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		states[id] = state
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows, err = tx.Query(ctx, `
+SELECT job_id FROM ai_job_deadlines
+ WHERE job_id = ANY($1) AND missed_at IS NULL AND start_by <= clock_timestamp()
+ ORDER BY job_id`, ids)
+	if err != nil {
+		return nil, err
+	}
+	due, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, err
+	}
+	var missed, gone []int64
+	for _, id := range due {
+		state, ok := states[id]
+		switch {
+		case ok && slices.Contains(missedStates, state):
+			if _, err := client.JobCancelTx(ctx, tx, id); err != nil {
+				return nil, fmt.Errorf("cancel job %d past its deadline: %w", id, err)
+			}
+			missed = append(missed, id)
+		case !ok || state == "completed" || state == "discarded" || state == "cancelled":
+			gone = append(gone, id)
+		}
+	}
+	if len(missed) == 0 && len(gone) == 0 {
+		return nil, nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE ai_job_deadlines SET missed_at = now() WHERE job_id = ANY($1)`, missed)
+	b.Queue(`DELETE FROM fal_parked WHERE job_id = ANY($1)`, missed)
+	b.Queue(`DELETE FROM ai_job_deadlines WHERE job_id = ANY($1)`, gone)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, err
+	}
+	for range missed {
+		l.metrics.missed.Inc()
+	}
+	if len(missed) > 0 {
+		l.log.InfoContext(ctx, "jobs past their deadline to start cancelled", slog.Any("job_ids", missed))
+	}
+	return missed, nil
 }
 
 // claim gives job a slot outside the line's turn, when a job that has none
@@ -642,6 +833,7 @@ ON CONFLICT (key_index) DO UPDATE SET capacity = EXCLUDED.capacity, updated_at =
 // lineMetrics are the line's own metrics.
 type lineMetrics struct {
 	waited *prometheus.HistogramVec
+	missed prometheus.Counter
 }
 
 func newLineMetrics() *lineMetrics {
@@ -651,6 +843,10 @@ func newLineMetrics() *lineMetrics {
 			Help:    "Time a job waited in the line for a fal slot (from its submission, or from losing its slot), by queue and operation; observed by the process that gave the slot.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 120, 300, 900},
 		}, []string{"queue", "operation"}),
+		missed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aiqueue_jobs_deadline_missed_total",
+			Help: "Jobs the line cancelled because their deadline to start (start_by) passed while they waited for a fal slot; counted by the process that cancelled them.",
+		}),
 	}
 }
 

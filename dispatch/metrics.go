@@ -87,6 +87,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	c.line.metrics.waited.Describe(ch)
+	c.line.metrics.missed.Describe(ch)
 	c.reqs.metrics.abandoned.Describe(ch)
 	c.reqs.metrics.cancelled.Describe(ch)
 }
@@ -113,6 +114,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.mu.Unlock()
 	c.line.metrics.waited.Collect(ch)
+	c.line.metrics.missed.Collect(ch)
 	c.reqs.metrics.abandoned.Collect(ch)
 	c.reqs.metrics.cancelled.Collect(ch)
 }

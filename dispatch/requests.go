@@ -102,22 +102,42 @@ func (r *Requests) current(ctx context.Context, jobID int64) (*slot, error) {
 // fal returned) and is what a retry after a crash resumes. It must reach
 // the disk before the worker waits on fal, so it commits with a flush. A
 // claim the sweeper abandoned meanwhile (it took the worker for dead) is
-// opened again: fal has the request.
+// opened again: fal has the request. The job has started: its deadline to
+// start no longer applies (fal's X-Fal-Request-Timeout watched the rest),
+// and goes in the same statement.
 func (r *Requests) store(ctx context.Context, s *slot, attempt int) error {
-	tag, err := r.pool.Exec(ctx, `
-UPDATE fal_requests
-   SET request_id = $3, status_url = NULLIF($4, ''), response_url = NULLIF($5, ''), cancel_url = NULLIF($6, ''),
-       state = 'in_flight', stage = 'in_queue', attempt = $7, submitted_at = now(), finished_at = NULL, error = NULL
- WHERE id = $1 AND job_id = $2 AND request_id IS NULL`,
-		s.id, s.jobID, s.req.ID, s.req.StatusURL, s.req.ResponseURL, s.req.CancelURL, attempt)
+	var stored int
+	err := r.pool.QueryRow(ctx, `
+WITH f AS (
+    UPDATE fal_requests
+       SET request_id = $3, status_url = NULLIF($4, ''), response_url = NULLIF($5, ''), cancel_url = NULLIF($6, ''),
+           state = 'in_flight', stage = 'in_queue', attempt = $7, submitted_at = now(), finished_at = NULL, error = NULL
+     WHERE id = $1 AND job_id = $2 AND request_id IS NULL
+    RETURNING job_id
+), d AS (
+    DELETE FROM ai_job_deadlines WHERE job_id IN (SELECT job_id FROM f) AND missed_at IS NULL
+)
+SELECT count(*) FROM f`,
+		s.id, s.jobID, s.req.ID, s.req.StatusURL, s.req.ResponseURL, s.req.CancelURL, attempt).Scan(&stored)
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() != 1 {
+	if stored != 1 {
 		return fmt.Errorf("fal slot %d of job %d %w", s.id, s.jobID, errSlotGone)
 	}
 	s.state, s.submittedAt = falStateInFlight, time.Now()
 	return nil
+}
+
+// startBy returns the job's deadline to start while it applies (fal has
+// accepted no request of the job's first run), zero when none.
+func (r *Requests) startBy(ctx context.Context, jobID int64) (time.Time, error) {
+	var at time.Time
+	err := r.pool.QueryRow(ctx, `SELECT start_by FROM ai_job_deadlines WHERE job_id = $1 AND missed_at IS NULL`, jobID).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	return at, err
 }
 
 // errSlotGone is a slot that another request took over since the worker

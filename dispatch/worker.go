@@ -127,6 +127,9 @@ type attempt struct {
 	op  jobs.Operation
 	log *slog.Logger
 	s   *slot
+	// startBy is the job's deadline to start while it still applies (fal
+	// accepted no request of it yet), zero when none.
+	startBy time.Time
 	// progress is the last progress written, so only changes are.
 	progress struct {
 		stage    string
@@ -148,13 +151,13 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[jobs.Args]) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case s != nil && s.open() && s.req.ID != "":
+	if s != nil && s.open() && s.req.ID != "" {
 		a.s = s
 		a.log = a.log.With(slog.String("fal_request_id", s.req.ID))
 		a.log.InfoContext(ctx, "resuming fal request", slog.Int("key", s.req.Key))
 		return w.follow(ctx, a)
-	case s != nil && s.open():
+	}
+	if s != nil && s.open() {
 		if s.attempt != job.Attempt {
 			// An earlier attempt held this slot and stopped between
 			// submitting and storing fal's answer (a crash): fal may have
@@ -162,6 +165,18 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[jobs.Args]) error {
 			w.reqs.abandoned(ctx, a.log, s, "an earlier attempt stopped between submitting and storing the request id; submitting again")
 		}
 		a.s = s
+	}
+	if job.Args.StartBy != nil {
+		// The deadline row says whether the deadline still applies: it goes
+		// once fal accepted a request of the job, and with an admin's retry.
+		if a.startBy, err = w.reqs.startBy(ctx, job.ID); err != nil {
+			return err
+		}
+		if w.missed(a) {
+			return w.deadlineExceeded(ctx, a)
+		}
+	}
+	if a.s != nil {
 		return w.submit(ctx, a)
 	}
 	// No slot: a retry after a failed submit, or a job River's rescuer or
@@ -186,14 +201,42 @@ func (w *Worker) park(ctx context.Context, a *attempt) error {
 	return river.JobSnooze(parkFor)
 }
 
+// minStartTimeout is the shortest X-Fal-Request-Timeout sent: fal's own
+// client refuses a second or less, and the header is whole seconds.
+const minStartTimeout = 2 * time.Second
+
 // submitOptions are the fal submit options of a job: background work waits
-// behind normal work in fal's own queue, and fal calls the webhook, if any.
+// behind normal work in fal's own queue, fal calls the webhook, if any, and
+// a job with a deadline to start tells fal what is left of it
+// (X-Fal-Request-Timeout, rounded up to whole seconds, at least
+// minStartTimeout): fal ends the request with a 504 of type "user" if no
+// runner started it by then.
 func (w *Worker) submitOptions(a *attempt) *falclient.SubmitOptions {
 	opts := &falclient.SubmitOptions{WebhookURL: w.cfg.WebhookURL}
 	if a.job.Queue == jobs.QueueBackground {
 		opts.Priority = falclient.PriorityLow
 	}
+	if !a.startBy.IsZero() {
+		opts.StartTimeout = max(time.Until(a.startBy), minStartTimeout)
+	}
 	return opts
+}
+
+// missed reports whether the attempt's job is past a deadline to start
+// that still applies.
+func (w *Worker) missed(a *attempt) bool {
+	return !a.startBy.IsZero() && !time.Now().Before(a.startBy)
+}
+
+// deadlineExceeded ends a job past its deadline to start before it reached
+// fal: its slot, if it holds one, goes back to the line, and the job is
+// cancelled (refunded) with deadline_exceeded.
+func (w *Worker) deadlineExceeded(ctx context.Context, a *attempt) error {
+	w.endSlot(ctx, a)
+	je := &jobs.JobError{Code: jobs.CodeDeadlineExceeded,
+		Message: "the job could not start before its deadline, " + a.startBy.UTC().Format(time.RFC3339)}
+	a.log.InfoContext(ctx, "job past its deadline to start; cancelled before reaching fal")
+	return river.JobCancel(je)
 }
 
 // submit submits the job's request to fal with its slot's key. A key that
@@ -202,6 +245,9 @@ func (w *Worker) submitOptions(a *attempt) *falclient.SubmitOptions {
 // in the line. fal's answer is stored before submit returns.
 func (w *Worker) submit(ctx context.Context, a *attempt) error {
 	for {
+		if w.missed(a) {
+			return w.deadlineExceeded(ctx, a)
+		}
 		req, err := w.submitOnce(ctx, a)
 		if err == nil {
 			a.s.req = req
@@ -435,6 +481,15 @@ func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status
 // fal marks it retryable; a result fal no longer keeps fails the job: it is
 // never submitted again, which would be paid twice.
 func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient.Status) error {
+	if st.Error != "" && st.ErrorType == falRequestTimeout {
+		// fal gives a request it ended at its X-Fal-Request-Timeout the
+		// same type as a runner's timeout; the result's answer tells them
+		// apart (a 504 of type "user": the job could not start in time).
+		if _, err := w.result(ctx, key, a.s); falclient.KindOf(err) == falclient.KindDeadline {
+			w.finishSlot(ctx, a, falStateCompleted, err)
+			return w.fail(ctx, a, err)
+		}
+	}
 	if st.Error != "" {
 		return w.modelError(ctx, a, &falclient.Error{Kind: falclient.KindModelError, Op: "status", Key: key,
 			Message: st.Error, ErrorType: st.ErrorType})
@@ -476,6 +531,10 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 	a.log.InfoContext(ctx, "job succeeded")
 	return nil
 }
+
+// falRequestTimeout is fal's error_type of a request that timed out, before
+// it started (X-Fal-Request-Timeout) or while it ran.
+const falRequestTimeout = "request_timeout"
 
 // result is the output of a completed request: the one fal's webhook
 // brought, or fetched from fal.

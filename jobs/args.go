@@ -1,6 +1,9 @@
 package jobs
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Args are the River job args of every AI job (kind "ai"). The model and
 // cost are fixed at submit time, so a catalog change never alters what a
@@ -12,6 +15,11 @@ type Args struct {
 	Params    json.RawMessage `json:"params"`
 	Cost      int64           `json:"cost"`
 	BatchID   string          `json:"batch_id,omitempty"`
+	// StartBy is the job's deadline to start: the job is cancelled
+	// (deadline_exceeded) and refunded if fal has not accepted a request of
+	// it by then. The insert copies it to ai_job_deadlines, which the line
+	// watches.
+	StartBy *time.Time `json:"start_by,omitempty"`
 }
 
 // Kind is River's job kind for AI jobs. The ledger's SQL triggers settle

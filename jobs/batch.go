@@ -40,7 +40,7 @@ type BatchCounts struct {
 // reserves their total cost and records the batch, all in the caller's
 // transaction. Any error leaves the caller to roll back: all or nothing;
 // after its commit the caller calls the Submission's Committed. Of opts,
-// Priority and MayRaise are used, for every item.
+// Priority, MayRaise and StartBy are used, for every item.
 func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Batch, *Submission, error) {
 	if len(items) == 0 || len(items) > MaxBatchItems {
 		return nil, nil, &Error{Code: EINVALID, Message: fmt.Sprintf("a batch has 1 to %d items", MaxBatchItems), Fields: []FieldError{
@@ -48,7 +48,7 @@ func (s *Service) SubmitBatchTx(ctx context.Context, tx pgx.Tx, userID string, i
 	}
 	id := uuid.NewString()
 	priority := opts.Priority
-	sub, err := s.SubmitTx(ctx, tx, userID, items, SubmitOpts{BatchID: id, Priority: priority, MayRaise: opts.MayRaise, Batch: true})
+	sub, err := s.SubmitTx(ctx, tx, userID, items, SubmitOpts{BatchID: id, Priority: priority, MayRaise: opts.MayRaise, Batch: true, StartBy: opts.StartBy})
 	if err != nil {
 		return nil, nil, err
 	}

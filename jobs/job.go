@@ -28,6 +28,7 @@ type Job struct {
 	CreatedAt     time.Time       `json:"created_at" doc:"When the job was submitted."`
 	StartedAt     *time.Time      `json:"started_at,omitempty" doc:"When fal first accepted a request of the job."`
 	FinishedAt    *time.Time      `json:"finished_at,omitempty" doc:"When it reached its final state."`
+	StartBy       *time.Time      `json:"start_by,omitempty" doc:"The deadline to start the job was submitted with (start_by, or its queue's default): if fal has not accepted a request of it by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal. Absent: none. It applies to the job's first run only (not to an admin's retry)."`
 	Result        json.RawMessage `json:"result,omitempty" doc:"fal's output, once succeeded."`
 	Error         *JobError       `json:"error,omitempty" doc:"Why the job failed or was cancelled."`
 	Credits       Credits         `json:"credits" doc:"The job's credits: reserved while it can run, then charged (succeeded) or refunded (failed, cancelled)."`
@@ -69,19 +70,23 @@ type Credits struct {
 
 const jobColumns = `river_job_id, user_id::text, operation, queue, state, river_state, attempt, max_attempts,
        COALESCE(batch_id, ''), created_at, started_at, finished_at, result, last_error,
-       credits, credit_state, COALESCE(fal_request_id, ''), fal_stage, fal_queue_position, fal_logs`
+       credits, credit_state, COALESCE(fal_request_id, ''), fal_stage, fal_queue_position, fal_logs, start_by`
 
 func scanJob(row pgx.Row, extra ...any) (*Job, error) {
 	var j Job
 	var lastError, stage *string
 	err := row.Scan(append([]any{&j.riverJobID, &j.UserID, &j.Operation, &j.Priority, &j.State, &j.RiverState, &j.Attempt, &j.MaxAttempts,
 		&j.BatchID, &j.CreatedAt, &j.StartedAt, &j.FinishedAt, &j.Result, &lastError,
-		&j.Credits.Amount, &j.Credits.State, &j.FalRequestID, &stage, &j.Progress.FalQueuePosition, &j.Progress.Logs}, extra...)...)
+		&j.Credits.Amount, &j.Credits.State, &j.FalRequestID, &stage, &j.Progress.FalQueuePosition, &j.Progress.Logs, &j.StartBy}, extra...)...)
 	if err != nil {
 		return nil, err
 	}
 	j.ID = FormatID(j.riverJobID)
 	j.Progress.StartedAt = j.StartedAt
+	if j.StartBy != nil {
+		at := j.StartBy.UTC()
+		j.StartBy = &at
+	}
 	switch {
 	case Final(j.State):
 		j.Progress.FalQueuePosition, j.Progress.Logs = nil, nil
@@ -101,7 +106,10 @@ func scanJob(row pgx.Row, extra ...any) (*Job, error) {
 	case j.State == StateCancelled:
 		j.Error = &JobError{Code: CodeCancelled, Message: "the job was cancelled"}
 		if lastError != nil {
-			if e := ParseJobError(*lastError); e.Code != CodeCancelled && e.Code != CodeInternal {
+			switch e := ParseJobError(*lastError); {
+			case e.Code == CodeDeadlineExceeded: // the client's deadline cancelled it
+				j.Error = &e
+			case e.Code != CodeCancelled && e.Code != CodeInternal:
 				j.Error.Message = e.Message
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -37,9 +38,11 @@ type Service struct {
 	river   *river.Client[pgx.Tx]
 	catalog *Catalog
 	limits  Limits
-	backlog backlogCache
-	eta     etaCache
-	hooks   Hooks
+	// deadlines are the default deadlines to start per queue.
+	deadlines Deadlines
+	backlog   backlogCache
+	eta       etaCache
+	hooks     Hooks
 }
 
 // Hooks are what the service tells the rest of the process. Every field is
@@ -67,13 +70,15 @@ type Config struct {
 	Catalog *Catalog
 	// Limits are the admission limits (zero: none).
 	Limits Limits
+	// Deadlines are the default deadlines to start per queue (zero: none).
+	Deadlines Deadlines
 	// Hooks are called after submissions and cancels.
 	Hooks Hooks
 }
 
 // NewService returns a Service.
 func NewService(cfg Config) *Service {
-	return &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, hooks: cfg.Hooks}
+	return &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, deadlines: cfg.Deadlines, hooks: cfg.Hooks}
 }
 
 // Catalog returns the operations catalog.
@@ -106,6 +111,11 @@ func (s *Service) prepare(userID string, items []Item, opts SubmitOpts) ([]prepa
 			fields = append(fields, f)
 		}
 	}
+	now := time.Now()
+	startBy, ferr := ParseStartBy("body.start_by", opts.StartBy, now)
+	if ferr != nil {
+		addField(*ferr)
+	}
 	out := make([]prepared, 0, len(items))
 	for i, it := range items {
 		loc := "body"
@@ -125,11 +135,15 @@ func (s *Service) prepare(userID string, items []Item, opts SubmitOpts) ([]prepa
 		if perr != nil {
 			addField(*perr)
 		}
-		out = append(out, prepared{
-			args:  Args{UserID: userID, Operation: op.Name, Model: op.Model, Params: params, Cost: cost, BatchID: opts.BatchID},
-			queue: queue,
-			op:    op,
-		})
+		args := Args{UserID: userID, Operation: op.Name, Model: op.Model, Params: params, Cost: cost, BatchID: opts.BatchID}
+		switch d := s.deadlines.For(queue); {
+		case !startBy.IsZero():
+			args.StartBy = &startBy
+		case d > 0:
+			at := deadlineTime(now.Add(d))
+			args.StartBy = &at
+		}
+		out = append(out, prepared{args: args, queue: queue, op: op})
 	}
 	if len(fields) > 0 {
 		return nil, &Error{Code: EINVALID, Message: "the request has invalid fields", Fields: fields}
@@ -180,13 +194,18 @@ type SubmitOpts struct {
 	// (or their operation's, when less urgent), and field error locations
 	// name the item ("body.items[2]").
 	Batch bool
+	// StartBy is the deadline to start of every job, as the body's
+	// start_by gives it (ParseStartBy: seconds from now or an RFC 3339
+	// time; absent: the queue's default, Config.Deadlines).
+	StartBy json.RawMessage
 }
 
 // Submit validates items, then in one transaction makes the admission
 // checks (Limits), inserts a River job for each item and reserves its cost.
 // Either every job is inserted with its hold or nothing is written. It
 // returns the job ids in item order.
-// Errors: *Error EINVALID, ELIMIT, EFULL, EUNAVAILABLE; *ledger.InsufficientError.
+// Errors: *Error EINVALID, ELIMIT, EFULL, EUNAVAILABLE; *ledger.InsufficientError,
+// *ledger.CapError.
 func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts SubmitOpts) ([]int64, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -259,7 +278,7 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 		j := &Job{
 			ID: FormatID(r.ID), UserID: userID, Operation: ps[i].args.Operation, Priority: r.Queue,
 			State: StateQueued, RiverState: string(r.State), Attempt: r.Attempt, MaxAttempts: r.MaxAttempts,
-			BatchID: ps[i].args.BatchID, CreatedAt: r.CreatedAt,
+			BatchID: ps[i].args.BatchID, CreatedAt: r.CreatedAt, StartBy: ps[i].args.StartBy,
 			Credits:    Credits{Amount: ps[i].args.Cost, State: ledger.HoldReserved},
 			Progress:   Progress{Stage: StageWaiting},
 			riverJobID: r.ID,
@@ -276,7 +295,8 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 // insert inserts the River jobs of ps with one InsertManyTx. The insert
 // reserves their cost (a trigger on river_job, see ledger.AsInsufficient):
 // it fails with *ledger.InsufficientError, having written nothing, when the
-// user cannot cover the total.
+// user cannot cover the total, and with *ledger.CapError when it would
+// take the user's spend past a cap (ledger.AsCapExceeded).
 func (s *Service) insert(ctx context.Context, tx pgx.Tx, ps []prepared) ([]*rivertype.JobRow, error) {
 	params := make([]river.InsertManyParams, len(ps))
 	for i, p := range ps {
@@ -293,6 +313,9 @@ func (s *Service) insert(ctx context.Context, tx pgx.Tx, ps []prepared) ([]*rive
 	if err != nil {
 		if insufficient, ok := ledger.AsInsufficient(err); ok {
 			return nil, insufficient
+		}
+		if capped, ok := ledger.AsCapExceeded(err); ok {
+			return nil, capped
 		}
 		return nil, unavailable(fmt.Errorf("insert jobs: %w", err))
 	}

@@ -24,7 +24,11 @@ func (v Violation) String() string {
 //     available plus its open holds (credits are neither made nor lost);
 //   - every hold has exactly one reserve entry, a settled hold exactly one
 //     charge or refund entry matching its state, an open hold none;
-//   - every journal entry about a job belongs to that job's hold.
+//   - every journal entry about a job belongs to that job's hold;
+//   - the spend counters of an account (spent_day for the UTC day
+//     spent_day_of, spent_month for the month starting spent_month_of; 0
+//     when none is counted yet) equal its holds created in that period
+//     and not refunded: what the caps are checked against.
 //
 // It reads each table once (no per-row subqueries), so it stays linear in
 // the size of the ledger.
@@ -47,6 +51,12 @@ WITH j AS (
            count(*) FILTER (WHERE kind = 'charge')  AS charges,
            count(*) FILTER (WHERE kind = 'refund')  AS refunds
       FROM credit_entries WHERE job_id IS NOT NULL GROUP BY job_id, run, user_id
+), per_day AS (
+    SELECT user_id, (created_at AT TIME ZONE 'UTC')::date AS day, sum(amount) AS amount
+      FROM credit_holds WHERE state <> 'refunded' GROUP BY 1, 2
+), per_month AS (
+    SELECT user_id, date_trunc('month', day)::date AS month, sum(amount) AS amount
+      FROM per_day GROUP BY 1, 2
 )
 SELECT a.user_id::text, 'available >= 0', format('available %s', a.available)
   FROM a WHERE a.available < 0
@@ -72,7 +82,15 @@ UNION ALL
 SELECT e.user_id::text, 'journal entries belong to a hold',
        format('job %s run %s has %s entries but no hold of this user', e.job_id, e.run, e.reserves + e.charges + e.refunds)
   FROM per_job e LEFT JOIN credit_holds ho ON ho.job_id = e.job_id AND ho.run = e.run AND ho.user_id = e.user_id
- WHERE ho.job_id IS NULL`)
+ WHERE ho.job_id IS NULL
+UNION ALL
+SELECT c.user_id::text, 'spend counters match the holds',
+       format('day %s: counted %s, holds %s; month %s: counted %s, holds %s', c.spent_day_of, c.spent_day,
+              COALESCE(d.amount, 0), c.spent_month_of, c.spent_month, COALESCE(m.amount, 0))
+  FROM credit_accounts c
+  LEFT JOIN per_day d ON d.user_id = c.user_id AND d.day = c.spent_day_of
+  LEFT JOIN per_month m ON m.user_id = c.user_id AND m.month = c.spent_month_of
+ WHERE c.spent_day <> COALESCE(d.amount, 0) OR c.spent_month <> COALESCE(m.amount, 0)`)
 	if err != nil {
 		return nil, fmt.Errorf("ledger check: %w", err)
 	}

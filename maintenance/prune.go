@@ -58,8 +58,15 @@ func (w *PruneWorker) Work(ctx context.Context, job *river.Job[PruneArgs]) error
 	if err != nil {
 		return fmt.Errorf("prune job watchers: %w", err)
 	}
+	// Deadlines of jobs River's cleaner (or an admin) deleted: the reason a
+	// job missed its deadline is kept as long as the job.
+	deadlines, err := w.DB.Exec(ctx, `DELETE FROM ai_job_deadlines d WHERE NOT EXISTS (SELECT 1 FROM river_job j WHERE j.id = d.job_id)`)
+	if err != nil {
+		return fmt.Errorf("prune job deadlines: %w", err)
+	}
 	return river.RecordOutput(ctx, map[string]int64{"idempotency_keys": keys, "rate_limits": limits, "metrics_job_outcomes": outcomes,
-		"fal_webhooks_seen": seen.RowsAffected(), "job_watchers": watchers.RowsAffected(), "webhook_outbox": deliveries})
+		"fal_webhooks_seen": seen.RowsAffected(), "job_watchers": watchers.RowsAffected(), "webhook_outbox": deliveries,
+		"ai_job_deadlines": deadlines.RowsAffected()})
 }
 
 // PrunePeriodicJob runs PruneArgs every hour, and at start.

@@ -336,6 +336,43 @@ func TestSquashedSchema(t *testing.T) {
 		"view column webhook_deliveries.last_error",
 		"view column webhook_deliveries.delivered_at",
 		"view column webhook_deliveries.delivery_time",
+		// Deadlines to start (00008_limits.sql): the ones the line still
+		// watches, written by the insert, dropped by an admin's retry;
+		// ai_jobs shows a job's deadline.
+		"table ai_job_deadlines",
+		"column ai_job_deadlines.job_id",
+		"column ai_job_deadlines.start_by",
+		"column ai_job_deadlines.missed_at",
+		"constraint ai_job_deadlines.ai_job_deadlines_pkey",
+		"index ai_job_deadlines_pkey",
+		"index ai_job_deadlines_waiting",
+		"function river_job_deadlines()",
+		"trigger river_job.river_job_deadlines",
+		"function river_job_rerun_deadline()",
+		"trigger river_job.river_job_rerun_deadline",
+		"view column ai_jobs.start_by",
+		// Spend caps: a user's caps and spend counters on the account row
+		// the reservation updates anyway, the defaults, and the one rule
+		// reading a counter in a period.
+		"column credit_accounts.daily_cap",
+		"column credit_accounts.monthly_cap",
+		"column credit_accounts.spent_day",
+		"column credit_accounts.spent_day_of",
+		"column credit_accounts.spent_month",
+		"column credit_accounts.spent_month_of",
+		"constraint credit_accounts.credit_accounts_daily_cap_check",
+		"constraint credit_accounts.credit_accounts_monthly_cap_check",
+		"table spend_cap_defaults",
+		"column spend_cap_defaults.only_row",
+		"column spend_cap_defaults.daily",
+		"column spend_cap_defaults.monthly",
+		"column spend_cap_defaults.updated_at",
+		"constraint spend_cap_defaults.spend_cap_defaults_pkey",
+		"constraint spend_cap_defaults.spend_cap_defaults_only_row_check",
+		"constraint spend_cap_defaults.spend_cap_defaults_daily_check",
+		"constraint spend_cap_defaults.spend_cap_defaults_monthly_check",
+		"index spend_cap_defaults_pkey",
+		"function spend_in(amount bigint, counted date, period date)",
 	}
 	// What kept its name and changed its definition.
 	redefined := []string{

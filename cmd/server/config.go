@@ -14,6 +14,7 @@ import (
 	"github.com/aiqueue/aiqueue/api"
 	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/jobs"
 )
 
 // Roles a process can take.
@@ -82,6 +83,13 @@ type Config struct {
 	UserMaxStreams     int
 	RateLimitPerMinute int
 	RateLimitBurst     int
+	// Deadlines are the default deadlines to start per queue
+	// (QUEUE_*_START_BY; zero: none).
+	Deadlines jobs.Deadlines
+	// SpendCapDaily and SpendCapMonthly are the default spend caps of users
+	// without their own (SPEND_CAP_DAILY, SPEND_CAP_MONTHLY); nil: no cap.
+	SpendCapDaily   *int64
+	SpendCapMonthly *int64
 
 	JWTSecret   string
 	JWKSURL     string
@@ -188,6 +196,21 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		AutoMigrate:        boolean("AUTO_MIGRATE", getenv("DATABASE_URL") == ""),
 		PprofAddr:          getenv("PPROF_ADDR"),
 	}
+	c.Deadlines = jobs.Deadlines{
+		Urgent:     dur("QUEUE_URGENT_START_BY", jobs.DefaultDeadlines.Urgent),
+		Normal:     dur("QUEUE_NORMAL_START_BY", jobs.DefaultDeadlines.Normal),
+		Background: dur("QUEUE_BACKGROUND_START_BY", jobs.DefaultDeadlines.Background),
+	}
+	for name, dst := range map[string]**int64{"SPEND_CAP_DAILY": &c.SpendCapDaily, "SPEND_CAP_MONTHLY": &c.SpendCapMonthly} {
+		if v := getenv(name); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q is not a number of credits", name, v))
+				continue
+			}
+			*dst = &n
+		}
+	}
 	c.FalSimulate = boolean("FAL_SIMULATE", len(c.FalKeys) == 0)
 	c.FalSimFast = boolean("FAL_SIMULATE_FAST", false)
 	if v := getenv("FAL_SIMULATE_LATENCY_SCALE"); v != "" {
@@ -246,6 +269,14 @@ func (c Config) Validate() error {
 	}
 	if err := c.SlotCaps.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.Deadlines.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	for name, n := range map[string]*int64{"SPEND_CAP_DAILY": c.SpendCapDaily, "SPEND_CAP_MONTHLY": c.SpendCapMonthly} {
+		if n != nil && (*n < 0 || *n > 1_000_000_000) {
+			errs = append(errs, fmt.Errorf("%s=%d is out of range 0-1000000000 (0: no spending; unset: no cap)", name, *n))
+		}
 	}
 	if c.JobRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("JOB_RETENTION=%s must be at least 1h", c.JobRetention))

@@ -136,6 +136,13 @@ func TestDatabaseOutage(t *testing.T) {
 		require.Less(t, took, 15*time.Second, "%s %s", req.method, req.path)
 		t.Logf("%s %s with Postgres down: %d in %v", req.method, req.path, r.Status, took.Round(time.Millisecond))
 	}
+	// The admin's spend caps endpoints too.
+	admin := newAdmin(t, m)
+	for _, r := range []reply{admin.get("/v1/admin/users/" + uid + "/caps"), admin.post("/v1/admin/users/"+uid+"/caps", map[string]any{"daily": 5}, nil)} {
+		require.Equal(t, http.StatusServiceUnavailable, r.Status, string(r.Body))
+		r.problem(t)
+		r.retryAfter(t)
+	}
 	ready, err := http.Get(m.URL() + "/readyz")
 	require.NoError(t, err)
 	ready.Body.Close()
@@ -175,6 +182,7 @@ func TestDatabaseOutage(t *testing.T) {
 	require.Equal(t, 3, count(t, m, `SELECT count(*) FROM river_job WHERE kind = 'ai'`))
 	require.Zero(t, count(t, m, `SELECT count(*) FROM batches`))
 	require.Equal(t, 1, count(t, m, `SELECT count(*) FROM idempotency_keys`))
+	require.Zero(t, count(t, m, `SELECT count(*) FROM credit_accounts WHERE daily_cap IS NOT NULL`))
 	requireInvariants(t, m)
 }
 

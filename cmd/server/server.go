@@ -291,6 +291,11 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 			return err
 		}
 	}
+	// Every API process records its default spend caps; the last to start
+	// decides for all.
+	if err := ledger.SetCapDefaults(ctx, m.pool, cfg.SpendCapDaily, cfg.SpendCapMonthly); err != nil {
+		return err
+	}
 	m.watcher = api.NewWatcher(m.pool.Config().ConnConfig, m.Logger.With(slog.String("component", "watch")))
 	go m.watcher.Run(ctx)
 	svc := jobs.NewService(jobs.Config{
@@ -303,7 +308,8 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 			UserMaxPending:  cfg.UserMaxPending,
 			QueueMaxPending: cfg.QueueMaxPending,
 		},
-		Hooks: jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: m.dispatch.Line.Committed, Cancelled: m.dispatch.Requests().Cancelled},
+		Deadlines: cfg.Deadlines,
+		Hooks:     jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: m.dispatch.Line.Committed, Cancelled: m.dispatch.Requests().Cancelled},
 	})
 	falHooks, err := m.falWebhooks()
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aiqueue/aiqueue/dispatch"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
@@ -147,7 +148,32 @@ func TestSQLDocs(t *testing.T) {
 	catalog := jobs.DefaultCatalog()
 	rc := jobtest.InsertOnly(t, pool)
 	svc := jobs.NewService(jobs.Config{Pool: pool, River: rc, Catalog: catalog})
-	ids, err := svc.Submit(ctx, userA, []jobs.Item{{Operation: "remove-bg", Params: json.RawMessage(`{"image_url":"https://example.com/a.png"}`)}}, jobs.SubmitOpts{})
+
+	// A job that missed its deadline to start: submitted with start_by 1 s
+	// while nothing gives it a fal slot; the line, served once the
+	// deadline passed and stopped again, cancels it.
+	ids, err := svc.Submit(ctx, userB, []jobs.Item{{Operation: "generate", Params: json.RawMessage(`{"prompt":"too late"}`)}},
+		jobs.SubmitOpts{StartBy: json.RawMessage(`1`)})
+	require.NoError(t, err)
+	missed := jobs.FormatID(ids[0])
+	time.Sleep(1100 * time.Millisecond)
+	lineCtx, stopLine := context.WithCancel(ctx)
+	dispatch.NewLine(pool, dispatch.DefaultCaps, nil).Start(lineCtx, rc)
+	require.Eventually(t, func() bool {
+		var state string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT state FROM ai_jobs WHERE id = $1`, missed).Scan(&state))
+		return state == jobs.StateCancelled
+	}, 10*time.Second, 20*time.Millisecond)
+	stopLine()
+	time.Sleep(200 * time.Millisecond) // a serve under way ends; none starts on a cancelled context
+	// userA's own caps: a daily one (5), the monthly one by default (none).
+	capTx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	five := int64(5)
+	require.NoError(t, ledger.SetCaps(ctx, capTx, userA, ledger.CapLimits{Daily: &five}))
+	require.NoError(t, capTx.Commit(ctx))
+
+	ids, err = svc.Submit(ctx, userA, []jobs.Item{{Operation: "remove-bg", Params: json.RawMessage(`{"image_url":"https://example.com/a.png"}`)}}, jobs.SubmitOpts{})
 	require.NoError(t, err)
 	oldID := ids[0]
 	oldWaiting := jobs.FormatID(oldID)
@@ -217,14 +243,14 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_f
 		"spent-today": func(t *testing.T, rows []docRow) {
 			require.Equal(t, []string{userA, userB}, column(rows, "user_id"))
 			require.Equal(t, []string{"2", "1"}, column(rows, "charged"))
-			require.Equal(t, []string{"2", "10"}, column(rows, "refunded"))
+			require.Equal(t, []string{"2", "11"}, column(rows, "refunded"), "userB's video and the job that missed its deadline")
 			require.Equal(t, []string{"2", "1"}, column(rows, "paid_jobs"))
 		},
 		"error-rates": func(t *testing.T, rows []docRow) {
 			require.Equal(t, []string{"upscale", "generate", "video"}, column(rows, "operation"))
-			require.Equal(t, []string{"1", "3", "1"}, column(rows, "finished"))
+			require.Equal(t, []string{"1", "4", "1"}, column(rows, "finished"))
 			require.Equal(t, []string{"1", "0", "0"}, column(rows, "failed"))
-			require.Equal(t, []string{"0", "0", "1"}, column(rows, "cancelled"))
+			require.Equal(t, []string{"0", "1", "1"}, column(rows, "cancelled"))
 			require.Equal(t, []string{"100.0", "0", "0"}, column(rows, "failed_pct"))
 			require.Equal(t, []string{"invalid_params", "<nil>", "<nil>"}, column(rows, "top_error"))
 		},
@@ -237,6 +263,24 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 2, 'fal-ai/flux/dev', 'req-hung', 'in_f
 			require.Regexp(t, `^key-[123]$`, rows[0]["fal_key"])
 			require.Equal(t, "1", rows[0]["jobs"])
 			require.Equal(t, "["+up.ID+"]", rows[0]["job_ids"])
+		},
+		"missed-deadlines": func(t *testing.T, rows []docRow) {
+			require.Len(t, rows, 1)
+			r := rows[0]
+			require.Equal(t, missed, r["id"])
+			require.Equal(t, userB, r["user_id"])
+			require.Equal(t, "generate", r["operation"])
+			require.Equal(t, "urgent", r["queue"])
+			require.NotEqual(t, "<nil>", r["start_by"])
+			require.NotEqual(t, "<nil>", r["late_by"])
+			require.Equal(t, "1", r["credits"])
+			require.Equal(t, "refunded", r["credit_state"])
+		},
+		"spend-caps": func(t *testing.T, rows []docRow) {
+			// Only userA has a cap: spent today g1 and g2 (charged) and the
+			// two waiting jobs (reserved); the failed upscale was refunded.
+			require.Equal(t, []docRow{{"user_id": userA, "daily_cap": "5", "daily_default": "false", "spent_today": "4", "left_today": "1",
+				"monthly_cap": "<nil>", "monthly_default": "true", "spent_this_month": "4", "left_this_month": "<nil>"}}, rows)
 		},
 		"slowest": func(t *testing.T, rows []docRow) {
 			require.Equal(t, []string{"generate"}, column(rows, "operation"))

@@ -44,6 +44,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/users/{id}/caps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get a user's spend caps
+         * @description Admin only. The user's daily and monthly spend caps (their own, or the default), what they spent in each period and when it resets.
+         */
+        get: operations["get-user-caps"];
+        put?: never;
+        /**
+         * Set a user's spend caps
+         * @description Admin only. Sets the user's daily and monthly spend caps in credits, creating the account when needed: null or absent is the server's default (SPEND_CAP_DAILY, SPEND_CAP_MONTHLY), 0 allows no spending at all. A user's spend in a period (UTC day, UTC month) is what their submissions reserved in it, less refunds; a submission that would pass a cap is refused with 402 spend_cap_exceeded. The answer is the caps as GET says them. Setting the same caps again changes nothing.
+         */
+        post: operations["set-user-caps"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/webhook-deliveries": {
         parameters: {
             query?: never;
@@ -139,7 +163,7 @@ export interface paths {
         put?: never;
         /**
          * Submit a batch of jobs
-         * @description Validates 1-100 items (every error listed, located by item), then reserves the total cost and queues every job in one transaction: all of them or none (402 names the shortfall). The batch takes one rate-limit token; the pending-job cap and queue caps count every item.
+         * @description Validates 1-100 items (every error listed, located by item), then reserves the total cost and queues every job in one transaction: all of them or none (402 names the shortfall, or the spend cap the total would pass). The batch takes one rate-limit token; the pending-job cap and queue caps count every item. start_by applies to every job.
          */
         post: operations["submit-batch"];
         delete?: never;
@@ -240,7 +264,7 @@ export interface paths {
         put?: never;
         /**
          * Submit a job
-         * @description Validates the params, reserves the operation's cost and queues the job, in one transaction. Every validation error is listed in one 422. Refused with 429 over the user's rate limit or pending-job cap, and with 503 when the queue is full or the database unreachable (with Retry-After; nothing is written).
+         * @description Validates the params, reserves the operation's cost and queues the job, in one transaction. Every validation error is listed in one 422. Refused with 402 without the credits (code insufficient_credits) or past the user's daily or monthly spend cap (code spend_cap_exceeded, with the cap, what was spent and when it resets), with 429 over the user's rate limit or pending-job cap, and with 503 when the queue is full or the database unreachable (with Retry-After; nothing is written). start_by (or the queue's default) is the deadline to start: a job fal has not accepted by then is cancelled with error code deadline_exceeded and refunded.
          */
         post: operations["submit-job"];
         delete?: never;
@@ -436,6 +460,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * camera-control item
@@ -481,6 +507,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * camera-control params
@@ -509,6 +537,56 @@ export interface components {
             vertical_angle?: number;
             /** @description Camera distance: 0 wide, 5 medium, 10 close-up. */
             zoom?: number;
+        };
+        Cap: {
+            /**
+             * Format: int64
+             * @description Credits the user may reserve in the period (submissions, and admins' retries, less refunds); absent: no cap. 0: nothing may be submitted.
+             */
+            cap?: number;
+            /** @description true: the server's default applies (SPEND_CAP_DAILY, SPEND_CAP_MONTHLY); false: the user has a cap of their own. */
+            default: boolean;
+            /**
+             * Format: int64
+             * @description What can still be reserved in the period (cap - spent, at least 0); absent without a cap.
+             */
+            remaining?: number;
+            /**
+             * Format: date-time
+             * @description When the period ends and its spend starts again at 0 (00:00 UTC; for the month, of the 1st).
+             */
+            resets_at: string;
+            /**
+             * Format: int64
+             * @description Credits reserved in the period, less what was refunded: charged and still reserved.
+             */
+            spent: number;
+        };
+        Caps: {
+            /** @description The cap of the UTC day. */
+            daily: components["schemas"]["Cap"];
+            /** @description The cap of the UTC month. */
+            monthly: components["schemas"]["Cap"];
+        };
+        CapsBody: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/CapsBody.json
+             */
+            readonly $schema?: string;
+            /**
+             * Format: int64
+             * @description Credits the user may reserve per UTC day; null or absent: the default (SPEND_CAP_DAILY); 0: no spending at all.
+             * @example 200
+             */
+            daily?: number | null;
+            /**
+             * Format: int64
+             * @description Credits the user may reserve per UTC month; null or absent: the default (SPEND_CAP_MONTHLY); 0: no spending at all.
+             * @example 3000
+             */
+            monthly?: number | null;
         };
         CreatedWebhookEndpoint: {
             /**
@@ -596,6 +674,8 @@ export interface components {
              * @description Credits granted minus credits charged.
              */
             balance: number;
+            /** @description The user's daily and monthly spend caps, what was spent in each period and when it resets: a submission that would pass a cap is refused (402 spend_cap_exceeded). */
+            caps: components["schemas"]["Caps"];
             /** @description The latest journal entries, newest first. */
             entries: components["schemas"]["CreditEntry"][];
             /**
@@ -650,6 +730,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * edit params
@@ -741,6 +823,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * gemstone params
@@ -818,6 +902,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * generate params
@@ -1025,6 +1111,11 @@ export interface components {
             result?: components["schemas"]["ImagesResult"] | components["schemas"]["ImageResult"] | components["schemas"]["VideoResult"];
             /**
              * Format: date-time
+             * @description The deadline to start the job was submitted with (start_by, or its queue's default): if fal has not accepted a request of it by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal. Absent: none. It applies to the job's first run only (not to an admin's retry).
+             */
+            start_by?: string;
+            /**
+             * Format: date-time
              * @description When fal first accepted a request of the job.
              */
             started_at?: string;
@@ -1067,6 +1158,8 @@ export interface components {
             params?: unknown;
             /** @description The queue: urgent, normal or background; the operation's priority by default, which only admins may raise. */
             priority?: unknown;
+            /** @description The deadline to start, in seconds from now or as an RFC 3339 time: see the member schema. */
+            start_by?: unknown;
         } & (components["schemas"]["EditJobRequest"] | components["schemas"]["GenerateJobRequest"] | components["schemas"]["UpscaleJobRequest"] | components["schemas"]["RemoveBgJobRequest"] | components["schemas"]["CameraControlJobRequest"] | components["schemas"]["GemstoneJobRequest"] | components["schemas"]["MetalRecolorJobRequest"] | components["schemas"]["MetalPolishJobRequest"] | components["schemas"]["NaturalLightJobRequest"] | components["schemas"]["VideoJobRequest"] | components["schemas"]["TurntableJobRequest"]);
         LogLine: {
             /** @description fal's level, such as INFO or ERROR. */
@@ -1122,6 +1215,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * metal-polish params
@@ -1205,6 +1300,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * metal-recolor params
@@ -1284,6 +1381,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * natural-light params
@@ -1421,7 +1520,7 @@ export interface components {
             /** @description tiers: by ascending up_to; the first whose up_to is at least the value applies. */
             tiers?: components["schemas"]["Tier"][];
         };
-        /** @description An RFC 9457 problem detail. errors lists every validation problem (422); needed, available and shortfall come with 402; job with a 409 of cancel-job. */
+        /** @description An RFC 9457 problem detail. errors lists every validation problem (422); a 402 has code insufficient_credits (needed, available, shortfall) or spend_cap_exceeded (type urn:aiqueue:problem:spend-cap-exceeded; period, cap, spent, needed, resets_at); job comes with a 409 of cancel-job. */
         Problem: {
             /**
              * Format: uri
@@ -1431,9 +1530,19 @@ export interface components {
             readonly $schema?: string;
             /**
              * Format: int64
-             * @description Credits available to the user (402 only).
+             * @description Credits available to the user (402 insufficient_credits only).
              */
             available?: number;
+            /**
+             * Format: int64
+             * @description The user's spend cap of the period, in credits (402 spend_cap_exceeded only).
+             */
+            cap?: number;
+            /**
+             * @description Which 402: insufficient_credits (needed, available, shortfall) or spend_cap_exceeded (period, cap, spent, needed, resets_at).
+             * @enum {string}
+             */
+            code?: "insufficient_credits" | "spend_cap_exceeded";
             /**
              * @description A human-readable explanation specific to this occurrence of the problem.
              * @example Property foo is required but is missing.
@@ -1455,10 +1564,25 @@ export interface components {
              */
             needed?: number;
             /**
+             * @description The period whose cap the request would pass: day or month, UTC (402 spend_cap_exceeded only).
+             * @enum {string}
+             */
+            period?: "day" | "month";
+            /**
+             * Format: date-time
+             * @description When the period ends and its spend starts again at 0 (402 spend_cap_exceeded only; Retry-After says the same).
+             */
+            resets_at?: string;
+            /**
              * Format: int64
-             * @description Credits missing (402 only).
+             * @description Credits missing (402 insufficient_credits only).
              */
             shortfall?: number;
+            /**
+             * Format: int64
+             * @description Credits the user has spent in the period: reserved, less refunds (402 spend_cap_exceeded only).
+             */
+            spent?: number;
             /**
              * Format: int64
              * @description HTTP status code
@@ -1542,6 +1666,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * remove-bg params
@@ -1641,7 +1767,7 @@ export interface components {
         };
         RetryFilter: {
             /**
-             * @description Only jobs whose last error has this code (upstream_error, invalid_params, model_error, result_expired, timeout, deadline_exceeded, internal).
+             * @description Only jobs whose last error has this code (upstream_error, invalid_params, model_error, result_expired, timeout, internal; a job cancelled for its deadline, deadline_exceeded, is cancelled, not failed: retry it by id).
              * @example upstream_error
              */
             error_code?: string;
@@ -1811,6 +1937,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * turntable params
@@ -1880,6 +2008,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * upscale params
@@ -1915,6 +2045,23 @@ export interface components {
             seed?: number;
             /** @description How many times larger (1-4). Default: 2. The cost is multiplied by 1 up to 2, 2 up to 2.5, 3 up to 3, 4 up to 4. */
             upscale_factor?: number;
+        };
+        UserCaps: {
+            /**
+             * Format: uri
+             * @description A URL to the JSON Schema for this object.
+             * @example https://example.com/schemas/UserCaps.json
+             */
+            readonly $schema?: string;
+            /** @description The cap of the UTC day. */
+            daily: components["schemas"]["Cap"];
+            /** @description The cap of the UTC month. */
+            monthly: components["schemas"]["Cap"];
+            /**
+             * Format: uuid
+             * @description The user.
+             */
+            user_id: string;
         };
         /**
          * video item
@@ -1958,6 +2105,8 @@ export interface components {
              * @enum {string}
              */
             priority?: "urgent" | "normal" | "background";
+            /** @description The deadline to start: if fal has not accepted a request of the job by then, it is cancelled with error code deadline_exceeded and refunded, and never reaches fal (the rest is sent to fal as X-Fal-Request-Timeout). Whole seconds from now (1 to 86400) or an RFC 3339 time within 24 hours; a time in the past is refused (422). Absent: the queue's default (QUEUE_URGENT_START_BY, 120 s unless configured; none for normal and background unless configured). */
+            start_by?: number | string;
         };
         /**
          * video params
@@ -2511,6 +2660,326 @@ export interface operations {
                      *         {
                      *           "location": "body",
                      *           "message": "needs exactly one of ids and filter"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "get-user-caps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id (the token's sub). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserCaps"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
+                     *         }
+                     *       ],
+                     *       "status": 422,
+                     *       "title": "Unprocessable Entity",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unexpected error. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "internal error",
+                     *       "status": 500,
+                     *       "title": "Internal Server Error",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The queue is full (QUEUE_MAX_PENDING) or the database is unreachable. Nothing was written; retry after Retry-After. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the urgent queue is full (10000 jobs waiting); retry later",
+                     *       "status": 503,
+                     *       "title": "Service Unavailable",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "set-user-caps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id (the token's sub). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CapsBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserCaps"];
+                };
+            };
+            /** @description The body is not JSON. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body",
+                     *           "message": "invalid character 'o' in literal null (expecting 'u')",
+                     *           "value": "not json"
+                     *         }
+                     *       ],
+                     *       "status": 400,
+                     *       "title": "Bad Request",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an expired, badly signed, wrong-audience or wrong-issuer token. */
+            401: {
+                headers: {
+                    /**
+                     * @description The bearer challenge (RFC 6750).
+                     * @example Bearer realm="aiqueue", error="invalid_token"
+                     */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "invalid or missing bearer token: token expired",
+                     *       "status": 401,
+                     *       "title": "Unauthorized",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The endpoint needs the admin role (role service_role or app_metadata.role admin). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this endpoint needs the admin role",
+                     *       "status": 403,
+                     *       "title": "Forbidden",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over 1 MB (1,048,576 bytes): send large images by URL. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "request body is too large: 2097152 bytes, the limit is 1048576 bytes (send large images by URL)",
+                     *       "status": 413,
+                     *       "title": "Request Entity Too Large",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not application/json. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "status": 415,
+                     *       "title": "Unsupported Media Type",
+                     *       "type": "about:blank"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation failed: every problem is listed in errors, with its location and value. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "validation failed",
+                     *       "errors": [
+                     *         {
+                     *           "location": "body.params",
+                     *           "message": "expected required property image_urls to be present",
+                     *           "value": {
+                     *             "prompt": "make it rose gold"
+                     *           }
+                     *         },
+                     *         {
+                     *           "location": "body.priority",
+                     *           "message": "expected value to be one of \"urgent, normal, background\"",
+                     *           "value": "asap"
                      *         }
                      *       ],
                      *       "status": 422,
@@ -3361,15 +3830,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Not enough credits: needed, available and shortfall say how many. Nothing was reserved or queued. */
+            /** @description Not enough credits (code insufficient_credits: needed, available and shortfall say how many), or the user's daily or monthly spend cap would be passed (code spend_cap_exceeded, type urn:aiqueue:problem:spend-cap-exceeded: period, cap, spent, needed and resets_at, and Retry-After until the reset). Nothing was reserved or queued. */
             402: {
                 headers: {
+                    /** @description Seconds until the spend cap's period resets (spend_cap_exceeded only). */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     /**
                      * @example {
                      *       "available": 4,
+                     *       "code": "insufficient_credits",
                      *       "detail": "not enough credits: needed 10, available 4",
                      *       "needed": 10,
                      *       "shortfall": 6,
@@ -4218,15 +4690,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Not enough credits: needed, available and shortfall say how many. Nothing was reserved or queued. */
+            /** @description Not enough credits (code insufficient_credits: needed, available and shortfall say how many), or the user's daily or monthly spend cap would be passed (code spend_cap_exceeded, type urn:aiqueue:problem:spend-cap-exceeded: period, cap, spent, needed and resets_at, and Retry-After until the reset). Nothing was reserved or queued. */
             402: {
                 headers: {
+                    /** @description Seconds until the spend cap's period resets (spend_cap_exceeded only). */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     /**
                      * @example {
                      *       "available": 4,
+                     *       "code": "insufficient_credits",
                      *       "detail": "not enough credits: needed 10, available 4",
                      *       "needed": 10,
                      *       "shortfall": 6,
