@@ -138,7 +138,11 @@ func TestStatusCodes(t *testing.T) {
 		t.Parallel()
 		c, uid := newUser(t, m, 5)
 		big := `{"operation":"edit","params":{"prompt":"x","image_urls":["data:image/png;base64,` + strings.Repeat("A", 1<<20) + `"]}}`
-		r := c.send(http.MethodPost, "/v1/jobs", strings.NewReader(big), nil)
+		// A client that announces a large body waits for the server's go
+		// ahead (Expect: 100-continue), as curl and browsers do: the 413
+		// comes before the body is sent. Without it the server's early 413
+		// and close can reach the client as a reset while it still writes.
+		r := c.send(http.MethodPost, "/v1/jobs", strings.NewReader(big), map[string]string{"Expect": "100-continue"})
 		require.Equal(t, http.StatusRequestEntityTooLarge, r.Status)
 		r.problem(t)
 		// Without a Content-Length (chunked) the body is cut off too.
