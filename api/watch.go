@@ -55,9 +55,22 @@ type Watcher struct {
 	changed map[int64]uint64
 	reset   uint64
 
+	// recheck: after recording newly watched jobs, their subscribers are
+	// woken again after each of these delays (see Subscribe).
+	recheck []time.Duration
+
 	connected     atomic.Bool
 	notifications atomic.Int64
 }
+
+// defaultRecheck are the delays after which the subscribers of a newly
+// watched job are woken once more. A transaction that changed the job
+// before the record was visible to it found nobody watching and sends no
+// notification; when it commits only after the subscriber's first read,
+// the change would wait for the next one (a job's final state: the long
+// poll's whole wait). Such a transaction was already running when the
+// record committed, so it commits soon after: the re-reads see it.
+var defaultRecheck = []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second}
 
 // NewWatcher returns a Watcher that connects with a copy of config. Call
 // Run to start it.
@@ -73,7 +86,8 @@ func NewWatcher(config *pgx.ConnConfig, logger *slog.Logger) *Watcher {
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
-	return &Watcher{config: cfg, logger: logger, token: uuid.NewString(), subs: map[int64]map[*Subscription]struct{}{}, changed: map[int64]uint64{}}
+	return &Watcher{config: cfg, logger: logger, token: uuid.NewString(), subs: map[int64]map[*Subscription]struct{}{}, changed: map[int64]uint64{},
+		recheck: defaultRecheck}
 }
 
 // Subscription receives a value on C (buffered, never blocks the Watcher)
@@ -89,7 +103,9 @@ type Subscription struct {
 // Subscribe starts watching jobs ids (River job ids): one job for a job's
 // long poll or stream, every job of a batch for the batch's. The jobs are
 // recorded as watched before Subscribe returns. Subscribe before reading
-// them, so a change between the read and the wait is not lost.
+// them, so a change between the read and the wait is not lost: one
+// committed while the job was being recorded wakes the subscription a
+// little later (defaultRecheck).
 func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 	c := make(chan struct{}, 1)
 	s := &Subscription{C: c, c: c, w: w, ids: ids}
@@ -116,6 +132,13 @@ func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 	if len(first) > 0 {
 		w.record(`INSERT INTO job_watchers (job_id, watcher)
 			SELECT id, $2 FROM unnest($1::bigint[]) AS id ON CONFLICT DO NOTHING`, first)
+		for _, d := range w.recheck {
+			time.AfterFunc(d, func() {
+				for _, id := range first {
+					w.wake(id)
+				}
+			})
+		}
 	}
 	return s
 }

@@ -41,6 +41,7 @@ func TestWatcher(t *testing.T) {
 	t.Run("WakesOnVisibleChangesOnly", func(t *testing.T) {
 		t.Parallel()
 		b, w := setupWatcher(t)
+		api.SetWatcherRecheck(w) // only notifications wake here
 		uid := grant(t, b.pool, 5)
 		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
@@ -73,6 +74,45 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 		default:
 		}
 		requireInvariants(t, b.pool)
+	})
+
+	// A change made before the job was recorded as watched but committed
+	// after the subscriber's first read sends no notification (the
+	// trigger found nobody watching): the watcher's re-check wakes the
+	// subscriber. Without it the change would wait for the next one.
+	t.Run("ChangeCommittedWhileRecordingWakes", func(t *testing.T) {
+		t.Parallel()
+		for _, recheck := range []bool{false, true} {
+			b, w := setupWatcher(t)
+			if recheck {
+				api.SetWatcherRecheck(w, 200*time.Millisecond)
+			} else {
+				api.SetWatcherRecheck(w)
+			}
+			uid := grant(t, b.pool, 5)
+			ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a")}, jobs.SubmitOpts{})
+			require.NoError(t, err)
+			_, err = b.pool.Exec(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model)
+VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
+			require.NoError(t, err)
+			tx, err := b.pool.Begin(ctx)
+			require.NoError(t, err)
+			_, err = tx.Exec(ctx, `UPDATE fal_requests SET request_id = 'r-1', state = 'in_flight', submitted_at = now() WHERE job_id = $1`, ids[0])
+			require.NoError(t, err)
+			sub := w.Subscribe(ids[0])
+			// The subscriber's first read would come here, before the commit.
+			require.NoError(t, tx.Commit(ctx))
+			select {
+			case <-sub.C:
+				require.True(t, recheck, "woken without a re-check: the race did not happen")
+			case <-time.After(3 * time.Second):
+				require.False(t, recheck, "a change committed while the job was recorded did not wake the subscriber")
+			}
+			require.Zero(t, w.Notifications(), "no notification: the trigger saw nobody watching")
+			sub.Close()
+			requireInvariants(t, b.pool)
+		}
 	})
 
 	t.Run("ReconnectsAndWakesEveryone", func(t *testing.T) {
