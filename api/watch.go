@@ -70,7 +70,7 @@ type Watcher struct {
 // the change would wait for the next one (a job's final state: the long
 // poll's whole wait). Such a transaction was already running when the
 // record committed, so it commits soon after: the re-reads see it.
-var defaultRecheck = []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second}
+var defaultRecheck = []time.Duration{100 * time.Millisecond, time.Second, 5 * time.Second}
 
 // NewWatcher returns a Watcher that connects with a copy of config. Call
 // Run to start it.
