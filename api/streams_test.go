@@ -28,6 +28,7 @@ func TestOneReadPerChange(t *testing.T) {
 	ctx := context.Background()
 	b := setup(t)
 	w := api.NewWatcher(b.pool.Config().ConnConfig, nil)
+	api.SetWatcherRecheck(w) // reads on notifications only: the test moves the job in steps
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { w.Run(runCtx); close(done) }()

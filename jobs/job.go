@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -134,20 +135,82 @@ func FormatID(id int64) string { return strconv.FormatInt(id, 10) }
 const positionCap = 1000
 
 // Place sets the queue position of j, a job just submitted (Submission's
-// Jobs, or a replay of its answer), the way Get reads it now. It is a read of its own after the submit
-// committed: the submit's transaction, which holds the user's account row,
-// does not wait on it.
+// Jobs, or a replay of its answer), the way Get reads it now. It is a read
+// of its own after the submit committed: the submit's transaction, which
+// holds the user's account row, does not wait on it.
 func (s *Service) Place(ctx context.Context, j *Job) error {
-	n, ok := JobID(j.ID) // a replayed answer has only its id
+	n, ok := JobID(j.ID)
 	if !ok {
 		return errorf(ENOTFOUND, "job %q not found", j.ID)
 	}
-	var position *int
-	if err := s.pool.QueryRow(ctx, `SELECT fal_line_position($1, $2)`, n, positionCap).Scan(&position); err != nil {
+	position, err := s.place(ctx, n, j.Priority)
+	if err != nil {
 		return unavailable(err)
 	}
 	j.QueuePosition = position
 	return nil
+}
+
+// lineTTL is how long a process keeps its reading of a queue's line (the
+// jobs of more urgent queues and the users waiting in it) to place that
+// queue's jobs against: a submit's answer and a read of a queued job then
+// cost a few index probes, not a walk over every waiting user each. Other
+// users' turns may be this old; the job's own user is read each time.
+const lineTTL = 250 * time.Millisecond
+
+// lineReading is a reading of one queue's line (fal_line_ahead and
+// fal_line_waiting, by user).
+type lineReading struct {
+	ahead    int
+	users    []string
+	heads    []int64
+	waiting  []int32
+	inflight []int32
+}
+
+// lineCache holds, per process, the latest reading of each queue's line.
+type lineCache struct {
+	mu     sync.Mutex
+	queues map[string]*cacheEntry[lineReading]
+}
+
+func (c *lineCache) entry(queue string) *cacheEntry[lineReading] {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.queues == nil {
+		c.queues = map[string]*cacheEntry[lineReading]{}
+	}
+	e := c.queues[queue]
+	if e == nil {
+		e = &cacheEntry[lineReading]{}
+		c.queues[queue] = e
+	}
+	return e
+}
+
+// place returns the place in line of River job id, of queue: NULL when it
+// is not waiting (fal_line_place, against this process's reading of the
+// queue's line).
+func (s *Service) place(ctx context.Context, id int64, queue string) (*int, error) {
+	var position *int
+	if !slices.Contains(Queues, queue) { // a replayed answer without its queue
+		err := s.pool.QueryRow(ctx, `SELECT fal_line_position($1, $2)`, id, positionCap).Scan(&position)
+		return position, err
+	}
+	r, err := cached(ctx, &s.line.mu, s.line.entry(queue), lineTTL, func(ctx context.Context) (lineReading, error) {
+		var r lineReading
+		err := s.pool.QueryRow(ctx, `
+SELECT fal_line_ahead($1, $2), COALESCE(array_agg(user_id), '{}'), COALESCE(array_agg(head), '{}'),
+       COALESCE(array_agg(waiting), '{}'), COALESCE(array_agg(inflight), '{}')
+  FROM fal_line_waiting($1, $2)`, queue, positionCap).Scan(&r.ahead, &r.users, &r.heads, &r.waiting, &r.inflight)
+		return r, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = s.pool.QueryRow(ctx, `SELECT fal_line_place($1, $2, $3, $4, $5, $6, $7)`,
+		id, positionCap, r.ahead, r.users, r.heads, r.waiting, r.inflight).Scan(&position)
+	return position, err
 }
 
 // Get returns the user's job, or ENOTFOUND when it does not exist or
@@ -159,17 +222,19 @@ func (s *Service) Get(ctx context.Context, userID, id string, logs bool) (*Job, 
 	if !ok {
 		return nil, errorf(ENOTFOUND, "job %q not found", id)
 	}
-	var position *int
-	j, err := scanJob(s.pool.QueryRow(ctx, `SELECT `+jobColumns+`,
-       CASE WHEN state = 'queued' THEN fal_line_position(river_job_id, $3) END
-  FROM ai_jobs WHERE river_job_id = $1 AND user_id = $2`, n, userID, positionCap), &position)
+	j, err := scanJob(s.pool.QueryRow(ctx, `SELECT `+jobColumns+`
+  FROM ai_jobs WHERE river_job_id = $1 AND user_id = $2`, n, userID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, errorf(ENOTFOUND, "job %q not found", id)
 	}
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	j.QueuePosition = position
+	if j.State == StateQueued {
+		if j.QueuePosition, err = s.place(ctx, n, j.Priority); err != nil {
+			return nil, unavailable(err)
+		}
+	}
 	if !logs {
 		j.Progress.Logs = nil
 	}
@@ -194,50 +259,58 @@ const (
 // fal and the number of usable slots.
 type etaCache struct {
 	mu      sync.Mutex
-	medians map[string]*etaEntry
-	slots   etaEntry
-}
-
-type etaEntry struct {
-	value   float64 // seconds, or slots; NaN when unknown
-	at      time.Time
-	reading bool // a caller is reading it again
+	medians map[string]*cacheEntry[float64]
+	slots   cacheEntry[float64]
 }
 
 // entry returns the median entry of operation.
-func (c *etaCache) entry(operation string) *etaEntry {
+func (c *etaCache) entry(operation string) *cacheEntry[float64] {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.medians == nil {
-		c.medians = map[string]*etaEntry{}
+		c.medians = map[string]*cacheEntry[float64]{}
 	}
 	e := c.medians[operation]
 	if e == nil {
-		e = &etaEntry{}
+		e = &cacheEntry[float64]{}
 		c.medians[operation] = e
 	}
 	return e
 }
 
 // cached returns e's value, reading it with read when it is older than
-// etaTTL. The read runs without the lock, so job reads (long polls and
-// event streams woken together) never wait for another's query: while one
-// caller reads an entry again, the others take its older value.
-func (c *etaCache) cached(ctx context.Context, e *etaEntry, read func(context.Context) (float64, error)) (float64, error) {
-	c.mu.Lock()
-	if time.Since(e.at) < etaTTL || (e.reading && !e.at.IsZero()) {
+// etaTTL (see cached).
+func (c *etaCache) cached(ctx context.Context, e *cacheEntry[float64], read func(context.Context) (float64, error)) (float64, error) {
+	return cached(ctx, &c.mu, e, etaTTL, read)
+}
+
+// cacheEntry is a value a process read from the database, and when.
+type cacheEntry[V any] struct {
+	value   V
+	at      time.Time
+	reading bool // a caller is reading it again
+}
+
+// cached returns e's value (mu guards it), reading it with read when it is
+// older than ttl. The read runs without the lock, so job reads (long polls
+// and event streams woken together) never wait for another's query: while
+// one caller reads an entry again, the others take its older value.
+func cached[V any](ctx context.Context, mu *sync.Mutex, e *cacheEntry[V], ttl time.Duration, read func(context.Context) (V, error)) (V, error) {
+	mu.Lock()
+	if time.Since(e.at) < ttl || (e.reading && !e.at.IsZero()) {
 		v := e.value
-		c.mu.Unlock()
+		mu.Unlock()
 		return v, nil
 	}
 	e.reading = true
-	c.mu.Unlock()
+	mu.Unlock()
 	v, err := read(ctx)
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
 	e.reading = false
 	if err != nil {
-		return 0, err
+		var zero V
+		return zero, err
 	}
 	e.value, e.at = v, time.Now()
 	return v, nil

@@ -42,6 +42,7 @@ type Service struct {
 	deadlines Deadlines
 	backlog   backlogCache
 	eta       etaCache
+	line      lineCache
 	hooks     Hooks
 }
 

@@ -195,6 +195,11 @@ func TestSquashedSchema(t *testing.T) {
 		"index fal_parked_line",
 		"index river_job_fal_line",
 		"function fal_line_position(p_job_id bigint, p_cap integer)",
+		// 00009_line_place.sql: the position in two parts, a queue's
+		// reading shared by a process and one job's place against it.
+		"function fal_line_ahead(p_queue text, p_cap integer)",
+		"function fal_line_waiting(p_queue text, p_cap integer)",
+		"function fal_line_place(p_job_id bigint, p_cap integer, p_ahead integer, p_users text[], p_heads bigint[], p_waiting integer[], p_inflight integer[])",
 		"view column fal_key_in_flight.capacity",
 		"view column fal_key_in_flight.unusable",
 		"view column fal_key_in_flight.unusable_until",
