@@ -22,6 +22,9 @@ func TestWatcher(t *testing.T) {
 		t.Helper()
 		b := setup(t)
 		w := api.NewWatcher(b.pool.Config().ConnConfig, nil)
+		// Only notifications wake here, so the wake-ups can be counted;
+		// ChangeCommittedWhileRecordingWakes tests the re-check.
+		api.SetWatcherRecheck(w)
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { w.Run(runCtx); close(done) }()
@@ -41,7 +44,6 @@ func TestWatcher(t *testing.T) {
 	t.Run("WakesOnVisibleChangesOnly", func(t *testing.T) {
 		t.Parallel()
 		b, w := setupWatcher(t)
-		api.SetWatcherRecheck(w) // only notifications wake here
 		uid := grant(t, b.pool, 5)
 		ids, err := b.svc.Submit(ctx, uid, []jobs.Item{generate("a"), generate("b")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
