@@ -19,7 +19,7 @@ const (
 )
 
 // capCode is the SQLSTATE of a reservation refused by a spend cap
-// (migrations/sql/00008_limits.sql).
+// (migrations/sql/00003_ledger.sql).
 const capCode = "AQCAP"
 
 // CapError is an AI job insert refused because it would take the user's

@@ -64,7 +64,7 @@ UPDATE credit_accounts
 }
 
 // TestCaps checks the spend caps the reservation enforces (the
-// river_job_reserve_credits trigger of migrations/sql/00008_limits.sql).
+// river_job_reserve_credits trigger of migrations/sql/00003_ledger.sql).
 func TestCaps(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -195,8 +195,8 @@ func TestSquashedSchema(t *testing.T) {
 		"index fal_parked_line",
 		"index river_job_fal_line",
 		"function fal_line_position(p_job_id bigint, p_cap integer)",
-		// 00009_line_place.sql: the position in two parts, a queue's
-		// reading shared by a process and one job's place against it.
+		// The position in two parts (00004_fal.sql): a queue's reading
+		// shared by a process and one job's place against it.
 		"function fal_line_ahead(p_queue text, p_cap integer)",
 		"function fal_line_waiting(p_queue text, p_cap integer)",
 		"function fal_line_place(p_job_id bigint, p_cap integer, p_ahead integer, p_users text[], p_heads bigint[], p_waiting integer[], p_inflight integer[])",
@@ -341,9 +341,9 @@ func TestSquashedSchema(t *testing.T) {
 		"view column webhook_deliveries.last_error",
 		"view column webhook_deliveries.delivered_at",
 		"view column webhook_deliveries.delivery_time",
-		// Deadlines to start (00008_limits.sql): the ones the line still
+		// Deadlines to start (00004_fal.sql): the ones the line still
 		// watches, written by the insert, dropped by an admin's retry;
-		// ai_jobs shows a job's deadline.
+		// ai_jobs shows a job's deadline (00005_api.sql).
 		"table ai_job_deadlines",
 		"column ai_job_deadlines.job_id",
 		"column ai_job_deadlines.start_by",
@@ -356,9 +356,9 @@ func TestSquashedSchema(t *testing.T) {
 		"function river_job_rerun_deadline()",
 		"trigger river_job.river_job_rerun_deadline",
 		"view column ai_jobs.start_by",
-		// Spend caps: a user's caps and spend counters on the account row
-		// the reservation updates anyway, the defaults, and the one rule
-		// reading a counter in a period.
+		// Spend caps (00003_ledger.sql): a user's caps and spend counters
+		// on the account row the reservation updates anyway, the defaults,
+		// and the one rule reading a counter in a period.
 		"column credit_accounts.daily_cap",
 		"column credit_accounts.monthly_cap",
 		"column credit_accounts.spent_day",

@@ -12,12 +12,49 @@
 -- wait behind that user's submissions for the row lock. The balance is
 -- available plus the open holds (the credit_balances view).
 
+-- Spend caps. A user's spend in a period is the credits reserved in it
+-- (submissions and admins' retries) that were not refunded: a charge keeps
+-- it, a refund gives it back when the hold was counted in the period still
+-- counted. Periods are UTC: a day from 00:00, a month from the 1st. The
+-- account row keeps the counters (spent_day for the day spent_day_of,
+-- spent_month for the month starting spent_month_of), so the reservation's
+-- own update of the row checks and moves them: the row lock that
+-- serializes a user's submissions makes the cap exact, with no other lock.
+-- daily_cap and monthly_cap are the user's caps (NULL: the default in
+-- spend_cap_defaults, from SPEND_CAP_DAILY and SPEND_CAP_MONTHLY; 0: no
+-- spending at all).
 CREATE TABLE credit_accounts (
-    user_id    uuid PRIMARY KEY,
-    available  bigint NOT NULL DEFAULT 0 CONSTRAINT credit_accounts_available_nonnegative CHECK (available >= 0),
-    created_at timestamptz NOT NULL DEFAULT now()
+    user_id        uuid PRIMARY KEY,
+    available      bigint NOT NULL DEFAULT 0 CONSTRAINT credit_accounts_available_nonnegative CHECK (available >= 0),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    daily_cap      bigint CONSTRAINT credit_accounts_daily_cap_check CHECK (daily_cap >= 0),
+    monthly_cap    bigint CONSTRAINT credit_accounts_monthly_cap_check CHECK (monthly_cap >= 0),
+    spent_day      bigint NOT NULL DEFAULT 0,
+    spent_day_of   date,
+    spent_month    bigint NOT NULL DEFAULT 0,
+    spent_month_of date
 );
 COMMENT ON TABLE credit_accounts IS 'One row per user: the credits available to spend. balance = available + open holds (credit_balances).';
+
+-- The caps of users without their own: one row, written by each API
+-- process at start from its environment (the last to start decides); no
+-- row, or NULL, is no cap.
+CREATE TABLE spend_cap_defaults (
+    only_row   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    daily      bigint CHECK (daily >= 0),
+    monthly    bigint CHECK (monthly >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE spend_cap_defaults IS 'Default daily and monthly spend caps (SPEND_CAP_DAILY, SPEND_CAP_MONTHLY); NULL: no cap.';
+
+-- spend_in is a counter's spend in period: the counter's amount when it
+-- counts that period, else 0 (it counts an earlier one: period is new).
+-- +goose StatementBegin
+CREATE FUNCTION spend_in(amount bigint, counted date, period date) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN counted = period THEN amount ELSE 0 END
+$$;
+-- +goose StatementEnd
 
 -- Holds: one per run of an AI job (job_id is river_job.id; a job runs again
 -- only when an admin retries it: river_job_reserve_rerun), reserved until
@@ -62,8 +99,16 @@ COMMENT ON TABLE credit_entries IS 'Append-only journal of credits: grant, reser
 -- job can still run; 'succeeded' (completed: charge); 'failed' (discarded,
 -- or cancelled by its worker because fal refused it for good: the worker
 -- ends such jobs with River's JobCancel and its error code); 'cancelled'
--- (cancelled by a person: the API, River UI). Every ending but 'succeeded'
--- refunds.
+-- (cancelled by a person: the API, River UI; or for its deadline, below).
+-- Every ending but 'succeeded' refunds.
+--
+-- A job whose deadline to start (start_by, ai_job_deadlines) passed before
+-- fal accepted any request of it ends cancelled (deadline_exceeded),
+-- whoever ends it: the line (a job still waiting), the worker (a job given
+-- its slot in the last moment), or fal itself (X-Fal-Request-Timeout: the
+-- worker ends the job with River's JobCancel and that code). It is the
+-- client's own deadline, like a cancel, so it reads 'cancelled', not
+-- 'failed'.
 -- +goose StatementBegin
 CREATE FUNCTION ai_job_outcome(s river_job_state, errors jsonb[]) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
@@ -72,7 +117,7 @@ LANGUAGE sql IMMUTABLE AS $$
         WHEN 'discarded' THEN 'failed'
         WHEN 'cancelled' THEN
             CASE WHEN errors[array_upper(errors, 1)] ->> 'error' ~ '^JobCancelError: [a-z_]+: '
-                      AND errors[array_upper(errors, 1)] ->> 'error' !~ '^JobCancelError: cancelled: '
+                      AND errors[array_upper(errors, 1)] ->> 'error' !~ '^JobCancelError: (cancelled|deadline_exceeded): '
                  THEN 'failed' ELSE 'cancelled' END
     END
 $$;
@@ -126,6 +171,8 @@ CREATE TRIGGER credit_holds_settle_once BEFORE UPDATE ON credit_holds
 -- credit_settle settles the open hold of a job: charge (p_charge) or
 -- refund. It returns the new hold state, or NULL when the job has no open
 -- hold (already settled, or none), which makes every caller exactly-once.
+-- A refund also gives the hold's amount back to the spend of its day and
+-- month when the account still counts those.
 -- +goose StatementBegin
 CREATE FUNCTION credit_settle(p_job_id bigint, p_charge boolean) RETURNS text
 LANGUAGE plpgsql AS $$
@@ -141,7 +188,11 @@ BEGIN
         RETURN NULL;
     END IF;
     IF NOT p_charge THEN
-        UPDATE credit_accounts SET available = available + h.amount WHERE user_id = h.user_id;
+        UPDATE credit_accounts
+           SET available   = available + h.amount,
+               spent_day   = spent_day - spend_in(h.amount, spent_day_of, (h.created_at AT TIME ZONE 'UTC')::date),
+               spent_month = spent_month - spend_in(h.amount, spent_month_of, date_trunc('month', h.created_at AT TIME ZONE 'UTC')::date)
+         WHERE user_id = h.user_id;
     END IF;
     INSERT INTO credit_entries (user_id, kind, amount, job_id, run)
     VALUES (h.user_id, CASE WHEN p_charge THEN 'charge' ELSE 'refund' END, h.amount, h.job_id, h.run);
@@ -151,23 +202,36 @@ $$;
 -- +goose StatementEnd
 
 -- Inserting AI jobs reserves their cost (args.user_id, args.cost), all or
--- nothing per user: the statement takes each user's total from available
--- and writes one hold (run 1) and one reserve entry per job, or fails with
--- SQLSTATE AQ402 (detail {"needed": N, "available": M}), writing nothing,
--- when an account cannot cover it. So every AI job has its hold from the
--- statement that created it.
+-- nothing per user: the statement takes each user's total from available,
+-- adds it to the user's spend of today and of this month, and writes one
+-- hold (run 1) and one reserve entry per job; or it fails, writing nothing,
+-- when an account cannot cover it (SQLSTATE AQ402, detail {"needed": N,
+-- "available": M}) or it would take the user's spend past a cap (SQLSTATE
+-- AQCAP, detail {"period": "day"|"month", "cap", "spent", "needed",
+-- "resets_at"}; the month's when both are passed, and a cap before the
+-- credits: more credits would not help). So every AI job has its hold from
+-- the statement that created it. A statement whose transaction started
+-- before the period the account already counts (a submission that started
+-- before midnight UTC and reached the row after one that started after it)
+-- is counted in its own, closed period: it passes the cap and leaves the
+-- counters alone.
 -- +goose StatementBegin
 CREATE FUNCTION river_job_reserve_credits() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    short record;
-    have  bigint;
+    short   record;
+    acc     record;
+    v_day   date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    def_day   bigint;
+    def_month bigint;
 BEGIN
     IF EXISTS (SELECT 1 FROM new_jobs
                 WHERE kind = 'ai' AND (args ->> 'user_id' IS NULL OR COALESCE((args ->> 'cost')::bigint, 0) <= 0)) THEN
         RAISE EXCEPTION 'an AI job needs args.user_id and a positive args.cost'
             USING ERRCODE = 'check_violation';
     END IF;
+    SELECT daily, monthly INTO def_day, def_month FROM spend_cap_defaults;
     WITH jobs AS (
         SELECT id, (args ->> 'user_id')::uuid AS user_id, (args ->> 'cost')::bigint AS amount
           FROM new_jobs
@@ -176,9 +240,19 @@ BEGIN
         SELECT user_id, sum(amount) AS total FROM jobs GROUP BY user_id
     ), acct AS (
         UPDATE credit_accounts a
-           SET available = a.available - p.total
+           SET available      = a.available - p.total,
+               spent_day      = CASE WHEN a.spent_day_of > v_day THEN a.spent_day
+                                     ELSE spend_in(a.spent_day, a.spent_day_of, v_day) + p.total END,
+               spent_day_of   = GREATEST(a.spent_day_of, v_day),
+               spent_month    = CASE WHEN a.spent_month_of > v_month THEN a.spent_month
+                                     ELSE spend_in(a.spent_month, a.spent_month_of, v_month) + p.total END,
+               spent_month_of = GREATEST(a.spent_month_of, v_month)
           FROM per_user p
          WHERE a.user_id = p.user_id AND a.available >= p.total
+           AND (COALESCE(a.daily_cap, def_day) IS NULL OR a.spent_day_of > v_day
+                OR spend_in(a.spent_day, a.spent_day_of, v_day) + p.total <= COALESCE(a.daily_cap, def_day))
+           AND (COALESCE(a.monthly_cap, def_month) IS NULL OR a.spent_month_of > v_month
+                OR spend_in(a.spent_month, a.spent_month_of, v_month) + p.total <= COALESCE(a.monthly_cap, def_month))
         RETURNING a.user_id
     ), h AS (
         INSERT INTO credit_holds (job_id, user_id, amount)
@@ -194,15 +268,37 @@ BEGIN
      WHERE p.user_id NOT IN (SELECT user_id FROM acct)
      ORDER BY p.user_id
      LIMIT 1;
-    IF FOUND THEN
-        -- A statement of its own, so it reads the account as it is now, not
-        -- as the statement above found it before waiting for its row lock.
-        have := COALESCE((SELECT available FROM credit_accounts WHERE user_id = short.user_id), 0);
-        RAISE EXCEPTION 'not enough credits: needed %, available %', short.total, have
-            USING ERRCODE = 'AQ402',
-                  DETAIL = json_build_object('needed', short.total, 'available', have)::text;
+    IF NOT FOUND THEN
+        RETURN NULL;
     END IF;
-    RETURN NULL;
+    -- A statement of its own, so it reads the account as it is now, not as
+    -- the statement above found it before waiting for its row lock.
+    SELECT COALESCE(a.available, 0) AS available,
+           COALESCE(a.daily_cap, def_day) AS day_cap,
+           a.spent_day_of IS NULL OR a.spent_day_of <= v_day AS day_open,
+           COALESCE(spend_in(a.spent_day, a.spent_day_of, v_day), 0) AS day_spent,
+           COALESCE(a.monthly_cap, def_month) AS month_cap,
+           a.spent_month_of IS NULL OR a.spent_month_of <= v_month AS month_open,
+           COALESCE(spend_in(a.spent_month, a.spent_month_of, v_month), 0) AS month_spent
+      INTO acc
+      FROM (SELECT 1) one LEFT JOIN credit_accounts a ON a.user_id = short.user_id;
+    IF acc.month_cap IS NOT NULL AND acc.month_open IS NOT FALSE AND acc.month_spent + short.total > acc.month_cap THEN
+        RAISE EXCEPTION 'monthly spend cap reached: cap %, spent %, needed %', acc.month_cap, acc.month_spent, short.total
+            USING ERRCODE = 'AQCAP',
+                  DETAIL = json_build_object('period', 'month', 'cap', acc.month_cap, 'spent', acc.month_spent,
+                                             'needed', short.total,
+                                             'resets_at', (v_month + interval '1 month') AT TIME ZONE 'UTC')::text;
+    END IF;
+    IF acc.day_cap IS NOT NULL AND acc.day_open IS NOT FALSE AND acc.day_spent + short.total > acc.day_cap THEN
+        RAISE EXCEPTION 'daily spend cap reached: cap %, spent %, needed %', acc.day_cap, acc.day_spent, short.total
+            USING ERRCODE = 'AQCAP',
+                  DETAIL = json_build_object('period', 'day', 'cap', acc.day_cap, 'spent', acc.day_spent,
+                                             'needed', short.total,
+                                             'resets_at', (v_day + 1)::timestamp AT TIME ZONE 'UTC')::text;
+    END IF;
+    RAISE EXCEPTION 'not enough credits: needed %, available %', short.total, acc.available
+        USING ERRCODE = 'AQ402',
+              DETAIL = json_build_object('needed', short.total, 'available', acc.available)::text;
 END;
 $$;
 -- +goose StatementEnd
@@ -262,13 +358,17 @@ CREATE TRIGGER river_job_refund_truncated AFTER TRUNCATE ON river_job
 -- changing nothing: a succeeded job (SQLSTATE AQ409: a new job is the way to
 -- another result), and a retry the user cannot pay for (AQ402 with detail
 -- {"needed": N, "available": M}, as a submission). A job whose latest hold
--- is still open goes back without a new one.
+-- is still open goes back without a new one. The new run's hold counts in
+-- the user's spend like a submission's, but a cap never refuses an admin's
+-- retry (caps bound what users submit).
 -- +goose StatementBegin
 CREATE FUNCTION river_job_reserve_rerun() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    h    credit_holds;
-    have bigint;
+    h       credit_holds;
+    have    bigint;
+    v_day   date := (now() AT TIME ZONE 'UTC')::date;
+    v_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
 BEGIN
     SELECT * INTO h FROM credit_holds WHERE job_id = NEW.id ORDER BY run DESC LIMIT 1;
     IF NOT FOUND THEN
@@ -283,8 +383,15 @@ BEGIN
     IF h.state = 'reserved' THEN
         RETURN NEW;
     END IF;
-    UPDATE credit_accounts SET available = available - h.amount
-     WHERE user_id = h.user_id AND available >= h.amount;
+    UPDATE credit_accounts a
+       SET available      = a.available - h.amount,
+           spent_day      = CASE WHEN a.spent_day_of > v_day THEN a.spent_day
+                                 ELSE spend_in(a.spent_day, a.spent_day_of, v_day) + h.amount END,
+           spent_day_of   = GREATEST(a.spent_day_of, v_day),
+           spent_month    = CASE WHEN a.spent_month_of > v_month THEN a.spent_month
+                                 ELSE spend_in(a.spent_month, a.spent_month_of, v_month) + h.amount END,
+           spent_month_of = GREATEST(a.spent_month_of, v_month)
+     WHERE a.user_id = h.user_id AND a.available >= h.amount;
     IF NOT FOUND THEN
         have := COALESCE((SELECT available FROM credit_accounts WHERE user_id = h.user_id), 0);
         RAISE EXCEPTION 'not enough credits to retry: needed %, available %', h.amount, have
@@ -346,6 +453,8 @@ DROP FUNCTION IF EXISTS river_job_reserve_credits();
 DROP FUNCTION IF EXISTS credit_settle(bigint, boolean);
 DROP TABLE IF EXISTS credit_entries;
 DROP TABLE IF EXISTS credit_holds;
+DROP FUNCTION IF EXISTS spend_in(bigint, date, date);
+DROP TABLE IF EXISTS spend_cap_defaults;
 DROP TABLE IF EXISTS credit_accounts;
 DROP FUNCTION IF EXISTS credit_holds_settle_once();
 DROP FUNCTION IF EXISTS ledger_refuse();

@@ -1,6 +1,8 @@
 -- +goose Up
 -- fal capacity, shared by every server process: the keys and their slots,
--- every request made with them, and the line of jobs waiting for a slot.
+-- every request made with them, the line of jobs waiting for a slot, and
+-- the jobs' deadlines to start (a job that cannot start in time is
+-- cancelled and refunded).
 
 -- fal_keys: one row per configured key (named by index, never by secret):
 -- how many requests it may hold at once (FAL_KEY_MAX_IN_FLIGHT, written by
@@ -85,24 +87,82 @@ CREATE TABLE fal_parked (
 CREATE INDEX fal_parked_line ON fal_parked (queue, user_id, job_id);
 COMMENT ON TABLE fal_parked IS 'AI jobs back in the line for a fal slot after losing theirs (key cooling down, submit failed); the dispatcher wakes them.';
 
--- fal_line_position estimates how many jobs will get a fal slot before
--- job p_job_id (0 once it holds one, NULL when it is not waiting), at most
--- p_cap: every job waiting in a more urgent queue, this user's older jobs,
--- and from each other user waiting in the queue the turns the line gives it
--- first (one per turn of this user, plus one per request in flight fewer).
--- It reads one bounded index range per waiting user, never the backlog
--- behind the job.
+-- A job's place in the line for fal slots, in two parts, so a process can
+-- share the costly one among the jobs it places: fal_line_ahead and
+-- fal_line_waiting read a queue's line (the jobs of more urgent queues, and
+-- every user waiting in the queue: one bounded index range per user, never
+-- the backlog behind them), and fal_line_place places one job against such
+-- a reading. The API keeps each queue's reading for a quarter of a second
+-- (jobs.Service), so a submit's answer and a read of a queued job cost a
+-- few index probes, not a walk over every waiting user (that walk was half
+-- of Postgres's time per job under load). fal_line_position does both,
+-- for a DBA: the rule is fal_line_place's alone.
+
+-- fal_line_ahead: the jobs of queues more urgent than p_queue waiting for a
+-- slot (at most p_cap pending, and the parked ones): all of them get one
+-- first.
 -- +goose StatementBegin
-CREATE FUNCTION fal_line_position(p_job_id bigint, p_cap int) RETURNS int
+CREATE FUNCTION fal_line_ahead(p_queue text, p_cap int) RETURNS int
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    j         record;
-    higher    text[];
-    mine      int;
-    inflight  int;
-    ahead     int;
-    v         record;
-    turns     int;
+    higher text[];
+BEGIN
+    higher := (ARRAY['urgent', 'normal', 'background'])[1:array_position(ARRAY['urgent', 'normal', 'background'], p_queue) - 1];
+    IF cardinality(higher) = 0 THEN
+        RETURN 0;
+    END IF;
+    RETURN (SELECT count(*) FROM (
+                SELECT 1 FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = ANY(higher) LIMIT p_cap) x)
+         + (SELECT count(*) FROM fal_parked WHERE queue = ANY(higher));
+END;
+$$;
+-- +goose StatementEnd
+
+-- fal_line_waiting: every user with jobs pending in queue p_queue, by user
+-- id: the oldest of them (head), how many (at most p_cap) and the user's
+-- fal requests in flight.
+-- +goose StatementBegin
+CREATE FUNCTION fal_line_waiting(p_queue text, p_cap int)
+RETURNS TABLE (user_id text, head bigint, waiting int, inflight int)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE users AS (
+        (SELECT args ->> 'user_id' AS uid FROM river_job
+          WHERE state = 'pending' AND kind = 'ai' AND queue = p_queue ORDER BY args ->> 'user_id' LIMIT 1)
+        UNION ALL
+        SELECT (SELECT args ->> 'user_id' FROM river_job
+                 WHERE state = 'pending' AND kind = 'ai' AND queue = p_queue AND args ->> 'user_id' > u.uid
+                 ORDER BY args ->> 'user_id' LIMIT 1)
+          FROM users u WHERE u.uid IS NOT NULL
+    )
+    SELECT u.uid,
+           (SELECT min(id) FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = p_queue AND args ->> 'user_id' = u.uid),
+           (SELECT count(*) FROM (SELECT 1 FROM river_job
+                                   WHERE state = 'pending' AND kind = 'ai' AND queue = p_queue AND args ->> 'user_id' = u.uid
+                                   LIMIT p_cap) x)::int,
+           (SELECT count(*) FROM fal_requests WHERE finished_at IS NULL AND user_id = u.uid::uuid)::int
+      FROM users u WHERE u.uid IS NOT NULL
+     ORDER BY u.uid
+$$;
+-- +goose StatementEnd
+
+-- fal_line_place estimates how many jobs will get a fal slot before job
+-- p_job_id (0 once it holds one, NULL when it is not waiting), at most
+-- p_cap, from a reading of its queue's line (fal_line_ahead: p_ahead;
+-- fal_line_waiting: the other arrays, by user): every job waiting in a more
+-- urgent queue, this user's older jobs, and from each other user waiting in
+-- the queue the turns the line gives it first (one per turn of this user,
+-- plus one per request in flight fewer, plus one when its oldest job is
+-- older than this one). Reads this job and this user only.
+-- +goose StatementBegin
+CREATE FUNCTION fal_line_place(p_job_id bigint, p_cap int, p_ahead int,
+                               p_users text[], p_heads bigint[], p_waiting int[], p_inflight int[]) RETURNS int
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    j        record;
+    mine     int;
+    inflight int;
+    ahead    int := p_ahead;
+    turns    int;
 BEGIN
     SELECT id, queue, state, args ->> 'user_id' AS uid INTO j FROM river_job WHERE id = p_job_id AND kind = 'ai';
     IF NOT FOUND OR j.state IN ('completed', 'discarded', 'cancelled') THEN
@@ -111,40 +171,96 @@ BEGIN
     IF j.state <> 'pending' AND NOT EXISTS (SELECT 1 FROM fal_parked WHERE job_id = p_job_id) THEN
         RETURN 0;
     END IF;
-    higher := (ARRAY['urgent', 'normal', 'background'])[1:array_position(ARRAY['urgent', 'normal', 'background'], j.queue) - 1];
-    SELECT count(*) INTO ahead FROM (
-        SELECT 1 FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = ANY(higher) LIMIT p_cap) x;
-    ahead := ahead + (SELECT count(*) FROM fal_parked WHERE queue = ANY(higher));
-    SELECT count(*) INTO mine FROM river_job
-     WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = j.uid AND id < j.id;
+    SELECT count(*) INTO mine FROM (
+        SELECT 1 FROM river_job
+         WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = j.uid AND id < j.id
+         LIMIT p_cap) x;
     SELECT count(*) INTO inflight FROM fal_requests WHERE finished_at IS NULL AND user_id = j.uid::uuid;
-    FOR v IN
-        WITH RECURSIVE users AS (
-            (SELECT args ->> 'user_id' AS uid FROM river_job
-              WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue ORDER BY args ->> 'user_id' LIMIT 1)
-            UNION ALL
-            SELECT (SELECT args ->> 'user_id' FROM river_job
-                     WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' > u.uid
-                     ORDER BY args ->> 'user_id' LIMIT 1)
-              FROM users u WHERE u.uid IS NOT NULL
-        )
-        SELECT u.uid,
-               (SELECT min(id) FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = u.uid) AS head,
-               (SELECT count(*) FROM fal_requests WHERE finished_at IS NULL AND user_id = u.uid::uuid) AS inflight
-          FROM users u WHERE u.uid IS NOT NULL AND u.uid <> j.uid
-    LOOP
+    FOR i IN 1 .. coalesce(cardinality(p_users), 0) LOOP
         EXIT WHEN ahead + mine >= p_cap;
-        turns := mine + inflight - v.inflight::int + CASE WHEN v.head < j.id THEN 1 ELSE 0 END;
+        CONTINUE WHEN p_users[i] = j.uid;
+        turns := mine + inflight - p_inflight[i] + CASE WHEN p_heads[i] < j.id THEN 1 ELSE 0 END;
         IF turns > 0 THEN
-            ahead := ahead + (SELECT count(*) FROM (
-                SELECT 1 FROM river_job WHERE state = 'pending' AND kind = 'ai' AND queue = j.queue AND args ->> 'user_id' = v.uid
-                 LIMIT turns) x);
+            ahead := ahead + least(p_waiting[i], turns);
         END IF;
     END LOOP;
     RETURN least(ahead + mine, p_cap);
 END;
 $$;
 -- +goose StatementEnd
+
+-- fal_line_position: fal_line_place against a reading of the job's queue
+-- made now.
+-- +goose StatementBegin
+CREATE FUNCTION fal_line_position(p_job_id bigint, p_cap int) RETURNS int
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    q text;
+    w record;
+BEGIN
+    SELECT queue INTO q FROM river_job WHERE id = p_job_id AND kind = 'ai';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(user_id ORDER BY user_id) AS users, array_agg(head ORDER BY user_id) AS heads,
+           array_agg(waiting ORDER BY user_id) AS waiting, array_agg(inflight ORDER BY user_id) AS inflight
+      INTO w FROM fal_line_waiting(q, p_cap);
+    RETURN fal_line_place(p_job_id, p_cap, fal_line_ahead(q, p_cap), w.users, w.heads, w.waiting, w.inflight);
+END;
+$$;
+-- +goose StatementEnd
+
+-- ai_job_deadlines: the deadlines still to watch, one row per AI job
+-- submitted with a start_by (args.start_by, written by the insert itself:
+-- river_job_deadlines), until fal accepts a request of the job (the worker
+-- deletes the row in the statement that stores fal's request id: the job
+-- has started, and fal's own X-Fal-Request-Timeout covered the rest) or the
+-- line finds the job ended otherwise. The line (dispatch/line.go) reads the
+-- waiting rows by start_by: the next deadline to wake for, and the ones
+-- passed. missed_at is set when the line cancels the job for its deadline:
+-- the reason the job shows (ai_jobs.last_error); such rows go with their
+-- job (the hourly prune). A job's deadline is its first run's: an admin's
+-- retry drops it (river_job_rerun_deadline).
+CREATE TABLE ai_job_deadlines (
+    job_id    bigint PRIMARY KEY,
+    start_by  timestamptz NOT NULL,
+    missed_at timestamptz
+);
+CREATE INDEX ai_job_deadlines_waiting ON ai_job_deadlines (start_by) WHERE missed_at IS NULL;
+COMMENT ON TABLE ai_job_deadlines IS 'Deadlines to start (start_by) of AI jobs fal has not accepted yet; missed_at: the line cancelled the job for it.';
+
+-- +goose StatementBegin
+CREATE FUNCTION river_job_deadlines() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ai_job_deadlines (job_id, start_by)
+    SELECT id, (args ->> 'start_by')::timestamptz
+      FROM new_jobs
+     WHERE kind = 'ai' AND args ->> 'start_by' IS NOT NULL;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER river_job_deadlines AFTER INSERT ON river_job
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION river_job_deadlines();
+
+-- +goose StatementBegin
+CREATE FUNCTION river_job_rerun_deadline() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM ai_job_deadlines WHERE job_id = NEW.id;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER river_job_rerun_deadline AFTER UPDATE OF state ON river_job
+    FOR EACH ROW
+    WHEN (NEW.kind = 'ai'
+          AND OLD.state IN ('completed', 'discarded', 'cancelled')
+          AND NEW.state NOT IN ('completed', 'discarded', 'cancelled'))
+    EXECUTE FUNCTION river_job_rerun_deadline();
 
 -- fal_webhooks_seen: the signatures of fal webhooks taken in, until their
 -- timestamp leaves fal's tolerance (5 minutes): a replayed delivery is
@@ -208,7 +324,15 @@ COMMENT ON VIEW fal_key_in_flight IS 'fal slots per key: capacity, requests in f
 DROP VIEW IF EXISTS fal_key_in_flight;
 DROP TRIGGER IF EXISTS river_job_rerun_requests ON river_job;
 DROP FUNCTION IF EXISTS river_job_rerun_requests();
+DROP TRIGGER IF EXISTS river_job_rerun_deadline ON river_job;
+DROP FUNCTION IF EXISTS river_job_rerun_deadline();
+DROP TRIGGER IF EXISTS river_job_deadlines ON river_job;
+DROP FUNCTION IF EXISTS river_job_deadlines();
+DROP TABLE IF EXISTS ai_job_deadlines;
 DROP FUNCTION IF EXISTS fal_line_position(bigint, int);
+DROP FUNCTION IF EXISTS fal_line_place(bigint, int, int, text[], bigint[], int[], int[]);
+DROP FUNCTION IF EXISTS fal_line_waiting(text, int);
+DROP FUNCTION IF EXISTS fal_line_ahead(text, int);
 DROP TABLE IF EXISTS worker_heartbeats;
 DROP TABLE IF EXISTS fal_webhooks_seen;
 DROP TABLE IF EXISTS fal_parked;

@@ -107,6 +107,9 @@ CREATE TRIGGER fal_requests_notify AFTER UPDATE ON fal_requests
 -- 'running' from then until the job ends (ai_job_outcome), whatever River
 -- does between polls, so it never goes backwards. attempt counts fal
 -- submissions too (River's own attempt drops while a long job snoozes).
+-- last_error names the missed deadline of a job the line cancelled for it
+-- (ai_job_deadlines.missed_at); start_by is the deadline the job was
+-- submitted with.
 CREATE VIEW ai_jobs AS
 SELECT
     j.id::text                                       AS id,
@@ -134,9 +137,14 @@ SELECT
     s.started_at                                     AS started_at,
     j.finalized_at                                   AS finished_at,
     j.finalized_at - j.created_at                    AS total_time,
-    regexp_replace(j.errors[array_length(j.errors, 1)] ->> 'error', '^JobCancelError: ', '') AS last_error,
+    CASE WHEN d.missed_at IS NOT NULL
+         THEN 'deadline_exceeded: the job could not start before its deadline, '
+              || to_char(d.start_by AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+         ELSE regexp_replace(j.errors[array_length(j.errors, 1)] ->> 'error', '^JobCancelError: ', '')
+    END                                              AS last_error,
     f.result                                         AS result,
-    j.priority                                       AS river_priority
+    j.priority                                       AS river_priority,
+    (j.args ->> 'start_by')::timestamptz             AS start_by
 FROM river_job j
 JOIN LATERAL (
     SELECT * FROM credit_holds ch WHERE ch.job_id = j.id ORDER BY ch.run DESC LIMIT 1
@@ -150,6 +158,7 @@ LEFT JOIN LATERAL (
      WHERE fr.job_id = j.id AND fr.run = h.run AND fr.request_id IS NOT NULL
      ORDER BY fr.id DESC LIMIT 1
 ) f ON true
+LEFT JOIN ai_job_deadlines d ON d.job_id = j.id
 WHERE j.kind = 'ai';
 COMMENT ON VIEW ai_jobs IS 'One row per AI job: API id and state, River state, credits and their state, fal request and progress, timings, last error.';
 
