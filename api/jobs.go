@@ -235,6 +235,19 @@ func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID st
 				continue
 			}
 		case <-wakeups(sub):
+			if !sub.Notified() {
+				// A re-check of a newly watched job: a change of state
+				// whose notification was missed ends the wait; its place
+				// in line is read every lineRead, as without it.
+				latest, err := s.rereadJob(ctx, userID, j.ID, logs)
+				if err != nil {
+					return nil, err
+				}
+				if latest.State != j.State {
+					return latest, nil
+				}
+				continue
+			}
 		}
 		latest, err := s.rereadJob(ctx, userID, j.ID, logs)
 		if err != nil {

@@ -98,7 +98,17 @@ type Subscription struct {
 	c   chan struct{}
 	w   *Watcher
 	ids []int64
+	// notified: a notification (or a reconnect) woke it since the last
+	// Notified, not only a re-check.
+	notified atomic.Bool
 }
+
+// Notified reports whether a notification of a change (or the listener's
+// reconnect) woke the subscription since the last call, and clears it. A
+// wake-up without one is the re-check of a newly watched job
+// (defaultRecheck): only a change of state is news then, since a
+// transaction that missed the record sent no notification for it.
+func (s *Subscription) Notified() bool { return s.notified.Swap(false) }
 
 // Subscribe starts watching jobs ids (River job ids): one job for a job's
 // long poll or stream, every job of a batch for the batch's. The jobs are
@@ -135,7 +145,7 @@ func (w *Watcher) Subscribe(ids ...int64) *Subscription {
 		for _, d := range w.recheck {
 			time.AfterFunc(d, func() {
 				for _, id := range first {
-					w.wake(id)
+					w.wakeJob(id, false)
 				}
 			})
 		}
@@ -230,7 +240,12 @@ func (s *Subscription) wake() {
 	}
 }
 
-func (w *Watcher) wake(id int64) {
+func (w *Watcher) wake(id int64) { w.wakeJob(id, true) }
+
+// wakeJob wakes the subscribers of job id: notified for a notification,
+// not for a re-check. Either way the job's version moves, so a read shared
+// from before is not taken for a new one.
+func (w *Watcher) wakeJob(id int64, notified bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.seq++
@@ -238,6 +253,9 @@ func (w *Watcher) wake(id int64) {
 		w.changed[id] = w.seq
 	}
 	for s := range w.subs[id] {
+		if notified {
+			s.notified.Store(true)
+		}
 		s.wake()
 	}
 }
@@ -249,6 +267,7 @@ func (w *Watcher) wakeAll() {
 	w.reset = w.seq
 	for _, set := range w.subs {
 		for s := range set {
+			s.notified.Store(true)
 			s.wake() // a subscription of several jobs is woken once: C holds one value
 		}
 	}

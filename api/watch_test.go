@@ -67,6 +67,8 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 		_, err = b.pool.Exec(ctx, `UPDATE fal_requests SET request_id = 'r-1', state = 'in_flight', submitted_at = now() WHERE job_id = $1`, ids[0])
 		require.NoError(t, err)
 		woken(t, sub)
+		require.True(t, sub.Notified())
+		require.False(t, sub.Notified(), "Notified clears")
 		// Notifications arrive in commit order, so the first update's
 		// would have arrived before this one.
 		require.Equal(t, int64(1), w.Notifications())
@@ -108,6 +110,7 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, ids[0], uid)
 			select {
 			case <-sub.C:
 				require.True(t, recheck, "woken without a re-check: the race did not happen")
+				require.False(t, sub.Notified(), "a re-check is not a notification")
 			case <-time.After(3 * time.Second):
 				require.False(t, recheck, "a change committed while the job was recorded did not wake the subscriber")
 			}
