@@ -130,7 +130,7 @@ async function watchStates(page, id) {
 
 async function submitVideo(page, prompt) {
   const before = await page.locator("#jobs > li.job").count();
-  await page.getByLabel("Operation").selectOption("video");
+  await page.getByLabel("Operation", { exact: true }).selectOption("video");
   await page.getByLabel(/^prompt/).fill(prompt);
   await page.getByLabel(/^image_url/).fill("https://cdn.example.com/ring.jpg");
   await page.getByRole("button", { name: "Submit" }).click();
@@ -169,7 +169,7 @@ async function main() {
   await demo.waitFor({ timeout: 10000 });
   check(await demo.isVisible(), "serve --demo: the page offers the demo token to this machine's browser");
   await demo.click();
-  await page.getByLabel("Operation").locator("option[value=video]").waitFor({ state: "attached", timeout: 30000 });
+  await page.getByLabel("Operation", { exact: true }).locator("option[value=video]").waitFor({ state: "attached", timeout: 30000 });
   check(true, "connected across origins: the operations are listed");
   await page.locator("#credits").filter({ hasText: /credits available/ }).waitFor({ timeout: 30000 });
   check(/1000 credits available/.test(await page.locator("#credits").textContent()), "the demo user's credits are shown");
@@ -177,7 +177,7 @@ async function main() {
   check(granted && (await granted.headerValue("access-control-allow-origin")) === pageOrigin, "the API granted the page's origin (CORS)");
 
   // The video's form comes from the document: its required params.
-  await page.getByLabel("Operation").selectOption("video");
+  await page.getByLabel("Operation", { exact: true }).selectOption("video");
   for (const name of ["prompt", "image_url"]) {
     const input = page.getByLabel(new RegExp(`^${name}`));
     check(await input.evaluate((el) => el.required), `video's ${name} field is there and required`);
