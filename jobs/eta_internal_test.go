@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,4 +68,31 @@ func TestETACache(t *testing.T) {
 			return v == 5
 		}, 5*time.Second, time.Millisecond)
 	})
+}
+
+func TestCachedKeepsCostlyReadsLonger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var mu sync.Mutex
+	var e cacheEntry[int]
+	reads := 0
+	read := func(context.Context) (int, error) {
+		reads++
+		time.Sleep(100 * time.Millisecond)
+		return reads, nil
+	}
+	v, err := cached(ctx, &mu, &e, time.Millisecond, read)
+	require.NoError(t, err)
+	require.Equal(t, 1, v)
+	// 100 ms to read: kept at least a second, though the ttl is 1 ms.
+	time.Sleep(20 * time.Millisecond)
+	v, err = cached(ctx, &mu, &e, time.Millisecond, read)
+	require.NoError(t, err)
+	require.Equal(t, 1, v, "read again within ten times its cost")
+	mu.Lock()
+	e.at = time.Now().Add(-2 * time.Second)
+	mu.Unlock()
+	v, err = cached(ctx, &mu, &e, time.Millisecond, read)
+	require.NoError(t, err)
+	require.Equal(t, 2, v)
 }

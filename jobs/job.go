@@ -284,26 +284,36 @@ func (c *etaCache) cached(ctx context.Context, e *cacheEntry[float64], read func
 	return cached(ctx, &c.mu, e, etaTTL, read)
 }
 
-// cacheEntry is a value a process read from the database, and when.
+// cacheEntry is a value a process read from the database, when, and how
+// long the read took.
 type cacheEntry[V any] struct {
 	value   V
 	at      time.Time
+	took    time.Duration
 	reading bool // a caller is reading it again
 }
 
+// readShare bounds the time a process spends reading one cached value
+// again: a value whose read took d is kept at least readShare times d (a
+// 50,000-job line's reading took about 100 ms, and would otherwise be read
+// four times a second).
+const readShare = 10
+
 // cached returns e's value (mu guards it), reading it with read when it is
-// older than ttl. The read runs without the lock, so job reads (long polls
-// and event streams woken together) never wait for another's query: while
-// one caller reads an entry again, the others take its older value.
+// older than ttl (or readShare times its last read). The read runs without
+// the lock, so job reads (long polls and event streams woken together)
+// never wait for another's query: while one caller reads an entry again,
+// the others take its older value.
 func cached[V any](ctx context.Context, mu *sync.Mutex, e *cacheEntry[V], ttl time.Duration, read func(context.Context) (V, error)) (V, error) {
 	mu.Lock()
-	if time.Since(e.at) < ttl || (e.reading && !e.at.IsZero()) {
+	if time.Since(e.at) < max(ttl, readShare*e.took) || (e.reading && !e.at.IsZero()) {
 		v := e.value
 		mu.Unlock()
 		return v, nil
 	}
 	e.reading = true
 	mu.Unlock()
+	began := time.Now()
 	v, err := read(ctx)
 	mu.Lock()
 	defer mu.Unlock()
@@ -312,7 +322,7 @@ func cached[V any](ctx context.Context, mu *sync.Mutex, e *cacheEntry[V], ttl ti
 		var zero V
 		return zero, err
 	}
-	e.value, e.at = v, time.Now()
+	e.value, e.at, e.took = v, time.Now(), time.Since(began)
 	return v, nil
 }
 
