@@ -82,7 +82,7 @@ func (d *Dispatch) Start(ctx context.Context) error {
 	if d.work {
 		// The first beat is in before River works a job: a process killed
 		// at its first job is known, and its job handed back in seconds.
-		hb := newHeartbeat(d.pool, d.River, d.Line, d.log)
+		hb := newHeartbeat(d.pool, d.River, d.Line, &d.Worker.working, d.log)
 		if err := hb.beat(ctx); err != nil {
 			return fmt.Errorf("first heartbeat: %w", err)
 		}

@@ -33,12 +33,21 @@ const (
 	deadAfter = 4 * beatEvery
 )
 
+// orphanAfter is how long a job River fetched for this process may be
+// running without this process working it before it is handed back: River
+// records the end of an attempt in a batch after Work returns, and gives
+// up after a few failures (a database outage), leaving the job running
+// for its rescuer (RIVER_RESCUE_AFTER, minutes; long enough for a job's
+// deadline to start to pass, as the pg-crash drill saw once).
+const orphanAfter = 10 * time.Second
+
 // heartbeat keeps this process's beat and hands back the running jobs of
 // processes that stopped beating.
 type heartbeat struct {
 	pool     *pgxpool.Pool
 	client   *river.Client[pgx.Tx]
 	line     *Line
+	working  *workingSet
 	log      *slog.Logger
 	clientID string
 	host     string
@@ -48,9 +57,9 @@ type heartbeat struct {
 	upSince time.Time
 }
 
-func newHeartbeat(pool *pgxpool.Pool, client *river.Client[pgx.Tx], line *Line, log *slog.Logger) *heartbeat {
+func newHeartbeat(pool *pgxpool.Pool, client *river.Client[pgx.Tx], line *Line, working *workingSet, log *slog.Logger) *heartbeat {
 	host, _ := os.Hostname()
-	return &heartbeat{pool: pool, client: client, line: line, log: log, clientID: client.ID(), host: host, pid: os.Getpid()}
+	return &heartbeat{pool: pool, client: client, line: line, working: working, log: log, clientID: client.ID(), host: host, pid: os.Getpid()}
 }
 
 // run beats every beatEvery (after the first beat, which Start makes)
@@ -75,8 +84,9 @@ func (h *heartbeat) run(ctx context.Context) {
 }
 
 // beat records this process's beat and hands back the running AI jobs last
-// attempted by a process taken for dead. The beat commits without a WAL
-// flush: one lost in a database crash is renewed two seconds later.
+// attempted by a process taken for dead, and this process's own that it no
+// longer works (orphans). The beat commits without a WAL flush: one lost
+// in a database crash is renewed two seconds later.
 func (h *heartbeat) beat(ctx context.Context) error {
 	b := &pgx.Batch{}
 	b.Queue(noFlush)
@@ -89,6 +99,9 @@ ON CONFLICT (client_id) DO UPDATE SET beat_at = now()`, h.clientID, h.host, h.pi
 	}
 	if h.upSince.IsZero() {
 		h.upSince = time.Now()
+	}
+	if err := h.orphans(ctx); err != nil {
+		return err
 	}
 	dead, err := h.dead(ctx)
 	if err != nil || len(dead) == 0 {
@@ -121,6 +134,63 @@ SELECT client_id, host, pid, beat_at < now() - make_interval(secs => $2)
 		}
 	}
 	return dead, rows.Err()
+}
+
+// orphans hands back the running AI jobs River fetched for this process
+// over orphanAfter ago that its Work does not run: their attempt ended but
+// River could not record it. River's completer only moves a job that is
+// still running, so one that records the end after all changes nothing.
+func (h *heartbeat) orphans(ctx context.Context) error {
+	if h.working == nil {
+		return nil
+	}
+	rows, err := h.pool.Query(ctx, `
+SELECT id FROM river_job
+ WHERE state = 'running' AND kind = 'ai'
+   AND attempted_by[array_length(attempted_by, 1)] = $1
+   AND attempted_at < now() - make_interval(secs => $2)`, h.clientID, orphanAfter.Seconds())
+	if err != nil {
+		return err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
+	}
+	var orphans []int64
+	for _, id := range ids {
+		if !h.working.has(id) {
+			orphans = append(orphans, id)
+		}
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	rows, err = h.pool.Query(ctx, `
+UPDATE river_job
+   SET state = 'available', scheduled_at = now()
+ WHERE id = ANY($1) AND state = 'running' AND attempted_by[array_length(attempted_by, 1)] = $2
+RETURNING id, queue`, orphans, h.clientID)
+	if err != nil {
+		return err
+	}
+	var queues []string
+	for rows.Next() {
+		var id int64
+		var q string
+		if err := rows.Scan(&id, &q); err != nil {
+			rows.Close()
+			return err
+		}
+		queues = append(queues, q)
+		h.log.WarnContext(ctx, "handed back a job this process no longer works (River could not record its attempt's end)", slog.Int64("job_id", id))
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(queues) > 0 {
+		h.line.announcer.announce(queues)
+	}
+	return nil
 }
 
 // alive reports whether a process of this host is running.

@@ -101,3 +101,45 @@ VALUES ($1, 1, $2, 'urgent', 'generate', 1, $3, $4, $5, $6, $7, 'in_flight', now
 	require.Less(t, time.Since(began), 5*time.Second, "handed back at the next beat")
 	require.Equal(t, 1, b.sim.Stats().Submits)
 }
+
+// TestHeartbeatHandsBackItsOwnOrphans: a job River fetched for this
+// process that no Work of it runs (River could not record the end of its
+// attempt: a database outage) is handed back at the next beat, not after
+// River's rescue time, and resumes the request it stored; a job this
+// process works longer than that is left alone.
+func TestHeartbeatHandsBackItsOwnOrphans(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("Orphan", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, nil)
+		uid := grant(t, b.pool, 5)
+		req, err := b.fal.Submit(ctx, 1, imageModel, json.RawMessage(generateParams), nil)
+		require.NoError(t, err)
+		id := b.crashed(t, uid, func(tx pgx.Tx, id int64) {
+			_, err := tx.Exec(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model, request_id, status_url, response_url, cancel_url, state, submitted_at)
+VALUES ($1, 1, $2, 'urgent', 'generate', 1, $3, $4, $5, $6, $7, 'in_flight', now())`, id, uid, imageModel, req.ID, req.StatusURL, req.ResponseURL, req.CancelURL)
+			require.NoError(t, err)
+		}, func(tx pgx.Tx, id int64) {
+			_, err := tx.Exec(ctx, `UPDATE river_job SET state = 'running', attempted_by = ARRAY[$2], attempted_at = now() - interval '30 seconds' WHERE id = $1`,
+				id, b.river.ID())
+			require.NoError(t, err)
+		})
+		began := time.Now()
+		requireAll(t, b.waitFinal(t, uid, []string{id}, 15*time.Second), jobs.StateSucceeded, ledger.HoldCharged)
+		require.Less(t, time.Since(began), 10*time.Second, "handed back at a beat")
+		require.Equal(t, 1, b.sim.Stats().Submits, "the job resumed its stored request")
+		require.Contains(t, b.logs.String(), "handed back a job this process no longer works")
+	})
+
+	t.Run("WorkedLongIsLeftAlone", func(t *testing.T) {
+		t.Parallel()
+		b := setupWorker(t, &workerOpts{Sim: &falsim.Options{Latency: map[string]time.Duration{imageModel: 14 * time.Second}}})
+		uid, ids := b.submit(t, 1, "generate", generateParams, "")
+		requireAll(t, b.waitFinal(t, uid, ids, 40*time.Second), jobs.StateSucceeded, ledger.HoldCharged)
+		require.Equal(t, 1, b.sim.Stats().Submits)
+		require.NotContains(t, b.logs.String(), "handed back")
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -67,6 +68,36 @@ type Worker struct {
 	catalog *jobs.Catalog
 	logger  *slog.Logger
 	cfg     WorkerConfig
+	// working are the jobs this process's Work runs now (heartbeat.orphans).
+	working workingSet
+}
+
+// workingSet is a set of River job ids, safe for concurrent use.
+type workingSet struct {
+	mu  sync.Mutex
+	ids map[int64]struct{}
+}
+
+func (s *workingSet) add(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = map[int64]struct{}{}
+	}
+	s.ids[id] = struct{}{}
+}
+
+func (s *workingSet) remove(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ids, id)
+}
+
+func (s *workingSet) has(id int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[id]
+	return ok
 }
 
 // NewWorker returns a worker taking fal slots from line.
@@ -141,6 +172,12 @@ type attempt struct {
 
 // Work runs one attempt of an AI job.
 func (w *Worker) Work(ctx context.Context, job *river.Job[jobs.Args]) error {
+	w.working.add(job.ID)
+	defer w.working.remove(job.ID)
+	return w.work(ctx, job)
+}
+
+func (w *Worker) work(ctx context.Context, job *river.Job[jobs.Args]) error {
 	a := &attempt{job: job, log: w.logger.With(slog.Int64("job_id", job.ID), slog.String("operation", job.Args.Operation),
 		slog.String("queue", job.Queue), slog.Int("attempt", job.Attempt))}
 	var ok bool
