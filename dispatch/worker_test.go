@@ -308,7 +308,9 @@ func TestWorker(t *testing.T) {
 		t.Parallel()
 		sim := &falsim.Options{Latency: map[string]time.Duration{videoModel: time.Minute}}
 		b := setupWorker(t, &workerOpts{Sim: sim, Worker: dispatch.WorkerConfig{VideoPollInterval: 30 * time.Second}})
-		other := setupWorker(t, &workerOpts{Shared: b})
+		// Either process may take the job: both snooze it for 30 s (River
+		// keeps a job snoozed for 5 s or less available, not scheduled).
+		other := setupWorker(t, &workerOpts{Shared: b, Worker: dispatch.WorkerConfig{VideoPollInterval: 30 * time.Second}})
 		uid, ids := b.submit(t, 1, "video", videoParams, "")
 		rid := b.waitStored(t, uid, ids[0])
 		b.waitRiverState(t, uid, ids[0], rivertype.JobStateScheduled)
