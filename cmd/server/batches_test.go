@@ -298,8 +298,7 @@ func TestBatchLive(t *testing.T) {
 		c, _ := newUser(t, m, 5)
 		b := submitBatch(t, c, 2)
 		pending := c.getAsync("/v1/batches/" + b.ID + "?wait=30")
-		require.Eventually(t, func() bool { return m.Watcher().Subscribers() >= 1 }, 10*time.Second, 5*time.Millisecond)
-		time.Sleep(200 * time.Millisecond)
+		waitForSubscribers(t, m, 1, b.JobIDs...)
 		setState(t, m, b.JobIDs[1], "running")
 		r := <-pending
 		got := batchOf(t, r)

@@ -209,7 +209,7 @@ func TestStreamCap(t *testing.T) {
 	status, _, closeFirst := open(c, "/v1/jobs/"+j.ID+"/events")
 	require.Equal(t, http.StatusOK, status)
 	poll := c.getAsync("/v1/jobs/" + j.ID + "?wait=30")
-	waitForSubscribers(t, m, 2)
+	waitForSubscribers(t, m, 2, j.ID)
 
 	for _, path := range []string{"/v1/jobs/" + j.ID + "/events", "/v1/jobs/" + j.ID + "?wait=5"} {
 		r := c.get(path)

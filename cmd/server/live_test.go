@@ -45,11 +45,17 @@ SELECT id, attempt, (args ->> 'user_id')::uuid, 'urgent', args ->> 'operation', 
 	require.NoError(t, err)
 }
 
-// waitForSubscribers waits until n requests are waiting on the watcher,
-// and a little more, so they have read the job they wait on.
-func waitForSubscribers(t testing.TB, m *Main, n int) {
+// waitForSubscribers waits until n requests are waiting on the watcher
+// and jobs are recorded as watched (so the database notifies their
+// changes), and a little more, so the requests have read the job they wait
+// on: a change made before that read is in it, and the wait is for the
+// next one.
+func waitForSubscribers(t testing.TB, m *Main, n int, jobIDs ...string) {
 	t.Helper()
 	require.Eventually(t, func() bool { return m.Watcher().Subscribers() >= n }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return count(t, m, `SELECT count(DISTINCT job_id) FROM job_watchers WHERE job_id::text = ANY($1)`, jobIDs) == len(jobIDs)
+	}, 10*time.Second, 5*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 }
 
@@ -78,7 +84,7 @@ func TestLongPoll(t *testing.T) {
 		c, _ := newUser(t, m, 5)
 		j := c.post("/v1/jobs", generateJob("ring"), nil).job(t)
 		pending := c.getAsync("/v1/jobs/" + j.ID + "?wait=30")
-		waitForSubscribers(t, m, 1)
+		waitForSubscribers(t, m, 1, j.ID)
 		setState(t, m, j.ID, "running")
 		r := <-pending
 		require.NoError(t, r.err)
@@ -134,7 +140,7 @@ func TestLongPoll(t *testing.T) {
 			ids = append(ids, j.ID)
 			pending = append(pending, c.getAsync("/v1/jobs/"+j.ID+"?wait=30"))
 		}
-		waitForSubscribers(t, m, 5)
+		waitForSubscribers(t, m, 5, ids...)
 		require.Equal(t, 1, count(t, m, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
 			api.WatcherApplicationName))
 		for _, id := range ids {
@@ -249,7 +255,7 @@ func TestEvents(t *testing.T) {
 		require.Equal(t, "1", e.ID)
 		require.Equal(t, jobs.StateQueued, e.Job.State)
 
-		waitForSubscribers(t, m, 1)
+		waitForSubscribers(t, m, 1, j.ID)
 		setState(t, m, j.ID, "running")
 		e, _ = next(t, events)
 		require.Equal(t, "2", e.ID)
@@ -278,7 +284,7 @@ func TestEvents(t *testing.T) {
 		_, events := openEvents(t, c, j.ID)
 		e, _ := next(t, events)
 		require.Equal(t, "1", e.ID)
-		waitForSubscribers(t, m, 1)
+		waitForSubscribers(t, m, 1, j.ID)
 		setState(t, m, j.ID, "running")
 		e, _ = next(t, events)
 		require.Equal(t, "2", e.ID)
@@ -290,7 +296,7 @@ func TestEvents(t *testing.T) {
 		require.Equal(t, "3", e.ID)
 		require.Equal(t, "state", e.Name)
 		require.Equal(t, jobs.StateRunning, e.Job.State)
-		waitForSubscribers(t, m, 2)
+		waitForSubscribers(t, m, 2, j.ID)
 		setState(t, m, j.ID, "completed")
 		e, _ = next(t, again)
 		require.Equal(t, "4", e.ID)
@@ -367,7 +373,7 @@ func TestShutdownEndsLiveRequests(t *testing.T) {
 	_, ok := next(t, events)
 	require.True(t, ok)
 	poll := c.getAsync("/v1/jobs/" + j.ID + "?wait=30")
-	waitForSubscribers(t, m, 2)
+	waitForSubscribers(t, m, 2, j.ID)
 
 	began := time.Now()
 	require.NoError(t, m.Close())
