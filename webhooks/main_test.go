@@ -3,21 +3,17 @@ package webhooks_test
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/logtest"
+	"github.com/aiqueue/aiqueue/internal/webhooktest"
 	"github.com/aiqueue/aiqueue/webhooks"
 )
 
@@ -27,7 +23,7 @@ func TestMain(m *testing.M) { jobtest.Main(m) }
 // River client) with a receiver, a log buffer and a registry.
 type testBundle struct {
 	*jobtest.Bundle
-	rec  *receiver
+	rec  *webhooktest.Receiver
 	logs *logtest.Buffer
 	reg  *prometheus.Registry
 }
@@ -36,7 +32,7 @@ type testBundle struct {
 // client, and a receiver answering 204.
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	return &testBundle{Bundle: jobtest.Setup(t), rec: newReceiver(t), logs: &logtest.Buffer{}, reg: prometheus.NewRegistry()}
+	return &testBundle{Bundle: jobtest.Setup(t), rec: webhooktest.NewReceiver(t), logs: &logtest.Buffer{}, reg: prometheus.NewRegistry()}
 }
 
 // endpoint registers url for events (private addresses allowed) and
@@ -112,24 +108,6 @@ SELECT id::text, event_id, event, state, COALESCE(job_id, ''), COALESCE(batch_id
 	return out
 }
 
-// receiver is an endpoint in the test process: it records every request
-// and answers what answer says for the nth (0-based), 204 by default.
-type receiver struct {
-	srv *httptest.Server
-
-	mu     sync.Mutex
-	got    []received
-	answer func(n int, r *http.Request) int
-}
-
-// received is one request a receiver got.
-type received struct {
-	Header http.Header
-	Path   string
-	Body   []byte
-	At     time.Time
-}
-
 // body is the JSON body of a delivery.
 type body struct {
 	Type      string          `json:"type"`
@@ -137,59 +115,11 @@ type body struct {
 	Data      json.RawMessage `json:"data"`
 }
 
-func (r received) body(t *testing.T) body {
+func bodyOf(t *testing.T, r webhooktest.Request) body {
 	t.Helper()
 	var b body
 	require.NoError(t, json.Unmarshal(r.Body, &b), string(r.Body))
 	return b
-}
-
-// verify checks r's signature and timestamp the way a receiver does.
-func (r received) verify(t *testing.T, secret string) {
-	t.Helper()
-	wh, err := standardwebhooks.NewWebhook(secret)
-	require.NoError(t, err)
-	require.NoError(t, wh.Verify(r.Body, r.Header))
-}
-
-func newReceiver(t *testing.T) *receiver {
-	t.Helper()
-	rc := &receiver{answer: func(int, *http.Request) int { return http.StatusNoContent }}
-	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		data, _ := io.ReadAll(r.Body)
-		rc.mu.Lock()
-		n := len(rc.got)
-		rc.got = append(rc.got, received{Header: r.Header.Clone(), Path: r.URL.Path, Body: data, At: time.Now()})
-		answer := rc.answer
-		rc.mu.Unlock()
-		status := answer(n, r)
-		if status >= 300 && status < 400 {
-			w.Header().Set("Location", "/new")
-		}
-		w.WriteHeader(status)
-	}))
-	t.Cleanup(rc.srv.Close)
-	return rc
-}
-
-func (rc *receiver) setAnswer(f func(n int, r *http.Request) int) {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	rc.answer = f
-}
-
-func (rc *receiver) requests() []received {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	return append([]received(nil), rc.got...)
-}
-
-// wait waits (bounded) until the receiver got n requests and returns them.
-func (rc *receiver) wait(t *testing.T, n int) []received {
-	t.Helper()
-	require.Eventually(t, func() bool { return len(rc.requests()) >= n }, 30*time.Second, 10*time.Millisecond,
-		"the receiver got %d of %d requests", len(rc.requests()), n)
-	return rc.requests()
 }
 
 // metric is the value of aiqueue_webhook_deliveries_total{event, result}

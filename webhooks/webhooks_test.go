@@ -166,7 +166,7 @@ func TestOutbox(t *testing.T) {
 	t.Run("BatchCompletesOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		_, secret := b.endpoint(t, b.rec.srv.URL, webhooks.EventBatchCompleted)
+		_, secret := b.endpoint(t, b.rec.URL, webhooks.EventBatchCompleted)
 		uid := jobtest.User(t, b.Pool, 10)
 		tx, err := b.Pool.Begin(ctx)
 		require.NoError(t, err)
@@ -184,9 +184,9 @@ func TestOutbox(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		got := b.rec.wait(t, 1)
-		got[0].verify(t, secret)
-		body := got[0].body(t)
+		got := b.rec.Wait(t, "", 1)
+		got[0].Verify(t, secret)
+		body := bodyOf(t, got[0])
 		require.Equal(t, webhooks.EventBatchCompleted, body.Type)
 		var seen jobs.Batch
 		require.NoError(t, json.Unmarshal(body.Data, &seen))
@@ -196,7 +196,7 @@ func TestOutbox(t *testing.T) {
 		require.True(t, seen.Done)
 		require.Equal(t, 4, seen.Counts.Cancelled)
 		time.Sleep(300 * time.Millisecond) // room for a second one, which must not come
-		require.Len(t, b.rec.requests(), 1)
+		require.Len(t, b.rec.Requests(""), 1)
 		require.Zero(t, jobtest.Count(t, b.Pool, `SELECT count(*) FROM webhook_batch_endings`))
 		jobtest.RequireInvariants(t, b.Pool)
 	})
@@ -209,17 +209,17 @@ func TestDeliver(t *testing.T) {
 	t.Run("SignedOnceWithTheJob", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		_, secret := b.endpoint(t, b.rec.srv.URL+"/hooks", webhooks.EventJobCancelled)
+		_, secret := b.endpoint(t, b.rec.URL+"/hooks", webhooks.EventJobCancelled)
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		id := b.submit(t)
 		_, err := b.River.JobCancel(ctx, id)
 		require.NoError(t, err)
-		got := b.rec.wait(t, 1)
+		got := b.rec.Wait(t, "", 1)
 		r := got[0]
-		r.verify(t, secret)
+		r.Verify(t, secret)
 		require.Equal(t, "application/json", r.Header.Get("Content-Type"))
 		require.Regexp(t, `^evt_[0-9a-f]{32}$`, r.Header.Get("webhook-id"))
-		body := r.body(t)
+		body := bodyOf(t, r)
 		require.Equal(t, webhooks.EventJobCancelled, body.Type)
 		var j jobs.Job
 		require.NoError(t, json.Unmarshal(body.Data, &j))
@@ -232,15 +232,15 @@ func TestDeliver(t *testing.T) {
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateDelivered }, 10*time.Second, 10*time.Millisecond)
 		require.Equal(t, 1.0, b.metric(t, webhooks.EventJobCancelled, "delivered"))
 		time.Sleep(200 * time.Millisecond)
-		require.Len(t, b.rec.requests(), 1)
+		require.Len(t, b.rec.Requests(""), 1)
 		jobtest.RequireInvariants(t, b.Pool)
 	})
 
 	t.Run("RetriedWithTheSameIDUntil2xx", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		_, secret := b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled)
-		b.rec.setAnswer(func(n int, _ *http.Request) int {
+		_, secret := b.endpoint(t, b.rec.URL, webhooks.EventJobCancelled)
+		b.rec.SetAnswer(func(n int, _ *http.Request) int {
 			if n == 0 {
 				return http.StatusInternalServerError
 			}
@@ -249,7 +249,7 @@ func TestDeliver(t *testing.T) {
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
-		b.rec.wait(t, 1)
+		b.rec.Wait(t, "", 1)
 		var failed delivery
 		require.Eventually(t, func() bool {
 			failed = b.deliveries(t)[0]
@@ -258,10 +258,10 @@ func TestDeliver(t *testing.T) {
 		require.Equal(t, 500, *failed.LastStatus)
 		require.Equal(t, "HTTP 500", failed.LastError)
 		require.LessOrEqual(t, failed.NextAttemptAt.Sub(*failed.LastAttemptAt), 10*time.Second, "the first retry within 10 s")
-		got := b.rec.wait(t, 2)
+		got := b.rec.Wait(t, "", 2)
 		require.Equal(t, got[0].Header.Get("webhook-id"), got[1].Header.Get("webhook-id"))
 		require.Equal(t, got[0].Body, got[1].Body, "the same body byte for byte")
-		got[1].verify(t, secret)
+		got[1].Verify(t, secret)
 		require.LessOrEqual(t, got[1].At.Sub(got[0].At), 10*time.Second)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateDelivered }, 10*time.Second, 10*time.Millisecond)
 		d := b.deliveries(t)[0]
@@ -269,7 +269,7 @@ func TestDeliver(t *testing.T) {
 		require.Equal(t, 200, *d.LastStatus)
 		require.Empty(t, d.LastError)
 		time.Sleep(200 * time.Millisecond)
-		require.Len(t, b.rec.requests(), 2, "nothing after the 2xx")
+		require.Len(t, b.rec.Requests(""), 2, "nothing after the 2xx")
 		require.Equal(t, 1.0, b.metric(t, webhooks.EventJobCancelled, "error"))
 		require.Equal(t, 1.0, b.metric(t, webhooks.EventJobCancelled, "delivered"))
 	})
@@ -277,9 +277,9 @@ func TestDeliver(t *testing.T) {
 	t.Run("InOrderPerJob", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled, webhooks.EventJobFailed)
+		b.endpoint(t, b.rec.URL, webhooks.EventJobCancelled, webhooks.EventJobFailed)
 		// The first event fails once; the second, already due, waits for it.
-		b.rec.setAnswer(func(n int, _ *http.Request) int {
+		b.rec.SetAnswer(func(n int, _ *http.Request) int {
 			if n == 0 {
 				return http.StatusServiceUnavailable
 			}
@@ -293,10 +293,10 @@ func TestDeliver(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, b.deliveries(t), 2)
 		b.start(t, webhooks.Config{AllowPrivate: true, Workers: 4})
-		got := b.rec.wait(t, 3)
+		got := b.rec.Wait(t, "", 3)
 		var types []string
 		for _, r := range got {
-			types = append(types, r.body(t).Type)
+			types = append(types, bodyOf(t, r).Type)
 		}
 		require.Equal(t, []string{webhooks.EventJobFailed, webhooks.EventJobFailed, webhooks.EventJobCancelled}, types)
 		jobtest.RequireInvariants(t, b.Pool)
@@ -305,8 +305,8 @@ func TestDeliver(t *testing.T) {
 	t.Run("RedirectNotFollowed", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.endpoint(t, b.rec.srv.URL+"/old", webhooks.EventJobCancelled)
-		b.rec.setAnswer(func(_ int, r *http.Request) int {
+		b.endpoint(t, b.rec.URL+"/old", webhooks.EventJobCancelled)
+		b.rec.SetAnswer(func(_ int, r *http.Request) int {
 			if r.URL.Path == "/old" {
 				return http.StatusFound // to /new (the receiver sets Location)
 			}
@@ -315,14 +315,14 @@ func TestDeliver(t *testing.T) {
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
-		b.rec.wait(t, 1)
+		b.rec.Wait(t, "", 1)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].LastStatus != nil }, 10*time.Second, 10*time.Millisecond)
 		d := b.deliveries(t)[0]
 		require.Equal(t, 302, *d.LastStatus)
 		require.Contains(t, d.LastError, "redirects are not followed")
 		require.Equal(t, webhooks.StatePending, d.State)
 		time.Sleep(200 * time.Millisecond)
-		for _, r := range b.rec.requests() {
+		for _, r := range b.rec.Requests("") {
 			require.Equal(t, "/old", r.Path, "the redirect to /new is not followed")
 		}
 	})
@@ -333,7 +333,7 @@ func TestDeliver(t *testing.T) {
 		// Registered as if its name had resolved to a public address then:
 		// the delivery checks the address it connects to.
 		_, err := b.Pool.Exec(ctx, `INSERT INTO webhook_endpoints (url, events, secret) VALUES ($1, '{job.cancelled}', 'whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0')`,
-			strings.Replace(b.rec.srv.URL, "127.0.0.1", "localhost", 1))
+			strings.Replace(b.rec.URL, "127.0.0.1", "localhost", 1))
 		require.NoError(t, err)
 		b.start(t, webhooks.Config{})
 		_, err = b.River.JobCancel(ctx, b.submit(t))
@@ -343,15 +343,15 @@ func TestDeliver(t *testing.T) {
 		require.Contains(t, d.LastError, "non-public address")
 		require.Contains(t, d.LastError, "loopback")
 		require.Nil(t, d.LastStatus)
-		require.Empty(t, b.rec.requests())
+		require.Empty(t, b.rec.Requests(""))
 	})
 
 	t.Run("LeaseHandsOverAfterACrash", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		_, secret := b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled)
+		_, secret := b.endpoint(t, b.rec.URL, webhooks.EventJobCancelled)
 		hang := make(chan struct{})
-		b.rec.setAnswer(func(n int, r *http.Request) int {
+		b.rec.SetAnswer(func(n int, r *http.Request) int {
 			if n == 0 {
 				select { // the first call never gets an answer
 				case <-r.Context().Done():
@@ -366,7 +366,7 @@ func TestDeliver(t *testing.T) {
 		first.Start(ctx)
 		_, err = b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
-		b.rec.wait(t, 1)
+		b.rec.Wait(t, "", 1)
 		cut, cancel := context.WithCancel(ctx)
 		cancel()
 		first.Stop(cut) // the process dies mid-call: nothing recorded
@@ -375,8 +375,8 @@ func TestDeliver(t *testing.T) {
 		require.Equal(t, 1, d.Attempts)
 		require.Nil(t, d.LastStatus)
 		b.start(t, webhooks.Config{AllowPrivate: true})
-		got := b.rec.wait(t, 2)
-		got[1].verify(t, secret)
+		got := b.rec.Wait(t, "", 2)
+		got[1].Verify(t, secret)
 		require.Equal(t, got[0].Header.Get("webhook-id"), got[1].Header.Get("webhook-id"))
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateDelivered }, 20*time.Second, 10*time.Millisecond)
 	})
@@ -384,7 +384,7 @@ func TestDeliver(t *testing.T) {
 	t.Run("ReplaySendsTheSameEventAgain", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		_, secret := b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled)
+		_, secret := b.endpoint(t, b.rec.URL, webhooks.EventJobCancelled)
 		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		id := b.deliveries(t)[0].ID
@@ -396,13 +396,13 @@ func TestDeliver(t *testing.T) {
 		require.Equal(t, jobs.ENOTFOUND, jobs.ErrorCode(err))
 
 		b.start(t, webhooks.Config{AllowPrivate: true})
-		b.rec.wait(t, 1)
+		b.rec.Wait(t, "", 1)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateDelivered }, 10*time.Second, 10*time.Millisecond)
 		d, err := webhooks.Replay(ctx, b.Pool, id)
 		require.NoError(t, err)
 		require.Equal(t, webhooks.StatePending, d.State)
-		got := b.rec.wait(t, 2)
-		got[1].verify(t, secret)
+		got := b.rec.Wait(t, "", 2)
+		got[1].Verify(t, secret)
 		require.Equal(t, got[0].Header.Get("webhook-id"), got[1].Header.Get("webhook-id"))
 		require.Equal(t, got[0].Body, got[1].Body)
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateDelivered }, 10*time.Second, 10*time.Millisecond)
@@ -411,8 +411,8 @@ func TestDeliver(t *testing.T) {
 	t.Run("GivenUpAfterTheWindow", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.endpoint(t, b.rec.srv.URL, webhooks.EventJobCancelled)
-		b.rec.setAnswer(func(int, *http.Request) int { return http.StatusBadGateway })
+		b.endpoint(t, b.rec.URL, webhooks.EventJobCancelled)
+		b.rec.SetAnswer(func(int, *http.Request) int { return http.StatusBadGateway })
 		_, err := b.River.JobCancel(ctx, b.submit(t))
 		require.NoError(t, err)
 		_, err = b.Pool.Exec(ctx, `UPDATE webhook_outbox SET retry_until = now() - interval '1 second', created_at = now() - interval '1 day'`)
@@ -421,15 +421,15 @@ func TestDeliver(t *testing.T) {
 		require.Eventually(t, func() bool { return b.deliveries(t)[0].State == webhooks.StateFailed }, 10*time.Second, 10*time.Millisecond)
 		require.Equal(t, 1.0, b.metric(t, webhooks.EventJobCancelled, "failed"))
 		time.Sleep(200 * time.Millisecond)
-		require.Len(t, b.rec.requests(), 1)
+		require.Len(t, b.rec.Requests(""), 1)
 	})
 
 	t.Run("NoSecretLeaks", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		// A receiver failing every way, and a URL with a token of its own.
-		_, secret := b.endpoint(t, b.rec.srv.URL+"/hooks?token=receiver-token-0123", webhooks.EventJobCancelled)
-		b.rec.setAnswer(func(int, *http.Request) int { return http.StatusInternalServerError })
+		_, secret := b.endpoint(t, b.rec.URL+"/hooks?token=receiver-token-0123", webhooks.EventJobCancelled)
+		b.rec.SetAnswer(func(int, *http.Request) int { return http.StatusInternalServerError })
 		_, badSecret := b.endpoint(t, "http://127.0.0.1:1/closed?token=receiver-token-0123", webhooks.EventJobCancelled)
 		b.start(t, webhooks.Config{AllowPrivate: true})
 		_, err := b.River.JobCancel(ctx, b.submit(t))

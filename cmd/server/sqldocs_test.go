@@ -19,6 +19,7 @@ import (
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
+	"github.com/aiqueue/aiqueue/internal/webhooktest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 )
@@ -105,9 +106,9 @@ func TestSQLDocs(t *testing.T) {
 	dbURL := pgtest.NewDBURL(t)
 	m := MustRunMain(t, map[string]string{"DATABASE_URL": dbURL, "WEBHOOK_ALLOW_PRIVATE": "true"})
 	// The studio's backend fails every job.failed webhook.
-	hooks := newHookReceiver(t)
-	hooks.setAnswer(func(int, *http.Request) int { return http.StatusInternalServerError })
-	hookURL := hooks.srv.URL + "/hooks"
+	hooks := webhooktest.NewReceiver(t)
+	hooks.SetAnswer(func(int, *http.Request) int { return http.StatusInternalServerError })
+	hookURL := hooks.URL + "/hooks"
 	registerEndpoint(t, newAdmin(t, m), hookURL, "job.failed")
 
 	// Real work through the API: successes, a failure, a cancel.

@@ -5,89 +5,21 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/jobtest"
 	"github.com/aiqueue/aiqueue/internal/logtest"
 	"github.com/aiqueue/aiqueue/internal/pgtest"
+	"github.com/aiqueue/aiqueue/internal/webhooktest"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/webhooks"
 )
-
-// hookReceiver is the studio's backend in the test process: it records
-// every webhook it gets and answers what answer says for the nth request
-// (0-based, over all paths), 204 by default; a 3xx sends Location: /new.
-type hookReceiver struct {
-	srv *httptest.Server
-
-	mu     sync.Mutex
-	got    []hook
-	answer func(n int, r *http.Request) int
-}
-
-// hook is one request the receiver got.
-type hook struct {
-	Path   string
-	Header http.Header
-	Body   []byte
-	At     time.Time
-}
-
-func newHookReceiver(t *testing.T) *hookReceiver {
-	t.Helper()
-	rc := &hookReceiver{answer: func(int, *http.Request) int { return http.StatusNoContent }}
-	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		rc.mu.Lock()
-		n := len(rc.got)
-		rc.got = append(rc.got, hook{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, At: time.Now()})
-		answer := rc.answer
-		rc.mu.Unlock()
-		status := answer(n, r)
-		if status >= 300 && status < 400 {
-			w.Header().Set("Location", "/new")
-		}
-		w.WriteHeader(status)
-	}))
-	t.Cleanup(rc.srv.Close)
-	return rc
-}
-
-func (rc *hookReceiver) setAnswer(f func(n int, r *http.Request) int) {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	rc.answer = f
-}
-
-// hooks returns the requests so far to path ("" for all).
-func (rc *hookReceiver) hooks(path string) []hook {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	var out []hook
-	for _, h := range rc.got {
-		if path == "" || h.Path == path {
-			out = append(out, h)
-		}
-	}
-	return out
-}
-
-// wait waits (bounded) for n requests to path and returns them.
-func (rc *hookReceiver) wait(t *testing.T, path string, n int) []hook {
-	t.Helper()
-	require.Eventually(t, func() bool { return len(rc.hooks(path)) >= n }, 60*time.Second, 20*time.Millisecond,
-		"%s got %d of %d webhooks", path, len(rc.hooks(path)), n)
-	return rc.hooks(path)
-}
 
 // webhookEvent is the body of a delivery.
 type webhookEvent struct {
@@ -96,14 +28,11 @@ type webhookEvent struct {
 	Data      json.RawMessage `json:"data"`
 }
 
-// verified checks h the way the studio's backend does (signature over
-// id.timestamp.body with the endpoint's secret, timestamp within 5
-// minutes) and returns its body.
-func (h hook) verified(t *testing.T, secret string) webhookEvent {
+// verified checks h the way the studio's backend does and returns its
+// body.
+func verified(t *testing.T, h webhooktest.Request, secret string) webhookEvent {
 	t.Helper()
-	wh, err := standardwebhooks.NewWebhook(secret)
-	require.NoError(t, err)
-	require.NoError(t, wh.Verify(h.Body, h.Header), "signature of %s", h.Body)
+	h.Verify(t, secret)
 	var ev webhookEvent
 	require.NoError(t, json.Unmarshal(h.Body, &ev))
 	return ev
@@ -152,10 +81,10 @@ var allEvents = []string{"job.succeeded", "job.failed", "job.cancelled", "batch.
 // with the job (or batch) as the API shows it.
 func TestWebhookEvents(t *testing.T) {
 	t.Parallel()
-	rc := newHookReceiver(t)
+	rc := webhooktest.NewReceiver(t)
 	m := MustRunMain(t, map[string]string{"WEBHOOK_ALLOW_PRIVATE": "true"})
 	admin := newAdmin(t, m)
-	ep := registerEndpoint(t, admin, rc.srv.URL+"/hooks", allEvents...)
+	ep := registerEndpoint(t, admin, rc.URL+"/hooks", allEvents...)
 
 	m.Sim().FailModel("fal-ai/clarity-upscaler", falsim.Failure{Status: http.StatusUnprocessableEntity, Ops: []string{falsim.OpSubmit}})
 	m.Sim().FailModel("fal-ai/kling-video", falsim.Failure{Status: http.StatusServiceUnavailable, Ops: []string{falsim.OpSubmit}})
@@ -169,12 +98,12 @@ func TestWebhookEvents(t *testing.T) {
 	var batch jobs.Batch
 	require.NoError(t, json.Unmarshal(r.Body, &batch))
 
-	hooks := rc.wait(t, "/hooks", 6)
+	hooks := rc.Wait(t, "/hooks", 6)
 	byID := map[string]webhookEvent{}
 	var order []string
 	for _, h := range hooks {
 		require.Equal(t, "application/json", h.Header.Get("Content-Type"))
-		ev := h.verified(t, ep.Secret)
+		ev := verified(t, h, ep.Secret)
 		id := h.Header.Get("webhook-id")
 		require.Regexp(t, `^evt_[0-9a-f]{32}$`, id)
 		require.NotContains(t, byID, id, "one delivery per event")
@@ -225,7 +154,7 @@ func TestWebhookEvents(t *testing.T) {
 
 	// Nothing more comes, and the deliveries say so.
 	time.Sleep(time.Second)
-	require.Len(t, rc.hooks(""), 6)
+	require.Len(t, rc.Requests(""), 6)
 	require.Equal(t, 6, count(t, m, `SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered' AND attempts = 1`))
 	var median, slowest float64
 	require.NoError(t, m.Pool().QueryRow(context.Background(), `
@@ -243,8 +172,8 @@ SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM delivery_t
 // job's later event waits for its earlier one; a redirect is not followed.
 func TestWebhookRetries(t *testing.T) {
 	t.Parallel()
-	rc := newHookReceiver(t)
-	rc.setAnswer(func(n int, r *http.Request) int {
+	rc := webhooktest.NewReceiver(t)
+	rc.SetAnswer(func(n int, r *http.Request) int {
 		switch {
 		case r.URL.Path == "/moved":
 			return http.StatusMovedPermanently
@@ -255,14 +184,14 @@ func TestWebhookRetries(t *testing.T) {
 	})
 	m := MustRunMain(t, map[string]string{"WEBHOOK_ALLOW_PRIVATE": "true"})
 	admin := newAdmin(t, m)
-	ep := registerEndpoint(t, admin, rc.srv.URL+"/hooks", "job.succeeded", "job.failed")
+	ep := registerEndpoint(t, admin, rc.URL+"/hooks", "job.succeeded", "job.failed")
 
 	// Run 1 fails (fal refuses the params once): job.failed, answered 500.
 	m.Sim().FailModel("fal-ai/clarity-upscaler", falsim.Failure{Status: http.StatusUnprocessableEntity, Count: 1, Ops: []string{falsim.OpSubmit}})
 	c, _ := newUser(t, m, 100)
 	job := submit(t, c, "upscale", map[string]any{"image_url": "https://example.com/a.png"})
-	first := rc.wait(t, "/hooks", 1)[0]
-	require.Equal(t, "job.failed", first.verified(t, ep.Secret).Type)
+	first := rc.Wait(t, "/hooks", 1)[0]
+	require.Equal(t, "job.failed", verified(t, first, ep.Secret).Type)
 	// Its retry is scheduled within 10 s of the failed attempt.
 	var retryIn time.Duration
 	require.Eventually(t, func() bool {
@@ -275,15 +204,15 @@ SELECT next_attempt_at - last_attempt_at FROM webhook_outbox WHERE endpoint_id =
 
 	// Run 2, retried by an admin, succeeds while job.failed waits for its
 	// retry: job.succeeded is due, but comes after it.
-	moved := registerEndpoint(t, admin, rc.srv.URL+"/moved", "job.succeeded")
+	moved := registerEndpoint(t, admin, rc.URL+"/moved", "job.succeeded")
 	r := admin.post("/v1/admin/jobs/retry", map[string]any{"ids": []string{job.ID}}, nil)
 	require.Equal(t, http.StatusOK, r.Status, string(r.Body))
 	waitState(t, c, job.ID, jobs.StateSucceeded)
 
-	hooks := rc.wait(t, "/hooks", 3)
+	hooks := rc.Wait(t, "/hooks", 3)
 	var types []string
 	for _, h := range hooks {
-		types = append(types, h.verified(t, ep.Secret).Type)
+		types = append(types, verified(t, h, ep.Secret).Type)
 	}
 	require.Equal(t, []string{"job.failed", "job.failed", "job.succeeded"}, types)
 	require.Equal(t, first.Header.Get("webhook-id"), hooks[1].Header.Get("webhook-id"), "a retry has the event's id")
@@ -301,8 +230,8 @@ SELECT next_attempt_at - last_attempt_at FROM webhook_outbox WHERE endpoint_id =
 	require.Equal(t, "pending", state)
 
 	time.Sleep(time.Second)
-	require.Len(t, rc.hooks("/hooks"), 3, "nothing after the 2xx")
-	require.Empty(t, rc.hooks("/new"))
+	require.Len(t, rc.Requests("/hooks"), 3, "nothing after the 2xx")
+	require.Empty(t, rc.Requests("/new"))
 	require.Equal(t, 2, count(t, m, `SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'delivered'`, ep.ID))
 	requireInvariants(t, m)
 }
@@ -312,9 +241,9 @@ SELECT next_attempt_at - last_attempt_at FROM webhook_outbox WHERE endpoint_id =
 // the event, with the same webhook-id.
 func TestWebhookOutboxSurvivesAKilledServer(t *testing.T) {
 	t.Parallel()
-	rc := newHookReceiver(t)
+	rc := webhooktest.NewReceiver(t)
 	release := make(chan struct{})
-	rc.setAnswer(func(n int, r *http.Request) int {
+	rc.SetAnswer(func(n int, r *http.Request) int {
 		if n == 0 { // the first call hangs until its caller is gone
 			select {
 			case <-r.Context().Done():
@@ -328,11 +257,11 @@ func TestWebhookOutboxSurvivesAKilledServer(t *testing.T) {
 	env := map[string]string{"DATABASE_URL": dbURL, "WEBHOOK_ALLOW_PRIVATE": "true", "SHUTDOWN_TIMEOUT": "200ms"}
 	short := func(c *Config) { c.WebhookTimeout = 2 * time.Second }
 	first := runMainWith(t, env, io.Discard, short)
-	ep := registerEndpoint(t, newAdmin(t, first), rc.srv.URL+"/hooks", "job.succeeded")
+	ep := registerEndpoint(t, newAdmin(t, first), rc.URL+"/hooks", "job.succeeded")
 	c, _ := newUser(t, first, 10)
 	job := submit(t, c, "generate", map[string]any{"prompt": "ring"})
 	waitState(t, c, job.ID, jobs.StateSucceeded)
-	cut := rc.wait(t, "/hooks", 1)[0]
+	cut := rc.Wait(t, "/hooks", 1)[0]
 	require.NoError(t, first.Close()) // mid-call: nothing recorded
 	pool, err := pgxpool.New(context.Background(), dbURL)
 	require.NoError(t, err)
@@ -340,8 +269,8 @@ func TestWebhookOutboxSurvivesAKilledServer(t *testing.T) {
 	require.Equal(t, 1, jobtest.Count(t, pool, `SELECT count(*) FROM webhook_deliveries WHERE state = 'pending' AND attempts = 1 AND last_status IS NULL`))
 
 	second := runMainWith(t, env, io.Discard, short)
-	got := rc.wait(t, "/hooks", 2)[1]
-	ev := got.verified(t, ep.Secret)
+	got := rc.Wait(t, "/hooks", 2)[1]
+	ev := verified(t, got, ep.Secret)
 	require.Equal(t, "job.succeeded", ev.Type)
 	require.Equal(t, job.ID, ev.dataID(t))
 	require.Equal(t, cut.Header.Get("webhook-id"), got.Header.Get("webhook-id"))
@@ -411,9 +340,9 @@ func TestWebhookEndpointsAPI(t *testing.T) {
 
 	// A name resolving to a private address (as if it changed after the
 	// endpoint was registered) is refused when the delivery connects.
-	private := newHookReceiver(t)
+	private := webhooktest.NewReceiver(t)
 	_, err := m.Pool().Exec(ctx, `INSERT INTO webhook_endpoints (url, events, secret) VALUES ($1, '{job.cancelled}', 'whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0')`,
-		strings.Replace(private.srv.URL, "127.0.0.1", "localhost", 1)+"/private")
+		strings.Replace(private.URL, "127.0.0.1", "localhost", 1)+"/private")
 	require.NoError(t, err)
 	m.Sim().FailModel("fal-ai/flux", falsim.Failure{Status: http.StatusServiceUnavailable, Ops: []string{falsim.OpSubmit}})
 	job := submit(t, user, "generate", map[string]any{"prompt": "ring"})
@@ -421,7 +350,7 @@ func TestWebhookEndpointsAPI(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return count(t, m, `SELECT count(*) FROM webhook_deliveries WHERE endpoint_url LIKE '%/private' AND last_error LIKE '%non-public address%loopback%'`) == 1
 	}, 20*time.Second, 20*time.Millisecond)
-	require.Empty(t, private.hooks(""))
+	require.Empty(t, private.Requests(""))
 
 	// Deliveries: 200 list, 422 on a bad filter; replay 409 while pending,
 	// 202 once it ended, 404 unknown.
