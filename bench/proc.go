@@ -105,8 +105,11 @@ func (p *proc) stop(timeout time.Duration) error {
 }
 
 // logTail returns the last n lines of the process's log.
-func (p *proc) logTail(n int) string {
-	b, err := os.ReadFile(p.logPath)
+func (p *proc) logTail(n int) string { return logTail(p.logPath, n) }
+
+// logTail returns the last n lines of the log at path, indented.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}

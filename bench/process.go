@@ -233,17 +233,7 @@ func procMemory(pid int) (rss, hwm int64, err error) {
 }
 
 // LogTail returns the last n lines of the process's log.
-func (s *Server) LogTail(n int) string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "    " + strings.Join(lines, "\n    ")
-}
+func (s *Server) LogTail(n int) string { return logTail(s.logPath, n) }
 
 // LogPath is the process's log file (appended across restarts).
 func (s *Server) LogPath() string { return s.logPath }
