@@ -141,9 +141,6 @@ SELECT client_id, host, pid, beat_at < now() - make_interval(secs => $2)
 // River could not record it. River's completer only moves a job that is
 // still running, so one that records the end after all changes nothing.
 func (h *heartbeat) orphans(ctx context.Context) error {
-	if h.working == nil {
-		return nil
-	}
 	rows, err := h.pool.Query(ctx, `
 SELECT id FROM river_job
  WHERE state = 'running' AND kind = 'ai'
@@ -165,32 +162,8 @@ SELECT id FROM river_job
 	if len(orphans) == 0 {
 		return nil
 	}
-	rows, err = h.pool.Query(ctx, `
-UPDATE river_job
-   SET state = 'available', scheduled_at = now()
- WHERE id = ANY($1) AND state = 'running' AND attempted_by[array_length(attempted_by, 1)] = $2
-RETURNING id, queue`, orphans, h.clientID)
-	if err != nil {
-		return err
-	}
-	var queues []string
-	for rows.Next() {
-		var id int64
-		var q string
-		if err := rows.Scan(&id, &q); err != nil {
-			rows.Close()
-			return err
-		}
-		queues = append(queues, q)
-		h.log.WarnContext(ctx, "handed back a job this process no longer works (River could not record its attempt's end)", slog.Int64("job_id", id))
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if len(queues) > 0 {
-		h.line.announcer.announce(queues)
-	}
-	return nil
+	return h.handBack(ctx, "handed back a job this process no longer works (River could not record its attempt's end)",
+		`id = ANY($1) AND attempted_by[array_length(attempted_by, 1)] = $2`, orphans, h.clientID)
 }
 
 // alive reports whether a process of this host is running.
@@ -202,12 +175,25 @@ func alive(pid int) bool {
 // rescue hands back the running AI jobs last attempted by the dead clients
 // and forgets those of them that have no running job left.
 func (h *heartbeat) rescue(ctx context.Context, dead []string) error {
+	if err := h.handBack(ctx, "handed back a job whose worker process stopped beating",
+		`attempted_by[array_length(attempted_by, 1)] = ANY($1)`, dead); err != nil {
+		return err
+	}
+	_, err := h.pool.Exec(ctx, `
+DELETE FROM worker_heartbeats w
+ WHERE client_id = ANY($1)
+   AND NOT EXISTS (SELECT 1 FROM river_job r WHERE r.state = 'running' AND r.attempted_by[array_length(r.attempted_by, 1)] = w.client_id)`, dead)
+	return err
+}
+
+// handBack makes the running AI jobs that match cond (with args) available
+// again, logs each with why, and wakes the producers of their queues.
+func (h *heartbeat) handBack(ctx context.Context, why, cond string, args ...any) error {
 	rows, err := h.pool.Query(ctx, `
 UPDATE river_job
    SET state = 'available', scheduled_at = now()
- WHERE state = 'running' AND kind = 'ai'
-   AND attempted_by[array_length(attempted_by, 1)] = ANY($1)
-RETURNING id, queue`, dead)
+ WHERE state = 'running' AND kind = 'ai' AND `+cond+`
+RETURNING id, queue`, args...)
 	if err != nil {
 		return err
 	}
@@ -220,7 +206,7 @@ RETURNING id, queue`, dead)
 			return err
 		}
 		queues = append(queues, q)
-		h.log.WarnContext(ctx, "handed back a job whose worker process stopped beating", slog.Int64("job_id", id))
+		h.log.WarnContext(ctx, why, slog.Int64("job_id", id))
 	}
 	if err := rows.Err(); err != nil {
 		return err
@@ -228,9 +214,5 @@ RETURNING id, queue`, dead)
 	if len(queues) > 0 {
 		h.line.announcer.announce(queues)
 	}
-	_, err = h.pool.Exec(ctx, `
-DELETE FROM worker_heartbeats w
- WHERE client_id = ANY($1)
-   AND NOT EXISTS (SELECT 1 FROM river_job r WHERE r.state = 'running' AND r.attempted_by[array_length(r.attempted_by, 1)] = w.client_id)`, dead)
-	return err
+	return nil
 }
