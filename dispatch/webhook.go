@@ -44,8 +44,8 @@ UPDATE fal_requests f
    SET result = CASE WHEN $2 AND jsonb_typeof($3::jsonb) = 'object' THEN $3::jsonb ELSE f.result END
   FROM river_job j
  WHERE f.request_id = $1 AND f.finished_at IS NULL AND j.id = f.job_id
-RETURNING f.job_id, j.queue, j.state::text`, wh.RequestID, wh.Status == falclient.WebhookOK && len(wh.Payload) > 0, nullJSON(wh.Payload)).
-		Scan(&jobID, &queue, &state)
+RETURNING f.job_id, j.queue`, wh.RequestID, wh.Status == falclient.WebhookOK && len(wh.Payload) > 0, nullJSON(wh.Payload)).
+		Scan(&jobID, &queue)
 	if errors.Is(err, pgx.ErrNoRows) {
 		d.log.InfoContext(ctx, "fal webhook for a request no job waits for", slog.String("fal_request_id", wh.RequestID))
 		return tx.Commit(ctx)
@@ -53,8 +53,8 @@ RETURNING f.job_id, j.queue, j.state::text`, wh.RequestID, wh.Status == falclien
 	if err != nil {
 		return err
 	}
-	// Locked and read again before it is woken: a job cancelled since the
-	// read above must stay cancelled (River's JobRetry would run it again).
+	// Its state, read under the job's lock: a job cancelled meanwhile must
+	// stay cancelled (River's JobRetry would run it again).
 	if err := tx.QueryRow(ctx, `SELECT state::text FROM river_job WHERE id = $1 FOR UPDATE`, jobID).Scan(&state); err != nil {
 		return err
 	}

@@ -13,9 +13,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/aiqueue/aiqueue/jobs"
+	"github.com/aiqueue/aiqueue/ledger"
 )
 
 // Events an endpoint can subscribe to.
@@ -41,11 +41,7 @@ const secretBytes = 32
 const secretPrefix = "whsec_"
 
 // Querier runs SQL: a pool, a connection or a transaction.
-type Querier interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
+type Querier = ledger.Querier
 
 // Endpoint is a registered webhook endpoint, without its secret.
 type Endpoint struct {

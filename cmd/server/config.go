@@ -369,20 +369,13 @@ func (c Config) metricsOnAPI() bool {
 // from the network could be replaced on the way, and with them every
 // token's signature.
 func validJWKSURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
-		return errors.New("AUTH_JWKS_URL is not an https URL")
+	if httpsOrLoopback(raw) {
+		return nil
 	}
-	switch {
-	case u.Scheme == "https":
-		return nil
-	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
-		return nil
-	case u.Scheme == "http":
+	if u, err := url.Parse(raw); err == nil && u.Scheme == "http" && u.Host != "" {
 		return errors.New("AUTH_JWKS_URL must be https (plain http is accepted only for a loopback host)")
-	default:
-		return errors.New("AUTH_JWKS_URL is not an https URL")
 	}
+	return errors.New("AUTH_JWKS_URL is not an https URL")
 }
 
 // isLoopbackHost reports whether host is localhost or a loopback IP.
