@@ -223,6 +223,10 @@ func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID st
 	line := time.NewTicker(s.pacing.lineRead)
 	defer line.Stop()
 	for {
+		// stateOnly: a re-check of a newly watched job, not a
+		// notification: a change of state whose notification was missed
+		// ends the wait; its place in line is read every lineRead.
+		stateOnly := false
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -235,25 +239,13 @@ func (s *Server) waitForChange(ctx context.Context, sub *Subscription, userID st
 				continue
 			}
 		case <-wakeups(sub):
-			if !sub.Notified() {
-				// A re-check of a newly watched job: a change of state
-				// whose notification was missed ends the wait; its place
-				// in line is read every lineRead, as without it.
-				latest, err := s.rereadJob(ctx, userID, j.ID, logs)
-				if err != nil {
-					return nil, err
-				}
-				if latest.State != j.State {
-					return latest, nil
-				}
-				continue
-			}
+			stateOnly = !sub.Notified()
 		}
 		latest, err := s.rereadJob(ctx, userID, j.ID, logs)
 		if err != nil {
 			return nil, err
 		}
-		if changeOf(j, readAt, latest, time.Now()) != unchanged {
+		if c := changeOf(j, readAt, latest, time.Now()); c == stateChanged || (c != unchanged && !stateOnly) {
 			return latest, nil
 		}
 	}

@@ -22,7 +22,7 @@ func TestETACache(t *testing.T) {
 		started, release := make(chan struct{}), make(chan struct{})
 		done := make(chan float64)
 		go func() {
-			v, _ := c.cached(ctx, c.entry("video"), func(context.Context) (float64, error) {
+			v, _ := cached(ctx, &c.mu, entryOf(&c.mu, &c.medians, "video"), etaTTL, func(context.Context) (float64, error) {
 				close(started)
 				<-release
 				return 30, nil
@@ -31,7 +31,7 @@ func TestETACache(t *testing.T) {
 		}()
 		<-started
 		// Another operation is read while the first query is out.
-		v, err := c.cached(ctx, c.entry("generate"), value(2))
+		v, err := cached(ctx, &c.mu, entryOf(&c.mu, &c.medians, "generate"), etaTTL, value(2))
 		require.NoError(t, err)
 		require.Equal(t, 2.0, v)
 		close(release)
@@ -41,22 +41,22 @@ func TestETACache(t *testing.T) {
 	t.Run("OlderValueWhileReadAgain", func(t *testing.T) {
 		t.Parallel()
 		var c etaCache
-		e := c.entry("generate")
-		_, err := c.cached(ctx, e, value(2))
+		e := entryOf(&c.mu, &c.medians, "generate")
+		_, err := cached(ctx, &c.mu, e, etaTTL, value(2))
 		require.NoError(t, err)
 		c.mu.Lock()
 		e.at = time.Now().Add(-2 * etaTTL) // stale
 		c.mu.Unlock()
 		started, release := make(chan struct{}), make(chan struct{})
 		go func() {
-			_, _ = c.cached(ctx, e, func(context.Context) (float64, error) {
+			_, _ = cached(ctx, &c.mu, e, etaTTL, func(context.Context) (float64, error) {
 				close(started)
 				<-release
 				return 5, nil
 			})
 		}()
 		<-started
-		v, err := c.cached(ctx, e, func(context.Context) (float64, error) {
+		v, err := cached(ctx, &c.mu, e, etaTTL, func(context.Context) (float64, error) {
 			t.Error("read twice at once")
 			return 0, nil
 		})
@@ -64,7 +64,7 @@ func TestETACache(t *testing.T) {
 		require.Equal(t, 2.0, v)
 		close(release)
 		require.Eventually(t, func() bool {
-			v, _ := c.cached(ctx, e, value(-1))
+			v, _ := cached(ctx, &c.mu, e, etaTTL, value(-1))
 			return v == 5
 		}, 5*time.Second, time.Millisecond)
 	})

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -174,30 +173,12 @@ type lineCache struct {
 	queues map[string]*cacheEntry[lineReading]
 }
 
-func (c *lineCache) entry(queue string) *cacheEntry[lineReading] {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.queues == nil {
-		c.queues = map[string]*cacheEntry[lineReading]{}
-	}
-	e := c.queues[queue]
-	if e == nil {
-		e = &cacheEntry[lineReading]{}
-		c.queues[queue] = e
-	}
-	return e
-}
-
 // place returns the place in line of River job id, of queue: NULL when it
 // is not waiting (fal_line_place, against this process's reading of the
 // queue's line).
 func (s *Service) place(ctx context.Context, id int64, queue string) (*int, error) {
 	var position *int
-	if !slices.Contains(Queues, queue) { // a replayed answer without its queue
-		err := s.pool.QueryRow(ctx, `SELECT fal_line_position($1, $2)`, id, positionCap).Scan(&position)
-		return position, err
-	}
-	r, err := cached(ctx, &s.line.mu, s.line.entry(queue), lineTTL, func(ctx context.Context) (lineReading, error) {
+	r, err := cached(ctx, &s.line.mu, entryOf(&s.line.mu, &s.line.queues, queue), lineTTL, func(ctx context.Context) (lineReading, error) {
 		var r lineReading
 		err := s.pool.QueryRow(ctx, `
 SELECT fal_line_ahead($1, $2), COALESCE(array_agg(user_id), '{}'), COALESCE(array_agg(head), '{}'),
@@ -263,25 +244,19 @@ type etaCache struct {
 	slots   cacheEntry[float64]
 }
 
-// entry returns the median entry of operation.
-func (c *etaCache) entry(operation string) *cacheEntry[float64] {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.medians == nil {
-		c.medians = map[string]*cacheEntry[float64]{}
+// entryOf returns the entry of key in *m (mu guards it), adding it when new.
+func entryOf[V any](mu *sync.Mutex, m *map[string]*cacheEntry[V], key string) *cacheEntry[V] {
+	mu.Lock()
+	defer mu.Unlock()
+	if *m == nil {
+		*m = map[string]*cacheEntry[V]{}
 	}
-	e := c.medians[operation]
+	e := (*m)[key]
 	if e == nil {
-		e = &cacheEntry[float64]{}
-		c.medians[operation] = e
+		e = &cacheEntry[V]{}
+		(*m)[key] = e
 	}
 	return e
-}
-
-// cached returns e's value, reading it with read when it is older than
-// etaTTL (see cached).
-func (c *etaCache) cached(ctx context.Context, e *cacheEntry[float64], read func(context.Context) (float64, error)) (float64, error) {
-	return cached(ctx, &c.mu, e, etaTTL, read)
 }
 
 // cacheEntry is a value a process read from the database, when, and how
@@ -335,7 +310,7 @@ func (s *Service) setETA(ctx context.Context, j *Job) error {
 		return nil
 	}
 	c := &s.eta
-	median, err := c.cached(ctx, c.entry(j.Operation), func(ctx context.Context) (float64, error) {
+	median, err := cached(ctx, &c.mu, entryOf(&c.mu, &c.medians, j.Operation), etaTTL, func(ctx context.Context) (float64, error) {
 		var m *float64
 		var n int
 		err := s.pool.QueryRow(ctx, `
@@ -358,7 +333,7 @@ SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_
 	if j.StartedAt != nil {
 		eta = max(median-time.Since(*j.StartedAt).Seconds(), 1)
 	} else {
-		slots, err := c.cached(ctx, &c.slots, func(ctx context.Context) (float64, error) {
+		slots, err := cached(ctx, &c.mu, &c.slots, etaTTL, func(ctx context.Context) (float64, error) {
 			var n float64
 			err := s.pool.QueryRow(ctx, `
 SELECT COALESCE(sum(capacity) FILTER (WHERE unusable_until IS NULL OR unusable_until <= now()), 0) FROM fal_keys`).Scan(&n)
