@@ -115,7 +115,7 @@ func TestDeadline(t *testing.T) {
 		uid := grant(t, b.pool, 5)
 		id := b.submitBy(t, uid, "1")
 		require.Eventually(t, func() bool {
-			return count(t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO fal_requests%'`) == 1
+			return count(t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO fal_requests%'`) == 1
 		}, 10*time.Second, 5*time.Millisecond, "the line never chose the job")
 		var startBy time.Time
 		require.NoError(t, b.pool.QueryRow(ctx, `SELECT start_by FROM ai_job_deadlines WHERE job_id = $1`, mustID(t, id)).Scan(&startBy))

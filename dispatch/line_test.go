@@ -204,7 +204,7 @@ func TestLine(t *testing.T) {
 		require.NoError(t, err)
 		uid, ids := b.submit(t, 1, "generate", generateParams, "")
 		require.Eventually(t, func() bool {
-			return count(t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO fal_requests%'`) == 1
+			return count(t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO fal_requests%'`) == 1
 		}, 10*time.Second, 5*time.Millisecond, "the line never chose the job")
 		// The user cancels the job the line has chosen.
 		cancelled := make(chan error, 1)
