@@ -63,11 +63,13 @@ const slotColumns = `id, job_id, run, attempt, state, key_index, model, COALESCE
        COALESCE(status_url, ''), COALESCE(response_url, ''), COALESCE(cancel_url, ''),
        COALESCE(submitted_at, '-infinity')`
 
-func scanSlot(row pgx.Row) (*slot, error) {
+// scanSlot scans the slotColumns of row, and extra columns after them
+// into extra.
+func scanSlot(row pgx.Row, extra ...any) (*slot, error) {
 	var s slot
 	var submitted pgtype.Timestamptz
-	err := row.Scan(&s.id, &s.jobID, &s.run, &s.attempt, &s.state, &s.req.Key, &s.req.Model, &s.req.ID,
-		&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted)
+	err := row.Scan(append([]any{&s.id, &s.jobID, &s.run, &s.attempt, &s.state, &s.req.Key, &s.req.Model, &s.req.ID,
+		&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted}, extra...)...)
 	if submitted.Valid && submitted.InfinityModifier == pgtype.Finite {
 		s.submittedAt = submitted.Time
 	}
@@ -356,17 +358,15 @@ SELECT `+slotColumns+`, f.request_id IS NULL AND f.claimed_at < now() - make_int
 	var open, stale []*slot
 	for rows.Next() {
 		var isStale bool
-		var s slot
-		var submitted pgtype.Timestamptz
-		if err := rows.Scan(&s.id, &s.jobID, &s.run, &s.attempt, &s.state, &s.req.Key, &s.req.Model, &s.req.ID,
-			&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted, &isStale); err != nil {
+		s, err := scanSlot(rows, &isStale)
+		if err != nil {
 			rows.Close()
 			return res, err
 		}
 		if isStale {
-			stale = append(stale, &s)
+			stale = append(stale, s)
 		} else {
-			open = append(open, &s)
+			open = append(open, s)
 		}
 	}
 	if err := rows.Err(); err != nil {
