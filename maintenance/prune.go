@@ -83,32 +83,38 @@ const pruneBatch = 5000
 // rate-limit rows whose theoretical arrival time has passed (such a row
 // limits exactly as much as no row), in batches of pruneBatch rows.
 func Prune(ctx context.Context, db *pgxpool.Pool, ttl time.Duration) (keys, limits int64, err error) {
-	for {
-		tag, err := db.Exec(ctx, `
+	keys, err = deleteInBatches(ctx, db, `
 DELETE FROM idempotency_keys WHERE (user_id, key) IN (
     SELECT user_id, key FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second' LIMIT $2)`,
-			int64(ttl/time.Second), pruneBatch)
-		if err != nil {
-			return keys, limits, fmt.Errorf("prune idempotency keys: %w", err)
-		}
-		keys += tag.RowsAffected()
-		if tag.RowsAffected() < pruneBatch {
-			break
-		}
+		int64(ttl/time.Second))
+	if err != nil {
+		return keys, limits, fmt.Errorf("prune idempotency keys: %w", err)
 	}
-	for {
-		tag, err := db.Exec(ctx, `
+	limits, err = deleteInBatches(ctx, db, `
 DELETE FROM submit_rate_limits WHERE tat < now() AND user_id IN (
-    SELECT user_id FROM submit_rate_limits WHERE tat < now() LIMIT $1)`, pruneBatch)
-		if err != nil {
-			return keys, limits, fmt.Errorf("prune rate limits: %w", err)
-		}
-		limits += tag.RowsAffected()
-		if tag.RowsAffected() < pruneBatch {
-			break
-		}
+    SELECT user_id FROM submit_rate_limits WHERE tat < now() LIMIT $1)`)
+	if err != nil {
+		return keys, limits, fmt.Errorf("prune rate limits: %w", err)
 	}
 	return keys, limits, nil
+}
+
+// deleteInBatches runs sql, a DELETE of at most pruneBatch rows (its last
+// parameter, after args), until it deletes fewer, and returns how many it
+// deleted in all.
+func deleteInBatches(ctx context.Context, db *pgxpool.Pool, sql string, args ...any) (int64, error) {
+	var n int64
+	args = append(args, pruneBatch)
+	for {
+		tag, err := db.Exec(ctx, sql, args...)
+		if err != nil {
+			return n, err
+		}
+		n += tag.RowsAffected()
+		if tag.RowsAffected() < pruneBatch {
+			return n, nil
+		}
+	}
 }
 
 // outcomeRetention is how long an ended job waits in metrics_job_outcomes
@@ -133,18 +139,8 @@ const WebhookDeliveryRetention = 7 * 24 * time.Hour
 // batches of pruneBatch rows; pending ones stay whatever their age. It
 // returns how many rows it deleted.
 func PruneWebhookDeliveries(ctx context.Context, db *pgxpool.Pool) (int64, error) {
-	var n int64
-	for {
-		tag, err := db.Exec(ctx, `
+	return deleteInBatches(ctx, db, `
 DELETE FROM webhook_outbox WHERE id IN (
     SELECT id FROM webhook_outbox WHERE state <> 'pending' AND created_at < now() - $1 * interval '1 second' LIMIT $2)`,
-			int64(WebhookDeliveryRetention/time.Second), pruneBatch)
-		if err != nil {
-			return n, err
-		}
-		n += tag.RowsAffected()
-		if tag.RowsAffected() < pruneBatch {
-			return n, nil
-		}
-	}
+		int64(WebhookDeliveryRetention/time.Second))
 }
