@@ -91,13 +91,29 @@ type Requests struct {
 	metrics    *requestMetrics
 }
 
-// current returns the job's latest slot, or nil when it never had one.
-func (r *Requests) current(ctx context.Context, jobID int64) (*slot, error) {
-	s, err := scanSlot(r.pool.QueryRow(ctx, `SELECT `+slotColumns+` FROM fal_requests WHERE job_id = $1 ORDER BY id DESC LIMIT 1`, jobID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
+// current returns the job's latest slot (nil when it never had one) and,
+// withDeadline, its deadline to start while it applies (fal has accepted no
+// request of the job's first run; zero when none), in one round trip.
+func (r *Requests) current(ctx context.Context, jobID int64, withDeadline bool) (*slot, time.Time, error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+slotColumns+` FROM fal_requests WHERE job_id = $1 ORDER BY id DESC LIMIT 1`, jobID)
+	if withDeadline {
+		b.Queue(`SELECT start_by FROM ai_job_deadlines WHERE job_id = $1 AND missed_at IS NULL`, jobID)
 	}
-	return s, err
+	br := r.pool.SendBatch(ctx, b)
+	defer br.Close()
+	s, err := scanSlot(br.QueryRow())
+	if errors.Is(err, pgx.ErrNoRows) {
+		s, err = nil, nil
+	}
+	if err != nil || !withDeadline {
+		return s, time.Time{}, err
+	}
+	var at time.Time
+	if err := br.QueryRow().Scan(&at); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, time.Time{}, err
+	}
+	return s, at, br.Close()
 }
 
 // store records that fal accepted the slot's request (its id and the URLs
@@ -129,17 +145,6 @@ SELECT count(*) FROM f`,
 	}
 	s.state, s.submittedAt = falStateInFlight, time.Now()
 	return nil
-}
-
-// startBy returns the job's deadline to start while it applies (fal has
-// accepted no request of the job's first run), zero when none.
-func (r *Requests) startBy(ctx context.Context, jobID int64) (time.Time, error) {
-	var at time.Time
-	err := r.pool.QueryRow(ctx, `SELECT start_by FROM ai_job_deadlines WHERE job_id = $1 AND missed_at IS NULL`, jobID).Scan(&at)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return time.Time{}, nil
-	}
-	return at, err
 }
 
 // errSlotGone is a slot that another request took over since the worker

@@ -184,7 +184,7 @@ func (w *Worker) work(ctx context.Context, job *river.Job[jobs.Args]) error {
 	if a.op, ok = w.catalog.Get(job.Args.Operation); !ok { // an operation taken out of the catalog after this job was submitted
 		a.op = jobs.DefaultOperation(job.Args.Operation)
 	}
-	s, err := w.reqs.current(ctx, job.ID)
+	s, startBy, err := w.reqs.current(ctx, job.ID, job.Args.StartBy != nil)
 	if err != nil {
 		return err
 	}
@@ -203,15 +203,10 @@ func (w *Worker) work(ctx context.Context, job *river.Job[jobs.Args]) error {
 		}
 		a.s = s
 	}
-	if job.Args.StartBy != nil {
-		// The deadline row says whether the deadline still applies: it goes
-		// once fal accepted a request of the job, and with an admin's retry.
-		if a.startBy, err = w.reqs.startBy(ctx, job.ID); err != nil {
-			return err
-		}
-		if w.missed(a) {
-			return w.deadlineExceeded(ctx, a)
-		}
+	// The deadline row says whether the deadline still applies: it goes once
+	// fal accepted a request of the job, and with an admin's retry.
+	if a.startBy = startBy; w.missed(a) {
+		return w.deadlineExceeded(ctx, a)
 	}
 	if a.s != nil {
 		return w.submit(ctx, a)
