@@ -101,7 +101,7 @@ func (r *Requests) current(ctx context.Context, jobID int64, withDeadline bool) 
 		b.Queue(`SELECT start_by FROM ai_job_deadlines WHERE job_id = $1 AND missed_at IS NULL`, jobID)
 	}
 	br := r.pool.SendBatch(ctx, b)
-	defer br.Close()
+	defer func() { _ = br.Close() }() // closed below on success; again is a no-op
 	s, err := scanSlot(br.QueryRow())
 	if errors.Is(err, pgx.ErrNoRows) {
 		s, err = nil, nil
