@@ -120,9 +120,12 @@ func (r *Requests) current(ctx context.Context, jobID int64, withDeadline bool) 
 // fal returned) and is what a retry after a crash resumes. It must reach
 // the disk before the worker waits on fal, so it commits with a flush. A
 // claim the sweeper abandoned meanwhile (it took the worker for dead) is
-// opened again: fal has the request. The job has started: its deadline to
-// start no longer applies (fal's X-Fal-Request-Timeout watched the rest),
-// and goes in the same statement.
+// opened again: fal has the request. Storing the same request again is a
+// success: a database that crashed after the commit and before its answer
+// makes the worker store again, and refusing would cancel, and pay twice
+// for, a request it holds. The job has started: its deadline to start no
+// longer applies (fal's X-Fal-Request-Timeout watched the rest), and goes
+// in the same statement.
 func (r *Requests) store(ctx context.Context, s *slot, attempt int) error {
 	var stored int
 	err := r.pool.QueryRow(ctx, `
@@ -130,7 +133,7 @@ WITH f AS (
     UPDATE fal_requests
        SET request_id = $3, status_url = NULLIF($4, ''), response_url = NULLIF($5, ''), cancel_url = NULLIF($6, ''),
            state = 'in_flight', stage = 'in_queue', attempt = $7, submitted_at = now(), finished_at = NULL, error = NULL
-     WHERE id = $1 AND job_id = $2 AND request_id IS NULL
+     WHERE id = $1 AND job_id = $2 AND (request_id IS NULL OR request_id = $3)
     RETURNING job_id
 ), d AS (
     DELETE FROM ai_job_deadlines WHERE job_id IN (SELECT job_id FROM f) AND missed_at IS NULL

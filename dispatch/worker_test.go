@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/dispatch"
+	"github.com/aiqueue/aiqueue/falclient"
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
@@ -333,6 +334,29 @@ func TestWorker(t *testing.T) {
 			return strings.Contains(other.metricsText(t), fmt.Sprintf(`aiqueue_fal_key_in_flight{key="key-%d"} 0`, key))
 		}, 5*time.Second, 100*time.Millisecond)
 		requireInvariants(t, b.pool)
+	})
+
+	t.Run("StoringTheSameRequestAgainSucceeds", func(t *testing.T) {
+		t.Parallel()
+		// A database that crashes after committing the store and before
+		// answering makes the worker store again: that must not read as
+		// a slot taken over (the worker would cancel the request at fal
+		// and the next attempt pay for a second one).
+		b := setupWorker(t, nil)
+		uid := grant(t, b.pool, 100)
+		var slotID int64
+		require.NoError(t, b.pool.QueryRow(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model)
+VALUES (987654, 1, $1, 'urgent', 'generate', 1, $2) RETURNING id`, uid, imageModel).Scan(&slotID))
+		req := falclient.Request{ID: "req-stored-twice", Key: 1, Model: imageModel}
+		reqs := b.worker.Requests()
+		require.NoError(t, dispatch.StoreRequest(ctx, reqs, slotID, 1, req))
+		require.NoError(t, dispatch.StoreRequest(ctx, reqs, slotID, 1, req), "the same request stored again")
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE id = $1 AND request_id = $2 AND state = 'in_flight'`, slotID, req.ID))
+
+		other := falclient.Request{ID: "req-another", Key: 1, Model: imageModel}
+		require.ErrorIs(t, dispatch.StoreRequest(ctx, reqs, slotID, 1, other), dispatch.ErrSlotGone, "another request cannot take the slot")
+		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE id = $1 AND request_id = $2`, slotID, req.ID))
 	})
 
 	t.Run("SweeperCancelsRequestsNoJobWaitsFor", func(t *testing.T) {
