@@ -123,16 +123,20 @@ func TestLine(t *testing.T) {
 		requireAll(t, list, jobs.StateSucceeded, ledger.HoldCharged)
 		requireAll(t, []*jobs.Job{clickJob, singleJob}, jobs.StateSucceeded, ledger.HoldCharged)
 		// The next free slot (at most one request time) and one request of
-		// fal, plus the time to notice fal finished.
-		require.Less(t, clickTook, 2500*time.Millisecond, "the urgent click waited behind the batch")
+		// fal, plus the time to notice fal finished: about 2 s. Behind the
+		// batch it would be 15 s (60 requests of 1 s on 4 slots). The
+		// margins are for a loaded machine (make test runs packages in
+		// parallel, under the race detector: 3.1 s seen); make bench's
+		// saturated scenario measures the waits.
+		require.Less(t, clickTook, 5*time.Second, "the urgent click waited behind the batch")
 		// Fair share: the single job is the next of its queue once the
 		// batch's user has more in flight; it may wait for the click.
-		require.Less(t, singleTook, 3500*time.Millisecond, "the single job waited behind the batch")
+		require.Less(t, singleTook, 6*time.Second, "the single job waited behind the batch")
 		// A freed slot is taken again within tens of milliseconds of a 1 s
-		// request (97% busy on a quiet machine); a line that waits for a
-		// poll or a worker leaves slots idle for a good part of a second.
-		// The margin is for a loaded machine; make bench measures it.
-		require.GreaterOrEqual(t, busyShare, 0.8, "slots idled while jobs waited")
+		// request (97% busy on a quiet machine, 78% seen under make test's
+		// load); a line that waits for a poll or a worker leaves slots idle
+		// for a good part of a second.
+		require.GreaterOrEqual(t, busyShare, 0.7, "slots idled while jobs waited")
 		// No job ran before it had a slot: made available once (the line),
 		// fetched once, completed once.
 		perJob := float64(updates()) / 62

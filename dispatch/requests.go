@@ -54,6 +54,9 @@ type slot struct {
 	req     falclient.Request // ID is "" until fal accepted a request
 	// submittedAt is when fal accepted the request (zero before).
 	submittedAt time.Time
+	// done is a request fal completed whose result the worker stored
+	// (succeeded): all that is left is River recording the job completed.
+	done bool
 }
 
 // open reports whether the slot is still held.
@@ -61,7 +64,8 @@ func (s *slot) open() bool { return s.state == falStateSubmitting || s.state == 
 
 const slotColumns = `id, job_id, run, attempt, state, key_index, model, COALESCE(request_id, ''),
        COALESCE(status_url, ''), COALESCE(response_url, ''), COALESCE(cancel_url, ''),
-       COALESCE(submitted_at, '-infinity')`
+       COALESCE(submitted_at, '-infinity'),
+       state = 'completed' AND error IS NULL AND cancel_outcome IS NULL AND result IS NOT NULL`
 
 // scanSlot scans the slotColumns of row, and extra columns after them
 // into extra.
@@ -69,7 +73,7 @@ func scanSlot(row pgx.Row, extra ...any) (*slot, error) {
 	var s slot
 	var submitted pgtype.Timestamptz
 	err := row.Scan(append([]any{&s.id, &s.jobID, &s.run, &s.attempt, &s.state, &s.req.Key, &s.req.Model, &s.req.ID,
-		&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted}, extra...)...)
+		&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted, &s.done}, extra...)...)
 	if submitted.Valid && submitted.InfinityModifier == pgtype.Finite {
 		s.submittedAt = submitted.Time
 	}
@@ -200,13 +204,34 @@ func (r *Requests) progress(ctx context.Context, id int64, stage string, positio
 // when fal said, and result fal's output of a completed request. A slot
 // already finished is left as it is.
 func finish(ctx context.Context, q ledger.Querier, id int64, state string, cause error, billable *float64, result json.RawMessage) error {
-	_, err := q.Exec(ctx, `
+	_, err := q.Exec(ctx, finishSQL, id, state, errorText(cause), billable, result)
+	return err
+}
+
+const finishSQL = `
 UPDATE fal_requests
    SET state = $2, error = $3, billable_units = COALESCE($4, billable_units), result = $5, finished_at = now(),
        completed_at = CASE WHEN $2 IN ('completed', 'expired') THEN COALESCE(completed_at, now()) END,
        stage = CASE WHEN $2 = 'completed' THEN 'finishing' ELSE stage END
- WHERE id = $1 AND finished_at IS NULL`, id, state, errorText(cause), billable, result)
-	return err
+ WHERE id = $1 AND finished_at IS NULL`
+
+// succeeded ends the slot of a request fal completed, with its result
+// and what fal billed for it, freeing the slot for the line. It commits
+// without waiting for the WAL flush: River records the job completed (and
+// the database charges it) afterwards, in a batch whose commit flushes this
+// one too; a crash before it loses both, and the next attempt reads the
+// result from fal again (the request id is stored); a worker that dies
+// after it leaves a done slot, which the next attempt completes.
+func (r *Requests) succeeded(ctx context.Context, s *slot, billable *float64, result json.RawMessage) error {
+	b := &pgx.Batch{}
+	b.Queue(noFlush)
+	b.Queue(finishSQL, s.id, falStateCompleted, nil, billable, result)
+	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	s.state, s.done = falStateCompleted, true
+	r.line.Kick()
+	return nil
 }
 
 // release frees a slot whose request fal did not accept (or never got):

@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/falclient"
@@ -56,9 +55,10 @@ const DefaultAttemptTimeout = 60 * time.Second
 // it one); the worker submits the job's request to fal with that slot's
 // key, stores fal's answer before waiting (so a retry after a crash resumes
 // the request instead of paying for a second one), follows the request
-// until fal finishes it and completes the job in the transaction that frees
-// the slot. The job's credits are settled by the database when River marks
-// it completed or cancelled, whoever does.
+// until fal finishes it, stores the result (which frees the slot) and
+// returns, for River's completer to record the job completed in its next
+// batch. The job's credits are settled by the database when River marks it
+// completed or cancelled, whoever does.
 type Worker struct {
 	river.WorkerDefaults[jobs.Args]
 	pool    *pgxpool.Pool
@@ -187,6 +187,12 @@ func (w *Worker) work(ctx context.Context, job *river.Job[jobs.Args]) error {
 	s, startBy, err := w.reqs.current(ctx, job.ID, job.Args.StartBy != nil)
 	if err != nil {
 		return err
+	}
+	if s != nil && s.done {
+		// An earlier attempt stored fal's result and stopped before River
+		// recorded the job completed (a crash, a database outage).
+		a.log.InfoContext(ctx, "fal's result was stored by an earlier attempt; completing the job", slog.String("fal_request_id", s.req.ID))
+		return nil
 	}
 	if s != nil && s.open() && s.req.ID != "" {
 		a.s = s
@@ -507,7 +513,8 @@ func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status
 }
 
 // complete handles a request fal says is COMPLETED: it fetches the result
-// at once and completes the job in the transaction that frees the slot. A
+// at once and stores it, freeing the slot; River records the job completed
+// once Work returns (a done slot: Requests.succeeded). A
 // request fal completed with the model's error ends the job at once (fal
 // already retried it and does not bill it), or is submitted once more when
 // fal marks it retryable; a result fal no longer keeps fails the job: it is
@@ -542,26 +549,18 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 	default:
 		return w.pollError(ctx, a, err)
 	}
-	tx, err := w.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
 	// The result goes with the slot's row (ai_jobs shows it), not into
 	// River's metadata: River would write the job row once more after the
 	// attempt to merge it.
-	if err := finish(ctx, tx, a.s.id, falStateCompleted, nil, res.BillableUnits, res.Output); err != nil {
+	output := res.Output
+	if len(output) == 0 {
+		output = json.RawMessage(`{}`)
+	}
+	if err := w.reqs.succeeded(ctx, a.s, res.BillableUnits, output); err != nil {
 		return err
 	}
-	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, a.job); err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
-	}
-	w.line.Kick()
 	a.log.InfoContext(ctx, "job succeeded")
-	return nil
+	return nil // River's completer records it completed, and the database charges it, in its next batch
 }
 
 // falRequestTimeout is fal's error_type of a request that timed out, before
