@@ -54,9 +54,6 @@ type slot struct {
 	req     falclient.Request // ID is "" until fal accepted a request
 	// submittedAt is when fal accepted the request (zero before).
 	submittedAt time.Time
-	// done is a request fal completed whose result the worker stored
-	// (succeeded): all that is left is River recording the job completed.
-	done bool
 }
 
 // open reports whether the slot is still held.
@@ -64,8 +61,7 @@ func (s *slot) open() bool { return s.state == falStateSubmitting || s.state == 
 
 const slotColumns = `id, job_id, run, attempt, state, key_index, model, COALESCE(request_id, ''),
        COALESCE(status_url, ''), COALESCE(response_url, ''), COALESCE(cancel_url, ''),
-       COALESCE(submitted_at, '-infinity'),
-       state = 'completed' AND error IS NULL AND cancel_outcome IS NULL AND result IS NOT NULL`
+       COALESCE(submitted_at, '-infinity')`
 
 // scanSlot scans the slotColumns of row, and extra columns after them
 // into extra.
@@ -73,7 +69,7 @@ func scanSlot(row pgx.Row, extra ...any) (*slot, error) {
 	var s slot
 	var submitted pgtype.Timestamptz
 	err := row.Scan(append([]any{&s.id, &s.jobID, &s.run, &s.attempt, &s.state, &s.req.Key, &s.req.Model, &s.req.ID,
-		&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted, &s.done}, extra...)...)
+		&s.req.StatusURL, &s.req.ResponseURL, &s.req.CancelURL, &submitted}, extra...)...)
 	if submitted.Valid && submitted.InfinityModifier == pgtype.Finite {
 		s.submittedAt = submitted.Time
 	}
@@ -208,31 +204,13 @@ func finish(ctx context.Context, q ledger.Querier, id int64, state string, cause
 	return err
 }
 
+// finishSQL is finish's statement ($3 is the cause's text).
 const finishSQL = `
 UPDATE fal_requests
    SET state = $2, error = $3, billable_units = COALESCE($4, billable_units), result = $5, finished_at = now(),
        completed_at = CASE WHEN $2 IN ('completed', 'expired') THEN COALESCE(completed_at, now()) END,
        stage = CASE WHEN $2 = 'completed' THEN 'finishing' ELSE stage END
  WHERE id = $1 AND finished_at IS NULL`
-
-// succeeded ends the slot of a request fal completed, with its result
-// and what fal billed for it, freeing the slot for the line. It commits
-// without waiting for the WAL flush: River records the job completed (and
-// the database charges it) afterwards, in a batch whose commit flushes this
-// one too; a crash before it loses both, and the next attempt reads the
-// result from fal again (the request id is stored); a worker that dies
-// after it leaves a done slot, which the next attempt completes.
-func (r *Requests) succeeded(ctx context.Context, s *slot, billable *float64, result json.RawMessage) error {
-	b := &pgx.Batch{}
-	b.Queue(noFlush)
-	b.Queue(finishSQL, s.id, falStateCompleted, nil, billable, result)
-	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-		return err
-	}
-	s.state, s.done = falStateCompleted, true
-	r.line.Kick()
-	return nil
-}
 
 // release frees a slot whose request fal did not accept (or never got):
 // the submit failed, or the job ended before it. The line gives the slot to

@@ -55,10 +55,9 @@ const DefaultAttemptTimeout = 60 * time.Second
 // it one); the worker submits the job's request to fal with that slot's
 // key, stores fal's answer before waiting (so a retry after a crash resumes
 // the request instead of paying for a second one), follows the request
-// until fal finishes it, stores the result (which frees the slot) and
-// returns, for River's completer to record the job completed in its next
-// batch. The job's credits are settled by the database when River marks it
-// completed or cancelled, whoever does.
+// until fal finishes it and completes the job in the transaction that frees
+// the slot (a group commit with the other jobs finishing then). The job's credits are settled by the database when River marks
+// it completed or cancelled, whoever does.
 type Worker struct {
 	river.WorkerDefaults[jobs.Args]
 	pool    *pgxpool.Pool
@@ -70,6 +69,8 @@ type Worker struct {
 	cfg     WorkerConfig
 	// working are the jobs this process's Work runs now (heartbeat.orphans).
 	working workingSet
+	// completions commits the jobs fal finished, several to a commit.
+	completions *completions
 }
 
 // workingSet is a set of River job ids, safe for concurrent use.
@@ -119,7 +120,8 @@ func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, line *Line, l
 	}
 	reqs := &Requests{pool: pool, fal: fal, log: logger, line: line,
 		staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout), metrics: newRequestMetrics()}
-	return &Worker{pool: pool, fal: fal, reqs: reqs, line: line, catalog: catalog, logger: logger, cfg: cfg}
+	return &Worker{pool: pool, fal: fal, reqs: reqs, line: line, catalog: catalog, logger: logger, cfg: cfg,
+		completions: newCompletions(pool)}
 }
 
 // Requests returns the worker's record of fal requests, for the API's
@@ -187,12 +189,6 @@ func (w *Worker) work(ctx context.Context, job *river.Job[jobs.Args]) error {
 	s, startBy, err := w.reqs.current(ctx, job.ID, job.Args.StartBy != nil)
 	if err != nil {
 		return err
-	}
-	if s != nil && s.done {
-		// An earlier attempt stored fal's result and stopped before River
-		// recorded the job completed (a crash, a database outage).
-		a.log.InfoContext(ctx, "fal's result was stored by an earlier attempt; completing the job", slog.String("fal_request_id", s.req.ID))
-		return nil
 	}
 	if s != nil && s.open() && s.req.ID != "" {
 		a.s = s
@@ -513,8 +509,8 @@ func (w *Worker) onProgress(ctx context.Context, a *attempt, st falclient.Status
 }
 
 // complete handles a request fal says is COMPLETED: it fetches the result
-// at once and stores it, freeing the slot; River records the job completed
-// once Work returns (a done slot: Requests.succeeded). A
+// at once and completes the job in the transaction that frees the slot,
+// committed with the other jobs finishing then (completions). A
 // request fal completed with the model's error ends the job at once (fal
 // already retried it and does not bill it), or is submitted once more when
 // fal marks it retryable; a result fal no longer keeps fails the job: it is
@@ -552,15 +548,13 @@ func (w *Worker) complete(ctx context.Context, a *attempt, key int, st falclient
 	// The result goes with the slot's row (ai_jobs shows it), not into
 	// River's metadata: River would write the job row once more after the
 	// attempt to merge it.
-	output := res.Output
-	if len(output) == 0 {
-		output = json.RawMessage(`{}`)
-	}
-	if err := w.reqs.succeeded(ctx, a.s, res.BillableUnits, output); err != nil {
+	if err := w.completions.complete(&completion{ctx: ctx, job: a.job, slotID: a.s.id,
+		billable: res.BillableUnits, output: res.Output}); err != nil {
 		return err
 	}
+	w.line.Kick()
 	a.log.InfoContext(ctx, "job succeeded")
-	return nil // River's completer records it completed, and the database charges it, in its next batch
+	return nil
 }
 
 // falRequestTimeout is fal's error_type of a request that timed out, before

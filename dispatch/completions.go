@@ -1,0 +1,145 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aiqueue/aiqueue/jobs"
+)
+
+// completions commits the jobs that fal finished, each with its result in
+// the transaction that frees its slot and completes the job (the database
+// charges it there), several jobs to a commit: a group commit. The first
+// job to finish commits at once, alone; jobs that finish while a commit is
+// on its way wait for it and go together in the next one, led by the first
+// of them. So a quiet server adds no wait to a job, and a busy one waits
+// for one WAL flush per group instead of one per job (River's own batch
+// completer waits up to a quarter of a second for a batch to fill, which a
+// person clicking would see).
+type completions struct {
+	pool *pgxpool.Pool
+	// commit commits one group (commitTx; a test's stand-in).
+	commit func(group []*completion) error
+
+	mu      sync.Mutex
+	pending []*completion
+	busy    bool // a leader is committing
+}
+
+// completion is one job's end, waiting to be committed.
+type completion struct {
+	ctx      context.Context // the attempt's (River's client is in it)
+	job      *river.Job[jobs.Args]
+	slotID   int64
+	billable *float64
+	output   json.RawMessage
+
+	lead chan struct{} // this waiter commits the next group
+	done chan error    // the outcome of its commit
+}
+
+// maxGroup bounds the jobs of one commit.
+const maxGroup = 100
+
+// commitTimeout bounds one group's transaction.
+const commitTimeout = 10 * time.Second
+
+// complete commits c with the jobs that finish meanwhile, and returns
+// c's outcome.
+func (g *completions) complete(c *completion) error {
+	c.lead, c.done = make(chan struct{}, 1), make(chan error, 1)
+	g.mu.Lock()
+	g.pending = append(g.pending, c)
+	if !g.busy {
+		g.busy = true
+		c.lead <- struct{}{}
+	}
+	g.mu.Unlock()
+	select {
+	case err := <-c.done:
+		return err
+	case <-c.lead:
+	}
+	g.mu.Lock()
+	n := min(len(g.pending), maxGroup)
+	group := g.pending[:n:n]
+	g.pending = g.pending[n:]
+	g.mu.Unlock()
+
+	g.commitGroup(group)
+
+	g.mu.Lock()
+	if len(g.pending) > 0 {
+		g.pending[0].lead <- struct{}{}
+	} else {
+		g.busy = false
+	}
+	g.mu.Unlock()
+	return <-c.done
+}
+
+// commitGroup commits group in one transaction and tells each its
+// outcome. A group the database refuses (an error of a statement, or a job
+// that is gone) is committed again one job at a time, so one such job does
+// not fail the others; a database that does not answer fails them all at
+// once (River retries each, and its next attempt resumes its request).
+func (g *completions) commitGroup(group []*completion) {
+	err := g.commit(group)
+	var pgErr *pgconn.PgError
+	if err == nil || len(group) == 1 || !(errors.As(err, &pgErr) || errors.Is(err, rivertype.ErrNotFound)) {
+		for _, c := range group {
+			c.done <- err
+		}
+		return
+	}
+	for _, c := range group {
+		c.done <- g.commit([]*completion{c})
+	}
+}
+
+func newCompletions(pool *pgxpool.Pool) *completions {
+	g := &completions{pool: pool}
+	g.commit = g.commitTx
+	return g
+}
+
+// commitTx stores each job's result with its slot, freeing it, and
+// completes the job with River's JobCompleteTx, in one transaction.
+func (g *completions) commitTx(group []*completion) error {
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	defer cancel()
+	tx, err := g.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	b := &pgx.Batch{}
+	for _, c := range group {
+		b.Queue(finishSQL, c.slotID, falStateCompleted, nil, c.billable, c.output)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	for _, c := range group {
+		// The attempt's context carries River's client; its cancellation
+		// (a remote cancel, the attempt's timeout) must not end the group.
+		jobCtx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), commitTimeout)
+		_, err := river.JobCompleteTx[*riverpgxv5.Driver](jobCtx, tx, c.job)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("complete job %d: %w", c.job.ID, err)
+		}
+	}
+	return tx.Commit(ctx)
+}
