@@ -97,7 +97,8 @@ func (g *completions) complete(c *completion) error {
 func (g *completions) commitGroup(group []*completion) {
 	err := g.commit(group)
 	var pgErr *pgconn.PgError
-	if err == nil || len(group) == 1 || !(errors.As(err, &pgErr) || errors.Is(err, rivertype.ErrNotFound)) {
+	refused := errors.As(err, &pgErr) || errors.Is(err, rivertype.ErrNotFound)
+	if err == nil || len(group) == 1 || !refused {
 		for _, c := range group {
 			c.done <- err
 		}
