@@ -35,13 +35,20 @@ SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction (waitin
 }
 
 // sampleLockWaits samples which statements wait on a heavyweight lock
-// (wait_event_type Lock), by wait event and the statement's start: the
-// shares say whose rows or transactions the waiting is on.
+// (wait_event_type Lock), by wait event, the relation waited on when the
+// lock is on one (an extend lock: which table or index grows), and the
+// statement's start: the shares say whose rows, transactions or relations
+// the waiting is on.
 func (e *env) sampleLockWaits(ctx context.Context, pool *pgxpool.Pool) *waitSampler {
 	return sampleStates(ctx, pool, `
-SELECT wait_event || ': ' || left(regexp_replace(query, '\s+', ' ', 'g'), 90), count(*)
-  FROM pg_stat_activity
- WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'
+SELECT a.wait_event || COALESCE(' on ' || l.relation::regclass::text, '') || ': '
+       || left(regexp_replace(a.query, '\s+', ' ', 'g'), 90), count(*)
+  FROM pg_stat_activity a
+  LEFT JOIN LATERAL (
+      SELECT relation FROM pg_locks
+       WHERE pid = a.pid AND NOT granted AND relation IS NOT NULL AND database = a.datid
+       LIMIT 1) l ON true
+ WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.wait_event_type = 'Lock'
  GROUP BY 1`)
 }
 
