@@ -49,6 +49,9 @@ type completion struct {
 	done chan error    // the outcome of its commit
 }
 
+// errNotRunning is a job River did not complete: it was not running.
+var errNotRunning = errors.New("the job is no longer running")
+
 // maxGroup bounds the jobs of one commit.
 const maxGroup = 100
 
@@ -95,9 +98,24 @@ func (g *completions) complete(c *completion) error {
 // not fail the others; a database that does not answer fails them all at
 // once (River retries each, and its next attempt resumes its request).
 func (g *completions) commitGroup(group []*completion) {
+	// A job whose attempt ended meanwhile (cancelled by a person, past
+	// its timeout) is not completed: River ends it the way its context
+	// says (a cancel refunds it), and its request, still open, is the
+	// sweeper's or the next attempt's.
+	live := group[:0:0]
+	for _, c := range group {
+		if err := c.ctx.Err(); err != nil {
+			c.done <- err
+			continue
+		}
+		live = append(live, c)
+	}
+	if group = live; len(group) == 0 {
+		return
+	}
 	err := g.commit(group)
 	var pgErr *pgconn.PgError
-	refused := errors.As(err, &pgErr) || errors.Is(err, rivertype.ErrNotFound)
+	refused := errors.As(err, &pgErr) || errors.Is(err, rivertype.ErrNotFound) || errors.Is(err, errNotRunning)
 	if err == nil || len(group) == 1 || !refused {
 		for _, c := range group {
 			c.done <- err
@@ -136,10 +154,18 @@ func (g *completions) commitTx(group []*completion) error {
 		// The attempt's context carries River's client; its cancellation
 		// (a remote cancel, the attempt's timeout) must not end the group.
 		jobCtx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), commitTimeout)
-		_, err := river.JobCompleteTx[*riverpgxv5.Driver](jobCtx, tx, c.job)
+		done, err := river.JobCompleteTx[*riverpgxv5.Driver](jobCtx, tx, c.job)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("complete job %d: %w", c.job.ID, err)
+		}
+		if done.State != rivertype.JobStateCompleted {
+			// River completes only a running job: this attempt's job was
+			// ended or handed back meanwhile. Its slot stays open, with
+			// the request whose result the job's next attempt fetches
+			// again: freeing it here would make that attempt pay fal for
+			// a second request.
+			return fmt.Errorf("complete job %d: %w (it is %s)", c.job.ID, errNotRunning, done.State)
 		}
 	}
 	return tx.Commit(ctx)

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -50,7 +51,7 @@ func (r *groupRecorder) recorded() [][]int64 {
 }
 
 func newCompletion(id int64) *completion {
-	return &completion{job: &river.Job[jobs.Args]{JobRow: &rivertype.JobRow{ID: id}}}
+	return &completion{ctx: context.Background(), job: &river.Job[jobs.Args]{JobRow: &rivertype.JobRow{ID: id}}}
 }
 
 // burst completes job 1, and while its commit is held, jobs 2..n; it
@@ -92,6 +93,21 @@ func TestCompletions(t *testing.T) {
 		require.NoError(t, g.complete(newCompletion(1)))
 		require.NoError(t, g.complete(newCompletion(2)))
 		require.Equal(t, [][]int64{{1}, {2}}, r.recorded(), "one job alone is committed at once, in a group of its own")
+	})
+
+	t.Run("AnAttemptThatEndedIsNotCompleted", func(t *testing.T) {
+		t.Parallel()
+		r := &groupRecorder{hold: make(chan struct{}), holding: make(chan struct{})}
+		close(r.hold)
+		g := &completions{commit: r.commit}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // a person cancelled the job while fal finished it
+		c := newCompletion(1)
+		c.ctx = ctx
+		require.ErrorIs(t, g.complete(c), context.Canceled)
+		require.NoError(t, g.complete(newCompletion(2)))
+		require.Equal(t, [][]int64{{2}}, r.recorded(), "the cancelled job was left to River's cancel")
+		require.False(t, g.busy)
 	})
 
 	t.Run("JobsFinishingDuringACommitShareTheNext", func(t *testing.T) {

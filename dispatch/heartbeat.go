@@ -41,6 +41,15 @@ const (
 // deadline to start to pass, as the pg-crash drill saw once).
 const orphanAfter = 10 * time.Second
 
+// orphanQuiet is how long after this process's Work ended a job still
+// running is left to River's completer, which records an attempt's end
+// with up to three tries of up to 10 s each and back-off in between
+// (River's jobcompleter): a job handed back before it gave up could be
+// fetched again and its new attempt ended by the late record (in the
+// pg-crash drill, a second attempt then found the first's slot finished
+// and paid fal again).
+const orphanQuiet = time.Minute
+
 // heartbeat keeps this process's beat and hands back the running jobs of
 // processes that stopped beating.
 type heartbeat struct {
@@ -154,8 +163,9 @@ SELECT id FROM river_job
 		return err
 	}
 	var orphans []int64
+	now := time.Now()
 	for _, id := range ids {
-		if !h.working.has(id) {
+		if h.working.orphaned(id, now) {
 			orphans = append(orphans, id)
 		}
 	}

@@ -77,6 +77,8 @@ type Worker struct {
 type workingSet struct {
 	mu  sync.Mutex
 	ids map[int64]struct{}
+	// ended is when Work last returned for a job, for orphanQuiet.
+	ended map[int64]time.Time
 }
 
 func (s *workingSet) add(id int64) {
@@ -92,13 +94,31 @@ func (s *workingSet) remove(id int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.ids, id)
+	if s.ended == nil {
+		s.ended = map[int64]time.Time{}
+	}
+	s.ended[id] = time.Now()
 }
 
-func (s *workingSet) has(id int64) bool {
+// orphaned reports whether job id may be handed back as an orphan: no Work
+// of this process runs it, and River's completer has had the time to give
+// up recording the end of its last attempt here (orphanQuiet): a record
+// that lands after the job was handed back and fetched again would end
+// the new attempt (River's write applies to any running attempt). It
+// forgets the ends older than that.
+func (s *workingSet) orphaned(id int64, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.ids[id]
-	return ok
+	for job, at := range s.ended {
+		if now.Sub(at) >= orphanQuiet {
+			delete(s.ended, job)
+		}
+	}
+	if _, ok := s.ids[id]; ok {
+		return false
+	}
+	_, recent := s.ended[id]
+	return !recent
 }
 
 // NewWorker returns a worker taking fal slots from line.
