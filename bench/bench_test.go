@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -243,6 +244,32 @@ func TestParseWrk(t *testing.T) {
 	require.Error(t, err)
 }
 
+// drillEvidence are the server log lines that say why a job may have been
+// submitted to fal twice.
+var drillEvidence = []string{"submitting again", "abandoned a fal claim", "cancelling it at fal",
+	"handed back", "could not store the fal request id", "giving up"}
+
+// logDrillEvidence logs drill's server log lines that bear on a double
+// payment (the work dir, with the logs, is gone after the test).
+func logDrillEvidence(t *testing.T, workDir, drill string) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(workDir, "logs", "drill-"+drill, "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			for _, e := range drillEvidence {
+				if strings.Contains(line, e) {
+					t.Logf("%s: %s", filepath.Base(f), strings.TrimSpace(line))
+					break
+				}
+			}
+		}
+	}
+}
+
 // TestRunDrillsSmoke runs every fault drill once, briefly, and requires
 // what the drills require: nothing lost, no credits stuck, nothing paid
 // twice, the ledger invariants intact.
@@ -265,6 +292,9 @@ func TestRunDrillsSmoke(t *testing.T) {
 	require.Len(t, rep.Results, len(AllDrills))
 	for _, r := range rep.Results {
 		require.Empty(t, r.Error, r.Name)
+		if r.PaidTwice > 0 {
+			logDrillEvidence(t, cfg.WorkDir, r.Name)
+		}
 		if r.PaidTwice > 0 && paidTwiceOpen[r.Name] {
 			t.Logf("drill %s paid fal twice for %d jobs (an open issue; make drills fails on it)", r.Name, r.PaidTwice)
 			r.PaidTwice = 0
