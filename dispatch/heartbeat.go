@@ -162,13 +162,7 @@ SELECT id FROM river_job
 	if err != nil {
 		return err
 	}
-	var orphans []int64
-	now := time.Now()
-	for _, id := range ids {
-		if h.working.orphaned(id, now) {
-			orphans = append(orphans, id)
-		}
-	}
+	orphans := h.working.orphans(ids, time.Now())
 	if len(orphans) == 0 {
 		return nil
 	}

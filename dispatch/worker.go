@@ -100,13 +100,13 @@ func (s *workingSet) remove(id int64) {
 	s.ended[id] = time.Now()
 }
 
-// orphaned reports whether job id may be handed back as an orphan: no Work
-// of this process runs it, and River's completer has had the time to give
-// up recording the end of its last attempt here (orphanQuiet): a record
-// that lands after the job was handed back and fetched again would end
-// the new attempt (River's write applies to any running attempt). It
+// orphans returns those of ids that may be handed back as orphans: no
+// Work of this process runs them, and River's completer has had the time
+// to give up recording the end of their last attempt here (orphanQuiet): a
+// record that lands after the job was handed back and fetched again would
+// end the new attempt (River's write applies to any running attempt). It
 // forgets the ends older than that.
-func (s *workingSet) orphaned(id int64, now time.Time) bool {
+func (s *workingSet) orphans(ids []int64, now time.Time) []int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for job, at := range s.ended {
@@ -114,11 +114,15 @@ func (s *workingSet) orphaned(id int64, now time.Time) bool {
 			delete(s.ended, job)
 		}
 	}
-	if _, ok := s.ids[id]; ok {
-		return false
+	var orphans []int64
+	for _, id := range ids {
+		_, working := s.ids[id]
+		_, recent := s.ended[id]
+		if !working && !recent {
+			orphans = append(orphans, id)
+		}
 	}
-	_, recent := s.ended[id]
-	return !recent
+	return orphans
 }
 
 // NewWorker returns a worker taking fal slots from line.
