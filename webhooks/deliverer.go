@@ -434,9 +434,9 @@ func retryAfter(n int) time.Duration {
 // jobs have all ended. The trigger on river_job records each ending of a
 // batch job (webhook_batch_endings); for each batch with such rows, under
 // the batch row's lock (another process holding it has the batch in
-// hand), the rows are taken out first and the batch's jobs read after, in
-// a statement of its own, so it sees every ending whose row it took: an
-// ending that commits later leaves a row for the next round. So each time
+// hand), the rows are taken out and the batch's jobs read in one
+// statement, of one snapshot: an ending it does not see leaves a row for
+// the next round. So each time
 // a batch's last job ends, its batch.completed is written once.
 func (d *Deliverer) completeBatches(ctx context.Context) error {
 	rows, err := d.pool.Query(ctx, `SELECT DISTINCT batch_id::text FROM webhook_batch_endings LIMIT 100`)
@@ -474,20 +474,20 @@ func (d *Deliverer) completeBatch(ctx context.Context, batchID string) error {
 	if err != nil {
 		return err
 	}
-	tag, err := tx.Exec(ctx, `DELETE FROM webhook_batch_endings WHERE batch_id = $1`, batchID)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() > 0 {
-		if _, err := tx.Exec(ctx, `
+	// One statement, so the endings it takes and the jobs it reads are of
+	// one snapshot: a statement of its own after the DELETE would see an
+	// ending committed in between without taking its row, and the next
+	// round would write batch.completed a second time.
+	if _, err := tx.Exec(ctx, `
+WITH taken AS (DELETE FROM webhook_batch_endings WHERE batch_id = $1 RETURNING 1)
 INSERT INTO webhook_outbox (event_id, event, endpoint_id, user_id, batch_id)
 SELECT $2, 'batch.completed', e.id, $3, $1
   FROM webhook_endpoints e
  WHERE 'batch.completed' = ANY (e.events)
+   AND EXISTS (SELECT 1 FROM taken)
    AND NOT EXISTS (SELECT 1 FROM river_job j WHERE j.id = ANY ($4) AND ai_job_outcome(j.state, j.errors) IS NULL)`,
-			batchID, newEventID(), userID, jobIDs); err != nil {
-			return err
-		}
+		batchID, newEventID(), userID, jobIDs); err != nil {
+		return err
 	}
 	return tx.Commit(ctx)
 }
