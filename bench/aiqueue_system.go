@@ -166,6 +166,13 @@ func (a *aqSystem) backlog(ctx context.Context) (int, error) {
  WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled')`)
 }
 
+func (a *aqSystem) drained(ctx context.Context) (bool, error) {
+	var none bool
+	err := a.pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM river_job
+ WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled'))`).Scan(&none)
+	return none, err
+}
+
 func (a *aqSystem) cpu() map[string]time.Duration {
 	m := map[string]time.Duration{"postgres": clusterCPU(a.pg.Cluster.Dir())}
 	if a.srv != nil && !a.srv.Exited() {

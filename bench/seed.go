@@ -220,6 +220,11 @@ func (s *seedSystem) stop() error {
 
 func (s *seedSystem) backlog(context.Context) (int, error) { return s.rconn.bullBacklog(seedQueue) }
 
+func (s *seedSystem) drained(ctx context.Context) (bool, error) {
+	n, err := s.backlog(ctx)
+	return n == 0, err
+}
+
 // cpu is the CPU time used so far by each process of the system; the fal
 // simulator is reported apart (it stands in for fal, which is not the
 // system's cost).

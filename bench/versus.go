@@ -30,6 +30,10 @@ type system interface {
 	// backlog is the number of jobs submitted and not finished, from the
 	// system's own queue.
 	backlog(ctx context.Context) (int, error)
+	// drained reports whether the backlog is empty, cheaply: the drain
+	// asks ten times a second, and counting a backlog of thousands of
+	// jobs each time would load the system it measures.
+	drained(ctx context.Context) (bool, error)
 	// cpu is the CPU time used so far by each of its processes.
 	cpu() map[string]time.Duration
 }
@@ -102,6 +106,9 @@ type VersusResult struct {
 	Runs       []VersusRun           `json:"runs"`
 	Pgbench    []PgbenchJob          `json:"pgbench_bare_sql"`
 	Statements map[string][]StmtStat `json:"pg_stat_statements,omitempty"`
+	// Functions are the PL/pgSQL functions and triggers by their own time
+	// (pg_stat_user_functions, track_functions = pl) in the same run.
+	Functions []FuncStat `json:"pg_stat_user_functions,omitempty"`
 }
 
 //go:embed pgbench_submit.sql
@@ -180,6 +187,7 @@ func (e *env) runVersusSeed(ctx context.Context) error {
 	stat := maps.Clone(versusSettings)
 	stat["shared_preload_libraries"] = "pg_stat_statements"
 	stat["pg_stat_statements.track"] = "all"
+	stat["track_functions"] = "pl"
 	if err := aq.restartCluster(ctx, stat); err != nil {
 		return err
 	}
@@ -203,6 +211,9 @@ func (e *env) runVersusSeed(ctx context.Context) error {
 			key = "nested"
 		}
 		res.Statements[key] = stats
+	}
+	if res.Functions, err = functions(ctx, aq.pool, 10); err != nil {
+		errs = append(errs, err)
 	}
 
 	e.rep.Details[ScenarioVersusSeed] = res
@@ -262,7 +273,7 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 	}
 	var waits, lockWaits *waitSampler
 	if stat {
-		_, _ = sys.db().Exec(ctx, `SELECT pg_stat_statements_reset()`)
+		_, _ = sys.db().Exec(ctx, `SELECT pg_stat_statements_reset(), pg_stat_reset()`)
 		waits = e.sampleWaits(ctx, sys.db())
 		lockWaits = e.sampleLockWaits(ctx, sys.db())
 	}
@@ -332,16 +343,20 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 func (e *env) drain(ctx context.Context, sys system) (float64, int, error) {
 	begin := time.Now()
 	for {
-		n, err := sys.backlog(ctx)
+		done, err := sys.drained(ctx)
 		if err != nil {
 			return 0, 0, err
 		}
-		if n == 0 || time.Since(begin) > e.cfg.DrainLimit {
-			return time.Since(begin).Seconds(), n, nil
+		if done {
+			return time.Since(begin).Seconds(), 0, nil
+		}
+		if time.Since(begin) > e.cfg.DrainLimit {
+			n, err := sys.backlog(ctx)
+			return time.Since(begin).Seconds(), n, err
 		}
 		select {
 		case <-ctx.Done():
-			return 0, n, ctx.Err()
+			return 0, 0, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -505,6 +520,27 @@ SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 400), calls, total_exec_time
 	})
 }
 
+// FuncStat is one function's line of pg_stat_user_functions.
+type FuncStat struct {
+	Name    string  `json:"name"`
+	Calls   int64   `json:"calls"`
+	SelfMS  float64 `json:"self_ms"`
+	TotalMS float64 `json:"total_ms"`
+}
+
+// functions reads the PL/pgSQL functions (triggers included) that took the
+// most time of their own: what running them costs beyond the statements
+// pg_stat_statements already names.
+func functions(ctx context.Context, pool *pgxpool.Pool, limit int) ([]FuncStat, error) {
+	rows, err := pool.Query(ctx, `
+SELECT funcname, calls, self_time, total_time FROM pg_stat_user_functions
+ ORDER BY self_time DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pg_stat_user_functions: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[FuncStat])
+}
+
 func cpuString(r VersusRun) string {
 	order := []string{"server", "route", "worker", "redis", "postgres"}
 	var parts []string
@@ -631,6 +667,13 @@ func (e *env) reportVersus(res VersusResult) {
 				e.rep.note("versus-seed, aiqueue: %.0f%% of the lock waits: %s", 100*w.Share, w.State)
 			}
 			jobs := float64(max(r.Charged, r.Accepted(), 1))
+			for i, f := range res.Functions {
+				if i == 6 {
+					break
+				}
+				e.rep.note("versus-seed, aiqueue function %d: %s, %.2f calls and %.3f ms of its own per job (%.3f ms with what it calls)",
+					i+1, f.Name, float64(f.Calls)/jobs, f.SelfMS/jobs, f.TotalMS/jobs)
+			}
 			for _, k := range []string{"top_level", "nested"} {
 				for i, s := range res.Statements[k] {
 					if i == 6 {
