@@ -71,7 +71,9 @@ func (s *Service) admitQueues(ctx context.Context, tx pgx.Tx, ps []prepared) err
 //     holds, never the backlog). The reservation's row lock on the account
 //     serializes the user's submissions until commit, so the count is
 //     exact;
-const admitSQL = `
+//   - for a submission of one job ($5 > 0), that job's lineProbe (counting
+//     up to $6), so its place in line needs no statement of its own.
+var admitSQL = `
 WITH rl AS (
     INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
     SELECT $1, c.now + $2 * interval '1 microsecond', c.now, true
@@ -87,13 +89,21 @@ WITH rl AS (
 )
 SELECT COALESCE((SELECT allowed FROM rl), true),
        COALESCE((SELECT ahead_us FROM rl), 0),
-       (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $4 + 1) h)`
+       CASE WHEN $4 > 0 THEN (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $4 + 1) h) END,
+       p.*
+  FROM (SELECT 1) one LEFT JOIN (` + probeQuery("$5", "$6") + `
+   AND $5 > 0) p ON true`
 
 // admit makes the per-user admission checks (admitSQL) after the jobs of
-// sub are inserted in tx. With no check to make it makes no query.
+// sub are inserted in tx, and reads the lineProbe of a single job. With
+// neither to do it makes no query.
 func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission) error {
 	l := s.limits
-	if l.RatePerMinute <= 0 && l.UserMaxPending <= 0 {
+	var probed *Job
+	if len(sub.Jobs) == 1 {
+		probed = sub.Jobs[0]
+	}
+	if l.RatePerMinute <= 0 && l.UserMaxPending <= 0 && probed == nil {
 		return nil
 	}
 	var t, tolerance time.Duration
@@ -101,10 +111,20 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 		t = time.Minute / time.Duration(l.RatePerMinute)
 		tolerance = t * time.Duration(max(l.Burst, 1)-1)
 	}
+	var probeID int64
+	if probed != nil {
+		probeID = probed.riverJobID
+	}
 	var allowed bool
-	var aheadMicros, openHolds int64
-	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending).
-		Scan(&allowed, &aheadMicros, &openHolds)
+	var aheadMicros int64
+	var openHolds *int64
+	var p struct {
+		waiting        *bool
+		userID         *string
+		mine, inflight *int
+	}
+	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending, probeID, positionCap).
+		Scan(&allowed, &aheadMicros, &openHolds, &p.waiting, &p.userID, &p.mine, &p.inflight)
 	if err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
@@ -113,9 +133,12 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 		return &Error{Code: ELIMIT, RetryAfter: wait, Message: fmt.Sprintf(
 			"rate limit: %d submissions per minute (burst %d); retry in %s", l.RatePerMinute, max(l.Burst, 1), (wait + time.Second - 1).Truncate(time.Second))}
 	}
-	if l.UserMaxPending > 0 && openHolds > int64(l.UserMaxPending) {
+	if l.UserMaxPending > 0 && openHolds != nil && *openHolds > int64(l.UserMaxPending) {
 		return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
 			"too many unfinished jobs: %d more would pass the limit of %d queued or running jobs", len(sub.Jobs), l.UserMaxPending)}
+	}
+	if probed != nil && p.userID != nil {
+		probed.probe = &lineProbe{waiting: p.waiting, userID: *p.userID, mine: *p.mine, inflight: *p.inflight}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,9 @@ type Job struct {
 	FalRequestID  string          `json:"-"`
 
 	riverJobID int64
+	// probe is what its submission read of the job's own user for its
+	// place in line (nil when not read: Place reads it).
+	probe *lineProbe
 }
 
 // Progress is where an unfinished job is, as far as fal says.
@@ -134,15 +138,21 @@ func FormatID(id int64) string { return strconv.FormatInt(id, 10) }
 const positionCap = 1000
 
 // Place sets the queue position of j, a job just submitted (Submission's
-// Jobs, or a replay of its answer), the way Get reads it now. It is a read
-// of its own after the submit committed: the submit's transaction, which
-// holds the user's account row, does not wait on it.
+// Jobs, or a replay of its answer), the way Get reads it now, against this
+// process's reading of the line. A submission read its own user's part
+// (lineProbe) in its transaction; a replay's is read here.
 func (s *Service) Place(ctx context.Context, j *Job) error {
 	n, ok := JobID(j.ID)
 	if !ok {
 		return errorf(ENOTFOUND, "job %q not found", j.ID)
 	}
-	position, err := s.place(ctx, n, j.Priority)
+	var position *int
+	var err error
+	if j.probe != nil {
+		position, err = s.placeProbed(ctx, n, j.Priority, *j.probe)
+	} else {
+		position, err = s.place(ctx, n, j.Priority)
+	}
 	if err != nil {
 		return unavailable(err)
 	}
@@ -173,11 +183,59 @@ type lineCache struct {
 	queues map[string]*cacheEntry[lineReading]
 }
 
-// place returns the place in line of River job id, of queue: NULL when it
-// is not waiting (fal_line_place, against this process's reading of the
-// queue's line).
+// lineProbe is what placing a job reads of the job itself and its own
+// user (probeSQL): whether it waits for a slot (nil: it ended), the user's
+// jobs waiting ahead of it in its queue (up to positionCap) and the user's
+// requests in flight.
+type lineProbe struct {
+	waiting  *bool
+	userID   string
+	mine     int
+	inflight int
+}
+
+// probeQuery reads the lineProbe of the job whose id is parameter job,
+// counting up to parameter limit of its user's jobs ahead; no row when it
+// is not an AI job. probeSQL takes them as $1 and $2.
+func probeQuery(job, limit string) string {
+	return strings.NewReplacer(":job", job, ":limit", limit).Replace(`
+SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
+            ELSE j.state = 'pending' OR EXISTS (SELECT 1 FROM fal_parked p WHERE p.job_id = j.id) END,
+       j.args ->> 'user_id',
+       (SELECT count(*) FROM (
+            SELECT 1 FROM river_job r
+             WHERE r.state = 'pending' AND r.kind = 'ai' AND r.queue = j.queue
+               AND r.args ->> 'user_id' = j.args ->> 'user_id' AND r.id < j.id
+             LIMIT :limit) x),
+       (SELECT count(*) FROM fal_requests f WHERE f.finished_at IS NULL AND f.user_id = (j.args ->> 'user_id')::uuid)
+  FROM river_job j WHERE j.id = :job AND j.kind = 'ai'`)
+}
+
+var probeSQL = probeQuery("$1", "$2")
+
+// place returns the place in line of River job id, of queue: nil when it
+// has ended (Get's reading of a queued job).
 func (s *Service) place(ctx context.Context, id int64, queue string) (*int, error) {
-	var position *int
+	var p lineProbe
+	err := s.pool.QueryRow(ctx, probeSQL, id, positionCap).Scan(&p.waiting, &p.userID, &p.mine, &p.inflight)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.placeProbed(ctx, id, queue, p)
+}
+
+// placeProbed places job id of queue, whose own part was read (p), against
+// this process's reading of the queue's line.
+func (s *Service) placeProbed(ctx context.Context, id int64, queue string, p lineProbe) (*int, error) {
+	if p.waiting == nil {
+		return nil, nil
+	}
+	if !*p.waiting {
+		return new(int), nil
+	}
 	r, err := cached(ctx, &s.line.mu, entryOf(&s.line.mu, &s.line.queues, queue), lineTTL, func(ctx context.Context) (lineReading, error) {
 		var r lineReading
 		err := s.pool.QueryRow(ctx, `
@@ -189,9 +247,36 @@ SELECT fal_line_ahead($1, $2), COALESCE(array_agg(user_id), '{}'), COALESCE(arra
 	if err != nil {
 		return nil, err
 	}
-	err = s.pool.QueryRow(ctx, `SELECT fal_line_place($1, $2, $3, $4, $5, $6, $7)`,
-		id, positionCap, r.ahead, r.users, r.heads, r.waiting, r.inflight).Scan(&position)
-	return position, err
+	position := r.place(id, p)
+	return &position, nil
+}
+
+// place is the place in line of waiting job id, whose own part is p:
+// every job of a more urgent queue (ahead), the user's own jobs ahead of
+// it (mine), and from each other waiting user as many jobs as get a slot
+// before it: the line serves users with fewer requests in flight first,
+// then the one served least recently (a user whose oldest waiting job is
+// older than this one comes first among equals). fal_line_place is the
+// same rule in SQL, for DBAs (fal_line_position); TestQueuePosition holds
+// the two together.
+func (r lineReading) place(id int64, p lineProbe) int {
+	ahead := r.ahead
+	for i, u := range r.users {
+		if ahead+p.mine >= positionCap {
+			break
+		}
+		if u == p.userID {
+			continue
+		}
+		turns := p.mine + p.inflight - int(r.inflight[i])
+		if r.heads[i] < id {
+			turns++
+		}
+		if turns > 0 {
+			ahead += min(int(r.waiting[i]), turns)
+		}
+	}
+	return min(ahead+p.mine, positionCap)
 }
 
 // Get returns the user's job, or ENOTFOUND when it does not exist or

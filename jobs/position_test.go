@@ -71,5 +71,21 @@ VALUES (0, 1, $1, 'urgent', 'generate', 1, 'fal-ai/flux/dev')`, a)
 	require.Equal(t, 0, position(bb, bJobs[0]))
 	require.Equal(t, 3, position(bb, bJobs[1]))
 	require.Equal(t, 1, position(c, cJobs[0]))
+
+	// A submission of one job reads its own user's part of its place in
+	// its transaction: placing it after the commit needs no read of its own
+	// and agrees with Get. E has nothing in flight: after B1 and C1 (older,
+	// nothing in flight either), before A (one in flight).
+	e := grant(t, b.Pool, 10)
+	tx, err := b.Pool.Begin(ctx)
+	require.NoError(t, err)
+	sub, err := b.Svc.SubmitTx(ctx, tx, e, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	require.True(t, jobs.Probed(sub.Jobs[0]), "the submission read its probe")
+	require.NoError(t, b.Svc.Place(ctx, sub.Jobs[0]))
+	require.NotNil(t, sub.Jobs[0].QueuePosition)
+	require.Equal(t, 2, *sub.Jobs[0].QueuePosition)
+	require.Equal(t, 2, position(e, sub.Jobs[0].ID))
 	requireInvariants(t, b.Pool)
 }
