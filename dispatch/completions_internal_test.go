@@ -107,7 +107,7 @@ func TestCompletions(t *testing.T) {
 		require.ErrorIs(t, g.complete(c), context.Canceled)
 		require.NoError(t, g.complete(newCompletion(2)))
 		require.Equal(t, [][]int64{{2}}, r.recorded(), "the cancelled job was left to River's cancel")
-		require.False(t, g.busy)
+		require.Zero(t, g.committing)
 	})
 
 	t.Run("JobsFinishingDuringACommitShareTheNext", func(t *testing.T) {
@@ -122,7 +122,23 @@ func TestCompletions(t *testing.T) {
 		require.Len(t, groups, 2, "one commit for the first job, one for the five that finished meanwhile")
 		require.Equal(t, []int64{1}, groups[0])
 		require.ElementsMatch(t, []int64{2, 3, 4, 5, 6}, groups[1])
-		require.False(t, g.busy)
+		require.Zero(t, g.committing)
+	})
+
+	t.Run("SeveralGroupsCommitAtOnce", func(t *testing.T) {
+		t.Parallel()
+		r := &groupRecorder{hold: make(chan struct{}), holding: make(chan struct{})}
+		g := &completions{commit: r.commit, leaders: 2}
+		var wg sync.WaitGroup
+		wg.Go(func() { require.NoError(t, g.complete(newCompletion(1))) })
+		<-r.holding
+		// Job 1's commit is held; with a second leader free, job 2 commits
+		// beside it at once rather than waiting for it.
+		require.NoError(t, g.complete(newCompletion(2)))
+		require.Equal(t, [][]int64{{1}, {2}}, r.recorded())
+		close(r.hold)
+		wg.Wait()
+		require.Zero(t, g.committing)
 	})
 
 	t.Run("GroupsAreBounded", func(t *testing.T) {
