@@ -598,6 +598,9 @@ func (e *env) reportVersus(res VersusResult) {
 		e.rep.add(Row{Scenario: ScenarioVersusSeed, Figure: fmt.Sprintf("round %d: backlog (submitted, not finished)", i+1),
 			Value: float64(a.BacklogMax), Display: backlog(a), Reference: "seed design", RefValue: ptr(float64(s.BacklogMax)), RefDisplay: backlog(s),
 			Target: "<= 1 s of submits", Pass: ptr(keepsUp(a))})
+		e.rep.add(Row{Scenario: ScenarioVersusSeed, Figure: fmt.Sprintf("round %d: jobs finished per second, during wrk / draining after it", i+1),
+			Value: workRates(a)[0], Display: workDisplay(a), Reference: "seed design", RefValue: ptr(workRates(s)[0]), RefDisplay: workDisplay(s),
+			Note: "during wrk: accepted minus the backlog at its end; how much of the machine work gets while submits come in"})
 	}
 	if len(aqs) > 0 && len(seeds) > 0 {
 		mean := func(rs []VersusRun, f func(VersusRun) float64) float64 {
@@ -689,6 +692,24 @@ func (e *env) reportVersus(res VersusResult) {
 
 // keepsUp reports whether a run's backlog stayed within one second's worth
 // of its submits.
+// workRates are the jobs a run finished per second during wrk (accepted
+// minus the backlog left at its end) and while draining after it.
+func workRates(r VersusRun) [2]float64 {
+	var out [2]float64
+	if r.Wrk.DurationS > 0 {
+		out[0] = float64(max(r.Accepted()-r.BacklogAtEnd, 0)) / r.Wrk.DurationS
+	}
+	if r.DrainS > 0 {
+		out[1] = float64(r.BacklogAtEnd-r.BacklogLeft) / r.DrainS
+	}
+	return out
+}
+
+func workDisplay(r VersusRun) string {
+	w := workRates(r)
+	return fmt.Sprintf("%.0f / %.0f jobs/s", w[0], w[1])
+}
+
 func keepsUp(r VersusRun) bool {
 	return r.Wrk.RequestsPerS > 0 && float64(r.BacklogMax) <= r.Wrk.RequestsPerS
 }
