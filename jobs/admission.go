@@ -61,48 +61,45 @@ func (s *Service) admitQueues(ctx context.Context, tx pgx.Tx, ps []prepared) err
 
 // admitSQL makes the per-user admission checks of a submission whose jobs
 // this transaction has just inserted (and so reserved), in one statement:
-//   - the rate limit ($2 > 0): one token of the user's GCRA bucket in one
-//     upsert. T ($2) is the emission interval, in microseconds; a request
-//     passes while max(tat, now) - now <= tolerance ($3, (burst-1)*T), and
+//   - the lineProbe of job $1 (probeSQL, counting up to $2; 0: no job, no
+//     row), so a submitted job's place in line needs no statement of its
+//     own;
+//   - the rate limit ($4 > 0): one token of user $3's GCRA bucket in one
+//     upsert. T ($4) is the emission interval, in microseconds; a request
+//     passes while max(tat, now) - now <= tolerance ($5, (burst-1)*T), and
 //     then tat moves to max(tat, now) + T. A refused submission rolls back,
 //     so it uses no token;
 //   - the user's open holds, which already count the new jobs, for the
-//     pending cap ($4), counted up to one past the cap (a user's own
+//     pending cap ($6), counted up to one past the cap (a user's own
 //     holds, never the backlog). The reservation's row lock on the account
 //     serializes the user's submissions until commit, so the count is
-//     exact;
-//   - for a submission of one job ($5 > 0), that job's lineProbe (counting
-//     up to $6), so its place in line needs no statement of its own.
-var admitSQL = `
+//     exact.
+const admitSQL = `
 WITH rl AS (
     INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
-    SELECT $1, c.now + $2 * interval '1 microsecond', c.now, true
+    SELECT $3, c.now + $4 * interval '1 microsecond', c.now, true
       FROM (SELECT clock_timestamp() AS now) c
-     WHERE $2 > 0
+     WHERE $4 > 0
     ON CONFLICT (user_id) DO UPDATE SET
-        allowed    = greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond',
-        tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $3 * interval '1 microsecond'
-                          THEN greatest(r.tat, EXCLUDED.checked_at) + $2 * interval '1 microsecond'
+        allowed    = greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $5 * interval '1 microsecond',
+        tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $5 * interval '1 microsecond'
+                          THEN greatest(r.tat, EXCLUDED.checked_at) + $4 * interval '1 microsecond'
                           ELSE r.tat END,
         checked_at = EXCLUDED.checked_at
     RETURNING allowed, (extract(epoch FROM tat - checked_at) * 1000000)::bigint AS ahead_us
 )
 SELECT COALESCE((SELECT allowed FROM rl), true),
        COALESCE((SELECT ahead_us FROM rl), 0),
-       CASE WHEN $4 > 0 THEN (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $1 AND state = 'reserved' LIMIT $4 + 1) h) END,
+       CASE WHEN $6 > 0 THEN (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $3 AND state = 'reserved' LIMIT $6 + 1) h) END,
        p.*
-  FROM (SELECT 1) one LEFT JOIN (` + probeQuery("$5", "$6") + `
-   AND $5 > 0) p ON true`
+  FROM (SELECT 1) one LEFT JOIN (` + probeSQL + `) p ON true`
 
 // admit makes the per-user admission checks (admitSQL) after the jobs of
-// sub are inserted in tx, and reads the lineProbe of a single job. With
-// neither to do it makes no query.
-func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission) error {
+// sub are inserted in tx, and reads the lineProbe of probed, a job whose
+// answer gives its place in line (nil: none). With neither to do it makes
+// no query.
+func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission, probed *Job) error {
 	l := s.limits
-	var probed *Job
-	if len(sub.Jobs) == 1 {
-		probed = sub.Jobs[0]
-	}
 	if l.RatePerMinute <= 0 && l.UserMaxPending <= 0 && probed == nil {
 		return nil
 	}
@@ -123,7 +120,7 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Subm
 		userID         *string
 		mine, inflight *int
 	}
-	err := tx.QueryRow(ctx, admitSQL, userID, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending, probeID, positionCap).
+	err := tx.QueryRow(ctx, admitSQL, probeID, positionCap, userID, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending).
 		Scan(&allowed, &aheadMicros, &openHolds, &p.waiting, &p.userID, &p.mine, &p.inflight)
 	if err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))

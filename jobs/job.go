@@ -6,7 +6,6 @@ import (
 	"errors"
 	"math"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -146,13 +145,7 @@ func (s *Service) Place(ctx context.Context, j *Job) error {
 	if !ok {
 		return errorf(ENOTFOUND, "job %q not found", j.ID)
 	}
-	var position *int
-	var err error
-	if j.probe != nil {
-		position, err = s.placeProbed(ctx, n, j.Priority, *j.probe)
-	} else {
-		position, err = s.place(ctx, n, j.Priority)
-	}
+	position, err := s.place(ctx, n, j.Priority, j.probe)
 	if err != nil {
 		return unavailable(err)
 	}
@@ -194,11 +187,9 @@ type lineProbe struct {
 	inflight int
 }
 
-// probeQuery reads the lineProbe of the job whose id is parameter job,
-// counting up to parameter limit of its user's jobs ahead; no row when it
-// is not an AI job. probeSQL takes them as $1 and $2.
-func probeQuery(job, limit string) string {
-	return strings.NewReplacer(":job", job, ":limit", limit).Replace(`
+// probeSQL reads the lineProbe of job $1, counting up to $2 of its user's
+// jobs ahead; no row when it is not an AI job. admitSQL reads it too.
+const probeSQL = `
 SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
             ELSE j.state = 'pending' OR EXISTS (SELECT 1 FROM fal_parked p WHERE p.job_id = j.id) END,
        j.args ->> 'user_id',
@@ -206,30 +197,24 @@ SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
             SELECT 1 FROM river_job r
              WHERE r.state = 'pending' AND r.kind = 'ai' AND r.queue = j.queue
                AND r.args ->> 'user_id' = j.args ->> 'user_id' AND r.id < j.id
-             LIMIT :limit) x),
+             LIMIT $2) x),
        (SELECT count(*) FROM fal_requests f WHERE f.finished_at IS NULL AND f.user_id = (j.args ->> 'user_id')::uuid)
-  FROM river_job j WHERE j.id = :job AND j.kind = 'ai'`)
-}
+  FROM river_job j WHERE j.id = $1 AND j.kind = 'ai'`
 
-var probeSQL = probeQuery("$1", "$2")
-
-// place returns the place in line of River job id, of queue: nil when it
-// has ended (Get's reading of a queued job).
-func (s *Service) place(ctx context.Context, id int64, queue string) (*int, error) {
-	var p lineProbe
-	err := s.pool.QueryRow(ctx, probeSQL, id, positionCap).Scan(&p.waiting, &p.userID, &p.mine, &p.inflight)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
+// place returns the place in line of River job id, of queue (nil when it
+// has ended), against this process's reading of the queue's line; p is
+// the job's own part when its submission read it, nil to read it now.
+func (s *Service) place(ctx context.Context, id int64, queue string, p *lineProbe) (*int, error) {
+	if p == nil {
+		p = &lineProbe{}
+		err := s.pool.QueryRow(ctx, probeSQL, id, positionCap).Scan(&p.waiting, &p.userID, &p.mine, &p.inflight)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	return s.placeProbed(ctx, id, queue, p)
-}
-
-// placeProbed places job id of queue, whose own part was read (p), against
-// this process's reading of the queue's line.
-func (s *Service) placeProbed(ctx context.Context, id int64, queue string, p lineProbe) (*int, error) {
 	if p.waiting == nil {
 		return nil, nil
 	}
@@ -247,7 +232,7 @@ SELECT fal_line_ahead($1, $2), COALESCE(array_agg(user_id), '{}'), COALESCE(arra
 	if err != nil {
 		return nil, err
 	}
-	position := r.place(id, p)
+	position := r.place(id, *p)
 	return &position, nil
 }
 
@@ -297,7 +282,7 @@ func (s *Service) Get(ctx context.Context, userID, id string, logs bool) (*Job, 
 		return nil, unavailable(err)
 	}
 	if j.State == StateQueued {
-		if j.QueuePosition, err = s.place(ctx, n, j.Priority); err != nil {
+		if j.QueuePosition, err = s.place(ctx, n, j.Priority, nil); err != nil {
 			return nil, unavailable(err)
 		}
 	}

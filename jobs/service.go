@@ -287,7 +287,13 @@ func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items 
 		sub.IDs = append(sub.IDs, r.ID)
 		sub.Jobs = append(sub.Jobs, j)
 	}
-	if err := s.admit(ctx, tx, userID, sub); err != nil {
+	// A single job's answer gives its place in line (Place); a batch's
+	// does not.
+	var probed *Job
+	if len(sub.Jobs) == 1 && !opts.Batch {
+		probed = sub.Jobs[0]
+	}
+	if err := s.admit(ctx, tx, userID, sub, probed); err != nil {
 		return nil, err
 	}
 	return sub, nil
