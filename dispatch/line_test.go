@@ -198,7 +198,13 @@ func TestLine(t *testing.T) {
 	t.Run("JobCancelledWhileChosenIsNotRunAgain", func(t *testing.T) {
 		t.Parallel()
 		ctx := context.Background()
-		b := setupWorker(t, &workerOpts{Capacities: []int{1, 0, 0}})
+		// fal takes a minute: River may fetch the job in the instant
+		// between the line's commit and the cancel taking the row, and
+		// an instant fal could then finish it before the cancel reached
+		// its worker (it ended succeeded, once, in a fresh-clone make
+		// test); a slow one is cancelled at fal by its worker.
+		sim := &falsim.Options{Latency: map[string]time.Duration{imageModel: time.Minute}}
+		b := setupWorker(t, &workerOpts{Sim: sim, Capacities: []int{1, 0, 0}})
 		// Hold the line between choosing a job and recording its slot:
 		// the slot's INSERT waits for this lock.
 		hold, err := b.pool.Begin(ctx)
