@@ -139,18 +139,34 @@ func submitExamples() map[string]*huma.Example {
 
 func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutput, error) {
 	p := principalFrom(ctx)
-	item := jobs.Item{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}
-	w, err := inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
-		func(ctx context.Context, tx pgx.Tx) (written[*jobs.Job], error) {
-			sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, []jobs.Item{item}, jobs.SubmitOpts{MayRaise: p.Admin, StartBy: in.Body.StartBy})
-			if err != nil {
-				return written[*jobs.Job]{}, err
-			}
-			j := sub.Jobs[0]
-			return written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j, committed: sub.Committed}, nil
-		})
-	if err != nil {
-		return nil, s.toProblem(ctx, err)
+	items := []jobs.Item{{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}}
+	opts := jobs.SubmitOpts{MayRaise: p.Admin, StartBy: in.Body.StartBy}
+	var w written[*jobs.Job]
+	if in.IdempotencyKey == "" {
+		// No record to store with the job: it is committed with the
+		// submissions arriving meanwhile (jobs.Service.SubmitJobs).
+		dbCtx, cancel := s.db(ctx)
+		sub, err := s.jobs.SubmitJobs(dbCtx, p.UserID, items, opts)
+		cancel()
+		if err != nil {
+			return nil, s.toProblem(ctx, err)
+		}
+		j := sub.Jobs[0]
+		w = written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j}
+	} else {
+		var err error
+		w, err = inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
+			func(ctx context.Context, tx pgx.Tx) (written[*jobs.Job], error) {
+				sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, items, opts)
+				if err != nil {
+					return written[*jobs.Job]{}, err
+				}
+				j := sub.Jobs[0]
+				return written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j, committed: sub.Committed}, nil
+			})
+		if err != nil {
+			return nil, s.toProblem(ctx, err)
+		}
 	}
 	// Its place in the line now (a replay's too), read after the commit;
 	// the job is there without it, so a failed read only leaves it out.

@@ -59,85 +59,117 @@ func (s *Service) admitQueues(ctx context.Context, tx pgx.Tx, ps []prepared) err
 	return nil
 }
 
-// admitSQL makes the per-user admission checks of a submission whose jobs
-// this transaction has just inserted (and so reserved), in one statement:
-//   - the lineProbe of job $1 (probeSQL, counting up to $2; 0: no job, no
-//     row), so a submitted job's place in line needs no statement of its
-//     own;
-//   - the rate limit ($4 > 0): one token of user $3's GCRA bucket in one
-//     upsert. T ($4) is the emission interval, in microseconds; a request
-//     passes while max(tat, now) - now <= tolerance ($5, (burst-1)*T), and
-//     then tat moves to max(tat, now) + T. A refused submission rolls back,
-//     so it uses no token;
-//   - the user's open holds, which already count the new jobs, for the
+// admitSQL makes the per-user admission checks of the submissions of one
+// transaction (a group, SubmitJobs, or one) whose jobs it has just
+// inserted (and so reserved), in one statement, with one row per
+// submission in order ($3 their users):
+//   - the lineProbe of each submission's job in $1 (probeSQL, counting up
+//     to $2; 0: no job), so a submitted job's place in line needs no
+//     statement of its own;
+//   - the rate limit ($4 > 0): k tokens of each user's GCRA bucket, k
+//     being the user's submissions in the group, in one upsert. T ($4) is
+//     the emission interval, in microseconds; one token passes while
+//     max(tat, now) - now <= tolerance ($5, (burst-1)*T), and then tat
+//     moves to max(tat, now) + T; k pass when the last of them would
+//     (k*T rides in EXCLUDED.tat - EXCLUDED.checked_at). A refused
+//     submission rolls back, so it uses no token (and a refused group is
+//     tried again one submission at a time);
+//   - each user's open holds, which already count the new jobs, for the
 //     pending cap ($6), counted up to one past the cap (a user's own
 //     holds, never the backlog). The reservation's row lock on the account
 //     serializes the user's submissions until commit, so the count is
 //     exact.
 const admitSQL = `
-WITH rl AS (
+WITH probe AS (` + probeSQL + `
+), users AS (
+    SELECT user_id, count(*) AS k FROM unnest($3::uuid[]) AS s(user_id) GROUP BY user_id
+), rl AS (
     INSERT INTO submit_rate_limits AS r (user_id, tat, checked_at, allowed)
-    SELECT $3, c.now + $4 * interval '1 microsecond', c.now, true
-      FROM (SELECT clock_timestamp() AS now) c
+    SELECT u.user_id, c.now + u.k * $4 * interval '1 microsecond', c.now, (u.k - 1) * $4 <= $5
+      FROM users u, (SELECT clock_timestamp() AS now) c
      WHERE $4 > 0
+     ORDER BY u.user_id
     ON CONFLICT (user_id) DO UPDATE SET
-        allowed    = greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $5 * interval '1 microsecond',
-        tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) <= EXCLUDED.checked_at + $5 * interval '1 microsecond'
-                          THEN greatest(r.tat, EXCLUDED.checked_at) + $4 * interval '1 microsecond'
+        allowed    = greatest(r.tat, EXCLUDED.checked_at) + (EXCLUDED.tat - EXCLUDED.checked_at) - $4 * interval '1 microsecond'
+                     <= EXCLUDED.checked_at + $5 * interval '1 microsecond',
+        tat        = CASE WHEN greatest(r.tat, EXCLUDED.checked_at) + (EXCLUDED.tat - EXCLUDED.checked_at) - $4 * interval '1 microsecond'
+                               <= EXCLUDED.checked_at + $5 * interval '1 microsecond'
+                          THEN greatest(r.tat, EXCLUDED.checked_at) + (EXCLUDED.tat - EXCLUDED.checked_at)
                           ELSE r.tat END,
         checked_at = EXCLUDED.checked_at
-    RETURNING allowed, (extract(epoch FROM tat - checked_at) * 1000000)::bigint AS ahead_us
+    RETURNING user_id, allowed, (extract(epoch FROM tat - checked_at) * 1000000)::bigint AS ahead_us
 )
-SELECT COALESCE((SELECT allowed FROM rl), true),
-       COALESCE((SELECT ahead_us FROM rl), 0),
-       CASE WHEN $6 > 0 THEN (SELECT count(*) FROM (SELECT 1 FROM credit_holds WHERE user_id = $3 AND state = 'reserved' LIMIT $6 + 1) h) END,
-       p.*
-  FROM (SELECT 1) one LEFT JOIN (` + probeSQL + `) p ON true`
+SELECT COALESCE(rl.allowed, true),
+       COALESCE(rl.ahead_us, 0),
+       CASE WHEN $6 > 0 THEN (SELECT count(*) FROM (
+           SELECT 1 FROM credit_holds h WHERE h.user_id = s.user_id AND h.state = 'reserved' LIMIT $6 + 1) x) END,
+       p.waiting, p.user_id, p.mine, p.inflight
+  FROM unnest($3::uuid[], $1::bigint[]) WITH ORDINALITY AS s(user_id, probe_id, i)
+  LEFT JOIN rl ON rl.user_id = s.user_id
+  LEFT JOIN probe AS p(id, waiting, user_id, mine, inflight) ON p.id = s.probe_id
+ ORDER BY s.i`
 
-// admit makes the per-user admission checks (admitSQL) after the jobs of
-// sub are inserted in tx, and reads the lineProbe of probed, a job whose
-// answer gives its place in line (nil: none). With neither to do it makes
-// no query.
-func (s *Service) admit(ctx context.Context, tx pgx.Tx, userID string, sub *Submission, probed *Job) error {
+// admit makes the per-user admission checks (admitSQL) of subs, whose
+// jobs are inserted in tx, in one statement, and reads the lineProbe of
+// each submission that asks for its place in line (Submission.probe).
+// With nothing to check or read it makes no query. The first refusal is
+// returned.
+func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) error {
 	l := s.limits
-	if l.RatePerMinute <= 0 && l.UserMaxPending <= 0 && probed == nil {
-		return nil
-	}
 	var t, tolerance time.Duration
 	if l.RatePerMinute > 0 {
 		t = time.Minute / time.Duration(l.RatePerMinute)
 		tolerance = t * time.Duration(max(l.Burst, 1)-1)
 	}
-	var probeID int64
-	if probed != nil {
-		probeID = probed.riverJobID
+	users := make([]string, len(subs))
+	probes := make([]int64, len(subs))
+	asked := l.RatePerMinute > 0 || l.UserMaxPending > 0
+	for i, sub := range subs {
+		users[i] = sub.userID
+		if sub.probe {
+			probes[i] = sub.Jobs[0].riverJobID
+			asked = true
+		}
 	}
-	var allowed bool
-	var aheadMicros int64
-	var openHolds *int64
-	var p struct {
-		waiting        *bool
-		userID         *string
-		mine, inflight *int
+	if !asked {
+		return nil
 	}
-	err := tx.QueryRow(ctx, admitSQL, probeID, positionCap, userID, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending).
-		Scan(&allowed, &aheadMicros, &openHolds, &p.waiting, &p.userID, &p.mine, &p.inflight)
+	rows, err := tx.Query(ctx, admitSQL, probes, positionCap, users, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending)
 	if err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
-	if !allowed {
-		wait := time.Duration(aheadMicros)*time.Microsecond - tolerance
-		return &Error{Code: ELIMIT, RetryAfter: wait, Message: fmt.Sprintf(
-			"rate limit: %d submissions per minute (burst %d); retry in %s", l.RatePerMinute, max(l.Burst, 1), (wait + time.Second - 1).Truncate(time.Second))}
+	defer rows.Close()
+	var refused error
+	for i := 0; rows.Next(); i++ {
+		var allowed bool
+		var aheadMicros int64
+		var openHolds *int64
+		var p struct {
+			waiting        *bool
+			userID         *string
+			mine, inflight *int
+		}
+		if err := rows.Scan(&allowed, &aheadMicros, &openHolds, &p.waiting, &p.userID, &p.mine, &p.inflight); err != nil {
+			return unavailable(fmt.Errorf("admission checks: %w", err))
+		}
+		sub := subs[i]
+		switch {
+		case refused != nil:
+		case !allowed:
+			wait := time.Duration(aheadMicros)*time.Microsecond - tolerance
+			refused = &Error{Code: ELIMIT, RetryAfter: wait, Message: fmt.Sprintf(
+				"rate limit: %d submissions per minute (burst %d); retry in %s", l.RatePerMinute, max(l.Burst, 1), (wait + time.Second - 1).Truncate(time.Second))}
+		case l.UserMaxPending > 0 && openHolds != nil && *openHolds > int64(l.UserMaxPending):
+			refused = &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
+				"too many unfinished jobs: %d more would pass the limit of %d queued or running jobs", len(sub.Jobs), l.UserMaxPending)}
+		case sub.probe && p.userID != nil:
+			sub.Jobs[0].probe = &lineProbe{waiting: p.waiting, userID: *p.userID, mine: *p.mine, inflight: *p.inflight}
+		}
 	}
-	if l.UserMaxPending > 0 && openHolds != nil && *openHolds > int64(l.UserMaxPending) {
-		return &Error{Code: ELIMIT, RetryAfter: pendingRetryAfter, Message: fmt.Sprintf(
-			"too many unfinished jobs: %d more would pass the limit of %d queued or running jobs", len(sub.Jobs), l.UserMaxPending)}
+	if err := rows.Err(); err != nil {
+		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
-	if probed != nil && p.userID != nil {
-		probed.probe = &lineProbe{waiting: p.waiting, userID: *p.userID, mine: *p.mine, inflight: *p.inflight}
-	}
-	return nil
+	return refused
 }
 
 // The queue cap counts a queue's backlog with a bounded count, which costs

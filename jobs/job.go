@@ -187,10 +187,12 @@ type lineProbe struct {
 	inflight int
 }
 
-// probeSQL reads the lineProbe of job $1, counting up to $2 of its user's
-// jobs ahead; no row when it is not an AI job. admitSQL reads it too.
+// probeSQL reads the lineProbe of each job of $1 (an array; ids that are
+// no AI job, such as 0, give no row), after its id, counting up to $2 of
+// its user's jobs ahead. admitSQL reads it too.
 const probeSQL = `
-SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
+SELECT j.id,
+       CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
             ELSE j.state = 'pending' OR EXISTS (SELECT 1 FROM fal_parked p WHERE p.job_id = j.id) END,
        j.args ->> 'user_id',
        (SELECT count(*) FROM (
@@ -199,7 +201,8 @@ SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
                AND r.args ->> 'user_id' = j.args ->> 'user_id' AND r.id < j.id
              LIMIT $2) x),
        (SELECT count(*) FROM fal_requests f WHERE f.finished_at IS NULL AND f.user_id = (j.args ->> 'user_id')::uuid)
-  FROM river_job j WHERE j.id = $1 AND j.kind = 'ai'`
+  FROM unnest($1::bigint[]) AS probed(id)
+  JOIN river_job j ON j.id = probed.id AND j.kind = 'ai'`
 
 // place returns the place in line of River job id, of queue (nil when it
 // has ended), against this process's reading of the queue's line; p is
@@ -207,7 +210,7 @@ SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
 func (s *Service) place(ctx context.Context, id int64, queue string, p *lineProbe) (*int, error) {
 	if p == nil {
 		p = &lineProbe{}
-		err := s.pool.QueryRow(ctx, probeSQL, id, positionCap).Scan(&p.waiting, &p.userID, &p.mine, &p.inflight)
+		err := s.pool.QueryRow(ctx, probeSQL, []int64{id}, positionCap).Scan(new(int64), &p.waiting, &p.userID, &p.mine, &p.inflight)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, nil
 		}

@@ -231,6 +231,16 @@ BEGIN
         RAISE EXCEPTION 'an AI job needs args.user_id and a positive args.cost'
             USING ERRCODE = 'check_violation';
     END IF;
+    -- Several users' jobs in one insert (submissions committed together,
+    -- jobs.Service.SubmitJobs): their accounts are locked in user order
+    -- first, so two such inserts never wait for each other's rows in
+    -- opposite orders.
+    IF (SELECT min(args ->> 'user_id') <> max(args ->> 'user_id') FROM new_jobs WHERE kind = 'ai') THEN
+        PERFORM 1 FROM credit_accounts
+         WHERE user_id IN (SELECT (args ->> 'user_id')::uuid FROM new_jobs WHERE kind = 'ai')
+         ORDER BY user_id
+           FOR NO KEY UPDATE;
+    END IF;
     SELECT daily, monthly INTO def_day, def_month FROM spend_cap_defaults;
     WITH jobs AS (
         SELECT id, (args ->> 'user_id')::uuid AS user_id, (args ->> 'cost')::bigint AS amount
