@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/internal/groupcommit"
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
@@ -89,6 +90,8 @@ type Requests struct {
 	// Sweep abandons it (its worker died between claim and store).
 	staleClaim time.Duration
 	metrics    *requestMetrics
+	// stores stores the request ids fal accepts, several to a commit.
+	stores groupcommit.Committer[*storing]
 }
 
 // current returns the job's latest slot (nil when it never had one) and,
@@ -118,17 +121,36 @@ func (r *Requests) current(ctx context.Context, jobID int64, withDeadline bool) 
 
 // store records that fal accepted the slot's request (its id and the URLs
 // fal returned) and is what a retry after a crash resumes. It must reach
-// the disk before the worker waits on fal, so it commits with a flush. A
-// claim the sweeper abandoned meanwhile (it took the worker for dead) is
-// opened again: fal has the request. Storing the same request again is a
-// success: a database that crashed after the commit and before its answer
-// makes the worker store again, and refusing would cancel, and pay twice
-// for, a request it holds. The job has started: its deadline to start no
-// longer applies (fal's X-Fal-Request-Timeout watched the rest), and goes
-// in the same statement.
+// the disk before the worker waits on fal, so it commits with a flush,
+// shared with the other workers storing meanwhile (a group commit,
+// package groupcommit). A claim the sweeper abandoned meanwhile (it took
+// the worker for dead) is opened again: fal has the request. Storing the
+// same request again is a success: a database that crashed after the
+// commit and before its answer makes the worker store again, and refusing
+// would cancel, and pay twice for, a request it holds. The job has
+// started: its deadline to start no longer applies (fal's
+// X-Fal-Request-Timeout watched the rest), and goes in the same statement.
 func (r *Requests) store(ctx context.Context, s *slot, attempt int) error {
-	var stored int
-	err := r.pool.QueryRow(ctx, `
+	st := &storing{slot: s, attempt: attempt}
+	if err := r.stores.Do(ctx, st); err != nil {
+		return err
+	}
+	if !st.stored {
+		return fmt.Errorf("fal slot %d of job %d %w", s.id, s.jobID, errSlotGone)
+	}
+	s.state, s.submittedAt = falStateInFlight, time.Now()
+	return nil
+}
+
+// storing is a request id on its way to the disk (store).
+type storing struct {
+	slot    *slot
+	attempt int
+	stored  bool // the slot's row took it
+}
+
+// storeSQL stores one request id (store).
+const storeSQL = `
 WITH f AS (
     UPDATE fal_requests
        SET request_id = $3, status_url = NULLIF($4, ''), response_url = NULLIF($5, ''), cancel_url = NULLIF($6, ''),
@@ -138,16 +160,40 @@ WITH f AS (
 ), d AS (
     DELETE FROM ai_job_deadlines WHERE job_id IN (SELECT job_id FROM f) AND missed_at IS NULL
 )
-SELECT count(*) FROM f`,
-		s.id, s.jobID, s.req.ID, s.req.StatusURL, s.req.ResponseURL, s.req.CancelURL, attempt).Scan(&stored)
-	if err != nil {
-		return err
+SELECT count(*) FROM f`
+
+// storeLeaders is how many groups of request ids are stored at once.
+const storeLeaders = 4
+
+// commitStores stores the request ids of group in one implicit
+// transaction: one round trip and one WAL flush.
+func (r *Requests) commitStores(group []*storing) error {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	b := &pgx.Batch{}
+	for _, st := range group {
+		s := st.slot
+		b.Queue(storeSQL, s.id, s.jobID, s.req.ID, s.req.StatusURL, s.req.ResponseURL, s.req.CancelURL, st.attempt)
 	}
-	if stored != 1 {
-		return fmt.Errorf("fal slot %d of job %d %w", s.id, s.jobID, errSlotGone)
+	br := r.pool.SendBatch(ctx, b)
+	defer func() { _ = br.Close() }() // closed below on success; again is a no-op
+	for _, st := range group {
+		var n int
+		if err := br.QueryRow().Scan(&n); err != nil {
+			return err
+		}
+		st.stored = n == 1
 	}
-	s.state, s.submittedAt = falStateInFlight, time.Now()
-	return nil
+	return br.Close()
+}
+
+// storeTimeout bounds one group's store.
+const storeTimeout = 5 * time.Second
+
+// newRequests returns r, storing request ids in groups.
+func newRequests(r *Requests) *Requests {
+	r.stores = groupcommit.Committer[*storing]{Commit: r.commitStores, Leaders: storeLeaders, Alone: refused}
+	return r
 }
 
 // errSlotGone is a slot that another request took over since the worker

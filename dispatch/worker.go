@@ -142,8 +142,8 @@ func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, line *Line, l
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	reqs := &Requests{pool: pool, fal: fal, log: logger, line: line,
-		staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout), metrics: newRequestMetrics()}
+	reqs := newRequests(&Requests{pool: pool, fal: fal, log: logger, line: line,
+		staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout), metrics: newRequestMetrics()})
 	return &Worker{pool: pool, fal: fal, reqs: reqs, line: line, catalog: catalog, logger: logger, cfg: cfg,
 		completions: newCompletions(pool)}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -357,6 +358,42 @@ VALUES (987654, 1, $1, 'urgent', 'generate', 1, $2) RETURNING id`, uid, imageMod
 		other := falclient.Request{ID: "req-another", Key: 1, Model: imageModel}
 		require.ErrorIs(t, dispatch.StoreRequest(ctx, reqs, slotID, 1, other), dispatch.ErrSlotGone, "another request cannot take the slot")
 		require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE id = $1 AND request_id = $2`, slotID, req.ID))
+	})
+
+	t.Run("RequestsStoredTogetherEachGetTheirOutcome", func(t *testing.T) {
+		t.Parallel()
+		// Workers storing at once share a commit; a slot another request
+		// took is refused on its own, the others stored.
+		b := setupWorker(t, nil)
+		uid := grant(t, b.pool, 100)
+		reqs := b.worker.Requests()
+		const n = 24
+		slots := make([]int64, n)
+		for i := range slots {
+			require.NoError(t, b.pool.QueryRow(ctx, `
+INSERT INTO fal_requests (job_id, attempt, user_id, queue, operation, key_index, model, request_id, state)
+SELECT $1::bigint, 1, $2, 'urgent', 'generate', 1, $3, t.id, CASE WHEN t.id IS NULL THEN 'submitting' ELSE 'in_flight' END
+  FROM (SELECT CASE WHEN $1::bigint % 5 = 0 THEN 'req-taken-' || $1::bigint END AS id) t RETURNING id`,
+				900000+i, uid, imageModel).Scan(&slots[i]))
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range slots {
+			wg.Go(func() {
+				errs[i] = dispatch.StoreRequest(ctx, reqs, slots[i], 1, falclient.Request{ID: fmt.Sprint("req-", i), Key: 1, Model: imageModel})
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if (900000+i)%5 == 0 {
+				require.ErrorIs(t, err, dispatch.ErrSlotGone, "slot %d", i)
+				continue
+			}
+			require.NoError(t, err, "slot %d", i)
+			require.Equal(t, 1, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE id = $1 AND request_id = $2 AND state = 'in_flight'`,
+				slots[i], fmt.Sprint("req-", i)))
+		}
+		require.Equal(t, 5, count(t, b.pool, `SELECT count(*) FROM fal_requests WHERE request_id LIKE 'req-taken-%'`))
 	})
 
 	t.Run("SweeperCancelsRequestsNoJobWaitsFor", func(t *testing.T) {
