@@ -106,7 +106,7 @@ SELECT COALESCE(rl.allowed, true),
        p.waiting, p.user_id, p.mine, p.inflight
   FROM unnest($3::uuid[], $1::bigint[]) WITH ORDINALITY AS s(user_id, probe_id, i)
   LEFT JOIN rl ON rl.user_id = s.user_id
-  LEFT JOIN probe AS p(id, waiting, user_id, mine, inflight) ON p.id = s.probe_id
+  LEFT JOIN probe AS p ON p.id = s.probe_id
  ORDER BY s.i`
 
 // admit makes the per-user admission checks (admitSQL) of subs, whose

@@ -189,20 +189,26 @@ type lineProbe struct {
 
 // probeSQL reads the lineProbe of each job of $1 (an array; ids that are
 // no AI job, such as 0, give no row), after its id, counting up to $2 of
-// its user's jobs ahead. admitSQL reads it too.
+// its user's jobs ahead. admitSQL reads it too. Each job is read by its
+// id (the LIMIT keeps the planner from joining all of river_job to the
+// ids and counting for every job: river_job's statistics trail its
+// growth).
 const probeSQL = `
-SELECT j.id,
-       CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
-            ELSE j.state = 'pending' OR EXISTS (SELECT 1 FROM fal_parked p WHERE p.job_id = j.id) END,
-       j.args ->> 'user_id',
-       (SELECT count(*) FROM (
-            SELECT 1 FROM river_job r
-             WHERE r.state = 'pending' AND r.kind = 'ai' AND r.queue = j.queue
-               AND r.args ->> 'user_id' = j.args ->> 'user_id' AND r.id < j.id
-             LIMIT $2) x),
-       (SELECT count(*) FROM fal_requests f WHERE f.finished_at IS NULL AND f.user_id = (j.args ->> 'user_id')::uuid)
+SELECT probed.id, p.waiting, p.user_id, p.mine, p.inflight
   FROM unnest($1::bigint[]) AS probed(id)
-  JOIN river_job j ON j.id = probed.id AND j.kind = 'ai'`
+ CROSS JOIN LATERAL (
+    SELECT CASE WHEN j.state IN ('completed', 'discarded', 'cancelled') THEN NULL
+                ELSE j.state = 'pending' OR EXISTS (SELECT 1 FROM fal_parked fp WHERE fp.job_id = j.id) END AS waiting,
+           j.args ->> 'user_id' AS user_id,
+           (SELECT count(*) FROM (
+                SELECT 1 FROM river_job r
+                 WHERE r.state = 'pending' AND r.kind = 'ai' AND r.queue = j.queue
+                   AND r.args ->> 'user_id' = j.args ->> 'user_id' AND r.id < j.id
+                 LIMIT $2) x) AS mine,
+           (SELECT count(*) FROM fal_requests f WHERE f.finished_at IS NULL AND f.user_id = (j.args ->> 'user_id')::uuid) AS inflight
+      FROM river_job j
+     WHERE j.id = probed.id AND j.kind = 'ai'
+     LIMIT 1) p`
 
 // place returns the place in line of River job id, of queue (nil when it
 // has ended), against this process's reading of the queue's line; p is
