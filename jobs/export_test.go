@@ -3,6 +3,8 @@ package jobs
 import (
 	"errors"
 	"sync"
+
+	"github.com/aiqueue/aiqueue/internal/groupcommit"
 )
 
 // Probed reports whether j carries the lineProbe its submission read.
@@ -16,7 +18,7 @@ func GroupSubmits(s *Service) (release func(), sizes func() []int, waiting func(
 	var mu sync.Mutex
 	var recorded []int
 	hold := make(chan struct{})
-	s.lanes = s.lanes[:1]
+	OneLane(s)
 	lane := s.lanes[0]
 	commit := lane.Commit
 	lane.Commit = func(group []*Submission) error {
@@ -43,7 +45,12 @@ func GroupSubmits(s *Service) (release func(), sizes func() []int, waiting func(
 func Deadlocks(s *Service) func() int {
 	var mu sync.Mutex
 	n := 0
+	seen := map[*groupcommit.Committer[*Submission]]bool{}
 	for _, lane := range s.lanes {
+		if seen[lane] {
+			continue
+		}
+		seen[lane] = true
 		alone := lane.Alone
 		lane.Alone = func(err error) bool {
 			if errors.Is(err, errDeadlock) {
@@ -63,4 +70,8 @@ func Deadlocks(s *Service) func() int {
 
 // OneLane makes s commit every user's submissions in one lane, as several
 // processes' lanes would meet on the same accounts.
-func OneLane(s *Service) { s.lanes = s.lanes[:1] }
+func OneLane(s *Service) {
+	for i := range s.lanes {
+		s.lanes[i] = s.lanes[0]
+	}
+}

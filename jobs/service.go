@@ -50,7 +50,7 @@ type Service struct {
 	hooks     Hooks
 	// lanes commit the submissions that arrive together in one
 	// transaction (SubmitJobs), each lane those of its own users.
-	lanes []*groupcommit.Committer[*Submission]
+	lanes [submitLanes]*groupcommit.Committer[*Submission]
 }
 
 // Hooks are what the service tells the rest of the process. Every field is
@@ -87,8 +87,8 @@ type Config struct {
 // NewService returns a Service.
 func NewService(cfg Config) *Service {
 	s := &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, deadlines: cfg.Deadlines, hooks: cfg.Hooks}
-	for range submitLanes {
-		s.lanes = append(s.lanes, &groupcommit.Committer[*Submission]{Commit: s.commitSubmissions, Max: maxSubmitGroup, Alone: refusedSubmission})
+	for i := range s.lanes {
+		s.lanes[i] = &groupcommit.Committer[*Submission]{Commit: s.commitSubmissions, Max: maxSubmitGroup, Alone: refusedSubmission}
 	}
 	return s
 }
@@ -269,7 +269,7 @@ const (
 func (s *Service) lane(userID string) *groupcommit.Committer[*Submission] {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(userID))
-	return s.lanes[h.Sum32()%uint32(len(s.lanes))]
+	return s.lanes[h.Sum32()%submitLanes]
 }
 
 // commitSubmissions writes the submissions of group in one transaction
