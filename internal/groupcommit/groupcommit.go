@@ -5,8 +5,8 @@
 // leads the next group, of every item that arrived meanwhile. So a quiet
 // process adds no wait to an item, and a busy one pays one transaction
 // (its round trips, statements and WAL flush) per group instead of one per
-// item. Job completions (package dispatch) and submissions (package jobs)
-// use it.
+// item. Submissions (package jobs), stored fal request ids and job
+// completions (package dispatch) use it.
 package groupcommit
 
 import (
