@@ -141,32 +141,35 @@ func (s *Server) submitJob(ctx context.Context, in *submitInput) (*submitJobOutp
 	p := principalFrom(ctx)
 	items := []jobs.Item{{Operation: in.Body.Operation, Params: in.Body.Params, Priority: in.Body.Priority}}
 	opts := jobs.SubmitOpts{MayRaise: p.Admin, StartBy: in.Body.StartBy}
+	accepted := func(sub *jobs.Submission) written[*jobs.Job] {
+		j := sub.Jobs[0]
+		return written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j}
+	}
 	var w written[*jobs.Job]
+	var err error
 	if in.IdempotencyKey == "" {
 		// No record to store with the job: it is committed with the
 		// submissions arriving meanwhile (jobs.Service.SubmitJobs).
 		dbCtx, cancel := s.db(ctx)
-		sub, err := s.jobs.SubmitJobs(dbCtx, p.UserID, items, opts)
-		cancel()
-		if err != nil {
-			return nil, s.toProblem(ctx, err)
+		var sub *jobs.Submission
+		if sub, err = s.jobs.SubmitJobs(dbCtx, p.UserID, items, opts); err == nil {
+			w = accepted(sub)
 		}
-		j := sub.Jobs[0]
-		w = written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j}
+		cancel()
 	} else {
-		var err error
 		w, err = inTx(ctx, s, p.UserID, in.IdempotencyKey, http.MethodPost, "/v1/jobs", in.Body,
 			func(ctx context.Context, tx pgx.Tx) (written[*jobs.Job], error) {
 				sub, err := s.jobs.SubmitTx(ctx, tx, p.UserID, items, opts)
 				if err != nil {
 					return written[*jobs.Job]{}, err
 				}
-				j := sub.Jobs[0]
-				return written[*jobs.Job]{Status: http.StatusAccepted, Location: "/v1/jobs/" + j.ID, Body: j, committed: sub.Committed}, nil
+				w := accepted(sub)
+				w.committed = sub.Committed
+				return w, nil
 			})
-		if err != nil {
-			return nil, s.toProblem(ctx, err)
-		}
+	}
+	if err != nil {
+		return nil, s.toProblem(ctx, err)
 	}
 	// Its place in the line now (a replay's too), read after the commit;
 	// the job is there without it, so a failed read only leaves it out.

@@ -234,11 +234,10 @@ func (s *Service) Submit(ctx context.Context, userID string, items []Item, opts 
 // group is committed again one submission at a time when one of them is
 // refused.
 func (s *Service) SubmitJobs(ctx context.Context, userID string, items []Item, opts SubmitOpts) (*Submission, error) {
-	ps, err := s.prepare(userID, items, opts)
+	sub, err := s.newSubmission(userID, items, opts)
 	if err != nil {
 		return nil, err
 	}
-	sub := &Submission{svc: s, ps: ps, userID: userID, probe: len(ps) == 1 && !opts.Batch}
 	if err := s.lane(userID).Do(ctx, sub); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, unavailable(err)
@@ -358,15 +357,24 @@ func (sub *Submission) Committed() {
 // credits), then the per-user admission checks. The caller rolls back on
 // any error, and calls Committed after its commit.
 func (s *Service) SubmitTx(ctx context.Context, tx pgx.Tx, userID string, items []Item, opts SubmitOpts) (*Submission, error) {
-	ps, err := s.prepare(userID, items, opts)
+	sub, err := s.newSubmission(userID, items, opts)
 	if err != nil {
 		return nil, err
 	}
-	sub := &Submission{svc: s, ps: ps, userID: userID, probe: len(ps) == 1 && !opts.Batch}
 	if err := s.writeTx(ctx, tx, []*Submission{sub}); err != nil {
 		return nil, err
 	}
 	return sub, nil
+}
+
+// newSubmission validates items (prepare) into a submission yet to be
+// written.
+func (s *Service) newSubmission(userID string, items []Item, opts SubmitOpts) (*Submission, error) {
+	ps, err := s.prepare(userID, items, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Submission{svc: s, ps: ps, userID: userID, probe: len(ps) == 1 && !opts.Batch}, nil
 }
 
 // writeTx writes the submissions of subs in tx: the queue cap, one insert
