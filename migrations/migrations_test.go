@@ -132,8 +132,10 @@ func TestSquashedSchema(t *testing.T) {
 		"constraint credit_accounts.credit_accounts_reserved_check",
 		"constraint credit_accounts.credit_accounts_open_holds_check",
 		"view column credit_balances.updated_at",
-		// One open hold per job is now a unique index (credit_holds_one_open).
+		// One open hold per job is now a unique index (credit_holds_one_open),
+		// on (user_id, job_id): it is also the index of a user's open holds.
 		"index credit_holds_open",
+		"index credit_holds_open_user_id",
 		// fal slots are counted per key against fal_keys.capacity by the line
 		// under its lock, no longer numbered per key.
 		"column fal_requests.slot",
