@@ -102,7 +102,7 @@ WITH probe AS (` + probeSQL + `
 SELECT COALESCE(rl.allowed, true),
        COALESCE(rl.ahead_us, 0),
        CASE WHEN $6 > 0 THEN (SELECT count(*) FROM (
-           SELECT 1 FROM credit_holds h WHERE h.user_id = s.user_id AND h.state = 'reserved' LIMIT $6 + 1) x) END,
+           SELECT 1 FROM credit_holds h WHERE h.user_id = s.user_id AND h.settled_at IS NULL LIMIT $6 + 1) x) END,
        p.waiting, p.user_id, p.mine, p.inflight
   FROM unnest($3::uuid[], $1::bigint[]) WITH ORDINALITY AS s(user_id, probe_id, i)
   LEFT JOIN rl ON rl.user_id = s.user_id

@@ -132,10 +132,8 @@ func TestSquashedSchema(t *testing.T) {
 		"constraint credit_accounts.credit_accounts_reserved_check",
 		"constraint credit_accounts.credit_accounts_open_holds_check",
 		"view column credit_balances.updated_at",
-		// One open hold per job is now a unique index (credit_holds_one_open),
-		// on (user_id, job_id): it is also the index of a user's open holds.
+		// One open hold per job is now a unique index (credit_holds_one_open).
 		"index credit_holds_open",
-		"index credit_holds_open_user_id",
 		// fal slots are counted per key against fal_keys.capacity by the line
 		// under its lock, no longer numbered per key.
 		"column fal_requests.slot",
@@ -397,6 +395,9 @@ func TestSquashedSchema(t *testing.T) {
 		"trigger credit_holds.credit_holds_settle_once",
 		// fal dropped a completed request's result: 'expired'.
 		"constraint fal_requests.fal_requests_state_check",
+		// A user's open holds by settled_at IS NULL, the only index that
+		// read can use (00003_ledger.sql says why).
+		"index credit_holds_open_user_id",
 		// Newest request of a job first.
 		"index fal_requests_job_id",
 		// Attempts count fal submissions too (integer, not River's smallint).
