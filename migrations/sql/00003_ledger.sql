@@ -76,11 +76,11 @@ CREATE INDEX credit_holds_user_id_job_id ON credit_holds (user_id, job_id DESC);
 -- A user's open holds (the pending cap, credit_balances), read with
 -- "settled_at IS NULL" (credit_holds_settled_at: the same rows as
 -- "state = 'reserved'"), so that no other index serves that read and no
--- other read uses this one: with both open-hold indexes on the state, the
--- planner, on the trailing statistics of a growing table, counted a user's
--- open holds by filtering all users' (credit_holds_one_open; about 2,000
--- buffers a submission in the versus-seed bench), and a settle's generic
--- plan could read a job's hold off the user index the same way.
+-- other read (a settle's, by job) uses this one: with both open-hold
+-- indexes on the state, the planner, on the trailing statistics of a
+-- growing table, counted a user's open holds by filtering all users'
+-- (credit_holds_one_open; about 2,000 buffers a submission in the
+-- versus-seed bench).
 CREATE INDEX credit_holds_open_user_id ON credit_holds (user_id) WHERE settled_at IS NULL;
 COMMENT ON TABLE credit_holds IS 'Credits held for one run of an AI job: reserved, then charged (succeeded) or refunded, once.';
 
