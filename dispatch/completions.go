@@ -15,6 +15,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/internal/groupcommit"
+	"github.com/aiqueue/aiqueue/internal/pgtx"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -38,7 +39,10 @@ import (
 // not answer fails them all at once (River retries each, and its next
 // attempt resumes its request).
 type completions struct {
-	pool *pgxpool.Pool
+	// plans begins a group's transaction, on generic plans once the
+	// tables have grown (pgtx: River's statement was planned at every
+	// call).
+	plans *pgtx.Generic
 	groupcommit.Committer[*completion]
 }
 
@@ -75,7 +79,7 @@ func refused(err error) bool {
 }
 
 func newCompletions(pool *pgxpool.Pool) *completions {
-	g := &completions{pool: pool}
+	g := &completions{plans: &pgtx.Generic{Pool: pool, Tables: pgtx.HotTables}}
 	g.Committer = groupcommit.Committer[*completion]{Commit: g.commitTx, Leaders: completionLeaders, Alone: refused}
 	return g
 }
@@ -85,7 +89,7 @@ func newCompletions(pool *pgxpool.Pool) *completions {
 func (g *completions) commitTx(group []*completion) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
-	tx, err := g.pool.Begin(ctx)
+	tx, err := g.plans.Begin(ctx)
 	if err != nil {
 		return err
 	}
