@@ -80,6 +80,8 @@ func (g *Generic) On() bool { return g.on.Load() }
 
 // grown reports whether every table has its size, measuring them at most
 // every recheck (one caller at a time; the others go by the last answer).
+// A measure that fails (a table missing, the database away) leaves the
+// plans as Postgres chooses them until the next.
 func (g *Generic) grown(ctx context.Context) bool {
 	if g.on.Load() {
 		return true
