@@ -15,7 +15,6 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/internal/groupcommit"
-	"github.com/aiqueue/aiqueue/internal/pgtx"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -39,10 +38,7 @@ import (
 // not answer fails them all at once (River retries each, and its next
 // attempt resumes its request).
 type completions struct {
-	// plans begins a group's transaction, on generic plans once the
-	// tables have grown (pgtx: River's statement was planned at every
-	// call).
-	plans *pgtx.Generic
+	pool *pgxpool.Pool
 	groupcommit.Committer[*completion]
 }
 
@@ -79,7 +75,7 @@ func refused(err error) bool {
 }
 
 func newCompletions(pool *pgxpool.Pool) *completions {
-	g := &completions{plans: &pgtx.Generic{Pool: pool, Tables: pgtx.HotTables}}
+	g := &completions{pool: pool}
 	g.Committer = groupcommit.Committer[*completion]{Commit: g.commitTx, Leaders: completionLeaders, Alone: refused}
 	return g
 }
@@ -89,7 +85,7 @@ func newCompletions(pool *pgxpool.Pool) *completions {
 func (g *completions) commitTx(group []*completion) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
-	tx, err := g.plans.Begin(ctx)
+	tx, err := g.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/internal/groupcommit"
-	"github.com/aiqueue/aiqueue/internal/pgtx"
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
@@ -52,10 +51,6 @@ type Service struct {
 	// lanes commit the submissions that arrive together in one
 	// transaction (SubmitJobs), each lane those of its own users.
 	lanes [submitLanes]*groupcommit.Committer[*Submission]
-	// plans begins a group's transaction, on generic plans once the
-	// tables have grown (pgtx: the admission statement was planned at
-	// every call).
-	plans *pgtx.Generic
 }
 
 // Hooks are what the service tells the rest of the process. Every field is
@@ -91,8 +86,7 @@ type Config struct {
 
 // NewService returns a Service.
 func NewService(cfg Config) *Service {
-	s := &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, deadlines: cfg.Deadlines, hooks: cfg.Hooks,
-		plans: &pgtx.Generic{Pool: cfg.Pool, Tables: pgtx.HotTables}}
+	s := &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, deadlines: cfg.Deadlines, hooks: cfg.Hooks}
 	for i := range s.lanes {
 		s.lanes[i] = &groupcommit.Committer[*Submission]{Commit: s.commitSubmissions, Max: maxSubmitGroup, Alone: refusedSubmission}
 	}
@@ -278,14 +272,14 @@ func (s *Service) lane(userID string) *groupcommit.Committer[*Submission] {
 }
 
 // commitSubmissions writes the submissions of group in one transaction
-// (writeTx; begun by plans) and commits it.
+// (writeTx) and commits it.
 func (s *Service) commitSubmissions(group []*Submission) error {
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
 	for _, sub := range group {
 		sub.IDs, sub.Jobs = nil, nil // a group committed again starts afresh
 	}
-	tx, err := s.plans.Begin(ctx)
+	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return unavailable(err)
 	}
