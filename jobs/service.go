@@ -276,9 +276,6 @@ func (s *Service) lane(userID string) *groupcommit.Committer[*Submission] {
 func (s *Service) commitSubmissions(group []*Submission) error {
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
-	for _, sub := range group {
-		sub.IDs, sub.Jobs = nil, nil // a group committed again starts afresh
-	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return unavailable(err)
@@ -384,6 +381,7 @@ func (s *Service) newSubmission(userID string, items []Item, opts SubmitOpts) (*
 func (s *Service) writeTx(ctx context.Context, tx pgx.Tx, subs []*Submission) error {
 	var ps []prepared
 	for _, sub := range subs {
+		sub.IDs, sub.Jobs = nil, nil // a group written again starts afresh
 		ps = append(ps, sub.ps...)
 	}
 	if err := s.admitQueues(ctx, tx, ps); err != nil {
