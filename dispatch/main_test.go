@@ -18,6 +18,7 @@ var (
 	grant             = jobtest.User
 	generate          = jobtest.Generate
 	requireInvariants = jobtest.RequireInvariants
+	requireBalance    = jobtest.RequireBalance
 	count             = jobtest.Count
 )
 

@@ -55,9 +55,7 @@ UPDATE river_job
 		w := startWorkers(t, b.Pool, fastRescuer)
 		requireJobState(t, b.Pool, id, "discarded")
 		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, id))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 5, Available: 5})
 		require.Zero(t, w.Sim.Stats().Submits) // never run again
 		requireInvariants(t, b.Pool)
 	})
@@ -72,9 +70,7 @@ UPDATE river_job
 		w := startWorkers(t, b.Pool, fastRescuer)
 		requireJobState(t, b.Pool, id, "completed")
 		require.Equal(t, ledger.HoldCharged, holdState(t, b.Pool, id))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 4, Available: 4})
 		require.Equal(t, 1, w.Sim.Stats().Submits)
 		requireInvariants(t, b.Pool)
 	})
@@ -123,9 +119,7 @@ UPDATE river_job
 		require.Equal(t, 2, count(t, b.Pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1`, done)) // reserve, charge
 		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, open))
 		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_entries WHERE job_id = $1 AND kind = 'refund'`, open))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 4, Available: 4})
 		requireInvariants(t, b.Pool)
 	})
 
@@ -137,9 +131,7 @@ UPDATE river_job
 		_, err := b.Pool.Exec(ctx, `TRUNCATE river_job`)
 		require.NoError(t, err)
 		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, id))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 5, Available: 5})
 		requireInvariants(t, b.Pool)
 	})
 
@@ -162,9 +154,7 @@ UPDATE river_job
 		requireJobState(t, b.Pool, id, "completed")
 		require.Equal(t, ledger.HoldCharged, holdState(t, b.Pool, id))
 		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM fal_requests WHERE job_id = $1 AND run = 2 AND state = 'completed'`, id))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 4, Available: 4}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 4, Available: 4})
 		requireInvariants(t, b.Pool)
 	})
 }
@@ -191,8 +181,6 @@ func TestSubmitKilledMidTransaction(t *testing.T) {
 	require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
 	require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
 	require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_entries`)) // the grant
-	bal, err := ledger.Get(ctx, b.Pool, uid)
-	require.NoError(t, err)
-	require.Equal(t, ledger.Balance{Balance: 5, Available: 5}, bal)
+	requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 5, Available: 5})
 	requireInvariants(t, b.Pool)
 }

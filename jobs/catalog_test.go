@@ -193,9 +193,7 @@ func TestCatalog(t *testing.T) {
 		}
 		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
 		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 100, Available: 100}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 100, Available: 100})
 		requireInvariants(t, b.Pool)
 	})
 

@@ -97,13 +97,11 @@ func TestSubmitGroup(t *testing.T) {
 		}
 		require.NotEqual(t, out["user1"].sub.IDs[0], out["user1 again"].sub.IDs[0])
 		for i, uid := range users {
-			bal, err := ledger.Get(ctx, b.Pool, uid)
-			require.NoError(t, err)
 			reserved := int64(1)
 			if i <= 1 { // user0 also submitted the first job, user1 twice
 				reserved = 2
 			}
-			require.Equal(t, ledger.Balance{Balance: 5, Reserved: reserved, Available: 5 - reserved}, bal, "user%d", i)
+			requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 5, Reserved: reserved, Available: 5 - reserved}, "user%d", i)
 		}
 		require.Equal(t, 7, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE state = 'reserved'`))
 		requireInvariants(t, b.Pool)
@@ -128,12 +126,8 @@ func TestSubmitGroup(t *testing.T) {
 		require.NoError(t, out["other"].err)
 		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job WHERE args ->> 'user_id' = $1`, poor))
 		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, poor))
-		bal, err := ledger.Get(ctx, b.Pool, poor)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 3, Available: 3}, bal)
-		bal, err = ledger.Get(ctx, b.Pool, rich)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 20, Reserved: 11, Available: 9}, bal)
+		requireBalance(t, b.Pool, poor, ledger.Balance{Balance: 3, Available: 3})
+		requireBalance(t, b.Pool, rich, ledger.Balance{Balance: 20, Reserved: 11, Available: 9})
 		requireInvariants(t, b.Pool)
 	})
 

@@ -24,5 +24,6 @@ var (
 	grant             = jobtest.User
 	generate          = jobtest.Generate
 	requireInvariants = jobtest.RequireInvariants
+	requireBalance    = jobtest.RequireBalance
 	count             = jobtest.Count
 )

@@ -158,9 +158,7 @@ func TestRetry(t *testing.T) {
 		for _, id := range poorJobs {
 			require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE job_id = $1::bigint`, id))
 		}
-		bal, err := ledger.Get(ctx, b.Pool, poor)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 3, Reserved: 2, Available: 1}, bal)
+		requireBalance(t, b.Pool, poor, ledger.Balance{Balance: 3, Reserved: 2, Available: 1})
 		requireInvariants(t, b.Pool)
 	})
 

@@ -22,9 +22,7 @@ func TestSubmit(t *testing.T) {
 		ids, err := b.Svc.Submit(ctx, uid, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
 		require.NoError(t, err)
 		require.Len(t, ids, 1)
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 3, Reserved: 1, Available: 2}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 3, Reserved: 1, Available: 2})
 		j, err := b.Svc.Get(ctx, uid, jobs.FormatID(ids[0]), false)
 		require.NoError(t, err)
 		require.Equal(t, jobs.StateQueued, j.State)
@@ -49,9 +47,7 @@ func TestSubmit(t *testing.T) {
 		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM river_job`))
 		require.Zero(t, count(t, b.Pool, `SELECT count(*) FROM credit_holds`))
 		require.Equal(t, 1, count(t, b.Pool, `SELECT count(*) FROM credit_entries`)) // the grant
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 3, Available: 3}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 3, Available: 3})
 		requireInvariants(t, b.Pool)
 	})
 

@@ -19,6 +19,7 @@ func submit(t testing.TB, b *testBundle, uid string) int64 { return jobtest.Subm
 var (
 	grant             = jobtest.User
 	requireInvariants = jobtest.RequireInvariants
+	requireBalance    = jobtest.RequireBalance
 	startWorkers      = jobtest.StartWorkers
 	holdState         = jobtest.HoldState
 	requireJobState   = jobtest.RequireJobState

@@ -130,9 +130,7 @@ func TestReconciler(t *testing.T) {
 		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, cancelled))
 		require.Equal(t, ledger.HoldRefunded, holdState(t, b.Pool, deleted))
 		require.Equal(t, ledger.HoldReserved, holdState(t, b.Pool, queued))
-		bal, err := ledger.Get(ctx, b.Pool, uid)
-		require.NoError(t, err)
-		require.Equal(t, ledger.Balance{Balance: 19, Reserved: 1, Available: 18}, bal)
+		requireBalance(t, b.Pool, uid, ledger.Balance{Balance: 19, Reserved: 1, Available: 18})
 		requireInvariants(t, b.Pool)
 
 		// Fixed once: the next run finds nothing.

@@ -61,6 +61,14 @@ func RequireInvariants(t testing.TB, q ledger.Querier) {
 	require.Empty(t, vs)
 }
 
+// RequireBalance fails the test unless userID's balance is want.
+func RequireBalance(t testing.TB, q ledger.Querier, userID string, want ledger.Balance, msgAndArgs ...any) {
+	t.Helper()
+	got, err := ledger.Get(context.Background(), q, userID)
+	require.NoError(t, err, msgAndArgs...)
+	require.Equal(t, want, got, msgAndArgs...)
+}
+
 // Count runs a query returning one number.
 func Count(t testing.TB, q ledger.Querier, sql string, args ...any) int {
 	t.Helper()
