@@ -15,6 +15,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/internal/groupcommit"
+	"github.com/aiqueue/aiqueue/internal/plans"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -39,6 +40,9 @@ import (
 // attempt resumes its request).
 type completions struct {
 	pool *pgxpool.Pool
+	// plans says when River's statement runs on its generic plan (it was
+	// planned again at every call).
+	plans *plans.Grown
 	groupcommit.Committer[*completion]
 }
 
@@ -74,14 +78,19 @@ func refused(err error) bool {
 	return errors.As(err, &pgErr) || errors.Is(err, rivertype.ErrNotFound) || errors.Is(err, errNotRunning)
 }
 
-func newCompletions(pool *pgxpool.Pool) *completions {
-	g := &completions{pool: pool}
+func newCompletions(pool *pgxpool.Pool, grown *plans.Grown) *completions {
+	if grown == nil {
+		grown = plans.NewGrown(pool)
+	}
+	g := &completions{pool: pool, plans: grown}
 	g.Committer = groupcommit.Committer[*completion]{Commit: g.commitTx, Leaders: completionLeaders, Alone: refused}
 	return g
 }
 
 // commitTx stores each job's result with its slot, freeing it, and
-// completes the job with River's JobCompleteTx, in one transaction.
+// completes the job with River's JobCompleteTx, in one transaction. Once
+// the tables have grown, River's statements, the last of the transaction,
+// run on their generic plans (package plans).
 func (g *completions) commitTx(group []*completion) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
@@ -93,6 +102,9 @@ func (g *completions) commitTx(group []*completion) error {
 	b := &pgx.Batch{}
 	for _, c := range group {
 		b.Queue(finishSQL, c.slotID, falStateCompleted, nil, c.billable, c.output)
+	}
+	if g.plans.Generic() {
+		b.Queue(plans.ForceGeneric)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return err

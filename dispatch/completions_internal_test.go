@@ -28,7 +28,7 @@ func TestCompletions(t *testing.T) {
 		t.Parallel()
 		var mu sync.Mutex
 		var committed []int64
-		g := newCompletions(nil)
+		g := newCompletions(nil, nil)
 		g.Commit = func(group []*completion) error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -49,7 +49,7 @@ func TestCompletions(t *testing.T) {
 
 	t.Run("SeveralGroupsCommitAtOnce", func(t *testing.T) {
 		t.Parallel()
-		require.Equal(t, completionLeaders, newCompletions(nil).Leaders)
+		require.Equal(t, completionLeaders, newCompletions(nil, nil).Leaders)
 	})
 
 	t.Run("ARefusedGroupIsCommittedAgainOneJobAtATime", func(t *testing.T) {
@@ -59,14 +59,14 @@ func TestCompletions(t *testing.T) {
 			fmt.Errorf("complete job 4: %w", rivertype.ErrNotFound),
 			fmt.Errorf("complete job 4: %w (it is cancelled)", errNotRunning),
 		} {
-			require.True(t, newCompletions(nil).Alone(err), "%v", err)
+			require.True(t, newCompletions(nil, nil).Alone(err), "%v", err)
 		}
 	})
 
 	t.Run("AnUnansweringDatabaseFailsTheGroupAtOnce", func(t *testing.T) {
 		t.Parallel()
-		require.False(t, newCompletions(nil).Alone(errors.New("dial tcp: connection refused")),
+		require.False(t, newCompletions(nil, nil).Alone(errors.New("dial tcp: connection refused")),
 			"not tried again one by one: each would wait out the timeout")
-		require.False(t, newCompletions(nil).Alone(context.DeadlineExceeded))
+		require.False(t, newCompletions(nil, nil).Alone(context.DeadlineExceeded))
 	})
 }

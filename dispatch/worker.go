@@ -15,6 +15,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/falclient"
+	"github.com/aiqueue/aiqueue/internal/plans"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -46,6 +47,10 @@ type WorkerConfig struct {
 	// keeps trying to store it until shortly before another worker could
 	// take the job.
 	RescueAfter time.Duration
+	// Plans says when River's completion statement runs on its generic
+	// plan; nil: the worker measures the tables itself. A process shares
+	// one with its jobs.Service (one ANALYZE at the switch).
+	Plans *plans.Grown
 }
 
 // DefaultAttemptTimeout is the default WorkerConfig.AttemptTimeout.
@@ -145,7 +150,7 @@ func NewWorker(pool *pgxpool.Pool, fal Fal, catalog *jobs.Catalog, line *Line, l
 	reqs := newRequests(&Requests{pool: pool, fal: fal, log: logger, line: line,
 		staleClaim: max(2*time.Minute, 2*cfg.AttemptTimeout), metrics: newRequestMetrics()})
 	return &Worker{pool: pool, fal: fal, reqs: reqs, line: line, catalog: catalog, logger: logger, cfg: cfg,
-		completions: newCompletions(pool)}
+		completions: newCompletions(pool, cfg.Plans)}
 }
 
 // Requests returns the worker's record of fal requests, for the API's

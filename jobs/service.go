@@ -18,6 +18,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aiqueue/aiqueue/internal/groupcommit"
+	"github.com/aiqueue/aiqueue/internal/plans"
 	"github.com/aiqueue/aiqueue/ledger"
 )
 
@@ -51,6 +52,9 @@ type Service struct {
 	// lanes commit the submissions that arrive together in one
 	// transaction (SubmitJobs), each lane those of its own users.
 	lanes [submitLanes]*groupcommit.Committer[*Submission]
+	// plans says when the admission statement runs on its generic plan
+	// (it was planned again at every call).
+	plans *plans.Grown
 }
 
 // Hooks are what the service tells the rest of the process. Every field is
@@ -82,11 +86,19 @@ type Config struct {
 	Deadlines Deadlines
 	// Hooks are called after submissions and cancels.
 	Hooks Hooks
+	// Plans says when the admission statement runs on its generic plan;
+	// nil: the Service measures the tables itself. A process shares one
+	// with its dispatch (one ANALYZE at the switch).
+	Plans *plans.Grown
 }
 
 // NewService returns a Service.
 func NewService(cfg Config) *Service {
-	s := &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, deadlines: cfg.Deadlines, hooks: cfg.Hooks}
+	s := &Service{pool: cfg.Pool, river: cfg.River, catalog: cfg.Catalog, limits: cfg.Limits, deadlines: cfg.Deadlines, hooks: cfg.Hooks,
+		plans: cfg.Plans}
+	if s.plans == nil {
+		s.plans = plans.NewGrown(cfg.Pool)
+	}
 	for i := range s.lanes {
 		s.lanes[i] = &groupcommit.Committer[*Submission]{Commit: s.commitSubmissions, Max: maxSubmitGroup, Alone: refusedSubmission}
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/aiqueue/aiqueue/falclient/falsim"
 	"github.com/aiqueue/aiqueue/internal/logging"
 	"github.com/aiqueue/aiqueue/internal/pglocal"
+	"github.com/aiqueue/aiqueue/internal/plans"
 	"github.com/aiqueue/aiqueue/jobs"
 	"github.com/aiqueue/aiqueue/ledger"
 	"github.com/aiqueue/aiqueue/maintenance"
@@ -58,8 +59,11 @@ type Main struct {
 	// Registry collects the metrics served at /metrics.
 	Registry *prometheus.Registry
 
-	cluster  *pglocal.Cluster
-	pool     *pgxpool.Pool
+	cluster *pglocal.Cluster
+	pool    *pgxpool.Pool
+	// plans says when the busiest statements run on generic plans, for
+	// the submissions and the completions alike.
+	plans    *plans.Grown
 	river    *river.Client[pgx.Tx]
 	watcher  *api.Watcher
 	api      *api.Server
@@ -215,6 +219,7 @@ func (m *Main) startDispatch(ctx context.Context, catalog *jobs.Catalog, jobMetr
 		return err
 	}
 	sweeper := &maintenance.SweepWorker{Retention: cfg.JobRetention, Logger: m.Logger.With(slog.String("component", "sweep"))}
+	m.plans = plans.NewGrown(m.pool)
 	m.dispatch, err = dispatch.New(dispatch.Config{
 		Pool:       m.pool,
 		Fal:        m.fal,
@@ -222,7 +227,7 @@ func (m *Main) startDispatch(ctx context.Context, catalog *jobs.Catalog, jobMetr
 		Catalog:    catalog,
 		Logger:     m.Logger,
 		Caps:       cfg.SlotCaps,
-		Worker:     dispatch.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout, WebhookURL: cfg.FalWebhookURL},
+		Worker:     dispatch.WorkerConfig{AttemptTimeout: cfg.JobAttemptTimeout, WebhookURL: cfg.FalWebhookURL, Plans: m.plans},
 		Client: dispatch.ClientConfig{
 			Limits:       cfg.Limits,
 			Work:         cfg.Role != RoleAPI,
@@ -310,6 +315,7 @@ func (m *Main) startAPI(ctx context.Context, mux *http.ServeMux, catalog *jobs.C
 		},
 		Deadlines: cfg.Deadlines,
 		Hooks:     jobs.Hooks{Submitted: jobMetrics.Submitted, Committed: m.dispatch.Line.Committed, Cancelled: m.dispatch.Requests().Cancelled},
+		Plans:     m.plans,
 	})
 	falHooks, err := m.falWebhooks()
 	if err != nil {
