@@ -139,14 +139,18 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	if !asked {
 		return nil
 	}
-	// The last statement of the transaction: once the tables have grown,
-	// on its generic plan (package plans), set in the same round trip.
+	// Once the tables have grown, on its generic plan (package plans),
+	// and back to the plans Postgres chooses for what the caller's
+	// transaction does next (SubmitTx), in the same round trip.
 	b := &pgx.Batch{}
 	generic := s.plans.Generic()
 	if generic {
 		b.Queue(plans.ForceGeneric)
 	}
 	b.Queue(admitSQL, probes, positionCap, users, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending)
+	if generic {
+		b.Queue(plans.Restore)
+	}
 	br := tx.SendBatch(ctx, b)
 	defer br.Close() //nolint:errcheck // closed below; a second Close is a no-op
 	if generic {
@@ -189,6 +193,11 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
+	}
+	if generic {
+		if _, err := br.Exec(); err != nil {
+			return unavailable(fmt.Errorf("admission checks: %w", err))
+		}
 	}
 	if err := br.Close(); err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))

@@ -163,3 +163,51 @@ func TestAdmission(t *testing.T) {
 		requireInvariants(t, b.Pool)
 	})
 }
+
+// TestAdmissionOnGenericPlans checks the admission checks on the generic
+// plan of the admission statement (as once the tables have grown, package
+// plans): the rate limit and the pending cap refuse as they do on custom
+// plans, the queue position is read, and a caller's transaction (SubmitTx)
+// goes on with the plans Postgres chooses.
+func TestAdmissionOnGenericPlans(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	limit(b, jobs.Limits{UserMaxPending: 2})
+	jobs.GenericPlans(b.Svc)
+	capped, limited := grant(t, b.Pool, 50), grant(t, b.Pool, 50)
+
+	tx, err := b.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	sub, err := b.Svc.SubmitTx(ctx, tx, capped, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	require.Len(t, sub.Jobs, 1)
+	require.True(t, jobs.Probed(sub.Jobs[0]), "the submission read its place in line")
+	var mode string
+	require.NoError(t, tx.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode))
+	require.Equal(t, "auto", mode, "the rest of the caller's transaction is on the plans Postgres chooses")
+	require.NoError(t, tx.Commit(ctx))
+
+	_, err = b.Svc.Submit(ctx, capped, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	require.NoError(t, err)
+	_, err = b.Svc.Submit(ctx, capped, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	require.Equal(t, jobs.ELIMIT, jobs.ErrorCode(err), "the pending cap of 2: %v", err)
+
+	rated := jobs.NewService(jobs.Config{Pool: b.Pool, River: b.River, Catalog: jobs.DefaultCatalog(),
+		Limits: jobs.Limits{RatePerMinute: 1, Burst: 2}})
+	jobs.GenericPlans(rated)
+	for range 2 {
+		_, err = rated.Submit(ctx, limited, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+		require.NoError(t, err)
+	}
+	_, err = rated.Submit(ctx, limited, []jobs.Item{generate("ring")}, jobs.SubmitOpts{})
+	var je *jobs.Error
+	require.ErrorAs(t, err, &je)
+	require.Equal(t, jobs.ELIMIT, je.Code)
+	require.Contains(t, je.Message, "rate limit", "the burst of 2")
+	require.Greater(t, je.RetryAfter, time.Duration(0))
+	require.Equal(t, 2, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, capped))
+	require.Equal(t, 2, count(t, b.Pool, `SELECT count(*) FROM credit_holds WHERE user_id = $1`, limited))
+	requireInvariants(t, b.Pool)
+}

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/aiqueue/aiqueue/internal/groupcommit"
+	"github.com/aiqueue/aiqueue/internal/plans"
 )
 
 // Probed reports whether j carries the lineProbe its submission read.
@@ -75,3 +76,7 @@ func OneLane(s *Service) {
 		s.lanes[i] = s.lanes[0]
 	}
 }
+
+// GenericPlans makes s run the admission statement on its generic plan
+// from the first submission, as it does once the tables have grown.
+func GenericPlans(s *Service) { s.plans = plans.Switched() }

@@ -10,9 +10,10 @@
 // submission's admission statement (3,989 in 3,976, 1.7 ms), and planning
 // was 18.5% of Postgres's CPU. Only those two (and the triggers River's
 // fires, whose statements ran on generic plans already) run on
-// ForceGeneric: it is set (SET LOCAL) just before them, the last
-// statements of their transactions, so the others keep the plans Postgres
-// chooses.
+// ForceGeneric: it is set (SET LOCAL) just before them, in the same round
+// trip, and Restore follows the admission statement (a caller's
+// transaction may go on, jobs.SubmitTx; River's completions are the last
+// statements of theirs), so the others keep the plans Postgres chooses.
 //
 // A generic plan is kept until its tables' statistics change, and the
 // planner sizes a table by its pages when it plans: made while river_job
@@ -37,8 +38,14 @@ import (
 )
 
 // ForceGeneric makes the rest of the transaction run each prepared
-// statement on its generic plan; it ends with the transaction.
+// statement on its generic plan; it ends with the transaction, or with
+// Restore.
 const ForceGeneric = "SET LOCAL plan_cache_mode = force_generic_plan"
+
+// Restore gives the rest of the transaction back the plans Postgres
+// chooses (the session's plan_cache_mode), after a statement run on
+// ForceGeneric that is not the transaction's last.
+const Restore = "SET LOCAL plan_cache_mode TO DEFAULT"
 
 // Table is a table the statements read and the size, in pages, from which
 // their generic plans read it by index.
@@ -70,6 +77,14 @@ type Grown struct {
 	on      atomic.Bool
 	mu      sync.Mutex
 	checked time.Time
+}
+
+// Switched returns a Grown that has switched: statements run on their
+// generic plans from the first call (for tests of the statements' callers).
+func Switched() *Grown {
+	g := &Grown{}
+	g.on.Store(true)
+	return g
 }
 
 // NewGrown returns the Grown of pool's HotTables.
