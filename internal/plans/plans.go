@@ -114,7 +114,7 @@ func (g *Grown) Generic() bool {
 		defer g.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
 		defer cancel()
-		g.check(ctx)
+		_, _ = g.check(ctx) // not yet, or not now: a later call checks again
 	}()
 	return false
 }
@@ -123,8 +123,9 @@ func (g *Grown) Generic() bool {
 const checkTimeout = time.Minute
 
 // check measures the tables and, when every one has its size, ANALYZEs
-// them and switches; it reports whether g has switched.
-func (g *Grown) check(ctx context.Context) bool {
+// them and switches; it reports whether g has switched, and what the
+// database refused (a table that is not there).
+func (g *Grown) check(ctx context.Context) (bool, error) {
 	names := make([]string, len(g.Tables))
 	pages := make([]int64, len(g.Tables))
 	idents := make([]string, len(g.Tables))
@@ -139,11 +140,11 @@ SELECT bool_and(pg_relation_size(c.oid) >= t.pages * current_setting('block_size
   FROM unnest($1::text[], $2::bigint[]) AS t(name, pages)
   JOIN pg_class c ON c.oid = t.name::regclass`, names, pages).Scan(&grown)
 	if err != nil || !grown {
-		return false
+		return false, err
 	}
 	if _, err := g.Pool.Exec(ctx, "ANALYZE "+strings.Join(idents, ", ")); err != nil {
-		return false
+		return false, err
 	}
 	g.on.Store(true)
-	return true
+	return true, nil
 }

@@ -30,7 +30,7 @@ func TestGrown(t *testing.T) {
 	_, err := pool.Exec(ctx, `CREATE TABLE plans_jobs (id bigint PRIMARY KEY, pad text)`)
 	require.NoError(t, err)
 	g := &Grown{Pool: pool, Tables: []Table{{"plans_jobs", 256}}}
-	require.False(t, g.check(ctx), "an empty table")
+	require.False(t, checked(t, g), "an empty table")
 
 	// A session runs the statement while the table is a few pages, as a
 	// new database's sessions do: Postgres makes its generic plan then.
@@ -46,13 +46,13 @@ func TestGrown(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.Contains(t, genericPlan(t, conn), "Seq Scan on plans_jobs", "the generic plan made on the small table")
-	require.False(t, g.check(ctx), "still below its size")
+	require.False(t, checked(t, g), "still below its size")
 	require.False(t, g.Generic())
 
 	// 256 pages and more.
 	_, err = pool.Exec(ctx, `INSERT INTO plans_jobs SELECT i, repeat('x', 100) FROM generate_series(501, 40000) i`)
 	require.NoError(t, err)
-	require.True(t, g.check(ctx))
+	require.True(t, checked(t, g))
 	require.True(t, g.Generic())
 	require.Contains(t, genericPlan(t, conn), "Index Scan using plans_jobs_pkey on plans_jobs", "made again on the grown table")
 
@@ -130,7 +130,40 @@ func genericPlan(t *testing.T, conn *pgxpool.Conn) string {
 // TestGrownHotTables checks that the tables Grown measures by default
 // exist and that a new database's are below their sizes.
 func TestGrownHotTables(t *testing.T) {
+	require.False(t, checked(t, NewGrown(pgtest.NewDB(t))), "a new database's tables are small")
+}
+
+// TestGrownNeedsTheTablesOwner checks that a role that may not ANALYZE the
+// tables (neither their owner nor a superuser) never switches, however
+// large they are, and that the owner's does.
+func TestGrownNeedsTheTablesOwner(t *testing.T) {
 	ctx := context.Background()
-	g := NewGrown(pgtest.NewDB(t))
-	require.False(t, g.check(ctx), "a new database's tables are small")
+	url := pgtest.NewDBURL(t)
+	owner, err := pgxpool.New(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(owner.Close)
+	_, err = owner.Exec(ctx, `CREATE TABLE plans_jobs (id bigint PRIMARY KEY, pad text);
+INSERT INTO plans_jobs SELECT i, repeat('x', 100) FROM generate_series(1, 40000) i;
+DROP ROLE IF EXISTS plans_reader; CREATE ROLE plans_reader LOGIN;
+GRANT SELECT ON plans_jobs TO plans_reader`)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = owner.Exec(context.Background(), `DROP OWNED BY plans_reader; DROP ROLE plans_reader`) })
+
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	cfg.ConnConfig.User = "plans_reader"
+	reader, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(reader.Close)
+	tables := []Table{{"plans_jobs", 256}}
+	require.False(t, checked(t, &Grown{Pool: reader, Tables: tables}), "not the owner")
+	require.True(t, checked(t, &Grown{Pool: owner, Tables: tables}), "the owner")
+}
+
+// checked runs g's check, which must not fail.
+func checked(t *testing.T, g *Grown) bool {
+	t.Helper()
+	on, err := g.check(context.Background())
+	require.NoError(t, err)
+	return on
 }
