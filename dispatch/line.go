@@ -382,14 +382,14 @@ SELECT j.id, j.args ->> 'user_id', j.attempt, j.args ->> 'operation', j.args ->>
   FROM users u, LATERAL (
       SELECT id, args, attempt, created_at FROM river_job r
        WHERE state = 'pending' AND kind = 'ai' AND queue = $1 AND args ->> 'user_id' = u.uid
-         AND NOT EXISTS (SELECT 1 FROM ai_job_deadlines d WHERE d.job_id = r.id AND d.missed_at IS NULL AND d.start_by <= now())
+         AND r.id <> ALL (ARRAY(SELECT job_id FROM ai_job_deadlines WHERE missed_at IS NULL AND start_by <= now()))
        ORDER BY id LIMIT $2) j
  WHERE u.uid IS NOT NULL
 UNION ALL
 SELECT j.id, p.user_id, j.attempt, j.args ->> 'operation', j.args ->> 'model', true, p.parked_at
   FROM fal_parked p JOIN river_job j ON j.id = p.job_id
  WHERE p.queue = $1 AND j.state = 'scheduled'
-   AND NOT EXISTS (SELECT 1 FROM ai_job_deadlines d WHERE d.job_id = j.id AND d.missed_at IS NULL AND d.start_by <= now())`
+   AND j.id <> ALL (ARRAY(SELECT job_id FROM ai_job_deadlines WHERE missed_at IS NULL AND start_by <= now()))`
 
 // serveOnce serves the line once in one transaction and returns how many
 // jobs got a slot.
