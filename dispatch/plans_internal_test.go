@@ -1,0 +1,144 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aiqueue/aiqueue/internal/pgtest"
+)
+
+// The tests here run a statement on the plan a server keeps for it: a
+// prepared statement's generic plan, made at its sixth call while the
+// tables were still small, is used until something invalidates it, however
+// the tables grow. Under versus-seed (auto_explain) two statements read
+// ai_job_deadlines, a table of a few hundred rows that every submission
+// and every start writes, far more often than needed on such plans.
+
+// TestCandidatesReadDeadlinesOnce: the line's candidates statement, after
+// 100 users queued 500 jobs and 3,020 deadlines wait, reads
+// ai_job_deadlines once per call, not once per candidate. It had joined
+// the deadlines as an anti join over a sequential scan of the table: 300
+// scans of ~500 rows, 87 of its 104 ms.
+func TestCandidatesReadDeadlinesOnce(t *testing.T) {
+	tx := planTx(t)
+	plan := explainGrown(t, tx, `candidates(text, int)`, candidatesSQL, `candidates('urgent', 3)`, func() string { return `candidates('urgent', 3)` })
+	var deadlineScans float64
+	plan.walk(func(n planNode) {
+		if n.Relation == "ai_job_deadlines" {
+			deadlineScans += n.Loops
+		}
+	})
+	require.Equal(t, 300.0, plan.Rows, "3 jobs of each of 100 users")
+	require.LessOrEqual(t, deadlineScans, 2.0, "ai_job_deadlines scanned once per branch at most:\n%s", plan.json)
+}
+
+// TestStoreDropsTheDeadlineByItsKey: storing a request id deletes its
+// job's deadline through the table's key, reading that one row, not every
+// deadline (a semi join with the updated row, planned on the small table,
+// had been a sequential scan of it: 3,020 rows read here).
+func TestStoreDropsTheDeadlineByItsKey(t *testing.T) {
+	tx := planTx(t)
+	var jobID int64
+	plan := explainGrown(t, tx, `store(bigint, bigint, text, text, text, text, int)`, storeSQL, `store(0, 0, 'req-0', '', '', '', 1)`, func() string {
+		var id int64
+		require.NoError(t, tx.QueryRow(context.Background(), `
+INSERT INTO fal_requests (job_id, run, attempt, user_id, queue, operation, key_index, model)
+SELECT id, 1, 1, (args ->> 'user_id')::uuid, queue, 'generate', 1, 'm' FROM river_job ORDER BY id LIMIT 1
+RETURNING id, job_id`).Scan(&id, &jobID))
+		return fmt.Sprintf(`store(%d, %d, 'req-1', '', '', '', 1)`, id, jobID)
+	})
+	var read float64
+	plan.walk(func(n planNode) {
+		if n.Relation == "ai_job_deadlines" && n.Type != "ModifyTable" {
+			read += n.Rows * n.Loops
+		}
+	})
+	require.Equal(t, 1.0, plan.Rows, "the request id was stored")
+	require.Equal(t, 1.0, read, "ai_job_deadlines rows read:\n%s", plan.json)
+	var left int
+	require.NoError(t, tx.QueryRow(context.Background(), `SELECT count(*) FROM ai_job_deadlines WHERE job_id = $1`, jobID).Scan(&left))
+	require.Zero(t, left, "the job's deadline was dropped")
+}
+
+// planTx is a transaction (rolled back at the end of the test) with 100
+// users and credits for their jobs.
+func planTx(t *testing.T) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pgtest.NewDB(t).Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	_, err = tx.Exec(ctx, `
+SET LOCAL plan_cache_mode = force_generic_plan;
+INSERT INTO credit_accounts (user_id, available)
+SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 1000 FROM generate_series(1, 100) i`)
+	require.NoError(t, err)
+	return tx
+}
+
+// explainGrown prepares sql as name (its parameter types included) and
+// runs first while the tables are small (100 users with a job each, their
+// deadlines and 20 more, analyzed as autovacuum does early on), which
+// makes its generic plan; then the users queue 400 more jobs, 2,500 more
+// deadlines wait, and it returns EXPLAIN ANALYZE of the call that call
+// returns then, on the kept plan.
+func explainGrown(t *testing.T, tx pgx.Tx, name, sql, first string, call func() string) planNode {
+	t.Helper()
+	ctx := context.Background()
+	grow := func(from, to, more int) {
+		_, err := tx.Exec(ctx, `
+INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
+SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 100 + 1)::text, 12, '0'), 'cost', 1),
+       3, 'urgent', 'pending', 1
+  FROM generate_series($1::int, $2::int) i
+RETURNING id`, from, to)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, `
+INSERT INTO ai_job_deadlines (job_id, start_by)
+SELECT id, now() + interval '1 hour' FROM river_job WHERE id NOT IN (SELECT job_id FROM ai_job_deadlines)`)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, `
+INSERT INTO ai_job_deadlines (job_id, start_by)
+SELECT 1000000 + $1::int * 10 + i, now() + interval '1 hour' FROM generate_series(1, $2::int) i`, from, more)
+		require.NoError(t, err)
+	}
+	grow(1, 100, 20)
+	_, err := tx.Exec(ctx, `ANALYZE river_job, ai_job_deadlines`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `PREPARE `+name+` AS `+sql)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `EXPLAIN EXECUTE `+first) // the generic plan, on the small tables
+	require.NoError(t, err)
+	grow(101, 500, 2500)
+	var out []byte
+	require.NoError(t, tx.QueryRow(ctx, `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE `+call()).Scan(&out))
+	var plan []struct {
+		Plan planNode `json:"Plan"`
+	}
+	require.NoError(t, json.Unmarshal(out, &plan))
+	require.Len(t, plan, 1)
+	plan[0].Plan.json = string(out)
+	return plan[0].Plan
+}
+
+// planNode is a node of EXPLAIN (ANALYZE, FORMAT JSON).
+type planNode struct {
+	Type     string     `json:"Node Type"`
+	Relation string     `json:"Relation Name"`
+	Loops    float64    `json:"Actual Loops"`
+	Rows     float64    `json:"Actual Rows"`
+	Plans    []planNode `json:"Plans"`
+	json     string
+}
+
+func (n planNode) walk(f func(planNode)) {
+	f(n)
+	for _, c := range n.Plans {
+		c.walk(f)
+	}
+}
