@@ -149,9 +149,7 @@ type storing struct {
 	stored  bool // the slot's row took it
 }
 
-// storeSQL stores one request id (store), and drops the job's deadline
-// to start by its key (a semi join with f was planned, on the small table,
-// as a scan of every deadline; TestStoreDropsTheDeadlineByItsKey).
+// storeSQL stores one request id (store).
 const storeSQL = `
 WITH f AS (
     UPDATE fal_requests
@@ -160,7 +158,7 @@ WITH f AS (
      WHERE id = $1 AND job_id = $2 AND (request_id IS NULL OR request_id = $3)
     RETURNING job_id
 ), d AS (
-    DELETE FROM ai_job_deadlines WHERE job_id = $2 AND missed_at IS NULL AND EXISTS (SELECT 1 FROM f)
+    DELETE FROM ai_job_deadlines WHERE job_id IN (SELECT job_id FROM f) AND missed_at IS NULL
 )
 SELECT count(*) FROM f`
 
@@ -491,14 +489,19 @@ func (r *Requests) abandoned(ctx context.Context, log *slog.Logger, s *slot, why
 		slog.Int64("claim", s.id), slog.String("key", fmt.Sprintf("key-%d", s.req.Key)), slog.String("why", why))
 }
 
+// unresolvedCancelsSQL reads the requests cancelled while fal ran them
+// whose outcome fal has not told yet (through their own small index,
+// fal_requests_cancel_unresolved, not the table).
+const unresolvedCancelsSQL = `
+SELECT ` + slotColumns + ` FROM fal_requests
+ WHERE state = 'cancelled' AND cancel_outcome IS NULL AND request_id IS NOT NULL
+   AND finished_at > now() - interval '1 hour'
+ ORDER BY id LIMIT 100`
+
 // resolveCancels reads the requests cancelled while fal was running them
 // until fal ends them, and records what fal did.
 func (r *Requests) resolveCancels(ctx context.Context) (int, error) {
-	rows, err := r.pool.Query(ctx, `
-SELECT `+slotColumns+` FROM fal_requests
- WHERE state = 'cancelled' AND cancel_outcome IS NULL AND request_id IS NOT NULL
-   AND finished_at > now() - interval '1 hour'
- ORDER BY id LIMIT 100`)
+	rows, err := r.pool.Query(ctx, unresolvedCancelsSQL)
 	if err != nil {
 		return 0, err
 	}

@@ -222,6 +222,8 @@ func TestSquashedSchema(t *testing.T) {
 		"index fal_requests_open_key",
 		"index fal_requests_open_user",
 		"index fal_requests_recent",
+		// The sweeper's requests cancelled with fal's outcome unknown.
+		"index fal_requests_cancel_unresolved",
 		// fal's output is kept with the request that produced it (the job's
 		// result, ai_jobs.result); a user's requests newest first.
 		"column fal_requests.result",
