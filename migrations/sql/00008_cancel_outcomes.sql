@@ -6,7 +6,10 @@
 -- rows read for none found, 112 ms, after one versus-seed run; a table
 -- keeps days of requests). These rows are few and short-lived, so the
 -- index is too. Built concurrently: fal_requests takes writes throughout.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS fal_requests_cancel_unresolved ON fal_requests (id)
+-- A build that was interrupted leaves an invalid index and this migration
+-- unapplied; the drop first makes running it again build it afresh.
+DROP INDEX CONCURRENTLY IF EXISTS fal_requests_cancel_unresolved;
+CREATE INDEX CONCURRENTLY fal_requests_cancel_unresolved ON fal_requests (id)
     WHERE state = 'cancelled' AND cancel_outcome IS NULL AND request_id IS NOT NULL;
 
 -- +goose Down
