@@ -194,12 +194,7 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	if err := rows.Err(); err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
-	if generic {
-		if _, err := br.Exec(); err != nil {
-			return unavailable(fmt.Errorf("admission checks: %w", err))
-		}
-	}
-	if err := br.Close(); err != nil {
+	if err := br.Close(); err != nil { // reads Restore's result too
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
 	return refused
