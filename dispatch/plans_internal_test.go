@@ -11,10 +11,11 @@ import (
 	"github.com/aiqueue/aiqueue/internal/pgtest"
 )
 
-// The tests here run a statement on the plan a server keeps for it: a
-// prepared statement's generic plan, made at its sixth call while the
-// tables were still small, is used until something invalidates it, however
-// the tables grow.
+// The tests here count the rows a statement of the package reads, on the
+// plan a server would run it on. The candidates statement's is the one a
+// server keeps (explainGrown): a prepared statement's generic plan, made
+// at its sixth call while the tables were still small, is used until
+// something invalidates it, however the tables grow.
 
 // TestCandidatesReadDeadlinesOnce: the line's candidates statement, after
 // 100 users queued 500 jobs and 3,020 deadlines wait, reads
