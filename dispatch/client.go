@@ -3,6 +3,7 @@ package dispatch
 import (
 	"cmp"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -52,6 +53,20 @@ const DefaultJobRetention = 30 * 24 * time.Hour
 // is recovered within about two minutes instead of River's default hour.
 const DefaultRescueAfter = 2 * time.Minute
 
+// droppedIndexes are River's indexes that migration 00009 drops: GIN
+// indexes over river_job's args and metadata that nothing reads through
+// and every job's four row versions write to.
+var droppedIndexes = []string{"river_job_args_index", "river_job_metadata_index"}
+
+// ReindexedIndexes are the indexes River's reindexer rebuilds: River's
+// defaults but the ones the migrations drop, which it would otherwise
+// warn about at every run.
+func ReindexedIndexes() []string {
+	return slices.DeleteFunc(river.ReindexerIndexNamesDefault(), func(name string) bool {
+		return slices.Contains(droppedIndexes, name)
+	})
+}
+
 // NewClient builds the River client: the three queues, AI worker, attempt
 // timeout and a rescuer that recovers a crashed worker's job within
 // RescueAfter.
@@ -74,6 +89,7 @@ func NewClient(pool *pgxpool.Pool, cfg ClientConfig) (*river.Client[pgx.Tx], err
 		PeriodicJobs:         cfg.Periodic,
 		Middleware:           cfg.Middleware,
 		PollOnly:             cfg.PollOnly,
+		ReindexerIndexNames:  ReindexedIndexes(),
 	}
 	retention := cmp.Or(cfg.JobRetention, DefaultJobRetention)
 	rc.CompletedJobRetentionPeriod = retention
