@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/internal/pgtest"
+	"github.com/aiqueue/aiqueue/jobs"
 )
 
 // The tests here count the rows a statement of the package reads, on the
@@ -149,4 +150,93 @@ func (n planNode) walk(f func(planNode)) {
 	for _, c := range n.Plans {
 		c.walk(f)
 	}
+}
+
+// TestCandidatesKeepToTheLineIndex: the line's candidates statement reads
+// each waiting user's jobs off the line index (river_job_fal_line), whatever
+// the statistics say. Under versus-seed a call took up to 2.8 s: planned
+// while the statistics said no job was pending and the line index, bloated
+// by the jobs that had left it, held few entries for its pages, River's
+// fetching index looked cheaper, and each of the 201 steps of the walk
+// read all 4,758 pending jobs off it and sorted them.
+func TestCandidatesKeepToTheLineIndex(t *testing.T) {
+	ctx := context.Background()
+	tx := staleLine(t)
+	_, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode TO DEFAULT`) // a custom plan, as the slow call's
+	require.NoError(t, err)
+	br := tx.SendBatch(ctx, inIndexOrder(`EXPLAIN (ANALYZE, FORMAT JSON) `+candidatesSQL, jobs.QueueUrgent, 3))
+	require.NoError(t, sortsAvoided(br))
+	var out []byte
+	require.NoError(t, br.QueryRow().Scan(&out))
+	require.NoError(t, br.Close())
+	plan := parsePlan(t, out)
+	var read float64
+	plan.walk(func(n planNode) {
+		if n.Relation == "river_job" {
+			read += n.read()
+		}
+	})
+	require.Equal(t, 300.0, plan.Rows, "3 jobs of each of 100 users")
+	require.Less(t, read, 1000.0, "river_job rows read for 300 candidates of 100 users:\n%s", out)
+	require.NotContains(t, string(out), `"JIT"`, "compiled: the cost that keeps sorts out made it look costly")
+}
+
+// TestLineFunctionsKeepToTheLineIndex: the reading of a queue's line that
+// the API shares among the jobs it places (fal_line_waiting, up to 3 s a
+// call under versus-seed) and a job's place against it (fal_line_place)
+// read the waiting users' jobs off the line index on the statistics of
+// TestCandidatesKeepToTheLineIndex, not every pending job per user.
+func TestLineFunctionsKeepToTheLineIndex(t *testing.T) {
+	ctx := context.Background()
+	tx := staleLine(t)
+	fetched := func() int64 {
+		var n int64
+		require.NoError(t, tx.QueryRow(ctx, `
+SELECT COALESCE(idx_tup_fetch, 0) + COALESCE(seq_tup_read, 0) FROM pg_stat_xact_user_tables WHERE relname = 'river_job'`).Scan(&n))
+		return n
+	}
+	before := fetched()
+	var users, waiting, place int
+	require.NoError(t, tx.QueryRow(ctx, `
+WITH r AS (SELECT array_agg(user_id) u, array_agg(head) h, array_agg(waiting) w, array_agg(inflight) i, sum(waiting) n
+             FROM fal_line_waiting('urgent', 5000))
+SELECT cardinality(r.u), r.n, fal_line_place((SELECT max(id) FROM river_job), 5000, 0, r.u, r.h, r.w, r.i) FROM r`).Scan(&users, &waiting, &place))
+	require.Equal(t, 100, users)
+	require.Equal(t, 3000, waiting)
+	require.Equal(t, 2999, place, "the last of 3,000 jobs of 100 users, who all have 30")
+	// The walk reads each user's first job, the count its 30, and the
+	// place the user's 29 ahead: about 3,500 rows, not 100 times 3,000.
+	require.Less(t, fetched()-before, int64(5000), "river_job rows read by index or scan")
+	// With sorts off, the one sort left (the users' order) keeps its
+	// penalty, and a statement that costly is JIT-compiled: 280 ms a call.
+	var config []string
+	require.NoError(t, tx.QueryRow(ctx, `
+SELECT array_agg(c ORDER BY p.proname, c) FROM pg_proc p, unnest(p.proconfig) c
+ WHERE p.proname IN ('fal_line_waiting', 'fal_line_place')`).Scan(&config))
+	require.Equal(t, []string{"enable_sort=off", "jit=off", "enable_sort=off", "jit=off"}, config)
+}
+
+// staleLine is a transaction (planTx) whose line holds 3,000 jobs of 100
+// users on statistics that say it is empty: 2,000 jobs went through the
+// line and left it (their entries in the line index stay until a vacuum),
+// the statistics were taken with none pending, and a vacuum found the
+// index nearly empty.
+func staleLine(t *testing.T) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx := planTx(t)
+	_, err := tx.Exec(ctx, `
+INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
+SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 100 + 1)::text, 12, '0'), 'cost', 1),
+       3, 'urgent', 'pending', 1
+  FROM generate_series(1, 2000) i;
+UPDATE river_job SET state = 'available' WHERE state = 'pending';
+ANALYZE river_job;
+UPDATE pg_class SET reltuples = 10 WHERE relname = 'river_job_fal_line';
+INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
+SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 100 + 1)::text, 12, '0'), 'cost', 1),
+       3, 'urgent', 'pending', 1
+  FROM generate_series(1, 3000) i`)
+	require.NoError(t, err)
+	return tx
 }
