@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 
+	"github.com/aiqueue/aiqueue/internal/plans"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -391,47 +392,6 @@ SELECT j.id, p.user_id, j.attempt, j.args ->> 'operation', j.args ->> 'model', t
  WHERE p.queue = $1 AND j.state = 'scheduled'
    AND j.id <> ALL (ARRAY(SELECT job_id FROM ai_job_deadlines WHERE missed_at IS NULL AND start_by <= now()))`
 
-// avoidSorts makes the rest of a transaction's statements read rows in an
-// index's order rather than sort them, until allowSorts. The line's walks
-// (candidatesSQL) read each waiting user's jobs in order off the line index
-// (river_job_fal_line); planned while the statistics say no job is pending
-// (they were taken when the line was empty, and it fills and empties
-// within seconds) and the line index, bloated by the jobs that left it,
-// holds few entries for its pages, River's fetching index and a sort
-// looked cheaper, and a call read every pending job once per user
-// (TestCandidatesKeepToTheLineIndex). JIT goes off with sorts: the cost
-// that keeps sorts out stays on any sort a statement cannot avoid, and a
-// statement that costly is JIT-compiled (hundreds of milliseconds).
-var (
-	avoidSorts = []string{"SET LOCAL enable_sort = off", "SET LOCAL jit = off"}
-	allowSorts = []string{"SET LOCAL enable_sort TO DEFAULT", "SET LOCAL jit TO DEFAULT"}
-)
-
-// inIndexOrder is a batch running sql with args between avoidSorts and
-// allowSorts, in one round trip; read it with sortsAvoided.
-func inIndexOrder(sql string, args ...any) *pgx.Batch {
-	b := &pgx.Batch{}
-	for _, s := range avoidSorts {
-		b.Queue(s)
-	}
-	b.Queue(sql, args...)
-	for _, s := range allowSorts {
-		b.Queue(s)
-	}
-	return b
-}
-
-// sortsAvoided reads the results of an inIndexOrder batch up to its
-// statement's, which is br's next.
-func sortsAvoided(br pgx.BatchResults) error {
-	for range avoidSorts {
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // serveOnce serves the line once in one transaction and returns how many
 // jobs got a slot.
 func (l *Line) serveOnce(ctx context.Context) (int, time.Time, error) {
@@ -533,9 +493,12 @@ func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waitin
 	l.mu.Lock()
 	per := prefetch(n, l.walked[q])
 	l.mu.Unlock()
-	br := tx.SendBatch(ctx, inIndexOrder(candidatesSQL, q, per))
+	// In the line index's order, whatever the statistics (plans.AvoidSorts).
+	b := &pgx.Batch{}
+	plans.Queue(b, candidatesSQL, q, per)
+	br := tx.SendBatch(ctx, b)
 	defer br.Close() //nolint:errcheck // closed below; a second Close is a no-op
-	if err := sortsAvoided(br); err != nil {
+	if err := plans.Avoided(br); err != nil {
 		return nil, err
 	}
 	rows, err := br.Query()
@@ -550,7 +513,7 @@ func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waitin
 	if err != nil {
 		return nil, err
 	}
-	if err := br.Close(); err != nil { // reads allowSorts' result too
+	if err := br.Close(); err != nil { // reads AllowSorts' results too
 		return nil, err
 	}
 	if len(list) == 0 {

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aiqueue/aiqueue/internal/pgtest"
+	"github.com/aiqueue/aiqueue/internal/plans"
 	"github.com/aiqueue/aiqueue/jobs"
 )
 
@@ -164,8 +165,10 @@ func TestCandidatesKeepToTheLineIndex(t *testing.T) {
 	tx := staleLine(t)
 	_, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode TO DEFAULT`) // a custom plan, as the slow call's
 	require.NoError(t, err)
-	br := tx.SendBatch(ctx, inIndexOrder(`EXPLAIN (ANALYZE, FORMAT JSON) `+candidatesSQL, jobs.QueueUrgent, 3))
-	require.NoError(t, sortsAvoided(br))
+	b := &pgx.Batch{}
+	plans.Queue(b, `EXPLAIN (ANALYZE, FORMAT JSON) `+candidatesSQL, jobs.QueueUrgent, 3)
+	br := tx.SendBatch(ctx, b)
+	require.NoError(t, plans.Avoided(br))
 	var out []byte
 	require.NoError(t, br.QueryRow().Scan(&out))
 	require.NoError(t, br.Close())

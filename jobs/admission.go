@@ -147,7 +147,8 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	if generic {
 		b.Queue(plans.ForceGeneric)
 	}
-	b.Queue(admitSQL, probes, positionCap, users, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending)
+	// The probes' counts read the line index in order (plans.AvoidSorts).
+	plans.Queue(b, admitSQL, probes, positionCap, users, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending)
 	if generic {
 		b.Queue(plans.Restore)
 	}
@@ -157,6 +158,9 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 		if _, err := br.Exec(); err != nil {
 			return unavailable(fmt.Errorf("admission checks: %w", err))
 		}
+	}
+	if err := plans.Avoided(br); err != nil {
+		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
 	rows, err := br.Query()
 	if err != nil {
@@ -194,7 +198,7 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	if err := rows.Err(); err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
-	if err := br.Close(); err != nil { // reads Restore's result too
+	if err := br.Close(); err != nil { // reads AllowSorts' and Restore's results too
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
 	return refused

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/aiqueue/aiqueue/internal/plans"
 )
 
 // Job is an AI job as the API shows it.
@@ -204,7 +206,7 @@ SELECT probed.id, p.waiting, p.user_id, p.mine, p.inflight
                 SELECT 1 FROM river_job r
                  WHERE r.state = 'pending' AND r.kind = 'ai' AND r.queue = j.queue
                    AND r.args ->> 'user_id' = j.args ->> 'user_id' AND r.id < j.id
-                 LIMIT $2) x) AS mine,
+                 ORDER BY r.id LIMIT $2) x) AS mine,
            (SELECT count(*) FROM fal_requests f WHERE f.finished_at IS NULL AND f.user_id = (j.args ->> 'user_id')::uuid) AS inflight
       FROM river_job j
      WHERE j.id = probed.id AND j.kind = 'ai'
@@ -215,12 +217,8 @@ SELECT probed.id, p.waiting, p.user_id, p.mine, p.inflight
 // the job's own part when its submission read it, nil to read it now.
 func (s *Service) place(ctx context.Context, id int64, queue string, p *lineProbe) (*int, error) {
 	if p == nil {
-		p = &lineProbe{}
-		err := s.pool.QueryRow(ctx, probeSQL, []int64{id}, positionCap).Scan(new(int64), &p.waiting, &p.userID, &p.mine, &p.inflight)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, nil
-		}
-		if err != nil {
+		var err error
+		if p, err = s.probe(ctx, id); p == nil || err != nil {
 			return nil, err
 		}
 	}
@@ -243,6 +241,33 @@ SELECT fal_line_ahead($1, $2), COALESCE(array_agg(user_id), '{}'), COALESCE(arra
 	}
 	position := r.place(id, *p)
 	return &position, nil
+}
+
+// probe reads the lineProbe of River job id (probeSQL), nil when it is
+// not an AI job. Its count of the user's jobs ahead reads the line index
+// in order, whatever the statistics (plans.AvoidSorts): so it runs in a
+// transaction of its own, in one round trip.
+func (s *Service) probe(ctx context.Context, id int64) (*lineProbe, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN READ ONLY")
+	plans.Queue(b, probeSQL, []int64{id}, positionCap)
+	b.Queue("COMMIT")
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close() //nolint:errcheck // closed below; a second Close is a no-op
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	if err := plans.Avoided(br); err != nil {
+		return nil, err
+	}
+	p := &lineProbe{}
+	err := br.QueryRow().Scan(new(int64), &p.waiting, &p.userID, &p.mine, &p.inflight)
+	if errors.Is(err, pgx.ErrNoRows) {
+		p = nil
+	} else if err != nil {
+		return nil, err
+	}
+	return p, br.Close()
 }
 
 // place is the place in line of waiting job id, whose own part is p:
