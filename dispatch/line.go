@@ -493,7 +493,7 @@ func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waitin
 	l.mu.Lock()
 	per := prefetch(n, l.walked[q])
 	l.mu.Unlock()
-	// In the line index's order, whatever the statistics (plans.AvoidSorts).
+	// In the line index's order, whatever the statistics (plans.Queue).
 	b := &pgx.Batch{}
 	plans.Queue(b, candidatesSQL, q, per)
 	br := tx.SendBatch(ctx, b)
@@ -513,7 +513,7 @@ func (l *Line) choose(ctx context.Context, tx pgx.Tx, q string, n int) ([]waitin
 	if err != nil {
 		return nil, err
 	}
-	if err := br.Close(); err != nil { // reads AllowSorts' results too
+	if err := br.Close(); err != nil { // reads the settings' results too
 		return nil, err
 	}
 	if len(list) == 0 {

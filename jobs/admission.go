@@ -147,7 +147,7 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	if generic {
 		b.Queue(plans.ForceGeneric)
 	}
-	// The probes' counts read the line index in order (plans.AvoidSorts).
+	// The probes' counts read the line index in order (plans.Queue).
 	plans.Queue(b, admitSQL, probes, positionCap, users, t.Microseconds(), tolerance.Microseconds(), l.UserMaxPending)
 	if generic {
 		b.Queue(plans.Restore)
@@ -198,7 +198,7 @@ func (s *Service) admit(ctx context.Context, tx pgx.Tx, subs []*Submission) erro
 	if err := rows.Err(); err != nil {
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
-	if err := br.Close(); err != nil { // reads AllowSorts' and Restore's results too
+	if err := br.Close(); err != nil { // reads the settings' and Restore's results too
 		return unavailable(fmt.Errorf("admission checks: %w", err))
 	}
 	return refused

@@ -33,6 +33,8 @@ func TestAdmitPlans(t *testing.T) {
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx) //nolint:errcheck // nothing is kept
+	// Planned with the settings admit runs it with (plans.Queue).
+	require.NoError(t, plans.InIndexOrder(ctx, tx))
 
 	planned := func(label string) (custom, generic string) {
 		var probe int64

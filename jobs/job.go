@@ -245,7 +245,7 @@ SELECT fal_line_ahead($1, $2), COALESCE(array_agg(user_id), '{}'), COALESCE(arra
 
 // probe reads the lineProbe of River job id (probeSQL), nil when it is
 // not an AI job. Its count of the user's jobs ahead reads the line index
-// in order, whatever the statistics (plans.AvoidSorts): so it runs in a
+// in order, whatever the statistics (plans.Queue): so it runs in a
 // transaction of its own, in one round trip.
 func (s *Service) probe(ctx context.Context, id int64) (*lineProbe, error) {
 	b := &pgx.Batch{}

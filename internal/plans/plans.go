@@ -1,5 +1,7 @@
 // Package plans tells the busiest statements when to run on their generic
-// plan: once the tables they read have grown (Grown).
+// plan: once the tables they read have grown (Grown); and runs the reads of
+// the line for fal slots in the line index's order, whatever the
+// statistics say (Queue).
 //
 // Postgres plans a prepared statement again at each execution (a custom
 // plan) for as long as its generic plan looks costlier than the custom
@@ -47,9 +49,9 @@ const ForceGeneric = "SET LOCAL plan_cache_mode = force_generic_plan"
 // ForceGeneric that is not the transaction's last.
 const Restore = "SET LOCAL plan_cache_mode TO DEFAULT"
 
-// AvoidSorts makes the rest of a transaction's statements read rows in an
-// index's order rather than sort them, until AllowSorts; Queue puts a
-// statement between the two. The line's reads walk each waiting user's
+// avoidSorts makes the rest of a transaction's statements read rows in an
+// index's order rather than sort them, until allowSorts; Queue puts a
+// statement between the two (InIndexOrder for a whole transaction). The line's reads walk each waiting user's
 // jobs in order off the line index (river_job_fal_line: queue, user, id,
 // of the pending jobs). Planned while the statistics say no job is pending
 // (taken when the line was empty; it fills and empties within seconds)
@@ -64,26 +66,36 @@ const Restore = "SET LOCAL plan_cache_mode TO DEFAULT"
 // (280 ms a call). The SQL functions that read the line carry the same
 // two settings (migration 00010).
 var (
-	AvoidSorts = []string{"SET LOCAL enable_sort = off", "SET LOCAL jit = off"}
-	AllowSorts = []string{"SET LOCAL enable_sort TO DEFAULT", "SET LOCAL jit TO DEFAULT"}
+	avoidSorts = []string{"SET LOCAL enable_sort = off", "SET LOCAL jit = off"}
+	allowSorts = []string{"SET LOCAL enable_sort TO DEFAULT", "SET LOCAL jit TO DEFAULT"}
 )
 
-// Queue queues sql with args on b between AvoidSorts and AllowSorts (in a
+// InIndexOrder runs the rest of tx's statements as Queue runs one (for
+// tests that plan such a statement as it runs).
+func InIndexOrder(ctx context.Context, tx pgx.Tx) error {
+	b := &pgx.Batch{}
+	for _, s := range avoidSorts {
+		b.Queue(s)
+	}
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// Queue queues sql with args on b between avoidSorts and allowSorts (in a
 // transaction); read the results with Avoided first.
 func Queue(b *pgx.Batch, sql string, args ...any) {
-	for _, s := range AvoidSorts {
+	for _, s := range avoidSorts {
 		b.Queue(s)
 	}
 	b.Queue(sql, args...)
-	for _, s := range AllowSorts {
+	for _, s := range allowSorts {
 		b.Queue(s)
 	}
 }
 
-// Avoided reads the results of AvoidSorts, queued by Queue, from br, whose
-// next result is then the statement's; Close reads AllowSorts'.
+// Avoided reads the results of avoidSorts, queued by Queue, from br, whose
+// next result is then the statement's; Close reads allowSorts'.
 func Avoided(br pgx.BatchResults) error {
-	for range AvoidSorts {
+	for range avoidSorts {
 		if _, err := br.Exec(); err != nil {
 			return err
 		}

@@ -10,8 +10,8 @@
 -- dispatcher's own walk (dispatch.candidatesSQL), both burning the CPU the
 -- rest needed. The functions now ask for each user's jobs in id order and
 -- run with sorts off, so only the line index can answer in that order
--- (the dispatcher's walk and the admission's probe do the same: plans.AvoidSorts), and with
--- JIT off: the cost that keeps sorts out also stays on the one sort left
+-- (the dispatcher's walk and the admission's probe do the same,
+-- plans.Queue), and with JIT off: the cost that keeps sorts out also stays on the one sort left
 -- (the users' order), and a statement that costly is JIT-compiled (280 ms a
 -- call of fal_line_waiting on a tiny line).
 -- +goose StatementBegin
