@@ -157,11 +157,6 @@ func TestSquashedSchema(t *testing.T) {
 		// them, and every job's four row versions wrote to them (00009).
 		"index river_job_args_index",
 		"index river_job_metadata_index",
-		// A settlement writes its metrics outcome row itself
-		// (credit_settle, one statement, 00011), not by a trigger on the
-		// hold.
-		"function credit_holds_record_outcome()",
-		"trigger credit_holds.credit_holds_record_outcome",
 	}
 	// What it added.
 	added := []string{
@@ -403,8 +398,6 @@ func TestSquashedSchema(t *testing.T) {
 		"trigger credit_entries.credit_entries_no_truncate",
 		"trigger credit_holds.credit_holds_no_truncate",
 		"trigger credit_holds.credit_holds_only_by_reserve",
-		// ... and after the update, only one it refuses (00011): a
-		// settlement neither locks the hold's row first nor calls it.
 		"trigger credit_holds.credit_holds_settle_once",
 		// fal dropped a completed request's result: 'expired'.
 		"constraint fal_requests.fal_requests_state_check",
