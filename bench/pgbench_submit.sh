@@ -38,7 +38,7 @@ psql "$scratch_url" -qX -v ON_ERROR_STOP=1 <<SQL
 INSERT INTO credit_entries (user_id, kind, amount, reason)
 SELECT format('00000000-0000-4000-8000-%s', lpad(i::text, 12, '0'))::uuid, 'grant', 1125899906842624, 'pgbench'
   FROM generate_series(0, ${USERS} - 1) AS i;
-INSERT INTO credit_accounts (user_id, balance)
+INSERT INTO credit_accounts (user_id, available)
 SELECT user_id, amount FROM credit_entries WHERE reason = 'pgbench';
 SQL
 

@@ -119,7 +119,7 @@ func (e *env) rawSettle(ctx context.Context, dbURL string) (SettleResult, error)
 	cfg := e.cfg
 	res := SettleResult{Jobs: cfg.SettleJobs}
 	// The server's pool size (DATABASE_MAX_CONNS default).
-	pool, err := openPool(ctx, dbURL, 40)
+	pool, err := openPool(ctx, dbURL, 10)
 	if err != nil {
 		return res, err
 	}

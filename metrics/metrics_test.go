@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
@@ -164,4 +165,54 @@ func TestMetrics(t *testing.T) {
 			require.GreaterOrEqual(t, g.value("aiqueue_queue_oldest_available_seconds", map[string]string{"queue": q}), 0.0)
 		}
 	})
+}
+
+// TestPoolMetrics checks the pgx pool's figures: a goroutine that finds
+// every connection taken waits, and the wait is counted and timed.
+func TestPoolMetrics(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	m := metrics.NewMetrics(b.Pool, nil)
+	reg := prometheus.NewRegistry()
+	require.NoError(t, m.Register(reg))
+
+	before := gather(t, reg)
+	size := b.Pool.Config().MaxConns
+	require.Equal(t, float64(size), before.value("aiqueue_db_pool_max_connections", nil))
+
+	var held []*pgxpool.Conn
+	for range size {
+		c, err := b.Pool.Acquire(ctx)
+		require.NoError(t, err)
+		held = append(held, c)
+	}
+	full := gather(t, reg)
+	require.Equal(t, float64(size), full.value("aiqueue_db_pool_connections", map[string]string{"state": "acquired"}))
+	require.Equal(t, 0.0, full.value("aiqueue_db_pool_connections", map[string]string{"state": "idle"}))
+	// Opening a connection counts as a wait too (pgxpool's EmptyAcquireCount).
+	waits := full.value("aiqueue_db_pool_acquire_waits_total", nil)
+	waited := full.value("aiqueue_db_pool_acquire_wait_seconds_total", nil)
+
+	got := make(chan error, 1)
+	go func() {
+		c, err := b.Pool.Acquire(ctx)
+		if err == nil {
+			c.Release()
+		}
+		got <- err
+	}()
+	const hold = 100 * time.Millisecond
+	time.Sleep(hold)
+	held[0].Release()
+	require.NoError(t, <-got)
+	for _, c := range held[1:] {
+		c.Release()
+	}
+
+	after := gather(t, reg)
+	require.Equal(t, waits+1, after.value("aiqueue_db_pool_acquire_waits_total", nil))
+	require.GreaterOrEqual(t, after.value("aiqueue_db_pool_acquire_wait_seconds_total", nil)-waited, hold.Seconds()/2)
+	require.Greater(t, after.value("aiqueue_db_pool_acquires_total", nil), before.value("aiqueue_db_pool_acquires_total", nil)+float64(size))
+	require.Equal(t, 0.0, after.value("aiqueue_db_pool_connections", map[string]string{"state": "acquired"}))
 }

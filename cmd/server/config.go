@@ -160,7 +160,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	c := Config{
 		DatabaseURL:       getenv("DATABASE_URL"),
-		DatabaseMaxConns:  int32(num("DATABASE_MAX_CONNS", 40)), //nolint:gosec // range-checked below
+		DatabaseMaxConns:  int32(num("DATABASE_MAX_CONNS", DefaultDatabaseMaxConns)), //nolint:gosec // range-checked below
 		DataDir:           cmp.Or(getenv("DATA_DIR"), ".data"),
 		ListenAddr:        cmp.Or(getenv("LISTEN_ADDR"), ":8080"),
 		MetricsAddr:       cmp.Or(getenv("METRICS_ADDR"), DefaultMetricsAddr),
@@ -352,6 +352,17 @@ func httpsOrLoopback(raw string) bool {
 	}
 	return u.Scheme == "https" || (u.Scheme == "http" && isLoopbackHost(u.Hostname()))
 }
+
+// DefaultDatabaseMaxConns is the pool size when DATABASE_MAX_CONNS is not
+// set. A process's goroutines then queue for a connection in the pool,
+// where waiting costs nothing, rather than inside Postgres, where forty
+// statements at once on a few cores mostly wait on each other's row locks,
+// WAL flushes and CPU. Under versus-seed (docs/benchmarks.md, "Day
+// (2026-12-07)") pools of 8 to 16 answered more submits than 40 with a
+// p99 below the seed design's in every round. A worker holds a connection
+// only while it talks to Postgres, never while fal works (README, "Sizing
+// the pgx pool").
+const DefaultDatabaseMaxConns = 10
 
 // DefaultMetricsAddr is where /metrics is served when METRICS_ADDR is not
 // set: loopback only, on a port of its own.
