@@ -140,6 +140,9 @@ func (a *aqSystem) serverEnv() map[string]string {
 		"USER_MAX_PENDING":      "1000000",
 		"QUEUE_MAX_PENDING":     "10000000",
 		"QUEUE_URGENT_WORKERS":  strconv.Itoa(a.e.cfg.SeedConcurrency),
+		// A port of its own: a server of another bench on this machine
+		// must not keep this one from starting.
+		"METRICS_ADDR": "auto",
 	}
 	if a.pprof {
 		m["PPROF_ADDR"] = "auto"
