@@ -220,26 +220,11 @@ SELECT array_agg(c ORDER BY p.proname, c) FROM pg_proc p, unnest(p.proconfig) c
 }
 
 // staleLine is a transaction (planTx) whose line holds 3,000 jobs of 100
-// users on statistics that say it is empty: 2,000 jobs went through the
-// line and left it (their entries in the line index stay until a vacuum),
-// the statistics were taken with none pending, and a vacuum found the
-// index nearly empty.
+// users on statistics that say it is empty, after 2,000 went through it
+// (pgtest.StaleLine).
 func staleLine(t *testing.T) pgx.Tx {
 	t.Helper()
-	ctx := context.Background()
 	tx := planTx(t)
-	_, err := tx.Exec(ctx, `
-INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
-SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 100 + 1)::text, 12, '0'), 'cost', 1),
-       3, 'urgent', 'pending', 1
-  FROM generate_series(1, 2000) i;
-UPDATE river_job SET state = 'available' WHERE state = 'pending';
-ANALYZE river_job;
-UPDATE pg_class SET reltuples = 10 WHERE relname = 'river_job_fal_line';
-INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
-SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 100 + 1)::text, 12, '0'), 'cost', 1),
-       3, 'urgent', 'pending', 1
-  FROM generate_series(1, 3000) i`)
-	require.NoError(t, err)
+	pgtest.StaleLine(t, tx, 100, 2000, 3000)
 	return tx
 }

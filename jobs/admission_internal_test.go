@@ -96,21 +96,8 @@ func TestAdmitProbeKeepsToTheLineIndex(t *testing.T) {
 	tx, err := pgtest.NewDB(t).Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx) //nolint:errcheck // nothing is kept
-	_, err = tx.Exec(ctx, `
-INSERT INTO credit_accounts (user_id, available)
-SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 1000 FROM generate_series(1, 50) i;
-INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
-SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 50 + 1)::text, 12, '0'), 'cost', 1),
-       3, 'urgent', 'pending', 1
-  FROM generate_series(1, 5000) i;
-UPDATE river_job SET state = 'available' WHERE state = 'pending';
-ANALYZE river_job;
-UPDATE pg_class SET reltuples = 10 WHERE relname = 'river_job_fal_line';
-INSERT INTO river_job (kind, args, max_attempts, queue, state, priority)
-SELECT 'ai', jsonb_build_object('user_id', '00000000-0000-4000-8000-' || lpad((i % 50 + 1)::text, 12, '0'), 'cost', 1),
-       3, 'urgent', 'pending', 1
-  FROM generate_series(1, 2500) i`)
-	require.NoError(t, err)
+	// 2,500 jobs of 50 users wait, after 5,000 went through the line.
+	pgtest.StaleLine(t, tx, 50, 5000, 2500)
 	var probe int64
 	var user string
 	require.NoError(t, tx.QueryRow(ctx, `SELECT id, args ->> 'user_id' FROM river_job ORDER BY id DESC LIMIT 1`).Scan(&probe, &user))
