@@ -140,7 +140,7 @@ func NewMetrics(pool *pgxpool.Pool, logger *slog.Logger) *Metrics {
 	}
 }
 
-// Register registers every job metric with reg.
+// Register registers every job metric, and the pgx pool's figures, with reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.submitted, m.reserved, m.queueWait, m.runTime, m.attempts, (*dbCollector)(m), poolCollector{m.pool}} {
 		if err := reg.Register(c); err != nil {
