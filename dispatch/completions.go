@@ -25,10 +25,8 @@ import (
 // busy server waits for one WAL flush per group instead of one per job,
 // and a quiet one adds no wait (River's own batch completer waits up to a
 // quarter of a second for a batch to fill, which a person clicking would
-// see). A group completes its jobs in one River statement (completeJobs).
-// Several groups commit at once: when a group completed one statement per
-// job, a single committing connection became what bounded a busy server
-// (22 of 32 workers waiting on it, the database half idle).
+// see). A group completes its jobs in one River statement (completeJobs),
+// and two groups commit at once (completionLeaders).
 //
 // A job whose attempt ended before its group commits (cancelled by a
 // person, past its timeout) is left out: River ends it the way its
@@ -58,8 +56,15 @@ type completion struct {
 // errNotRunning is a job River did not complete: it was not running.
 var errNotRunning = errors.New("the job is no longer running")
 
-// completionLeaders is how many groups commit at once in a process.
-const completionLeaders = 4
+// completionLeaders is how many groups commit at once in a process. While
+// a group completed one River statement per job it took four: with one,
+// the single committing connection bounded a busy server (22 of 32
+// workers waiting on it, the database half idle). A group is one
+// statement now, and two make groups of about 4 jobs instead of 2.3
+// under the versus-seed bench, with Postgres spending about 20% less CPU
+// per job and work finishing about 20% more jobs while submits come in
+// (docs/benchmarks.md, "Late morning (2026-12-07)").
+const completionLeaders = 2
 
 // commitTimeout bounds one group's transaction.
 const commitTimeout = 10 * time.Second
