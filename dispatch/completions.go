@@ -61,9 +61,10 @@ var errNotRunning = errors.New("the job is no longer running")
 // the single committing connection bounded a busy server (22 of 32
 // workers waiting on it, the database half idle). A group is one
 // statement now, and two make groups of about 4 jobs instead of 2.3
-// under the versus-seed bench, with Postgres spending about 20% less CPU
-// per job and work finishing about 20% more jobs while submits come in
-// (docs/benchmarks.md, "Late morning (2026-12-07)").
+// under the versus-seed bench, with Postgres spending about 13% less CPU
+// per job and work finishing about 14% more jobs while submits come in
+// than one statement per job (docs/benchmarks.md, "Late morning
+// (2026-12-07)").
 const completionLeaders = 2
 
 // commitTimeout bounds one group's transaction.
@@ -142,7 +143,10 @@ func (g *completions) commitTx(group []*completion) error {
 // request.
 func completeJobs(ctx context.Context, tx pgx.Tx, group []*completion) error {
 	// The attempt's context carries River's client (one per process).
-	client := river.ClientFromContext[pgx.Tx](group[0].ctx)
+	client, err := river.ClientFromContextSafely[pgx.Tx](group[0].ctx)
+	if err != nil {
+		return err
+	}
 	now := time.Now()
 	p := &riverdriver.JobSetStateIfRunningManyParams{Schema: client.Schema()}
 	for _, c := range group {
