@@ -60,11 +60,9 @@ var errNotRunning = errors.New("the job is no longer running")
 // a group completed one River statement per job it took four: with one,
 // the single committing connection bounded a busy server (22 of 32
 // workers waiting on it, the database half idle). A group is one
-// statement now, and two make groups of about 4 jobs instead of 2.3
-// under the versus-seed bench, with Postgres spending about 13% less CPU
-// per job and work finishing about 14% more jobs while submits come in
-// than one statement per job (docs/benchmarks.md, "Late morning
-// (2026-12-07)").
+// statement now, and with two the groups under the versus-seed bench hold
+// about 4 jobs instead of 2.3 (docs/benchmarks.md, "Late morning
+// (2026-12-07)", which has what the two changes did together).
 const completionLeaders = 2
 
 // commitTimeout bounds one group's transaction.
@@ -125,9 +123,9 @@ func (g *completions) commitTx(group []*completion) error {
 //
 // River has no public way to complete several jobs in a caller's
 // transaction: JobCompleteTx takes one job, and each call is a round trip
-// and a run of River's completion statement (1.1 ms a job, settlement
-// included, under the versus-seed bench; 0.7-0.8 ms with a group of about
-// two jobs to a statement; docs/benchmarks.md). So
+// and a run of River's completion statement (0.9-1.5 ms a job, settlement
+// included, under the versus-seed bench; 0.53-0.55 ms with groups of about
+// four jobs to a statement; docs/benchmarks.md). So
 // this is the one place the worker calls River's driver layer, with
 // exported API only: the client's Pilot and Driver, and the same
 // JobSetStateIfRunningMany call, with the same parameters per job, that
