@@ -188,6 +188,7 @@ func (e *env) runVersusSeed(ctx context.Context) error {
 	stat["shared_preload_libraries"] = "pg_stat_statements"
 	stat["pg_stat_statements.track"] = "all"
 	stat["track_functions"] = "pl"
+	stat["pg_stat_statements.track_planning"] = "on"
 	if err := aq.restartCluster(ctx, stat); err != nil {
 		return err
 	}
@@ -201,7 +202,7 @@ func (e *env) runVersusSeed(ctx context.Context) error {
 	}
 	res.Runs = append(res.Runs, run)
 	for _, top := range []bool{true, false} {
-		stats, err := statements(ctx, aq.pool, top, 15)
+		stats, err := statements(ctx, aq.pool, top, 20)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -490,6 +491,12 @@ type StmtStat struct {
 	Rows     int64   `json:"rows"`
 	Share    float64 `json:"share"`
 	TopLevel bool    `json:"top_level"`
+	// Plans and PlanMS: how often Postgres planned the statement and how
+	// long that took (pg_stat_statements.track_planning), apart from
+	// TotalMS; a statement planned at nearly every call runs on custom
+	// plans (package plans).
+	Plans  int64   `json:"plans"`
+	PlanMS float64 `json:"plan_ms"`
 }
 
 // statements reads the statements that took the most time, top-level ones
@@ -498,13 +505,13 @@ type StmtStat struct {
 func statements(ctx context.Context, pool *pgxpool.Pool, topLevel bool, limit int) ([]StmtStat, error) {
 	rows, err := pool.Query(ctx, `
 WITH s AS (
-  SELECT query, calls, total_exec_time, mean_exec_time, rows, toplevel
+  SELECT query, calls, total_exec_time, mean_exec_time, rows, toplevel, plans, total_plan_time
     FROM pg_stat_statements
    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND toplevel = $1
      AND query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%pg_stat_activity%'
 )
 SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 400), calls, total_exec_time, mean_exec_time, rows, toplevel,
-       total_exec_time / NULLIF(sum(total_exec_time) OVER (), 0)
+       total_exec_time / NULLIF(sum(total_exec_time) OVER (), 0), plans, total_plan_time
   FROM s ORDER BY total_exec_time DESC LIMIT $2`, topLevel, limit)
 	if err != nil {
 		return nil, fmt.Errorf("pg_stat_statements: %w", err)
@@ -512,7 +519,7 @@ SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 400), calls, total_exec_time
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (StmtStat, error) {
 		var s StmtStat
 		var share *float64
-		err := r.Scan(&s.Query, &s.Calls, &s.TotalMS, &s.MeanMS, &s.Rows, &s.TopLevel, &share)
+		err := r.Scan(&s.Query, &s.Calls, &s.TotalMS, &s.MeanMS, &s.Rows, &s.TopLevel, &share, &s.Plans, &s.PlanMS)
 		if share != nil {
 			s.Share = *share
 		}
