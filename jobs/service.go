@@ -265,13 +265,19 @@ func (s *Service) SubmitJobs(ctx context.Context, userID string, items []Item, o
 // submissions, bounded by submitTimeout. A user's submissions always take
 // the same lane, so two groups of one process never hold the same account
 // row (with one committer for all, about half the groups waited on
-// another's account lock for its whole transaction). Eight lanes rather
-// than four: in the versus-seed bench (two cores saturated) four lanes
-// gave submits too small a share of Postgres (p99 1.8-3.0x the seed's),
-// eight brought the p99 back to the ungrouped server's (1.1-1.35x) and
-// kept the cost per job (Postgres 1.8-1.95x the bare SQL, from 2.2-2.5x).
+// another's account lock for its whole transaction). Four lanes: in the
+// versus-seed bench (two cores saturated, 2026-12-07, ten interleaved
+// rounds each) four lanes made groups of 4.3 submissions instead of
+// eight lanes' 2.3, took 12% less Postgres CPU and 10% less server CPU per
+// job, answered 16% more requests/s with the same p99, and finished 28%
+// more jobs while wrk ran. Twelve lanes (groups of 1.7) did worse on
+// every figure; two (groups of 8.2) did no better on requests/s in six
+// rounds, and would let one slow group hold up half the users'
+// submissions. (When eight were chosen, four gave submits too small a
+// share of the box, p99 1.8-3.0x the seed's; the statements per job have
+// shrunk since, docs/benchmarks.md.)
 const (
-	submitLanes    = 8
+	submitLanes    = 4
 	maxSubmitGroup = 64
 	submitTimeout  = 5 * time.Second
 )
