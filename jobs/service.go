@@ -266,10 +266,10 @@ func (s *Service) SubmitJobs(ctx context.Context, userID string, items []Item, o
 // the same lane, so two groups of one process never hold the same account
 // row (with one committer for all, about half the groups waited on
 // another's account lock for its whole transaction). Four lanes: in the
-// versus-seed bench (two cores saturated, 2026-12-07, ten interleaved
+// versus-seed bench (two cores saturated, 2026-12-07, fourteen interleaved
 // rounds each) four lanes made groups of 4.3 submissions instead of
-// eight lanes' 2.3, took 12% less Postgres CPU and 10% less server CPU per
-// job, answered 16% more requests/s with the same p99, and finished 28%
+// eight lanes' 2.3, took 11% less Postgres CPU and 9% less server CPU per
+// job, answered 14% more requests/s with the same p99, and finished 27%
 // more jobs while wrk ran. Twelve lanes (groups of 1.7) did worse on
 // every figure; two (groups of 8.2) did no better on requests/s in six
 // rounds, and would let one slow group hold up half the users'
