@@ -349,15 +349,13 @@ describe("Batch", () => {
       assert.equal(done.counts.succeeded, 2);
       assert.equal(counts.at(-1), "0/0/2");
       assert.ok(counts.length >= 2, counts.join(" "));
-      // Every update is a change: no count is reported twice in a row.
-      assert.ok(counts.every((c, i) => i === 0 || c !== counts[i - 1]), counts.join(" "));
       if (transport === "sse") {
         // The stream sends each change after the first: the jobs' running is
         // seen. A long poll is held until the counts differ from its own
         // first count, so a change that lands between two polls (both jobs
         // taken by fal in the few milliseconds between the plain read and
-        // the first long poll) is not reported on its own: CI saw
-        // "2/0/0 0/0/2".
+        // the first long poll) is not reported on its own: a fresh-clone
+        // make test saw "2/0/0 0/0/2".
         assert.ok(counts.some((c) => c.split("/")[1] !== "0"), `a running job was seen: ${counts.join(" ")}`);
       }
       const reads = rec.seen.filter((r) => r.url.pathname === `/v1/batches/${batch.id}`).map((r) => r.url.searchParams.get("wait"));
