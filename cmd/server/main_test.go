@@ -228,6 +228,13 @@ func TestSubmitWithoutCreditsWritesNothing(t *testing.T) {
 func TestSubmitAnswerIsTheStoredJob(t *testing.T) {
 	t.Parallel()
 	m := MustRunMain(t, map[string]string{"ROLE": "api"}) // nothing works the jobs
+	// An API process serves the line too: with a usable key it could give
+	// a job its slot between the submit and the read, and the place in line
+	// would rightly change. With every key cooling down the line holds
+	// still, so the two places must agree.
+	_, err := m.Pool().Exec(context.Background(),
+		`UPDATE fal_keys SET unusable_until = now() + interval '1 hour', unusable_reason = 'rate_limited'`)
+	require.NoError(t, err)
 	c, _ := newUser(t, m, 20)
 	for _, body := range []map[string]any{
 		{"operation": "generate", "params": map[string]any{"prompt": "a ring", "num_images": 2}},
@@ -239,4 +246,7 @@ func TestSubmitAnswerIsTheStoredJob(t *testing.T) {
 		require.NotNil(t, submitted.QueuePosition)
 		require.Equal(t, read, submitted)
 	}
+	var given int
+	require.NoError(t, m.Pool().QueryRow(context.Background(), `SELECT count(*) FROM fal_requests`).Scan(&given))
+	require.Zero(t, given, "the line gave a slot: the places compared may have moved")
 }
