@@ -193,9 +193,9 @@ func (c Config) validate() error {
 	if c.Users < 1 || c.UsersDuration <= 0 || c.ThinkMin <= 0 || c.ThinkMax < c.ThinkMin {
 		errs = append(errs, errors.New("need users >= 1, a duration and think min <= max"))
 	}
-	if c.Wrk.Threads < 1 || c.Wrk.Connections < c.Wrk.Threads || c.Wrk.Duration < time.Second || c.Rounds < 1 ||
+	if c.Wrk.Threads < 1 || c.Wrk.Connections < c.Wrk.Threads || c.Wrk.Duration < time.Second || c.Wrk.Rate < 0 || c.Rounds < 1 ||
 		c.VersusUsers < 1 || c.VersusUsers > c.maxUsers() || c.SeedConcurrency < 1 || c.DrainLimit <= 0 || c.BacklogJobs < 1 {
-		errs = append(errs, errors.New("need wrk threads >= 1, connections >= threads, a duration >= 1s, rounds >= 1, 1..1000 versus users, seed concurrency >= 1, a drain limit and backlog jobs >= 1"))
+		errs = append(errs, errors.New("need wrk threads >= 1, connections >= threads, a duration >= 1s, a rate >= 0, rounds >= 1, 1..1000 versus users, seed concurrency >= 1, a drain limit and backlog jobs >= 1"))
 	}
 	if s := c.Saturated; s.SlotsPerKey < 1 || s.BatchJobs < 1 || s.ClickUsers < 1 || s.ClickRate <= 0 || s.ClickFor <= 0 ||
 		s.Videos < 0 || s.SingleAt < 0 || s.LatencyScale <= 0 || 2+s.Videos+s.ClickUsers > c.maxUsers() {

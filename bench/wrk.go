@@ -24,15 +24,37 @@ import (
 //go:embed submit.lua
 var wrkScript []byte
 
-// WrkLoad is what wrk runs: threads, connections, duration.
+// WrkLoad is what wrk runs: threads, connections, duration and, when Rate
+// is set, a pace.
 type WrkLoad struct {
 	Threads     int           `json:"threads"`
 	Connections int           `json:"connections"`
 	Duration    time.Duration `json:"duration"`
+	// Rate paces the load at about this many requests per second in all
+	// (0: as fast as the answers come): each wrk thread sends on a
+	// schedule of Threads/Rate apart, whenever one of its connections is
+	// free, so both systems get the same load while they answer in time
+	// (the run's requests/s says what it was). It asks whether a system
+	// keeps up with a given load, where the unpaced run asks how much it
+	// takes.
+	Rate float64 `json:"rate,omitempty"`
 }
 
 func (l WrkLoad) String() string {
-	return fmt.Sprintf("wrk -t%d -c%d -d%s", l.Threads, l.Connections, l.Duration)
+	s := fmt.Sprintf("wrk -t%d -c%d -d%s", l.Threads, l.Connections, l.Duration)
+	if l.Rate > 0 {
+		s += fmt.Sprintf(", paced at %.0f requests/s", l.Rate)
+	}
+	return s
+}
+
+// everyMS is how far apart each wrk thread sends for the load to come at
+// Rate, in milliseconds; 0 when unpaced.
+func (l WrkLoad) everyMS() float64 {
+	if l.Rate <= 0 {
+		return 0
+	}
+	return float64(l.Threads) * 1000 / l.Rate
 }
 
 // WrkResult is one wrk run, from its done() summary.
@@ -91,7 +113,7 @@ func runWrk(ctx context.Context, dir, base, tokensFile string, load WrkLoad) (Wr
 	}
 	secs := max(int(load.Duration.Round(time.Second)/time.Second), 1)
 	args := []string{"-t" + strconv.Itoa(load.Threads), "-c" + strconv.Itoa(load.Connections),
-		"-d" + strconv.Itoa(secs) + "s", "--timeout", "10s", "-s", script, base + "/v1/jobs", "--", tokensFile}
+		"-d" + strconv.Itoa(secs) + "s", "--timeout", "10s", "-s", script, base + "/v1/jobs", "--", tokensFile, strconv.FormatFloat(load.everyMS(), 'f', 3, 64)}
 	ctx, cancel := context.WithTimeout(ctx, load.Duration+time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "wrk", args...)

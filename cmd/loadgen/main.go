@@ -92,6 +92,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	rounds := fs.Int("rounds", 0, fmt.Sprintf("versus-seed and backlog: runs of each side, interleaved (default %d)", def.Rounds))
 	wrkFor := fs.Duration("wrk-duration", 0, fmt.Sprintf("versus-seed and backlog: wrk -d (default %s)", def.Wrk.Duration))
 	wrkConns := fs.Int("wrk-connections", 0, fmt.Sprintf("versus-seed and backlog: wrk -c, and pgbench's clients (default %d)", def.Wrk.Connections))
+	wrkRate := fs.Float64("wrk-rate", 0, "versus-seed and backlog: pace wrk at about this many requests/s in all (default 0: as fast as answered)")
 	wrkThreads := fs.Int("wrk-threads", 0, fmt.Sprintf("versus-seed and backlog: wrk -t (default %d)", def.Wrk.Threads))
 	versusUsers := fs.Int("versus-users", 0, fmt.Sprintf("versus-seed and backlog: users the requests rotate over (default %d)", def.VersusUsers))
 	seedConc := fs.Int("seed-concurrency", 0, fmt.Sprintf("versus-seed: the seed worker's BullMQ concurrency and aiqueue's urgent workers (default %d)", def.SeedConcurrency))
@@ -113,6 +114,9 @@ func benchCmd(ctx context.Context, args []string) error {
 	set(&cfg.Rounds, *rounds)
 	set(&cfg.Wrk.Connections, *wrkConns)
 	set(&cfg.Wrk.Threads, *wrkThreads)
+	if *wrkRate > 0 {
+		cfg.Wrk.Rate = *wrkRate
+	}
 	set(&cfg.VersusUsers, *versusUsers)
 	set(&cfg.SeedConcurrency, *seedConc)
 	set(&cfg.BacklogJobs, *backlogJobs)
