@@ -653,35 +653,45 @@ func (dr *drill) outage(ctx context.Context, stop func() error, down time.Durati
 	}
 	started := time.Now()
 	o.DownS = started.Sub(begin).Seconds()
-	type probe struct{ pg, ready time.Time }
+	type probe struct {
+		pg, ready time.Time
+		last      error // why the latest probe was not ready
+	}
 	probed := make(chan probe, 1)
 	go func() {
 		var p probe
 		_ = waitFor(ctx, 2*time.Minute, func() (bool, error) {
 			if p.pg.IsZero() {
 				pctx, cancel := context.WithTimeout(ctx, time.Second)
-				up := dr.pool.Ping(pctx) == nil
+				err := dr.pool.Ping(pctx)
 				cancel()
-				if !up {
-					return false, nil
+				if err != nil {
+					p.last = fmt.Errorf("postgres: %w", err)
+					return false, nil //nolint:nilerr // not back yet: kept to report, and asked again
 				}
 				p.pg = time.Now()
 			}
-			if !dr.serversReady(ctx) {
-				return false, nil
+			p.last = dr.serversReady(ctx)
+			if p.last == nil {
+				p.ready = time.Now()
 			}
-			p.ready = time.Now()
-			return true, nil
+			return p.last == nil, nil
 		})
 		probed <- p
 	}()
 	if err := start(ctx); err != nil {
 		return o, err
 	}
+	startTook := time.Since(started)
 	dr.lastFault = time.Now()
 	p := <-probed
 	if p.pg.IsZero() || p.ready.IsZero() {
-		return o, errors.New("postgres or a server was not ready again within 2 minutes")
+		// Say which part was not back, so one failure is enough to chase.
+		msg := fmt.Sprintf("postgres or a server was not ready again within 2 minutes (the start returned after %.1fs", startTook.Seconds())
+		if !p.pg.IsZero() {
+			msg += fmt.Sprintf(", postgres answered %.1fs after it", p.pg.Sub(started).Seconds())
+		}
+		return o, fmt.Errorf("%s): last probe: %w", msg, p.last)
 	}
 	o.StartS = p.pg.Sub(started).Seconds()
 	o.ReadyS = p.ready.Sub(begin).Seconds()
@@ -690,8 +700,9 @@ func (dr *drill) outage(ctx context.Context, stop func() error, down time.Durati
 	return o, nil
 }
 
-// serversReady reports whether every server process answers /readyz 200.
-func (dr *drill) serversReady(ctx context.Context) bool {
+// serversReady returns nil when every server process answers /readyz 200,
+// else what the first one that did not answered, with the end of its log.
+func (dr *drill) serversReady(ctx context.Context) error {
 	dr.mu.Lock()
 	procs := append([]*Server{dr.api}, dr.workers...)
 	dr.mu.Unlock()
@@ -699,18 +710,19 @@ func (dr *drill) serversReady(ctx context.Context) bool {
 	for _, p := range procs {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/readyz", nil)
 		if err != nil {
-			return false
+			return err
 		}
 		resp, err := hc.Do(req)
 		if err != nil {
-			return false
+			return fmt.Errorf("%s: /readyz: %w; its log ends:\n%s", p.Spec.Name, err, p.LogTail(8))
 		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return false
+			return fmt.Errorf("%s: /readyz %d %s; its log ends:\n%s", p.Spec.Name, resp.StatusCode, strings.TrimSpace(string(body)), p.LogTail(8))
 		}
 	}
-	return true
+	return nil
 }
 
 // postmasterPID reads the postmaster's pid from its data directory.
