@@ -52,7 +52,7 @@ func run(args []string) error {
 }
 
 // set sets *dst to v when v is given (positive).
-func set(dst *int, v int) {
+func set[T int | float64 | time.Duration](dst *T, v T) {
 	if v > 0 {
 		*dst = v
 	}
@@ -114,9 +114,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	set(&cfg.Rounds, *rounds)
 	set(&cfg.Wrk.Connections, *wrkConns)
 	set(&cfg.Wrk.Threads, *wrkThreads)
-	if *wrkRate > 0 {
-		cfg.Wrk.Rate = *wrkRate
-	}
+	set(&cfg.Wrk.Rate, *wrkRate)
 	set(&cfg.VersusUsers, *versusUsers)
 	set(&cfg.SeedConcurrency, *seedConc)
 	set(&cfg.BacklogJobs, *backlogJobs)
@@ -127,18 +125,10 @@ func benchCmd(ctx context.Context, args []string) error {
 		cfg.Saturated.ClickFor = *satFor
 		cfg.Saturated.SingleAt = *satFor / 4
 	}
-	if *satRate > 0 {
-		cfg.Saturated.ClickRate = *satRate
-	}
-	if *satScale > 0 {
-		cfg.Saturated.LatencyScale = *satScale
-	}
-	if *wrkFor > 0 {
-		cfg.Wrk.Duration = *wrkFor
-	}
-	if *drainLimit > 0 {
-		cfg.DrainLimit = *drainLimit
-	}
+	set(&cfg.Saturated.ClickRate, *satRate)
+	set(&cfg.Saturated.LatencyScale, *satScale)
+	set(&cfg.Wrk.Duration, *wrkFor)
+	set(&cfg.DrainLimit, *drainLimit)
 	set(&cfg.Concurrency, *c)
 	set(&cfg.SubmitJobs, *submitJobs)
 	set(&cfg.PickupJobs, *pickupJobs)
