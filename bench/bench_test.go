@@ -201,6 +201,7 @@ func TestVersusSeedSmoke(t *testing.T) {
 		require.GreaterOrEqual(t, r.Charged, r.Wrk.Accepted, "%s: every accepted job is charged", r.System)
 		require.LessOrEqual(t, r.Charged, r.Wrk.Accepted+2*cfg.Wrk.Connections, r.System)
 		require.Positive(t, r.CPUPerJobMS["postgres"], r.System)
+		require.Positive(t, r.Wrk.CPUMS, r.System)
 	}
 	require.Positive(t, vs.Runs[0].CPUPerJobMS["route"])
 	require.Positive(t, vs.Runs[0].CPUPerJobMS["worker"])
@@ -210,6 +211,12 @@ func TestVersusSeedSmoke(t *testing.T) {
 	require.Zero(t, vs.Pgbench[0].Errors)
 	require.NotEmpty(t, vs.Statements["top_level"])
 	require.NotNil(t, findRow(t, rep, ScenarioVersusSeed, "round 1: requests/s", "seed design").Ratio)
+	for _, side := range []string{"aiqueue", "the seed design"} {
+		b := findRow(t, rep, ScenarioVersusSeed, fmt.Sprintf("jobs/s %d CPUs allow at %s's", rep.Machine.CPUs, side), "work keeping up at 1.5x the seed's mean requests/s")
+		require.Positive(t, b.Value, side)
+		seed := findRow(t, rep, ScenarioVersusSeed, fmt.Sprintf("all %d rounds: mean requests/s", cfg.Rounds), "seed design").RefValue
+		require.InDelta(t, 1.5**seed, *b.RefValue, 1e-9, side)
+	}
 
 	bl := rep.Details[ScenarioBacklog].(BacklogResult)
 	require.Len(t, bl.Runs, 2*cfg.Rounds)
@@ -222,6 +229,17 @@ func TestVersusSeedSmoke(t *testing.T) {
 	require.NotNil(t, findRow(t, rep, ScenarioBacklog, "round 1: submits/s", "empty queue").Pass)
 
 	requireLedgerChecked(t, rep)
+}
+
+// TestMachineMSPerJob counts every process of a run and wrk's share per
+// job, the fal simulator included.
+func TestMachineMSPerJob(t *testing.T) {
+	t.Parallel()
+	r := VersusRun{CPUPerJobMS: map[string]float64{"server": 1.5, "postgres": 2.5, falsimPart: 0.5}, Charged: 200,
+		Wrk: WrkResult{CPUMS: 100, Accepted: 190}}
+	require.InDelta(t, 5.0, machineMSPerJob(r), 1e-9)
+	r.Charged = 0 // per accepted job when nothing was charged
+	require.InDelta(t, 4.5+100.0/190, machineMSPerJob(r), 1e-9)
 }
 
 // TestParseWrk reads the line bench/submit.lua's done() prints.

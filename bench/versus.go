@@ -637,6 +637,27 @@ func (e *env) reportVersus(res VersusResult) {
 		}
 		e.rep.add(Row{Scenario: ScenarioVersusSeed, Figure: "aiqueue's work keeps up with submits (every round)", Value: b2f(keeps),
 			Display: strconv.FormatBool(keeps), Target: "backlog <= 1 s of submits", Pass: ptr(keeps)})
+		// The CPU budget: work keeps up with submits at a rate only if the
+		// machine's CPUs can do a job's whole cost that often. The rows
+		// say what rate a run's CPU per job allows, every process on the
+		// machine counted (the seed's fal simulator and wrk included;
+		// aiqueue's simulator is inside its server), against the rate the
+		// target needs: an upper bound, every core busy with this load
+		// and nothing else.
+		need, needs := 1.5*mean(seeds, rps), "1.5x the seed's mean requests/s"
+		if res.Load.Rate > 0 {
+			need, needs = res.Load.Rate, "the pace"
+		}
+		for _, side := range []struct {
+			name string
+			rs   []VersusRun
+		}{{"aiqueue", aqs}, {"the seed design", seeds}} {
+			per := mean(side.rs, machineMSPerJob)
+			e.rep.add(Row{Scenario: ScenarioVersusSeed,
+				Figure: fmt.Sprintf("jobs/s %d CPUs allow at %s's CPU per job with wrk's, %.2f ms (mean of rounds)", e.rep.Machine.CPUs, side.name, per),
+				Value:  float64(e.rep.Machine.CPUs) * 1000 / per, Unit: "jobs/s", Reference: "work keeping up at " + needs, RefValue: ptr(need),
+				Note: "at most: every core on this load alone; work keeps up only below it"})
+		}
 		pg := func(r VersusRun) float64 { return r.CPUPerJobMS["postgres"] }
 		for _, notify := range []bool{true, false} {
 			var cpu, tps float64
@@ -705,8 +726,6 @@ func (e *env) reportVersus(res VersusResult) {
 	}
 }
 
-// keepsUp reports whether a run's backlog stayed within one second's worth
-// of its submits.
 // workRates are the jobs a run finished per second during wrk (accepted
 // minus the backlog left at its end) and while draining after it.
 func workRates(r VersusRun) [2]float64 {
@@ -725,8 +744,21 @@ func workDisplay(r VersusRun) string {
 	return fmt.Sprintf("%.0f / %.0f jobs/s", w[0], w[1])
 }
 
+// keepsUp reports whether a run's backlog stayed within one second's worth
+// of its submits.
 func keepsUp(r VersusRun) bool {
 	return r.Wrk.RequestsPerS > 0 && float64(r.BacklogMax) <= r.Wrk.RequestsPerS
+}
+
+// machineMSPerJob is the CPU a run's job cost the machine: every process
+// of the system (its fal simulator too) and wrk's share.
+func machineMSPerJob(r VersusRun) float64 {
+	jobs := float64(max(r.Charged, r.Accepted(), 1))
+	ms := r.Wrk.CPUMS / jobs
+	for _, v := range r.CPUPerJobMS {
+		ms += v
+	}
+	return ms
 }
 
 func b2f(b bool) float64 {

@@ -73,6 +73,9 @@ type WrkResult struct {
 	P99MS         float64 `json:"p99_ms"`
 	MaxMS         float64 `json:"max_ms"`
 	ConnectErrors int     `json:"connect_errors"`
+	// CPUMS is wrk's own CPU time (user and system) over the run: the
+	// load's cost on a machine the system shares with it.
+	CPUMS float64 `json:"cpu_ms"`
 }
 
 type wrkDone struct {
@@ -122,7 +125,9 @@ func runWrk(ctx context.Context, dir, base, tokensFile string, load WrkLoad) (Wr
 	if err := cmd.Run(); err != nil {
 		return WrkResult{}, fmt.Errorf("wrk: %w\n%s", err, out.String())
 	}
-	return parseWrk(out.Bytes())
+	res, err := parseWrk(out.Bytes())
+	res.CPUMS = float64(cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime()) / float64(time.Millisecond)
+	return res, err
 }
 
 // parseWrk reads the WRK_RESULT line the script's done() prints.

@@ -60,4 +60,7 @@ func TestWrkPaced(t *testing.T) {
 	require.Zero(t, unpaced.Non2xx)
 	t.Logf("paced at %.0f/s: %d requests in %.2f s; unpaced: %d in %.2f s", rate, paced.Requests, paced.DurationS, unpaced.Requests, unpaced.DurationS)
 	require.Greater(t, unpaced.Requests, 2*paced.Requests, "unpaced is not faster than paced")
+	// wrk's own CPU: an unpaced run sends as fast as it can and costs more.
+	require.Positive(t, paced.CPUMS)
+	require.Greater(t, unpaced.CPUMS, paced.CPUMS)
 }
