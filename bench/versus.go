@@ -236,6 +236,12 @@ func (e *env) runVersusSeed(ctx context.Context) error {
 // Accepted is the number of submits answered 2xx.
 func (r VersusRun) Accepted() int { return r.Wrk.Accepted }
 
+// jobs is what a run's figures per job divide by: the holds charged from
+// the start of wrk to the end of the drain (wrk does not count the
+// answers still in flight when it stops; the systems work those jobs
+// too), at least the accepted submits, at least 1.
+func (r VersusRun) jobs() float64 { return float64(max(r.Charged, r.Accepted(), 1)) }
+
 // versusRun starts sys, warms it up, measures one wrk run with the backlog
 // sampled every second, waits for the backlog to drain and stops sys.
 func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (VersusRun, error) {
@@ -319,12 +325,9 @@ func (e *env) versusRun(ctx context.Context, sys system, round int, stat bool) (
 		return run, err
 	}
 	run.Charged = charged1 - charged0
-	// Per job charged: wrk does not count the answers still in flight when
-	// it stops, the systems work those jobs too.
-	jobs := max(run.Charged, run.Accepted(), 1)
 	run.CPUPerJobMS = map[string]float64{}
 	for name, t1 := range cpu1 {
-		ms := float64(t1-cpu0[name]) / float64(time.Millisecond) / float64(jobs)
+		ms := float64(t1-cpu0[name]) / float64(time.Millisecond) / run.jobs()
 		run.CPUPerJobMS[name] = ms
 		if name != falsimPart {
 			run.CPUTotalMS += ms
@@ -653,9 +656,11 @@ func (e *env) reportVersus(res VersusResult) {
 			rs   []VersusRun
 		}{{"aiqueue", aqs}, {"the seed design", seeds}} {
 			per := mean(side.rs, machineMSPerJob)
+			allow := float64(e.rep.Machine.CPUs) * 1000 / per
 			e.rep.add(Row{Scenario: ScenarioVersusSeed,
-				Figure: fmt.Sprintf("jobs/s %d CPUs allow at %s's CPU per job with wrk's, %.2f ms (mean of rounds)", e.rep.Machine.CPUs, side.name, per),
-				Value:  float64(e.rep.Machine.CPUs) * 1000 / per, Unit: "jobs/s", Reference: "work keeping up at " + needs, RefValue: ptr(need),
+				Figure: fmt.Sprintf("jobs/s %d CPUs allow at %s's CPU per job with wrk's (mean of rounds)", e.rep.Machine.CPUs, side.name),
+				Value:  allow, Unit: "jobs/s", Display: fmt.Sprintf("%.0f jobs/s (%.2f ms a job)", allow, per),
+				Reference: "work keeping up at " + needs, RefValue: ptr(need),
 				Note: "at most: every core on this load alone; work keeps up only below it"})
 		}
 		pg := func(r VersusRun) float64 { return r.CPUPerJobMS["postgres"] }
@@ -705,7 +710,7 @@ func (e *env) reportVersus(res VersusResult) {
 				}
 				e.rep.note("versus-seed, aiqueue: %.0f%% of the lock waits: %s", 100*w.Share, w.State)
 			}
-			jobs := float64(max(r.Charged, r.Accepted(), 1))
+			jobs := r.jobs()
 			for i, f := range res.Functions {
 				if i == 6 {
 					break
@@ -753,8 +758,7 @@ func keepsUp(r VersusRun) bool {
 // machineMSPerJob is the CPU a run's job cost the machine: every process
 // of the system (its fal simulator too) and wrk's share.
 func machineMSPerJob(r VersusRun) float64 {
-	jobs := float64(max(r.Charged, r.Accepted(), 1))
-	ms := r.Wrk.CPUMS / jobs
+	ms := r.Wrk.CPUMS / r.jobs()
 	for _, v := range r.CPUPerJobMS {
 		ms += v
 	}

@@ -126,8 +126,11 @@ func runWrk(ctx context.Context, dir, base, tokensFile string, load WrkLoad) (Wr
 		return WrkResult{}, fmt.Errorf("wrk: %w\n%s", err, out.String())
 	}
 	res, err := parseWrk(out.Bytes())
+	if err != nil {
+		return WrkResult{}, err
+	}
 	res.CPUMS = float64(cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime()) / float64(time.Millisecond)
-	return res, err
+	return res, nil
 }
 
 // parseWrk reads the WRK_RESULT line the script's done() prints.
